@@ -1,0 +1,725 @@
+
+/*
+ * ngx_stream_xmpp_cm_module: directives, configuration and module glue.
+ * The engine lives in src/.
+ */
+
+
+#include "ngx_stream_xmpp_cm.h"
+
+
+static void *ngx_stream_xmpp_cm_create_main_conf(ngx_conf_t *cf);
+static void *ngx_stream_xmpp_cm_create_srv_conf(ngx_conf_t *cf);
+static char *ngx_stream_xmpp_cm_merge_srv_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+static ngx_int_t ngx_stream_xmpp_cm_postconfiguration(ngx_conf_t *cf);
+static char *ngx_stream_xmpp_cm_pass(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_stream_xmpp_cm_domain(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_stream_xmpp_cm_name(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_stream_xmpp_cm_secret(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_stream_xmpp_cm_msec_pair(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_stream_xmpp_cm_size_pair(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static ngx_int_t ngx_stream_xmpp_cm_init_process(ngx_cycle_t *cycle);
+static void ngx_stream_xmpp_cm_exit_process(ngx_cycle_t *cycle);
+
+
+static ngx_conf_num_bounds_t  ngx_stream_xmpp_cm_connections_bounds = {
+    ngx_conf_check_num_bounds, 1, 64
+};
+
+static ngx_conf_num_bounds_t  ngx_stream_xmpp_cm_depth_bounds = {
+    ngx_conf_check_num_bounds, 2, 1000
+};
+
+
+static ngx_command_t  ngx_stream_xmpp_cm_commands[] = {
+
+    { ngx_string("xmpp_cm_pass"),
+      NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_stream_xmpp_cm_pass,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("xmpp_cm_domain"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_1MORE,
+      ngx_stream_xmpp_cm_domain,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("xmpp_cm_name"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_stream_xmpp_cm_name,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("xmpp_cm_secret"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_stream_xmpp_cm_secret,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("xmpp_cm_connections"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, connections),
+      &ngx_stream_xmpp_cm_connections_bounds },
+
+    { ngx_string("xmpp_cm_keepalive"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, keepalive),
+      NULL },
+
+    { ngx_string("xmpp_cm_upstream_timeout"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, upstream_timeout),
+      NULL },
+
+    { ngx_string("xmpp_cm_connect_timeout"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, connect_timeout),
+      NULL },
+
+    { ngx_string("xmpp_cm_reconnect"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE2,
+      ngx_stream_xmpp_cm_msec_pair,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, reconnect_min),
+      NULL },
+
+    { ngx_string("xmpp_cm_auth_timeout"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, auth_timeout),
+      NULL },
+
+    { ngx_string("xmpp_cm_idle_timeout"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, idle_timeout),
+      NULL },
+
+    { ngx_string("xmpp_cm_close_delay"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, close_delay),
+      NULL },
+
+    { ngx_string("xmpp_cm_max_stanza_size"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, max_stanza),
+      NULL },
+
+    { ngx_string("xmpp_cm_preauth_max_stanza_size"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, preauth_max_stanza),
+      NULL },
+
+    { ngx_string("xmpp_cm_max_depth"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, max_depth),
+      &ngx_stream_xmpp_cm_depth_bounds },
+
+    { ngx_string("xmpp_cm_client_output_limit"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, client_output_limit),
+      NULL },
+
+    { ngx_string("xmpp_cm_upstream_watermarks"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE2,
+      ngx_stream_xmpp_cm_size_pair,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, upstream_high),
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_stream_module_t  ngx_stream_xmpp_cm_module_ctx = {
+    NULL,                                  /* preconfiguration */
+    ngx_stream_xmpp_cm_postconfiguration,  /* postconfiguration */
+
+    ngx_stream_xmpp_cm_create_main_conf,   /* create main configuration */
+    NULL,                                  /* init main configuration */
+
+    ngx_stream_xmpp_cm_create_srv_conf,    /* create server configuration */
+    ngx_stream_xmpp_cm_merge_srv_conf      /* merge server configuration */
+};
+
+
+ngx_module_t  ngx_stream_xmpp_cm_module = {
+    NGX_MODULE_V1,
+    &ngx_stream_xmpp_cm_module_ctx,        /* module context */
+    ngx_stream_xmpp_cm_commands,           /* module directives */
+    NGX_STREAM_MODULE,                     /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    ngx_stream_xmpp_cm_init_process,       /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    ngx_stream_xmpp_cm_exit_process,       /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+static void *
+ngx_stream_xmpp_cm_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_stream_xmpp_cm_main_conf_t  *cmcf;
+
+    cmcf = ngx_pcalloc(cf->pool, sizeof(ngx_stream_xmpp_cm_main_conf_t));
+    if (cmcf == NULL) {
+        return NULL;
+    }
+
+    if (ngx_array_init(&cmcf->servers, cf->pool, 4,
+                       sizeof(ngx_stream_xmpp_cm_srv_conf_t *))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    return cmcf;
+}
+
+
+static void *
+ngx_stream_xmpp_cm_create_srv_conf(ngx_conf_t *cf)
+{
+    ngx_stream_xmpp_cm_srv_conf_t  *conf;
+
+    conf = ngx_pcalloc(cf->pool, sizeof(ngx_stream_xmpp_cm_srv_conf_t));
+    if (conf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     conf->upstream = NULL;
+     *     conf->pass = { 0, NULL };
+     *     conf->name = { 0, NULL };
+     *     conf->secret = { 0, NULL };
+     *     conf->pool = NULL;
+     */
+
+    conf->domains = NGX_CONF_UNSET_PTR;
+    conf->connections = NGX_CONF_UNSET_UINT;
+    conf->keepalive = NGX_CONF_UNSET_MSEC;
+    conf->upstream_timeout = NGX_CONF_UNSET_MSEC;
+    conf->connect_timeout = NGX_CONF_UNSET_MSEC;
+    conf->reconnect_min = NGX_CONF_UNSET_MSEC;
+    conf->reconnect_max = NGX_CONF_UNSET_MSEC;
+    conf->auth_timeout = NGX_CONF_UNSET_MSEC;
+    conf->idle_timeout = NGX_CONF_UNSET_MSEC;
+    conf->close_delay = NGX_CONF_UNSET_MSEC;
+    conf->max_stanza = NGX_CONF_UNSET_SIZE;
+    conf->preauth_max_stanza = NGX_CONF_UNSET_SIZE;
+    conf->max_depth = NGX_CONF_UNSET_UINT;
+    conf->client_output_limit = NGX_CONF_UNSET_SIZE;
+    conf->upstream_high = NGX_CONF_UNSET_SIZE;
+    conf->upstream_low = NGX_CONF_UNSET_SIZE;
+
+    return conf;
+}
+
+
+static char *
+ngx_stream_xmpp_cm_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_stream_xmpp_cm_srv_conf_t *prev = parent;
+    ngx_stream_xmpp_cm_srv_conf_t *conf = child;
+
+    ngx_conf_merge_ptr_value(conf->domains, prev->domains, NULL);
+    ngx_conf_merge_str_value(conf->name, prev->name, "nginx-cm");
+    ngx_conf_merge_str_value(conf->secret, prev->secret, "");
+    ngx_conf_merge_uint_value(conf->connections, prev->connections, 4);
+    ngx_conf_merge_msec_value(conf->keepalive, prev->keepalive, 30000);
+    ngx_conf_merge_msec_value(conf->upstream_timeout,
+                              prev->upstream_timeout, 120000);
+    ngx_conf_merge_msec_value(conf->connect_timeout,
+                              prev->connect_timeout, 10000);
+    ngx_conf_merge_msec_value(conf->reconnect_min, prev->reconnect_min, 1000);
+    ngx_conf_merge_msec_value(conf->reconnect_max, prev->reconnect_max,
+                              60000);
+    ngx_conf_merge_msec_value(conf->auth_timeout, prev->auth_timeout, 60000);
+    ngx_conf_merge_msec_value(conf->idle_timeout, prev->idle_timeout,
+                              600000);
+    ngx_conf_merge_msec_value(conf->close_delay, prev->close_delay, 1000);
+    ngx_conf_merge_size_value(conf->max_stanza, prev->max_stanza,
+                              256 * 1024);
+    ngx_conf_merge_size_value(conf->preauth_max_stanza,
+                              prev->preauth_max_stanza, 16 * 1024);
+    ngx_conf_merge_uint_value(conf->max_depth, prev->max_depth, 32);
+    ngx_conf_merge_size_value(conf->client_output_limit,
+                              prev->client_output_limit, 1024 * 1024);
+    ngx_conf_merge_size_value(conf->upstream_high, prev->upstream_high,
+                              1024 * 1024);
+    ngx_conf_merge_size_value(conf->upstream_low, prev->upstream_low,
+                              256 * 1024);
+
+    if (conf->max_stanza > NGX_XMPP_CM_MAX_STANZA) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"xmpp_cm_max_stanza_size\" must not exceed %uz "
+                           "bytes: a whole <route> must stay below "
+                           "Openfire's 1 MiB xmpp.parser.buffer.size",
+                           (size_t) NGX_XMPP_CM_MAX_STANZA);
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->max_stanza < 1024) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"xmpp_cm_max_stanza_size\" must be at least 1k");
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->preauth_max_stanza > conf->max_stanza
+        || conf->preauth_max_stanza < 512)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"xmpp_cm_preauth_max_stanza_size\" must be "
+                           "between 512 and \"xmpp_cm_max_stanza_size\"");
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->reconnect_min == 0 || conf->reconnect_min > conf->reconnect_max)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"xmpp_cm_reconnect\" needs 0 < min <= max");
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->upstream_low >= conf->upstream_high) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"xmpp_cm_upstream_watermarks\" needs "
+                           "low < high");
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->keepalive == 0 || conf->upstream_timeout == 0
+        || conf->connect_timeout == 0 || conf->auth_timeout == 0)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"xmpp_cm_keepalive\", "
+                           "\"xmpp_cm_upstream_timeout\", "
+                           "\"xmpp_cm_connect_timeout\" and "
+                           "\"xmpp_cm_auth_timeout\" must not be 0");
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->upstream == NULL) {
+        return NGX_CONF_OK;
+    }
+
+    if (conf->domains == NULL) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "no \"xmpp_cm_domain\" is defined for the server "
+                      "with \"xmpp_cm_pass\" in %V:%ui",
+                      &conf->conf_file, conf->conf_line);
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->secret.len == 0) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "no \"xmpp_cm_secret\" is defined for the server "
+                      "with \"xmpp_cm_pass\" in %V:%ui (set it to "
+                      "Openfire's xmpp.multiplex.defaultSecret)",
+                      &conf->conf_file, conf->conf_line);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* servers sharing a CM name share one pool: their settings must agree */
+
+static ngx_int_t
+ngx_stream_xmpp_cm_postconfiguration(ngx_conf_t *cf)
+{
+    ngx_uint_t                        i, j;
+    ngx_stream_xmpp_cm_srv_conf_t   **srv, *a, *b;
+    ngx_stream_xmpp_cm_main_conf_t   *cmcf;
+
+    cmcf = ngx_stream_conf_get_module_main_conf(cf, ngx_stream_xmpp_cm_module);
+    srv = cmcf->servers.elts;
+
+    for (i = 0; i < cmcf->servers.nelts; i++) {
+        a = srv[i];
+
+        for (j = 0; j < i; j++) {
+            b = srv[j];
+
+            if (a->name.len != b->name.len
+                || ngx_strncmp(a->name.data, b->name.data, a->name.len) != 0)
+            {
+                continue;
+            }
+
+            if (a->upstream != b->upstream
+                || a->connections != b->connections
+                || a->secret.len != b->secret.len
+                || ngx_strncmp(a->secret.data, b->secret.data, a->secret.len)
+                   != 0)
+            {
+                ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                              "\"xmpp_cm_name\" \"%V\" is used in %V:%ui and "
+                              "%V:%ui with a different \"xmpp_cm_pass\", "
+                              "\"xmpp_cm_secret\" or "
+                              "\"xmpp_cm_connections\"; give each its own "
+                              "name", &a->name, &b->conf_file, b->conf_line,
+                              &a->conf_file, a->conf_line);
+                return NGX_ERROR;
+            }
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static char *
+ngx_stream_xmpp_cm_pass(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_stream_xmpp_cm_srv_conf_t *xcf = conf;
+
+    ngx_url_t                        u;
+    ngx_str_t                       *value;
+    ngx_stream_xmpp_cm_srv_conf_t  **srv;
+    ngx_stream_core_srv_conf_t      *cscf;
+    ngx_stream_xmpp_cm_main_conf_t  *cmcf;
+
+    if (xcf->upstream) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    cscf = ngx_stream_conf_get_module_srv_conf(cf, ngx_stream_core_module);
+
+    if (cscf->handler) {
+        return "conflicts with another content handler (proxy_pass?)";
+    }
+
+    cscf->handler = ngx_stream_xmpp_cm_handler;
+
+    ngx_memzero(&u, sizeof(ngx_url_t));
+
+    u.url = value[1];
+    u.no_resolve = 1;
+
+    xcf->upstream = ngx_stream_upstream_add(cf, &u, 0);
+    if (xcf->upstream == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    xcf->pass = value[1];
+    xcf->conf_file = cf->conf_file->file.name;
+    xcf->conf_line = cf->conf_file->line;
+
+    cmcf = ngx_stream_conf_get_module_main_conf(cf, ngx_stream_xmpp_cm_module);
+
+    srv = ngx_array_push(&cmcf->servers);
+    if (srv == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    *srv = xcf;
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_stream_xmpp_cm_label_ok(ngx_str_t *s, ngx_uint_t dots)
+{
+    size_t  i;
+    u_char  ch;
+
+    if (s->len == 0 || s->len > 200) {
+        return 0;
+    }
+
+    for (i = 0; i < s->len; i++) {
+        ch = s->data[i];
+
+        if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')
+            || (ch >= '0' && ch <= '9') || ch == '-'
+            || (dots && ch == '.'))
+        {
+            continue;
+        }
+
+        return 0;
+    }
+
+    return 1;
+}
+
+
+static char *
+ngx_stream_xmpp_cm_domain(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_stream_xmpp_cm_srv_conf_t *xcf = conf;
+
+    ngx_str_t   *value, *d;
+    ngx_uint_t   i;
+
+    if (xcf->domains != NGX_CONF_UNSET_PTR) {
+        return "is duplicate";
+    }
+
+    xcf->domains = ngx_array_create(cf->pool, cf->args->nelts - 1,
+                                    sizeof(ngx_str_t));
+    if (xcf->domains == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    value = cf->args->elts;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+        if (!ngx_stream_xmpp_cm_label_ok(&value[i], 1)) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid XMPP domain \"%V\" in "
+                               "\"xmpp_cm_domain\"", &value[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        d = ngx_array_push(xcf->domains);
+        if (d == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        *d = value[i];
+        ngx_strlow(d->data, d->data, d->len);
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_stream_xmpp_cm_name(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_stream_xmpp_cm_srv_conf_t *xcf = conf;
+
+    ngx_str_t  *value;
+
+    if (xcf->name.data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (!ngx_stream_xmpp_cm_label_ok(&value[1], 1) || value[1].len > 100) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid \"xmpp_cm_name\" \"%V\": use up to 100 "
+                           "letters, digits, '-' and '.' (it becomes a JID "
+                           "domain part)", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    xcf->name = value[1];
+    ngx_strlow(xcf->name.data, xcf->name.data, xcf->name.len);
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_stream_xmpp_cm_secret(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_stream_xmpp_cm_srv_conf_t *xcf = conf;
+
+    size_t      i;
+    ngx_str_t  *value;
+
+    if (xcf->secret.data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (value[1].len == 0) {
+        return "must not be empty";
+    }
+
+    for (i = 0; i < value[1].len; i++) {
+        if (value[1].data[i] < 0x21 || value[1].data[i] > 0x7e) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"xmpp_cm_secret\" must be printable ASCII "
+                               "(Openfire hashes it in its platform "
+                               "charset)");
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    xcf->secret = value[1];
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_stream_xmpp_cm_msec_pair(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    char  *p = conf;
+
+    ngx_str_t   *value;
+    ngx_msec_t  *v, t;
+    ngx_uint_t   i;
+
+    v = (ngx_msec_t *) (p + cmd->offset);
+
+    if (v[0] != NGX_CONF_UNSET_MSEC) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    for (i = 0; i < 2; i++) {
+        t = ngx_parse_time(&value[i + 1], 0);
+        if (t == (ngx_msec_t) NGX_ERROR) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid time \"%V\" in \"%V\"",
+                               &value[i + 1], &cmd->name);
+            return NGX_CONF_ERROR;
+        }
+
+        v[i] = t;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_stream_xmpp_cm_size_pair(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    char  *p = conf;
+
+    size_t      *v;
+    ssize_t      n;
+    ngx_str_t   *value;
+    ngx_uint_t   i;
+
+    v = (size_t *) (p + cmd->offset);
+
+    if (v[0] != NGX_CONF_UNSET_SIZE) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    for (i = 0; i < 2; i++) {
+        n = ngx_parse_size(&value[i + 1]);
+        if (n == NGX_ERROR) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid size \"%V\" in \"%V\"",
+                               &value[i + 1], &cmd->name);
+            return NGX_CONF_ERROR;
+        }
+
+        v[i] = (size_t) n;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_stream_xmpp_cm_init_process(ngx_cycle_t *cycle)
+{
+    ngx_uint_t                        i, j;
+    ngx_stream_xmpp_cm_srv_conf_t   **srv;
+    ngx_stream_xmpp_cm_main_conf_t   *cmcf;
+
+    if (ngx_process != NGX_PROCESS_WORKER
+        && ngx_process != NGX_PROCESS_SINGLE)
+    {
+        return NGX_OK;
+    }
+
+    cmcf = ngx_stream_cycle_get_module_main_conf(cycle,
+                                                 ngx_stream_xmpp_cm_module);
+    if (cmcf == NULL) {
+        return NGX_OK;
+    }
+
+    srv = cmcf->servers.elts;
+
+    for (i = 0; i < cmcf->servers.nelts; i++) {
+
+        for (j = 0; j < i; j++) {
+            if (srv[j]->name.len == srv[i]->name.len
+                && ngx_strncmp(srv[j]->name.data, srv[i]->name.data,
+                               srv[i]->name.len) == 0)
+            {
+                srv[i]->pool = srv[j]->pool;
+                break;
+            }
+        }
+
+        if (srv[i]->pool) {
+            continue;
+        }
+
+        if (ngx_xmpp_cm_pool_init(cycle, srv[i]) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_stream_xmpp_cm_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_uint_t                        i;
+    ngx_stream_xmpp_cm_srv_conf_t   **srv;
+    ngx_stream_xmpp_cm_main_conf_t   *cmcf;
+
+    cmcf = ngx_stream_cycle_get_module_main_conf(cycle,
+                                                 ngx_stream_xmpp_cm_module);
+    if (cmcf == NULL) {
+        return;
+    }
+
+    srv = cmcf->servers.elts;
+
+    for (i = 0; i < cmcf->servers.nelts; i++) {
+        if (srv[i]->pool) {
+            ngx_xmpp_cm_pool_exit(srv[i]->pool);
+        }
+    }
+}

@@ -1,0 +1,379 @@
+
+/*
+ * ngx_stream_xmpp_cm: an XMPP connection manager for Openfire.
+ * Shared types; one file per concern under src/.
+ */
+
+
+#ifndef _NGX_STREAM_XMPP_CM_H_INCLUDED_
+#define _NGX_STREAM_XMPP_CM_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_event.h>
+#include <ngx_event_connect.h>
+#include <ngx_stream.h>
+#include <expat.h>
+
+
+#define NGX_XMPP_NS_STREAMS   "http://etherx.jabber.org/streams"
+#define NGX_XMPP_NS_CLIENT    "jabber:client"
+#define NGX_XMPP_NS_CM        "jabber:connectionmanager"
+#define NGX_XMPP_NS_CMPROTO   "http://jabber.org/protocol/connectionmanager"
+#define NGX_XMPP_NS_SASL      "urn:ietf:params:xml:ns:xmpp-sasl"
+#define NGX_XMPP_NS_TLS       "urn:ietf:params:xml:ns:xmpp-tls"
+#define NGX_XMPP_NS_XSTREAMS  "urn:ietf:params:xml:ns:xmpp-streams"
+#define NGX_XMPP_NS_STANZAS   "urn:ietf:params:xml:ns:xmpp-stanzas"
+
+/* Openfire's xmpp.parser.buffer.size: a whole <route> must stay below it */
+#define NGX_XMPP_CM_OPENFIRE_MAX      1048576
+#define NGX_XMPP_CM_ROUTE_OVERHEAD    1024
+#define NGX_XMPP_CM_MAX_STANZA        (NGX_XMPP_CM_OPENFIRE_MAX               \
+                                       - NGX_XMPP_CM_ROUTE_OVERHEAD)
+
+#define NGX_XMPP_CM_ID_LEN            40
+
+
+typedef struct ngx_xmpp_cm_pool_s     ngx_xmpp_cm_pool_t;
+typedef struct ngx_xmpp_cm_sock_s     ngx_xmpp_cm_sock_t;
+typedef struct ngx_xmpp_cm_session_s  ngx_xmpp_cm_session_t;
+typedef struct ngx_xmpp_cm_client_s   ngx_xmpp_cm_client_t;
+typedef struct ngx_xmpp_cm_node_s     ngx_xmpp_cm_node_t;
+
+
+/* configuration (ngx_stream_xmpp_cm_module.c) */
+
+typedef struct {
+    ngx_stream_upstream_srv_conf_t  *upstream;
+    ngx_str_t                        pass;
+    ngx_array_t                     *domains;      /* ngx_str_t */
+    ngx_str_t                        name;
+    ngx_str_t                        secret;
+    ngx_uint_t                       connections;
+    ngx_msec_t                       keepalive;
+    ngx_msec_t                       upstream_timeout;
+    ngx_msec_t                       connect_timeout;
+    ngx_msec_t                       reconnect_min;
+    ngx_msec_t                       reconnect_max;
+    ngx_msec_t                       auth_timeout;
+    ngx_msec_t                       idle_timeout;
+    ngx_msec_t                       close_delay;
+    size_t                           max_stanza;
+    size_t                           preauth_max_stanza;
+    ngx_uint_t                       max_depth;
+    size_t                           client_output_limit;
+    size_t                           upstream_high;
+    size_t                           upstream_low;
+
+    ngx_xmpp_cm_pool_t              *pool;         /* per worker */
+    ngx_str_t                        conf_file;
+    ngx_uint_t                       conf_line;
+} ngx_stream_xmpp_cm_srv_conf_t;
+
+
+typedef struct {
+    ngx_array_t                      servers;  /* srv_conf_t * with a pass */
+} ngx_stream_xmpp_cm_main_conf_t;
+
+
+extern ngx_module_t  ngx_stream_xmpp_cm_module;
+
+
+/* output queues of blocks (ngx_stream_xmpp_cm_buf.c) */
+
+typedef struct ngx_xmpp_cm_block_s  ngx_xmpp_cm_block_t;
+
+struct ngx_xmpp_cm_block_s {
+    ngx_xmpp_cm_block_t             *next;
+    u_char                          *pos;
+    u_char                          *last;
+    u_char                          *end;
+    size_t                           size;
+};
+
+
+typedef struct {
+    ngx_xmpp_cm_block_t             *head;
+    ngx_xmpp_cm_block_t             *tail;
+    size_t                           size;
+} ngx_xmpp_cm_queue_t;
+
+
+u_char *ngx_xmpp_cm_queue_alloc(ngx_xmpp_cm_queue_t *q, size_t n);
+ngx_int_t ngx_xmpp_cm_queue_append(ngx_xmpp_cm_queue_t *q, u_char *p,
+    size_t n);
+ngx_int_t ngx_xmpp_cm_queue_send(ngx_connection_t *c, ngx_xmpp_cm_queue_t *q);
+void ngx_xmpp_cm_queue_move(ngx_xmpp_cm_queue_t *to,
+    ngx_xmpp_cm_queue_t *from, size_t *dropped);
+void ngx_xmpp_cm_queue_free(ngx_xmpp_cm_queue_t *q);
+
+
+/* XML framing over expat (ngx_stream_xmpp_cm_xml.c) */
+
+struct ngx_xmpp_cm_node_s {
+    ngx_str_t                        name;
+    ngx_str_t                        ns;
+    ngx_str_t                       *attrs;        /* name, value pairs */
+    ngx_uint_t                       nattrs;
+    ngx_xmpp_cm_node_t              *parent;
+    ngx_xmpp_cm_node_t              *child;
+    ngx_xmpp_cm_node_t              *last;
+    ngx_xmpp_cm_node_t              *next;
+    ngx_str_t                        text;         /* decoded, depth 1 */
+    XML_Index                        start;
+    XML_Index                        end;
+    ngx_str_t                        xmlns;        /* declared on itself */
+    unsigned                         has_xmlns:1;
+};
+
+
+/* a complete top-level element (stanza) and its raw bytes */
+
+typedef struct {
+    ngx_str_t                        name;
+    ngx_str_t                        ns;
+    unsigned                         has_xmlns:1;
+    ngx_xmpp_cm_node_t              *root;         /* tree mode only */
+    XML_Index                        start;
+    XML_Index                        end;
+} ngx_xmpp_cm_elem_t;
+
+
+typedef ngx_int_t (*ngx_xmpp_cm_open_pt)(void *data, ngx_str_t *name,
+    ngx_str_t *ns, const XML_Char **attrs);
+typedef ngx_int_t (*ngx_xmpp_cm_elem_pt)(void *data, ngx_xmpp_cm_elem_t *e);
+typedef ngx_int_t (*ngx_xmpp_cm_close_pt)(void *data);
+
+
+#define NGX_XMPP_CM_NAME_MAX  32
+#define NGX_XMPP_CM_NS_MAX    64
+#define NGX_XMPP_CM_PFX_MAX   8
+#define NGX_XMPP_CM_PFX_LEN   16
+
+
+typedef struct {
+    XML_Parser                       parser;
+    ngx_log_t                       *log;
+    void                            *data;
+    ngx_xmpp_cm_open_pt              open;
+    ngx_xmpp_cm_elem_pt              element;
+    ngx_xmpp_cm_close_pt             close;
+
+    size_t                           max_size;
+    ngx_uint_t                       max_depth;
+    ngx_uint_t                       depth;
+
+    const char                      *error;        /* stream error cond. */
+    const char                      *error_text;
+    ngx_int_t                        rc;           /* from a callback */
+
+    /* raw byte tracking */
+    XML_Index                        fed;
+    XML_Index                        base;
+    u_char                          *data_buf;
+    size_t                           data_len;
+    u_char                          *pend;
+    size_t                           pend_len;
+    size_t                           pend_size;
+    XML_Index                        pend_base;
+    XML_Index                        mark;
+    XML_Index                        last_start;
+    XML_Index                        last_start_end;
+
+    /* the stanza being parsed */
+    ngx_xmpp_cm_elem_t               elem;
+    u_char                           name[NGX_XMPP_CM_NAME_MAX];
+    u_char                           ns[NGX_XMPP_CM_NS_MAX];
+    u_char                           root_ns[NGX_XMPP_CM_NS_MAX];
+    size_t                           root_ns_len;
+    ngx_uint_t                       pending_default;
+    ngx_uint_t                       npfx;
+    u_char                           pfx[NGX_XMPP_CM_PFX_MAX]
+                                        [NGX_XMPP_CM_PFX_LEN];
+    ngx_uint_t                       pfx_depth[NGX_XMPP_CM_PFX_MAX];
+
+    /* tree mode (the trusted upstream side) */
+    ngx_pool_t                      *tmp;
+    ngx_xmpp_cm_node_t              *cur;
+    ngx_str_t                        xmlns_pending;
+    size_t                           text_cap;
+
+    unsigned                         tree:1;
+    unsigned                         client:1;
+    unsigned                         stopped:1;
+    unsigned                         in_stanza:1;
+    unsigned                         opened:1;
+    unsigned                         has_default_pending:1;
+    unsigned                         root_has_default:1;
+} ngx_xmpp_cm_xml_t;
+
+
+ngx_xmpp_cm_xml_t *ngx_xmpp_cm_xml_create(ngx_pool_t *pool, ngx_log_t *log,
+    ngx_uint_t tree);
+ngx_int_t ngx_xmpp_cm_xml_reset(ngx_xmpp_cm_xml_t *x);
+void ngx_xmpp_cm_xml_free(ngx_xmpp_cm_xml_t *x);
+ngx_int_t ngx_xmpp_cm_xml_feed(ngx_xmpp_cm_xml_t *x, u_char *buf, size_t n);
+size_t ngx_xmpp_cm_xml_copy(ngx_xmpp_cm_xml_t *x, u_char *dst,
+    XML_Index start, XML_Index end);
+void ngx_xmpp_cm_xml_pieces(ngx_xmpp_cm_xml_t *x, XML_Index start,
+    XML_Index end, ngx_str_t *p1, ngx_str_t *p2);
+ngx_str_t *ngx_xmpp_cm_node_attr(ngx_xmpp_cm_node_t *n, char *name);
+ngx_xmpp_cm_node_t *ngx_xmpp_cm_node_child(ngx_xmpp_cm_node_t *n,
+    char *name);
+ngx_int_t ngx_xmpp_cm_str_is(ngx_str_t *s, char *v);
+void ngx_xmpp_cm_split_name(const XML_Char *qname, ngx_str_t *ns,
+    ngx_str_t *local);
+
+
+/* route codec (ngx_stream_xmpp_cm_route.c) */
+
+#define NGX_XMPP_CM_IQ_CREATE  0
+#define NGX_XMPP_CM_IQ_CLOSE   1
+#define NGX_XMPP_CM_IQ_FAILED  2
+
+size_t ngx_xmpp_cm_sanitize(ngx_xmpp_cm_xml_t *x, u_char *dst,
+    XML_Index start, XML_Index end, ngx_uint_t add_xmlns);
+size_t ngx_xmpp_cm_escape(u_char *dst, u_char *src, size_t len);
+ngx_int_t ngx_xmpp_cm_route_client(ngx_xmpp_cm_session_t *s,
+    ngx_xmpp_cm_xml_t *x, ngx_xmpp_cm_elem_t *e);
+ngx_int_t ngx_xmpp_cm_route_raw(ngx_xmpp_cm_pool_t *pool,
+    ngx_xmpp_cm_sock_t *sock, ngx_str_t *id, u_char *p, size_t len);
+ngx_int_t ngx_xmpp_cm_route_session_iq(ngx_xmpp_cm_pool_t *pool,
+    ngx_xmpp_cm_sock_t *sock, ngx_str_t *id, ngx_uint_t type,
+    ngx_str_t *addr, u_char *payload, size_t len);
+size_t ngx_xmpp_cm_strip_server_ns(u_char *dst, u_char *p, size_t len,
+    ngx_xmpp_cm_node_t *n);
+
+
+/* upstream pool (ngx_stream_xmpp_cm_upstream.c) */
+
+#define NGX_XMPP_CM_SOCK_IDLE        0
+#define NGX_XMPP_CM_SOCK_CONNECTING  1
+#define NGX_XMPP_CM_SOCK_OPENING     2
+#define NGX_XMPP_CM_SOCK_HANDSHAKE   3
+#define NGX_XMPP_CM_SOCK_READY       4
+
+
+struct ngx_xmpp_cm_sock_s {
+    ngx_xmpp_cm_pool_t              *pool;
+    ngx_uint_t                       index;
+    ngx_uint_t                       generation;
+    ngx_uint_t                       state;
+    ngx_uint_t                       failures;
+    ngx_peer_connection_t            pc;
+    ngx_connection_t                *c;
+    ngx_xmpp_cm_xml_t               *xml;
+    ngx_xmpp_cm_queue_t              out;
+    ngx_event_t                      reconnect;
+    ngx_event_t                      keepalive;
+    ngx_queue_t                      blocked;      /* client sessions */
+    ngx_str_t                        resource;
+    u_char                           resbuf[32];
+    u_char                           sid[64];
+    size_t                           sid_len;
+    unsigned                         throttled:1;
+    unsigned                         rejected:1;
+    unsigned                         done:1;
+};
+
+
+struct ngx_xmpp_cm_pool_s {
+    ngx_stream_xmpp_cm_srv_conf_t   *conf;
+    ngx_str_t                        name;
+    ngx_str_t                        domain;
+    ngx_log_t                        log;
+    ngx_xmpp_cm_sock_t              *socks;
+    ngx_uint_t                       nsocks;
+    ngx_uint_t                       ready;
+    ngx_uint_t                       node;
+    ngx_uint_t                       rr;
+    ngx_uint_t                       iq_seq;
+
+    ngx_rbtree_t                     sessions;
+    ngx_rbtree_node_t                sentinel;
+    ngx_uint_t                       nsessions;
+
+    ngx_str_t                        features;     /* pre-auth, built */
+    size_t                           features_size;
+    unsigned                         cfg_starttls:1;
+    unsigned                         cfg_tls_required:1;
+    unsigned                         cfg_compression:1;
+
+    ngx_array_t                      ghosts;       /* u_char[ID_LEN] */
+    const char                      *down_cond;
+    u_char                          *closed;       /* ring of closed ids */
+    ngx_uint_t                       closed_next;
+
+    ngx_uint_t                       dropped;
+    unsigned                         configured:1;
+    unsigned                         exiting:1;
+    unsigned                         was_up:1;
+};
+
+
+ngx_int_t ngx_xmpp_cm_pool_init(ngx_cycle_t *cycle,
+    ngx_stream_xmpp_cm_srv_conf_t *conf);
+void ngx_xmpp_cm_pool_exit(ngx_xmpp_cm_pool_t *pool);
+ngx_xmpp_cm_sock_t *ngx_xmpp_cm_pool_pick(ngx_xmpp_cm_pool_t *pool);
+ngx_int_t ngx_xmpp_cm_sock_write(ngx_xmpp_cm_sock_t *sock, u_char *p,
+    size_t len);
+u_char *ngx_xmpp_cm_sock_alloc(ngx_xmpp_cm_sock_t *sock, size_t len);
+void ngx_xmpp_cm_sock_block(ngx_xmpp_cm_sock_t *sock,
+    ngx_xmpp_cm_session_t *s);
+
+
+/* session table (ngx_stream_xmpp_cm_session.c) */
+
+#define NGX_XMPP_CM_SESSION_ACTIVE   0
+#define NGX_XMPP_CM_SESSION_CLOSING  1
+
+
+struct ngx_xmpp_cm_session_s {
+    ngx_str_node_t                   node;
+    u_char                           id[NGX_XMPP_CM_ID_LEN];
+    ngx_xmpp_cm_pool_t              *pool;
+    ngx_xmpp_cm_sock_t              *sock;
+    ngx_xmpp_cm_client_t            *client;
+    ngx_event_t                      close_ev;
+    ngx_queue_t                      blocked;
+    ngx_uint_t                       state;
+    unsigned                         is_blocked:1;
+};
+
+
+ngx_xmpp_cm_session_t *ngx_xmpp_cm_session_create(ngx_xmpp_cm_pool_t *pool,
+    ngx_xmpp_cm_client_t *client, ngx_str_t *addr);
+ngx_xmpp_cm_sock_t *ngx_xmpp_cm_session_sock(ngx_xmpp_cm_session_t *s);
+void ngx_xmpp_cm_session_client_gone(ngx_xmpp_cm_session_t *s,
+    ngx_uint_t now);
+void ngx_xmpp_cm_session_forget(ngx_xmpp_cm_session_t *s);
+ngx_xmpp_cm_session_t *ngx_xmpp_cm_session_find(ngx_xmpp_cm_pool_t *pool,
+    ngx_str_t *id);
+void ngx_xmpp_cm_session_route(ngx_xmpp_cm_pool_t *pool,
+    ngx_xmpp_cm_sock_t *sock, ngx_xmpp_cm_node_t *route);
+void ngx_xmpp_cm_session_iq(ngx_xmpp_cm_pool_t *pool,
+    ngx_xmpp_cm_sock_t *sock, ngx_xmpp_cm_node_t *iq);
+void ngx_xmpp_cm_session_bounce(ngx_xmpp_cm_session_t *s,
+    ngx_xmpp_cm_xml_t *x, ngx_xmpp_cm_node_t *c);
+void ngx_xmpp_cm_session_end_all(ngx_xmpp_cm_pool_t *pool, char *cond,
+    char *text, ngx_uint_t ghost);
+ngx_int_t ngx_xmpp_cm_session_recently_closed(ngx_xmpp_cm_pool_t *pool,
+    ngx_str_t *id);
+
+
+/* client stream (ngx_stream_xmpp_cm_client.c) */
+
+void ngx_stream_xmpp_cm_handler(ngx_stream_session_t *s);
+void ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl,
+    ngx_xmpp_cm_xml_t *x, ngx_xmpp_cm_node_t *payload);
+void ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_client_t *cl,
+    ngx_str_t *text);
+void ngx_xmpp_cm_client_end(ngx_xmpp_cm_client_t *cl, char *cond,
+    char *text, u_char *raw, size_t rawlen);
+void ngx_xmpp_cm_client_unblock(ngx_xmpp_cm_client_t *cl);
+void ngx_xmpp_cm_client_orphan(ngx_xmpp_cm_client_t *cl);
+void ngx_xmpp_cm_client_flush(ngx_xmpp_cm_client_t *cl);
+
+
+#endif /* _NGX_STREAM_XMPP_CM_H_INCLUDED_ */

@@ -1,0 +1,927 @@
+
+/*
+ * The client stream: header -> features -> SASL (passed through to
+ * Openfire) -> restart -> bound stream, every stanza wrapped in a route.
+ *
+ * Reads and writes go through c->recv and c->send_chain only, so the same
+ * code runs over TLS (nginx's listen ... ssl, and STARTTLS later).  Reads
+ * land in one buffer shared by the worker; a session keeps only the bytes
+ * of an unfinished stanza and its queued output.
+ */
+
+
+#include "ngx_stream_xmpp_cm.h"
+
+
+#define NGX_XMPP_CM_CLIENT_READ    16384
+#define NGX_XMPP_CM_LINGER         5000
+
+#define NGX_XMPP_CM_C_HEADER       0
+#define NGX_XMPP_CM_C_OPEN         1
+
+
+struct ngx_xmpp_cm_client_s {
+    ngx_stream_session_t            *s;
+    ngx_connection_t                *c;
+    ngx_stream_xmpp_cm_srv_conf_t   *conf;
+    ngx_xmpp_cm_pool_t              *pool;
+    ngx_xmpp_cm_session_t           *session;
+    ngx_xmpp_cm_xml_t               *xml;
+    ngx_xmpp_cm_queue_t              out;
+    ngx_str_t                        domain;
+    ngx_uint_t                       state;
+    u_char                           lang[36];
+
+    unsigned                         authenticated:1;
+    unsigned                         header_sent:1;
+    unsigned                         blocked:1;
+    unsigned                         closing:1;
+};
+
+
+static void ngx_xmpp_cm_client_read_handler(ngx_event_t *rev);
+static void ngx_xmpp_cm_client_write_handler(ngx_event_t *wev);
+static void ngx_xmpp_cm_client_cleanup(void *data);
+static void ngx_xmpp_cm_client_finalize(ngx_xmpp_cm_client_t *cl);
+static ngx_int_t ngx_xmpp_cm_client_process(ngx_xmpp_cm_client_t *cl,
+    u_char *buf, size_t n);
+static ngx_int_t ngx_xmpp_cm_client_open(void *data, ngx_str_t *name,
+    ngx_str_t *ns, const XML_Char **attrs);
+static ngx_int_t ngx_xmpp_cm_client_element(void *data,
+    ngx_xmpp_cm_elem_t *e);
+static ngx_int_t ngx_xmpp_cm_client_close(void *data);
+static void ngx_xmpp_cm_client_send(ngx_xmpp_cm_client_t *cl, u_char *p,
+    size_t len);
+static void ngx_xmpp_cm_client_header(ngx_xmpp_cm_client_t *cl);
+static void ngx_xmpp_cm_client_success(ngx_xmpp_cm_client_t *cl);
+
+
+static u_char  ngx_xmpp_cm_client_buf[NGX_XMPP_CM_CLIENT_READ];
+
+
+void
+ngx_stream_xmpp_cm_handler(ngx_stream_session_t *s)
+{
+    ngx_connection_t               *c;
+    ngx_pool_cleanup_t             *cln;
+    ngx_xmpp_cm_client_t           *cl;
+    ngx_stream_xmpp_cm_srv_conf_t  *conf;
+
+    c = s->connection;
+    conf = ngx_stream_get_module_srv_conf(s, ngx_stream_xmpp_cm_module);
+
+    cl = ngx_pcalloc(c->pool, sizeof(ngx_xmpp_cm_client_t));
+    if (cl == NULL) {
+        ngx_stream_finalize_session(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    ngx_stream_set_ctx(s, cl, ngx_stream_xmpp_cm_module);
+
+    cl->s = s;
+    cl->c = c;
+    cl->conf = conf;
+    cl->pool = conf->pool;
+
+    cl->xml = ngx_xmpp_cm_xml_create(c->pool, c->log, 0);
+    if (cl->xml == NULL) {
+        ngx_stream_finalize_session(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    cln = ngx_pool_cleanup_add(c->pool, 0);
+    if (cln == NULL) {
+        ngx_xmpp_cm_xml_free(cl->xml);
+        ngx_stream_finalize_session(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    cln->handler = ngx_xmpp_cm_client_cleanup;
+    cln->data = cl;
+
+    cl->xml->data = cl;
+    cl->xml->open = ngx_xmpp_cm_client_open;
+    cl->xml->element = ngx_xmpp_cm_client_element;
+    cl->xml->close = ngx_xmpp_cm_client_close;
+    cl->xml->max_size = conf->preauth_max_stanza;
+    cl->xml->max_depth = conf->max_depth;
+
+    c->read->handler = ngx_xmpp_cm_client_read_handler;
+    c->write->handler = ngx_xmpp_cm_client_write_handler;
+    c->log->action = "reading the XMPP stream header";
+
+    ngx_add_timer(c->read, conf->auth_timeout);
+
+    /* bytes a preread phase module already took from the socket */
+
+    if (c->buffer && c->buffer->pos < c->buffer->last) {
+        if (ngx_xmpp_cm_client_process(cl, c->buffer->pos,
+                                       c->buffer->last - c->buffer->pos)
+            != NGX_OK)
+        {
+            return;
+        }
+
+        c->buffer->pos = c->buffer->last;
+    }
+
+    ngx_xmpp_cm_client_read_handler(c->read);
+}
+
+
+static void
+ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
+{
+    ssize_t                n;
+    ngx_connection_t      *c;
+    ngx_stream_session_t  *s;
+    ngx_xmpp_cm_client_t  *cl;
+
+    c = rev->data;
+    s = c->data;
+    cl = ngx_stream_get_module_ctx(s, ngx_stream_xmpp_cm_module);
+
+    if (c->close) {
+        /* worker shutdown timeout */
+        ngx_xmpp_cm_client_end(cl, "system-shutdown",
+                               "the connection manager is shutting down",
+                               NULL, 0);
+        ngx_xmpp_cm_client_flush(cl);
+        ngx_xmpp_cm_client_finalize(cl);
+        return;
+    }
+
+    if (rev->timedout) {
+        rev->timedout = 0;
+
+        if (cl->closing) {
+            ngx_xmpp_cm_client_finalize(cl);
+            return;
+        }
+
+        ngx_log_error(NGX_LOG_INFO, c->log, 0, "xmpp_cm: client timed out");
+        ngx_xmpp_cm_client_end(cl, "connection-timeout",
+                               cl->authenticated ? "idle for too long"
+                               : "not authenticated in time", NULL, 0);
+        return;
+    }
+
+    for ( ;; ) {
+
+        if (cl->blocked && !cl->closing) {
+            /* the upstream socket is over its high-water mark */
+            return;
+        }
+
+        n = c->recv(c, ngx_xmpp_cm_client_buf, NGX_XMPP_CM_CLIENT_READ);
+
+        if (n == NGX_AGAIN) {
+            break;
+        }
+
+        if (n == 0 || n == NGX_ERROR) {
+            ngx_log_debug0(NGX_LOG_DEBUG_STREAM, c->log, 0,
+                           "xmpp_cm: client closed the connection");
+            ngx_xmpp_cm_client_finalize(cl);
+            return;
+        }
+
+        s->received += n;
+
+        if (cl->closing) {
+            /* draining: nothing more is read into the stream */
+            continue;
+        }
+
+        if (ngx_xmpp_cm_client_process(cl, ngx_xmpp_cm_client_buf, n)
+            != NGX_OK)
+        {
+            if (cl->closing) {
+                continue;
+            }
+            return;
+        }
+    }
+
+    if (ngx_handle_read_event(rev, 0) != NGX_OK) {
+        ngx_xmpp_cm_client_finalize(cl);
+        return;
+    }
+
+    if (!cl->closing && cl->authenticated && cl->conf->idle_timeout) {
+        ngx_add_timer(rev, cl->conf->idle_timeout);
+    }
+}
+
+
+static ngx_int_t
+ngx_xmpp_cm_client_process(ngx_xmpp_cm_client_t *cl, u_char *buf, size_t n)
+{
+    ngx_int_t  rc;
+
+    rc = ngx_xmpp_cm_xml_feed(cl->xml, buf, n);
+
+    if (rc == NGX_OK) {
+        return NGX_OK;
+    }
+
+    if (cl->closing) {
+        return NGX_DONE;
+    }
+
+    if (cl->xml->error) {
+        ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                      "xmpp_cm: client sent bad XML: %s (%s)",
+                      cl->xml->error,
+                      cl->xml->error_text ? cl->xml->error_text : "");
+
+        ngx_xmpp_cm_client_end(cl, (char *) cl->xml->error,
+                               (char *) cl->xml->error_text, NULL, 0);
+        return NGX_DONE;
+    }
+
+    ngx_xmpp_cm_client_end(cl, "internal-server-error", NULL, NULL, 0);
+
+    return NGX_DONE;
+}
+
+
+static ngx_str_t *
+ngx_xmpp_cm_client_attr(const XML_Char **attrs, char *ns, char *name,
+    ngx_str_t *value)
+{
+    ngx_uint_t  i;
+    ngx_str_t   ans, local;
+
+    for (i = 0; attrs[i]; i += 2) {
+        ngx_xmpp_cm_split_name(attrs[i], &ans, &local);
+
+        if (ngx_xmpp_cm_str_is(&local, name) && ngx_xmpp_cm_str_is(&ans, ns)) {
+            value->data = (u_char *) attrs[i + 1];
+            value->len = ngx_strlen(value->data);
+            return value;
+        }
+    }
+
+    return NULL;
+}
+
+
+static ngx_int_t
+ngx_xmpp_cm_client_open(void *data, ngx_str_t *name, ngx_str_t *ns,
+    const XML_Char **attrs)
+{
+    ngx_xmpp_cm_client_t *cl = data;
+
+    size_t      i;
+    ngx_str_t   v, *domain, addr, root_ns;
+    ngx_uint_t  n;
+
+    ngx_str_null(&cl->domain);
+
+    if (!ngx_xmpp_cm_str_is(ns, NGX_XMPP_NS_STREAMS)) {
+        ngx_xmpp_cm_client_end(cl, "invalid-namespace",
+                               "the stream namespace is wrong", NULL, 0);
+        return NGX_DONE;
+    }
+
+    if (!ngx_xmpp_cm_str_is(name, "stream")) {
+        ngx_xmpp_cm_client_end(cl, "bad-format", "expected <stream:stream>",
+                               NULL, 0);
+        return NGX_DONE;
+    }
+
+    root_ns.data = cl->xml->root_ns;
+    root_ns.len = cl->xml->root_ns_len;
+
+    if (!cl->xml->root_has_default
+        || !ngx_xmpp_cm_str_is(&root_ns, NGX_XMPP_NS_CLIENT))
+    {
+        ngx_xmpp_cm_client_end(cl, "invalid-namespace",
+                               "the content namespace must be jabber:client",
+                               NULL, 0);
+        return NGX_DONE;
+    }
+
+    domain = cl->conf->domains->elts;
+
+    if (ngx_xmpp_cm_client_attr(attrs, "", "to", &v)) {
+        for (n = 0; n < cl->conf->domains->nelts; n++) {
+            if (v.len == domain[n].len
+                && ngx_strncasecmp(v.data, domain[n].data, v.len) == 0)
+            {
+                cl->domain = domain[n];
+                break;
+            }
+        }
+    }
+
+    if (cl->domain.len == 0) {
+        ngx_xmpp_cm_client_end(cl, "host-unknown",
+                               "this server does not serve that domain",
+                               NULL, 0);
+        return NGX_DONE;
+    }
+
+    if (ngx_xmpp_cm_client_attr(attrs, "", "version", &v) == NULL
+        || v.len < 3 || v.data[0] != '1' || v.data[1] != '.')
+    {
+        ngx_xmpp_cm_client_end(cl, "unsupported-version",
+                               "version 1.0 is required", NULL, 0);
+        return NGX_DONE;
+    }
+
+    ngx_memcpy(cl->lang, "en", 3);
+
+    if (ngx_xmpp_cm_client_attr(attrs,
+                                "http://www.w3.org/XML/1998/namespace",
+                                "lang", &v)
+        && v.len && v.len < sizeof(cl->lang))
+    {
+        for (i = 0; i < v.len; i++) {
+            if (!(isalnum(v.data[i]) || v.data[i] == '-')) {
+                break;
+            }
+        }
+
+        if (i == v.len) {
+            ngx_memcpy(cl->lang, v.data, v.len);
+            cl->lang[v.len] = '\0';
+        }
+    }
+
+    if (cl->session == NULL && !cl->authenticated) {
+        if (cl->pool->ready == 0 || !cl->pool->configured) {
+            ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                          "xmpp_cm: no Openfire connection is up, refusing "
+                          "the client");
+            ngx_xmpp_cm_client_end(cl, "remote-connection-failed",
+                                   "the XMPP server is unreachable",
+                                   NULL, 0);
+            return NGX_DONE;
+        }
+
+        /* the client's address as nginx sees it (PROXY protocol, realip) */
+
+        ngx_str_null(&addr);
+
+        switch (cl->c->sockaddr->sa_family) {
+        case AF_INET:
+#if (NGX_HAVE_INET6)
+        case AF_INET6:
+#endif
+            addr = cl->c->addr_text;
+            break;
+        }
+
+        cl->session = ngx_xmpp_cm_session_create(cl->pool, cl, &addr);
+
+        if (cl->session == NULL) {
+            ngx_xmpp_cm_client_end(cl, "remote-connection-failed",
+                                   "the XMPP server is unreachable",
+                                   NULL, 0);
+            return NGX_DONE;
+        }
+
+        cl->c->log->action = "authenticating";
+
+        ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                      "xmpp_cm: client stream %V opened",
+                      &cl->session->node.str);
+    }
+
+    if (cl->session == NULL) {
+        /* restarted after the session ended: nothing to serve */
+        ngx_xmpp_cm_client_end(cl, "reset", NULL, NULL, 0);
+        return NGX_DONE;
+    }
+
+    ngx_xmpp_cm_client_header(cl);
+    cl->state = NGX_XMPP_CM_C_OPEN;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_xmpp_cm_client_header(ngx_xmpp_cm_client_t *cl)
+{
+    u_char              *p, buf[512];
+    ngx_str_t           *domain, id;
+    ngx_xmpp_cm_pool_t  *pool;
+
+    static u_char  post[] =
+        "<stream:features><bind xmlns=\"urn:ietf:params:xml:ns:xmpp-bind\"/>"
+        "<session xmlns=\"urn:ietf:params:xml:ns:xmpp-session\">"
+        "<optional/></session></stream:features>";
+
+    pool = cl->pool;
+
+    if (cl->domain.len) {
+        domain = &cl->domain;
+
+    } else {
+        domain = cl->conf->domains->elts;
+    }
+
+    if (cl->session) {
+        id = cl->session->node.str;
+
+    } else {
+        ngx_str_null(&id);
+    }
+
+    p = ngx_snprintf(buf, sizeof(buf),
+                     "<?xml version='1.0'?><stream:stream xmlns=\""
+                     NGX_XMPP_NS_CLIENT "\" xmlns:stream=\""
+                     NGX_XMPP_NS_STREAMS "\"%s%V%s from=\"%V\""
+                     " version=\"1.0\" xml:lang=\"%s\">",
+                     id.len ? " id=\"" : "", &id, id.len ? "\"" : "",
+                     domain, cl->lang[0] ? cl->lang : (u_char *) "en");
+
+    ngx_xmpp_cm_client_send(cl, buf, p - buf);
+    cl->header_sent = 1;
+
+    if (cl->closing || cl->session == NULL) {
+        return;
+    }
+
+    if (cl->authenticated) {
+        ngx_xmpp_cm_client_send(cl, post, sizeof(post) - 1);
+        return;
+    }
+
+    ngx_xmpp_cm_client_send(cl, (u_char *) "<stream:features>", 17);
+    ngx_xmpp_cm_client_send(cl, pool->features.data, pool->features.len);
+    ngx_xmpp_cm_client_send(cl, (u_char *) "</stream:features>", 18);
+}
+
+
+static ngx_int_t
+ngx_xmpp_cm_client_forward(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
+{
+    ngx_int_t            rc;
+    ngx_xmpp_cm_sock_t  *sock;
+
+    if (cl->session == NULL) {
+        ngx_xmpp_cm_client_end(cl, "reset", NULL, NULL, 0);
+        return NGX_DONE;
+    }
+
+    rc = ngx_xmpp_cm_route_client(cl->session, cl->xml, e);
+
+    if (rc == NGX_DECLINED) {
+        ngx_xmpp_cm_client_end(cl, "policy-violation", "stanza too large",
+                               NULL, 0);
+        return NGX_DONE;
+    }
+
+    if (rc != NGX_OK) {
+        ngx_xmpp_cm_client_end(cl, "remote-connection-failed",
+                               "the XMPP server is unreachable", NULL, 0);
+        return NGX_DONE;
+    }
+
+    sock = cl->session->sock;
+
+    if (sock && sock->throttled) {
+        cl->blocked = 1;
+        ngx_xmpp_cm_sock_block(sock, cl->session);
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_xmpp_cm_client_element(void *data, ngx_xmpp_cm_elem_t *e)
+{
+    ngx_xmpp_cm_client_t *cl = data;
+
+    ngx_str_t  *name, *ns;
+
+    static u_char  aborted[] = "<failure xmlns=\"" NGX_XMPP_NS_SASL "\">"
+                               "<aborted/></failure>";
+    static u_char  tls_failure[] = "<failure xmlns=\"" NGX_XMPP_NS_TLS "\"/>";
+
+    name = &e->name;
+    ns = &e->ns;
+
+    if (ngx_xmpp_cm_str_is(ns, NGX_XMPP_NS_CLIENT)) {
+
+        if (ngx_xmpp_cm_str_is(name, "iq")) {
+            return ngx_xmpp_cm_client_forward(cl, e);
+        }
+
+        if (ngx_xmpp_cm_str_is(name, "message")
+            || ngx_xmpp_cm_str_is(name, "presence"))
+        {
+            if (!cl->authenticated) {
+                ngx_xmpp_cm_client_end(cl, "not-authorized",
+                                       "authenticate first", NULL, 0);
+                return NGX_DONE;
+            }
+
+            return ngx_xmpp_cm_client_forward(cl, e);
+        }
+
+    } else if (ngx_xmpp_cm_str_is(ns, NGX_XMPP_NS_SASL)
+               && !cl->authenticated)
+    {
+        if (ngx_xmpp_cm_str_is(name, "auth")
+            || ngx_xmpp_cm_str_is(name, "response"))
+        {
+            return ngx_xmpp_cm_client_forward(cl, e);
+        }
+
+        if (ngx_xmpp_cm_str_is(name, "abort")) {
+            /* Openfire rejects <abort/> in a route; answer it here */
+            ngx_xmpp_cm_client_send(cl, aborted, sizeof(aborted) - 1);
+            return NGX_OK;
+        }
+
+    } else if (ngx_xmpp_cm_str_is(ns, NGX_XMPP_NS_TLS)
+               && ngx_xmpp_cm_str_is(name, "starttls"))
+    {
+        /* not offered: RFC 6120 5.4.2.2, failure and close */
+        ngx_xmpp_cm_client_send(cl, tls_failure, sizeof(tls_failure) - 1);
+        ngx_xmpp_cm_client_end(cl, NULL, NULL, (u_char *) "", 0);
+        return NGX_DONE;
+
+    } else if (ngx_xmpp_cm_str_is(ns, NGX_XMPP_NS_STREAMS)
+               && ngx_xmpp_cm_str_is(name, "error"))
+    {
+        ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                      "xmpp_cm: client sent a stream error");
+        ngx_xmpp_cm_client_end(cl, NULL, NULL, (u_char *) "", 0);
+        return NGX_DONE;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                  "xmpp_cm: client sent unsupported <%V xmlns=\"%V\">",
+                  name, ns);
+
+    ngx_xmpp_cm_client_end(cl, "unsupported-stanza-type", NULL, NULL, 0);
+
+    return NGX_DONE;
+}
+
+
+static ngx_int_t
+ngx_xmpp_cm_client_close(void *data)
+{
+    ngx_xmpp_cm_client_t *cl = data;
+
+    ngx_log_debug0(NGX_LOG_DEBUG_STREAM, cl->c->log, 0,
+                   "xmpp_cm: client closed its stream");
+
+    ngx_xmpp_cm_client_end(cl, NULL, NULL, (u_char *) "", 0);
+
+    return NGX_DONE;
+}
+
+
+/* output to the client, capped so a client that does not read is cut */
+
+static void
+ngx_xmpp_cm_client_send(ngx_xmpp_cm_client_t *cl, u_char *p, size_t len)
+{
+    ngx_connection_t  *c;
+
+    c = cl->c;
+
+    if (ngx_xmpp_cm_queue_append(&cl->out, p, len) != NGX_OK) {
+        c->error = 1;
+        return;
+    }
+
+    if (!c->write->posted) {
+        ngx_post_event(c->write, &ngx_posted_events);
+    }
+}
+
+
+static ngx_uint_t
+ngx_xmpp_cm_client_full(ngx_xmpp_cm_client_t *cl, size_t len)
+{
+    if (cl->out.size + len <= cl->conf->client_output_limit) {
+        return 0;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                  "xmpp_cm: client is not reading: %uz bytes queued "
+                  "(xmpp_cm_client_output_limit), closing it",
+                  cl->out.size);
+
+    ngx_xmpp_cm_client_end(cl, "policy-violation",
+                           "too much unread data (client not reading)",
+                           NULL, 0);
+
+    return 1;
+}
+
+
+/* a stanza (or SASL element) from Openfire for this client */
+
+void
+ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
+    ngx_xmpp_cm_node_t *n)
+{
+    u_char     *p, *tmp;
+    size_t      len, out;
+    ngx_uint_t  success;
+
+    len = ngx_xmpp_cm_xml_copy(x, NULL, n->start, n->end);
+
+    if (cl->closing || ngx_xmpp_cm_client_full(cl, len)) {
+        if (cl->session) {
+            ngx_xmpp_cm_session_bounce(cl->session, x, n);
+        }
+        return;
+    }
+
+    if (ngx_xmpp_cm_str_is(&n->ns, NGX_XMPP_NS_STREAMS)
+        && ngx_xmpp_cm_str_is(&n->name, "error"))
+    {
+        tmp = ngx_pnalloc(x->tmp, len);
+        if (tmp == NULL) {
+            return;
+        }
+
+        (void) ngx_xmpp_cm_xml_copy(x, tmp, n->start, n->end);
+
+        ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                      "xmpp_cm: Openfire ended the session with a stream "
+                      "error");
+
+        ngx_xmpp_cm_client_end(cl, NULL, NULL, tmp, len);
+        return;
+    }
+
+    success = ngx_xmpp_cm_str_is(&n->ns, NGX_XMPP_NS_SASL)
+              && ngx_xmpp_cm_str_is(&n->name, "success");
+
+    if (n->has_xmlns && !ngx_xmpp_cm_str_is(&n->xmlns, NGX_XMPP_NS_CLIENT)
+        && !success && !ngx_xmpp_cm_str_is(&n->ns, NGX_XMPP_NS_SASL))
+    {
+        tmp = ngx_pnalloc(x->tmp, len);
+        if (tmp == NULL) {
+            return;
+        }
+
+        (void) ngx_xmpp_cm_xml_copy(x, tmp, n->start, n->end);
+
+        out = ngx_xmpp_cm_strip_server_ns(NULL, tmp, len, n);
+        p = ngx_xmpp_cm_queue_alloc(&cl->out, out);
+        if (p == NULL) {
+            return;
+        }
+
+        (void) ngx_xmpp_cm_strip_server_ns(p, tmp, len, n);
+
+    } else {
+        p = ngx_xmpp_cm_queue_alloc(&cl->out, len);
+        if (p == NULL) {
+            return;
+        }
+
+        (void) ngx_xmpp_cm_xml_copy(x, p, n->start, n->end);
+    }
+
+    if (!cl->c->write->posted) {
+        ngx_post_event(cl->c->write, &ngx_posted_events);
+    }
+
+    if (success) {
+        ngx_xmpp_cm_client_success(cl);
+    }
+}
+
+
+/* Openfire 4.8+: SASL results and stream errors as escaped text */
+
+void
+ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_client_t *cl, ngx_str_t *text)
+{
+    u_char  *p, *end;
+
+    if (cl->closing) {
+        return;
+    }
+
+    p = text->data;
+    end = p + text->len;
+
+    while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')) {
+        p++;
+    }
+
+    if (end - p > 13 && ngx_strncmp(p, "<stream:error", 13) == 0) {
+        ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                      "xmpp_cm: Openfire ended the session with a stream "
+                      "error");
+        ngx_xmpp_cm_client_end(cl, NULL, NULL, p, end - p);
+        return;
+    }
+
+    if (ngx_xmpp_cm_client_full(cl, text->len)) {
+        return;
+    }
+
+    ngx_xmpp_cm_client_send(cl, p, end - p);
+
+    if (end - p > 8 && ngx_strncmp(p, "<success", 8) == 0
+        && (p[8] == ' ' || p[8] == '/' || p[8] == '>'))
+    {
+        ngx_xmpp_cm_client_success(cl);
+    }
+}
+
+
+/*
+ * SASL succeeded: the client restarts its stream on a fresh parser, and
+ * gets the same stream id with the post-authentication features.
+ */
+
+static void
+ngx_xmpp_cm_client_success(ngx_xmpp_cm_client_t *cl)
+{
+    cl->authenticated = 1;
+    cl->state = NGX_XMPP_CM_C_HEADER;
+    cl->c->log->action = "in an authenticated XMPP stream";
+
+    if (ngx_xmpp_cm_xml_reset(cl->xml) != NGX_OK) {
+        ngx_xmpp_cm_client_end(cl, "internal-server-error", NULL, NULL, 0);
+        return;
+    }
+
+    cl->xml->max_size = cl->conf->max_stanza;
+
+    if (cl->c->read->timer_set) {
+        ngx_del_timer(cl->c->read);
+    }
+
+    if (cl->conf->idle_timeout) {
+        ngx_add_timer(cl->c->read, cl->conf->idle_timeout);
+    }
+}
+
+
+/*
+ * Ends the client stream: a stream error (cond, or raw bytes Openfire
+ * sent), then </stream:stream>; the connection closes once that is
+ * written, or after a short linger.  raw == "" with rawlen 0 sends only
+ * the end tag.
+ */
+
+void
+ngx_xmpp_cm_client_end(ngx_xmpp_cm_client_t *cl, char *cond, char *text,
+    u_char *raw, size_t rawlen)
+{
+    u_char      *p, buf[512];
+    ngx_event_t *rev;
+
+    if (cl->closing) {
+        return;
+    }
+
+    if (!cl->header_sent) {
+        ngx_xmpp_cm_client_header(cl);
+    }
+
+    cl->closing = 1;
+
+    if (raw) {
+        ngx_xmpp_cm_client_send(cl, raw, rawlen);
+
+    } else if (cond) {
+        p = ngx_snprintf(buf, sizeof(buf) - 64,
+                         "<stream:error><%s xmlns=\"" NGX_XMPP_NS_XSTREAMS
+                         "\"/>", cond);
+
+        if (text) {
+            p = ngx_snprintf(p, buf + sizeof(buf) - 64 - p,
+                             "<text xmlns=\"" NGX_XMPP_NS_XSTREAMS "\">%s"
+                             "</text>", text);
+        }
+
+        p = ngx_cpymem(p, "</stream:error>", 15);
+        ngx_xmpp_cm_client_send(cl, buf, p - buf);
+
+        ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                      "xmpp_cm: client stream %V ended: %s",
+                      cl->session ? &cl->session->node.str : &cl->domain,
+                      cond);
+    }
+
+    ngx_xmpp_cm_client_send(cl, (u_char *) "</stream:stream>", 16);
+
+    if (cl->session) {
+        ngx_xmpp_cm_session_client_gone(cl->session, 0);
+        cl->session = NULL;
+    }
+
+    if (cl->blocked) {
+        cl->blocked = 0;
+    }
+
+    rev = cl->c->read;
+
+    if (rev->timer_set) {
+        ngx_del_timer(rev);
+    }
+
+    ngx_add_timer(rev, NGX_XMPP_CM_LINGER);
+
+    if (!rev->posted) {
+        ngx_post_event(rev, &ngx_posted_events);
+    }
+}
+
+
+static void
+ngx_xmpp_cm_client_write_handler(ngx_event_t *wev)
+{
+    ngx_int_t              rc;
+    ngx_connection_t      *c;
+    ngx_stream_session_t  *s;
+    ngx_xmpp_cm_client_t  *cl;
+
+    c = wev->data;
+    s = c->data;
+    cl = ngx_stream_get_module_ctx(s, ngx_stream_xmpp_cm_module);
+
+    if (c->error) {
+        ngx_xmpp_cm_client_finalize(cl);
+        return;
+    }
+
+    rc = ngx_xmpp_cm_queue_send(c, &cl->out);
+
+    if (rc == NGX_ERROR) {
+        ngx_xmpp_cm_client_finalize(cl);
+        return;
+    }
+
+    if (rc == NGX_OK && cl->closing) {
+        ngx_xmpp_cm_client_finalize(cl);
+        return;
+    }
+
+    if (ngx_handle_write_event(wev, 0) != NGX_OK) {
+        ngx_xmpp_cm_client_finalize(cl);
+    }
+}
+
+
+void
+ngx_xmpp_cm_client_flush(ngx_xmpp_cm_client_t *cl)
+{
+    (void) ngx_xmpp_cm_queue_send(cl->c, &cl->out);
+}
+
+
+void
+ngx_xmpp_cm_client_unblock(ngx_xmpp_cm_client_t *cl)
+{
+    cl->blocked = 0;
+
+    if (!cl->c->read->posted) {
+        ngx_post_event(cl->c->read, &ngx_posted_events);
+    }
+}
+
+
+void
+ngx_xmpp_cm_client_orphan(ngx_xmpp_cm_client_t *cl)
+{
+    cl->session = NULL;
+}
+
+
+static void
+ngx_xmpp_cm_client_finalize(ngx_xmpp_cm_client_t *cl)
+{
+    ngx_stream_finalize_session(cl->s, NGX_STREAM_OK);
+}
+
+
+static void
+ngx_xmpp_cm_client_cleanup(void *data)
+{
+    ngx_xmpp_cm_client_t *cl = data;
+
+    if (cl->out.size) {
+        ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                      "xmpp_cm: %uz bytes for the client were not delivered "
+                      "(connection closed)", cl->out.size);
+    }
+
+    if (cl->session) {
+        ngx_xmpp_cm_session_client_gone(cl->session, 0);
+        cl->session = NULL;
+    }
+
+    ngx_xmpp_cm_queue_free(&cl->out);
+    ngx_xmpp_cm_xml_free(cl->xml);
+}

@@ -1,0 +1,503 @@
+
+/*
+ * The route codec: client stanzas into <route> envelopes, session IQs,
+ * and the namespace fix-ups of downstream payloads.
+ *
+ * Client bytes are copied as expat validated them, with the smallest
+ * changes that make them safe inside Openfire's connection-manager
+ * stream, whose splitter tracks double quotes only (protocol section 2):
+ * single-quoted attribute values become double-quoted, '"' and '>' inside
+ * them and '>' in text are escaped, CDATA sections become escaped text,
+ * and xmlns="jabber:client" is added to a stanza that has no default
+ * namespace of its own.
+ */
+
+
+#include "ngx_stream_xmpp_cm.h"
+
+
+#define NGX_XMPP_CM_XMLNS_CLIENT  " xmlns=\"jabber:client\""
+
+
+enum {
+    sw_text = 0,
+    sw_lt,
+    sw_name,
+    sw_tag,
+    sw_sq,
+    sw_dq,
+    sw_cdata_open,
+    sw_cdata
+};
+
+
+typedef struct {
+    ngx_uint_t  state;
+    ngx_uint_t  skip;
+    ngx_uint_t  brackets;
+    ngx_uint_t  add_xmlns;
+    size_t      len;
+    u_char     *dst;
+} ngx_xmpp_cm_scan_t;
+
+
+#define ngx_xmpp_cm_emit(sc, s, n)                                           \
+    do {                                                                     \
+        if ((sc)->dst) {                                                     \
+            (sc)->dst = ngx_cpymem((sc)->dst, s, n);                         \
+        }                                                                    \
+        (sc)->len += n;                                                      \
+    } while (0)
+
+
+static void
+ngx_xmpp_cm_scan(ngx_xmpp_cm_scan_t *sc, u_char *p, size_t n)
+{
+    u_char  ch, *end;
+
+    for (end = p + n; p < end; p++) {
+        ch = *p;
+
+        switch (sc->state) {
+
+        case sw_text:
+            if (ch == '<') {
+                sc->state = sw_lt;
+
+            } else if (ch == '>') {
+                ngx_xmpp_cm_emit(sc, "&gt;", 4);
+
+            } else {
+                ngx_xmpp_cm_emit(sc, &ch, 1);
+            }
+            break;
+
+        case sw_lt:
+            if (ch == '!') {
+                /* "<![CDATA[": comments are refused by the framer */
+                sc->state = sw_cdata_open;
+                sc->skip = 7;
+                break;
+            }
+
+            ngx_xmpp_cm_emit(sc, "<", 1);
+            ngx_xmpp_cm_emit(sc, &ch, 1);
+            sc->state = sc->add_xmlns ? sw_name : sw_tag;
+            break;
+
+        case sw_name:
+            if (ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n'
+                || ch == '/' || ch == '>')
+            {
+                ngx_xmpp_cm_emit(sc, NGX_XMPP_CM_XMLNS_CLIENT,
+                                 sizeof(NGX_XMPP_CM_XMLNS_CLIENT) - 1);
+                sc->add_xmlns = 0;
+                sc->state = sw_tag;
+                p--;
+                break;
+            }
+
+            ngx_xmpp_cm_emit(sc, &ch, 1);
+            break;
+
+        case sw_tag:
+            if (ch == '\'') {
+                ngx_xmpp_cm_emit(sc, "\"", 1);
+                sc->state = sw_sq;
+
+            } else if (ch == '"') {
+                ngx_xmpp_cm_emit(sc, "\"", 1);
+                sc->state = sw_dq;
+
+            } else {
+                if (ch == '>') {
+                    sc->state = sw_text;
+                }
+
+                ngx_xmpp_cm_emit(sc, &ch, 1);
+            }
+            break;
+
+        case sw_sq:
+            if (ch == '\'') {
+                ngx_xmpp_cm_emit(sc, "\"", 1);
+                sc->state = sw_tag;
+
+            } else if (ch == '"') {
+                ngx_xmpp_cm_emit(sc, "&quot;", 6);
+
+            } else if (ch == '>') {
+                ngx_xmpp_cm_emit(sc, "&gt;", 4);
+
+            } else {
+                ngx_xmpp_cm_emit(sc, &ch, 1);
+            }
+            break;
+
+        case sw_dq:
+            if (ch == '"') {
+                ngx_xmpp_cm_emit(sc, "\"", 1);
+                sc->state = sw_tag;
+
+            } else if (ch == '>') {
+                ngx_xmpp_cm_emit(sc, "&gt;", 4);
+
+            } else {
+                ngx_xmpp_cm_emit(sc, &ch, 1);
+            }
+            break;
+
+        case sw_cdata_open:
+            if (--sc->skip == 0) {
+                sc->state = sw_cdata;
+                sc->brackets = 0;
+            }
+            break;
+
+        case sw_cdata:
+            if (ch == ']') {
+                sc->brackets++;
+                break;
+            }
+
+            if (ch == '>' && sc->brackets >= 2) {
+                while (sc->brackets-- > 2) {
+                    ngx_xmpp_cm_emit(sc, "]", 1);
+                }
+                sc->brackets = 0;
+                sc->state = sw_text;
+                break;
+            }
+
+            while (sc->brackets) {
+                ngx_xmpp_cm_emit(sc, "]", 1);
+                sc->brackets--;
+            }
+
+            if (ch == '<') {
+                ngx_xmpp_cm_emit(sc, "&lt;", 4);
+
+            } else if (ch == '>') {
+                ngx_xmpp_cm_emit(sc, "&gt;", 4);
+
+            } else if (ch == '&') {
+                ngx_xmpp_cm_emit(sc, "&amp;", 5);
+
+            } else {
+                ngx_xmpp_cm_emit(sc, &ch, 1);
+            }
+            break;
+        }
+    }
+}
+
+
+/* with dst == NULL only counts the output length */
+
+size_t
+ngx_xmpp_cm_sanitize(ngx_xmpp_cm_xml_t *x, u_char *dst, XML_Index start,
+    XML_Index end, ngx_uint_t add_xmlns)
+{
+    ngx_str_t           p1, p2;
+    ngx_xmpp_cm_scan_t  sc;
+
+    ngx_memzero(&sc, sizeof(ngx_xmpp_cm_scan_t));
+    sc.dst = dst;
+    sc.add_xmlns = add_xmlns;
+
+    ngx_xmpp_cm_xml_pieces(x, start, end, &p1, &p2);
+
+    ngx_xmpp_cm_scan(&sc, p1.data, p1.len);
+    ngx_xmpp_cm_scan(&sc, p2.data, p2.len);
+
+    return sc.len;
+}
+
+
+/* XML-escapes an attribute value or text; with dst == NULL counts */
+
+size_t
+ngx_xmpp_cm_escape(u_char *dst, u_char *src, size_t len)
+{
+    size_t   n;
+    u_char  *end;
+
+    n = 0;
+
+    for (end = src + len; src < end; src++) {
+        switch (*src) {
+        case '&':
+            if (dst) {
+                dst = ngx_cpymem(dst, "&amp;", 5);
+            }
+            n += 5;
+            break;
+        case '<':
+            if (dst) {
+                dst = ngx_cpymem(dst, "&lt;", 4);
+            }
+            n += 4;
+            break;
+        case '>':
+            if (dst) {
+                dst = ngx_cpymem(dst, "&gt;", 4);
+            }
+            n += 4;
+            break;
+        case '"':
+            if (dst) {
+                dst = ngx_cpymem(dst, "&quot;", 6);
+            }
+            n += 6;
+            break;
+        default:
+            if (dst) {
+                *dst++ = *src;
+            }
+            n++;
+        }
+    }
+
+    return n;
+}
+
+
+static size_t
+ngx_xmpp_cm_route_head(ngx_xmpp_cm_pool_t *pool, ngx_str_t *id, u_char *dst)
+{
+    if (dst == NULL) {
+        return sizeof("<route to=\"\" from=\"\" streamid=\"\">") - 1
+               + pool->domain.len + pool->name.len + id->len;
+    }
+
+    return ngx_sprintf(dst, "<route to=\"%V\" from=\"%V\" streamid=\"%V\">",
+                       &pool->domain, &pool->name, id)
+           - dst;
+}
+
+
+/*
+ * Wraps a client stanza in a route on the session's socket.
+ * NGX_DECLINED: it would not fit Openfire's fragment limit.
+ */
+
+ngx_int_t
+ngx_xmpp_cm_route_client(ngx_xmpp_cm_session_t *s, ngx_xmpp_cm_xml_t *x,
+    ngx_xmpp_cm_elem_t *e)
+{
+    u_char              *p;
+    size_t               body, head, len;
+    ngx_uint_t           add;
+    ngx_xmpp_cm_sock_t  *sock;
+
+    sock = ngx_xmpp_cm_session_sock(s);
+    if (sock == NULL) {
+        return NGX_ERROR;
+    }
+
+    add = !e->has_xmlns;
+    body = ngx_xmpp_cm_sanitize(x, NULL, e->start, e->end, add);
+    head = ngx_xmpp_cm_route_head(s->pool, &s->node.str, NULL);
+    len = head + body + sizeof("</route>") - 1;
+
+    if (len > NGX_XMPP_CM_OPENFIRE_MAX - 16) {
+        return NGX_DECLINED;
+    }
+
+    p = ngx_xmpp_cm_sock_alloc(sock, len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    p += ngx_xmpp_cm_route_head(s->pool, &s->node.str, p);
+    p += ngx_xmpp_cm_sanitize(x, p, e->start, e->end, add);
+    ngx_memcpy(p, "</route>", sizeof("</route>") - 1);
+
+    return NGX_OK;
+}
+
+
+/* wraps bytes the CM built itself (already safe) in a route */
+
+ngx_int_t
+ngx_xmpp_cm_route_raw(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
+    ngx_str_t *id, u_char *data, size_t n)
+{
+    u_char  *p;
+    size_t   len;
+
+    len = ngx_xmpp_cm_route_head(pool, id, NULL) + n + sizeof("</route>") - 1;
+
+    if (id->len == 0 || n == 0 || len > NGX_XMPP_CM_OPENFIRE_MAX - 16) {
+        return NGX_DECLINED;
+    }
+
+    p = ngx_xmpp_cm_sock_alloc(sock, len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    p += ngx_xmpp_cm_route_head(pool, id, p);
+    p = ngx_cpymem(p, data, n);
+    ngx_memcpy(p, "</route>", sizeof("</route>") - 1);
+
+    return NGX_OK;
+}
+
+
+/*
+ * <iq type="set" id=.. to=DOMAIN from=NAME/RES><session xmlns=.. id=ID>
+ * <create>|<close/>|<failed>payload</failed></session></iq>
+ */
+
+ngx_int_t
+ngx_xmpp_cm_route_session_iq(ngx_xmpp_cm_pool_t *pool,
+    ngx_xmpp_cm_sock_t *sock, ngx_str_t *id, ngx_uint_t type,
+    ngx_str_t *addr, u_char *payload, size_t plen)
+{
+    u_char  *p, buf[512];
+    size_t   len;
+
+    if (id->len == 0) {
+        /* an empty session id would kill the shared socket */
+        return NGX_ERROR;
+    }
+
+    p = ngx_snprintf(buf, sizeof(buf) - 200,
+                     "<iq type=\"set\" id=\"c%ui\" to=\"%V\" from=\"%V/%V\">"
+                     "<session xmlns=\"" NGX_XMPP_NS_CMPROTO "\" id=\"%V\">",
+                     ++pool->iq_seq, &pool->domain, &pool->name,
+                     &sock->resource, id);
+
+    switch (type) {
+
+    case NGX_XMPP_CM_IQ_CREATE:
+        if (addr && addr->len) {
+            p = ngx_sprintf(p, "<create><host name=\"%V\" address=\"%V\"/>"
+                            "</create>", addr, addr);
+        } else {
+            p = ngx_cpymem(p, "<create/>", 9);
+        }
+        break;
+
+    case NGX_XMPP_CM_IQ_CLOSE:
+        p = ngx_cpymem(p, "<close/>", 8);
+        break;
+
+    default: /* NGX_XMPP_CM_IQ_FAILED */
+        if (plen == 0) {
+            return NGX_ERROR;
+        }
+
+        len = (p - buf) + plen + sizeof("<failed></failed></session></iq>");
+
+        if (len > NGX_XMPP_CM_OPENFIRE_MAX - 16) {
+            return NGX_DECLINED;
+        }
+
+        if (ngx_xmpp_cm_sock_write(sock, buf, p - buf) != NGX_OK
+            || ngx_xmpp_cm_sock_write(sock, (u_char *) "<failed>", 8)
+               != NGX_OK
+            || ngx_xmpp_cm_sock_write(sock, payload, plen) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        return ngx_xmpp_cm_sock_write(sock,
+                                      (u_char *) "</failed></session></iq>",
+                                      sizeof("</failed></session></iq>") - 1);
+    }
+
+    p = ngx_cpymem(p, "</session></iq>", sizeof("</session></iq>") - 1);
+
+    return ngx_xmpp_cm_sock_write(sock, buf, p - buf);
+}
+
+
+/*
+ * Openfire's stanzas come without a namespace, which makes them
+ * jabber:client in the client's stream.  A server-side default namespace
+ * on the payload's own start tag is removed so that it is one there too.
+ */
+
+static ngx_int_t
+ngx_xmpp_cm_server_ns(ngx_str_t *ns)
+{
+    return ngx_xmpp_cm_str_is(ns, "jabber:server")
+           || ngx_xmpp_cm_str_is(ns, NGX_XMPP_NS_CM)
+           || ngx_xmpp_cm_str_is(ns, "jabber:component:accept");
+}
+
+
+size_t
+ngx_xmpp_cm_strip_server_ns(u_char *dst, u_char *p, size_t len,
+    ngx_xmpp_cm_node_t *n)
+{
+    u_char  *a, *end, *tag_end, q;
+
+    if (!n->has_xmlns || !ngx_xmpp_cm_server_ns(&n->xmlns)) {
+        if (dst) {
+            ngx_memcpy(dst, p, len);
+        }
+        return len;
+    }
+
+    end = p + len;
+    tag_end = ngx_strlchr(p, end, '>');
+    if (tag_end == NULL) {
+        tag_end = end;
+    }
+
+    for (a = p; a + 7 < tag_end; a++) {
+        if ((a[0] == ' ' || a[0] == '\t' || a[0] == '\n' || a[0] == '\r')
+            && ngx_strncmp(a + 1, "xmlns", 5) == 0
+            && (a[6] == '=' || a[6] == ' '))
+        {
+            break;
+        }
+    }
+
+    if (a + 7 >= tag_end) {
+        if (dst) {
+            ngx_memcpy(dst, p, len);
+        }
+        return len;
+    }
+
+    /* a points at the white space before xmlns = "value" */
+
+    {
+        u_char  *v;
+
+        v = ngx_strlchr(a, tag_end, '=');
+        while (v && v < tag_end && *v != '"' && *v != '\'') {
+            v++;
+        }
+
+        if (v == NULL || v >= tag_end) {
+            if (dst) {
+                ngx_memcpy(dst, p, len);
+            }
+            return len;
+        }
+
+        q = *v;
+        v = ngx_strlchr(v + 1, tag_end, q);
+
+        if (v == NULL) {
+            if (dst) {
+                ngx_memcpy(dst, p, len);
+            }
+            return len;
+        }
+
+        v++;
+
+        if (dst) {
+            dst = ngx_cpymem(dst, p, a - p);
+            ngx_memcpy(dst, v, end - v);
+        }
+
+        return (a - p) + (end - v);
+    }
+}

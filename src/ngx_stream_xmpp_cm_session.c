@@ -1,0 +1,613 @@
+
+/*
+ * The per-worker session table: stream id -> client session.  The table
+ * is the only place where the upstream side finds a client; everything
+ * routed to a stream id this worker no longer (or never) had is answered
+ * here, so that nothing is dropped without its sender being told.
+ */
+
+
+#include "ngx_stream_xmpp_cm.h"
+#include <openssl/rand.h>
+
+
+#define NGX_XMPP_CM_CLOSED_RING  256
+#define NGX_XMPP_CM_GHOSTS_MAX   200000
+
+
+static void ngx_xmpp_cm_session_close_handler(ngx_event_t *ev);
+static void ngx_xmpp_cm_session_close_now(ngx_xmpp_cm_session_t *s);
+static void ngx_xmpp_cm_session_remember(ngx_xmpp_cm_pool_t *pool,
+    ngx_str_t *id);
+static void ngx_xmpp_cm_bounce(ngx_xmpp_cm_pool_t *pool,
+    ngx_xmpp_cm_xml_t *x, ngx_xmpp_cm_session_t *s, ngx_str_t *id,
+    ngx_xmpp_cm_node_t *c);
+
+
+ngx_xmpp_cm_session_t *
+ngx_xmpp_cm_session_create(ngx_xmpp_cm_pool_t *pool,
+    ngx_xmpp_cm_client_t *client, ngx_str_t *addr)
+{
+    u_char                  rnd[8], *p;
+    ngx_xmpp_cm_sock_t     *sock;
+    ngx_xmpp_cm_session_t  *s;
+
+    sock = ngx_xmpp_cm_pool_pick(pool);
+    if (sock == NULL) {
+        return NULL;
+    }
+
+    if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+        ngx_log_error(NGX_LOG_ALERT, &pool->log, 0,
+                      "xmpp_cm: RAND_bytes() failed");
+        return NULL;
+    }
+
+    s = ngx_calloc(sizeof(ngx_xmpp_cm_session_t), &pool->log);
+    if (s == NULL) {
+        return NULL;
+    }
+
+    /* w<pid>-<64 random bits>: unique server-wide, tells the worker */
+
+    p = ngx_sprintf(s->id, "w%P-", ngx_pid);
+    p = ngx_hex_dump(p, rnd, sizeof(rnd));
+
+    s->node.str.data = s->id;
+    s->node.str.len = p - s->id;
+    s->node.node.key = ngx_crc32_short(s->id, s->node.str.len);
+    s->pool = pool;
+    s->sock = sock;
+    s->client = client;
+
+    s->close_ev.handler = ngx_xmpp_cm_session_close_handler;
+    s->close_ev.data = s;
+    s->close_ev.log = &pool->log;
+    s->close_ev.cancelable = 1;
+
+    if (ngx_xmpp_cm_route_session_iq(pool, sock, &s->node.str,
+                                     NGX_XMPP_CM_IQ_CREATE, addr, NULL, 0)
+        != NGX_OK)
+    {
+        ngx_free(s);
+        return NULL;
+    }
+
+    ngx_rbtree_insert(&pool->sessions, &s->node.node);
+    pool->nsessions++;
+
+    return s;
+}
+
+
+/* the socket a session writes to: pinned, re-pinned if it went away */
+
+ngx_xmpp_cm_sock_t *
+ngx_xmpp_cm_session_sock(ngx_xmpp_cm_session_t *s)
+{
+    if (s->sock == NULL || s->sock->state != NGX_XMPP_CM_SOCK_READY) {
+        s->sock = ngx_xmpp_cm_pool_pick(s->pool);
+    }
+
+    return s->sock;
+}
+
+
+ngx_xmpp_cm_session_t *
+ngx_xmpp_cm_session_find(ngx_xmpp_cm_pool_t *pool, ngx_str_t *id)
+{
+    return (ngx_xmpp_cm_session_t *)
+           ngx_str_rbtree_lookup(&pool->sessions, id,
+                                 ngx_crc32_short(id->data, id->len));
+}
+
+
+void
+ngx_xmpp_cm_session_forget(ngx_xmpp_cm_session_t *s)
+{
+    if (s->close_ev.timer_set) {
+        ngx_del_timer(&s->close_ev);
+    }
+
+    if (s->is_blocked) {
+        ngx_queue_remove(&s->blocked);
+        s->is_blocked = 0;
+    }
+
+    ngx_rbtree_delete(&s->pool->sessions, &s->node.node);
+    s->pool->nsessions--;
+
+    ngx_free(s);
+}
+
+
+/*
+ * The client went away.  For xmpp_cm_close_delay the session stays open
+ * on Openfire and messages routed to it go back with <failed> (stored
+ * offline); then <close/> goes out on the socket the session used.
+ */
+
+void
+ngx_xmpp_cm_session_client_gone(ngx_xmpp_cm_session_t *s, ngx_uint_t now)
+{
+    s->client = NULL;
+    s->state = NGX_XMPP_CM_SESSION_CLOSING;
+
+    if (s->is_blocked) {
+        ngx_queue_remove(&s->blocked);
+        s->is_blocked = 0;
+    }
+
+    if (now || s->pool->conf->close_delay == 0 || s->pool->exiting) {
+        ngx_xmpp_cm_session_close_now(s);
+        return;
+    }
+
+    ngx_add_timer(&s->close_ev, s->pool->conf->close_delay);
+}
+
+
+static void
+ngx_xmpp_cm_session_close_handler(ngx_event_t *ev)
+{
+    ngx_xmpp_cm_session_close_now(ev->data);
+}
+
+
+static void
+ngx_xmpp_cm_session_close_now(ngx_xmpp_cm_session_t *s)
+{
+    ngx_xmpp_cm_sock_t  *sock;
+
+    sock = ngx_xmpp_cm_session_sock(s);
+
+    if (sock) {
+        (void) ngx_xmpp_cm_route_session_iq(s->pool, sock, &s->node.str,
+                                            NGX_XMPP_CM_IQ_CLOSE, NULL,
+                                            NULL, 0);
+    }
+
+    ngx_xmpp_cm_session_remember(s->pool, &s->node.str);
+    ngx_xmpp_cm_session_forget(s);
+}
+
+
+static void
+ngx_xmpp_cm_session_remember(ngx_xmpp_cm_pool_t *pool, ngx_str_t *id)
+{
+    u_char  *p;
+
+    if (id->len >= NGX_XMPP_CM_ID_LEN) {
+        return;
+    }
+
+    p = pool->closed
+        + (pool->closed_next++ % NGX_XMPP_CM_CLOSED_RING) * NGX_XMPP_CM_ID_LEN;
+
+    ngx_memcpy(p, id->data, id->len);
+    p[id->len] = '\0';
+}
+
+
+ngx_int_t
+ngx_xmpp_cm_session_recently_closed(ngx_xmpp_cm_pool_t *pool, ngx_str_t *id)
+{
+    u_char      *p;
+    ngx_uint_t   i;
+
+    for (i = 0; i < NGX_XMPP_CM_CLOSED_RING; i++) {
+        p = pool->closed + i * NGX_XMPP_CM_ID_LEN;
+
+        if (ngx_strncmp(p, id->data, id->len) == 0 && p[id->len] == '\0') {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+static ngx_int_t
+ngx_xmpp_cm_has_text(ngx_str_t *t)
+{
+    size_t  i;
+
+    for (i = 0; i < t->len; i++) {
+        if (t->data[i] != ' ' && t->data[i] != '\n' && t->data[i] != '\r'
+            && t->data[i] != '\t')
+        {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+static ngx_str_t *
+ngx_xmpp_cm_error_condition(ngx_xmpp_cm_node_t *parent)
+{
+    ngx_xmpp_cm_node_t  *err, *c;
+
+    err = ngx_xmpp_cm_node_child(parent, "error");
+    if (err == NULL) {
+        return NULL;
+    }
+
+    for (c = err->child; c; c = c->next) {
+        if (ngx_xmpp_cm_str_is(&c->ns, NGX_XMPP_NS_STANZAS)
+            && !ngx_xmpp_cm_str_is(&c->name, "text"))
+        {
+            return &c->name;
+        }
+    }
+
+    return NULL;
+}
+
+
+/* a route from Openfire: deliver, or answer for the absent client */
+
+void
+ngx_xmpp_cm_session_route(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
+    ngx_xmpp_cm_node_t *route)
+{
+    ngx_str_t              *id, *type, *cond;
+    ngx_xmpp_cm_node_t     *c;
+    ngx_xmpp_cm_client_t   *cl;
+    ngx_xmpp_cm_session_t  *s;
+
+    id = ngx_xmpp_cm_node_attr(route, "streamid");
+
+    if (id == NULL || id->len == 0 || id->len >= NGX_XMPP_CM_ID_LEN) {
+        ngx_log_error(NGX_LOG_WARN, &pool->log, 0,
+                      "xmpp_cm: route without a usable streamid dropped");
+        pool->dropped++;
+        return;
+    }
+
+    s = ngx_xmpp_cm_session_find(pool, id);
+    type = ngx_xmpp_cm_node_attr(route, "type");
+
+    if (type && ngx_xmpp_cm_str_is(type, "error")) {
+        cond = ngx_xmpp_cm_error_condition(route);
+
+        if (s == NULL || s->client == NULL) {
+            return;
+        }
+
+        if (cond && ngx_xmpp_cm_str_is(cond, "item-not-found")) {
+            ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
+                          "xmpp_cm: Openfire has no session %V any more, "
+                          "ending the client stream", id);
+            cl = s->client;
+            ngx_xmpp_cm_client_orphan(cl);
+            ngx_xmpp_cm_client_end(cl, "reset",
+                                   "the session no longer exists on the "
+                                   "server", NULL, 0);
+            ngx_xmpp_cm_session_client_gone(s, 1);
+            return;
+        }
+
+        ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
+                      "xmpp_cm: Openfire refused a stanza of session %V: %V",
+                      id, cond ? cond : &route->name);
+        return;
+    }
+
+    if (s && s->client) {
+        cl = s->client;
+
+        if (route->child == NULL) {
+            if (ngx_xmpp_cm_has_text(&route->text)) {
+                ngx_xmpp_cm_client_deliver_text(cl, &route->text);
+            }
+            return;
+        }
+
+        for (c = route->child; c; c = c->next) {
+            ngx_xmpp_cm_client_deliver(cl, sock->xml, c);
+
+            if (s->client == NULL) {
+                /* the payload ended the session (a stream error) */
+                break;
+            }
+        }
+
+        return;
+    }
+
+    for (c = route->child; c; c = c->next) {
+        ngx_xmpp_cm_bounce(pool, sock->xml, s, id, c);
+    }
+
+    if (s == NULL && !ngx_xmpp_cm_session_recently_closed(pool, id)) {
+        /* a ghost: a session Openfire has and we do not; close it */
+
+        ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
+                      "xmpp_cm: route for unknown stream %V, closing it on "
+                      "Openfire", id);
+
+        sock = ngx_xmpp_cm_pool_pick(pool);
+
+        if (sock) {
+            (void) ngx_xmpp_cm_route_session_iq(pool, sock, id,
+                                                NGX_XMPP_CM_IQ_CLOSE, NULL,
+                                                NULL, 0);
+        }
+
+        ngx_xmpp_cm_session_remember(pool, id);
+    }
+}
+
+
+/*
+ * A stanza for a client that is gone: a message goes back to Openfire in
+ * <failed> to be stored offline, an IQ get/set gets an error reply so its
+ * sender is not left waiting, anything else is dropped and counted.
+ */
+
+void
+ngx_xmpp_cm_session_bounce(ngx_xmpp_cm_session_t *s, ngx_xmpp_cm_xml_t *x,
+    ngx_xmpp_cm_node_t *c)
+{
+    ngx_xmpp_cm_bounce(s->pool, x, s, &s->node.str, c);
+}
+
+
+static void
+ngx_xmpp_cm_bounce(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_xml_t *x,
+    ngx_xmpp_cm_session_t *s, ngx_str_t *id, ngx_xmpp_cm_node_t *c)
+{
+    u_char              *buf, *p;
+    size_t               len;
+    ngx_int_t            rc;
+    ngx_str_t           *type, *iqid, *from, *to;
+    ngx_xmpp_cm_sock_t  *sock;
+
+    sock = s ? ngx_xmpp_cm_session_sock(s) : ngx_xmpp_cm_pool_pick(pool);
+
+    if (sock == NULL) {
+        pool->dropped++;
+        ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
+                      "xmpp_cm: <%V> for closed stream %V dropped: no "
+                      "Openfire socket", &c->name, id);
+        return;
+    }
+
+    if (ngx_xmpp_cm_str_is(&c->name, "message")) {
+        len = ngx_xmpp_cm_sanitize(x, NULL, c->start, c->end,
+                                   !c->has_xmlns);
+        buf = ngx_pnalloc(x->tmp, len);
+        if (buf == NULL) {
+            return;
+        }
+
+        (void) ngx_xmpp_cm_sanitize(x, buf, c->start, c->end,
+                                    !c->has_xmlns);
+
+        rc = ngx_xmpp_cm_route_session_iq(pool, sock, id,
+                                          NGX_XMPP_CM_IQ_FAILED, NULL,
+                                          buf, len);
+
+        ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
+                      "xmpp_cm: message for closed stream %V %s", id,
+                      rc == NGX_OK ? "returned to Openfire for offline "
+                                     "storage"
+                                   : "too large to return: dropped");
+        return;
+    }
+
+    type = ngx_xmpp_cm_node_attr(c, "type");
+
+    if (ngx_xmpp_cm_str_is(&c->name, "iq") && type
+        && (ngx_xmpp_cm_str_is(type, "get") || ngx_xmpp_cm_str_is(type, "set")))
+    {
+        iqid = ngx_xmpp_cm_node_attr(c, "id");
+        from = ngx_xmpp_cm_node_attr(c, "from");
+        to = ngx_xmpp_cm_node_attr(c, "to");
+
+        len = 256 + (iqid ? iqid->len * 6 : 0) + (from ? from->len * 6 : 0)
+              + (to ? to->len * 6 : 0);
+
+        buf = ngx_pnalloc(x->tmp, len);
+        if (buf == NULL) {
+            return;
+        }
+
+        p = ngx_cpymem(buf, "<iq xmlns=\"jabber:client\" type=\"error\"", 38);
+
+        if (iqid) {
+            p = ngx_cpymem(p, " id=\"", 5);
+            p += ngx_xmpp_cm_escape(p, iqid->data, iqid->len);
+            *p++ = '"';
+        }
+
+        if (from) {
+            p = ngx_cpymem(p, " to=\"", 5);
+            p += ngx_xmpp_cm_escape(p, from->data, from->len);
+            *p++ = '"';
+        }
+
+        if (to) {
+            p = ngx_cpymem(p, " from=\"", 7);
+            p += ngx_xmpp_cm_escape(p, to->data, to->len);
+            *p++ = '"';
+        }
+
+        p = ngx_cpymem(p, "><error type=\"cancel\"><service-unavailable"
+                       " xmlns=\"" NGX_XMPP_NS_STANZAS "\"/></error></iq>",
+                       sizeof("><error type=\"cancel\"><service-unavailable"
+                       " xmlns=\"" NGX_XMPP_NS_STANZAS "\"/></error></iq>")
+                       - 1);
+
+        (void) ngx_xmpp_cm_route_raw(pool, sock, id, buf, p - buf);
+
+        ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
+                      "xmpp_cm: IQ for closed stream %V answered with "
+                      "service-unavailable", id);
+        return;
+    }
+
+    pool->dropped++;
+
+    ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
+                  "xmpp_cm: <%V> for closed stream %V dropped (%ui dropped "
+                  "so far)", &c->name, id, pool->dropped);
+}
+
+
+/* session IQs from Openfire: close, and replies to ours */
+
+void
+ngx_xmpp_cm_session_iq(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
+    ngx_xmpp_cm_node_t *iq)
+{
+    u_char                 *raw;
+    size_t                  len;
+    ngx_str_t              *type, *id, *cond;
+    ngx_xmpp_cm_node_t     *session, *err, *n;
+    ngx_xmpp_cm_client_t   *cl;
+    ngx_xmpp_cm_session_t  *s;
+
+    type = ngx_xmpp_cm_node_attr(iq, "type");
+    session = ngx_xmpp_cm_node_child(iq, "session");
+    id = session ? ngx_xmpp_cm_node_attr(session, "id") : NULL;
+
+    if (type == NULL || id == NULL || id->len == 0) {
+        return;
+    }
+
+    s = ngx_xmpp_cm_session_find(pool, id);
+
+    if (ngx_xmpp_cm_str_is(type, "set")) {
+        if (ngx_xmpp_cm_node_child(session, "close") == NULL) {
+            ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
+                          "xmpp_cm: unexpected session IQ from Openfire");
+            return;
+        }
+
+        if (s == NULL) {
+            return;
+        }
+
+        raw = NULL;
+        len = 0;
+        err = NULL;
+
+        for (n = session->child; n; n = n->next) {
+            if (ngx_xmpp_cm_str_is(&n->name, "error")
+                && ngx_xmpp_cm_str_is(&n->ns, NGX_XMPP_NS_STREAMS))
+            {
+                err = n;
+                break;
+            }
+        }
+
+        if (err) {
+            len = ngx_xmpp_cm_xml_copy(sock->xml, NULL, err->start, err->end);
+            raw = ngx_pnalloc(sock->xml->tmp, len);
+
+            if (raw) {
+                (void) ngx_xmpp_cm_xml_copy(sock->xml, raw, err->start,
+                                            err->end);
+            } else {
+                len = 0;
+            }
+        }
+
+        ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
+                      "xmpp_cm: Openfire closed session %V", id);
+
+        cl = s->client;
+
+        if (cl) {
+            ngx_xmpp_cm_client_orphan(cl);
+            ngx_xmpp_cm_client_end(cl, NULL, NULL, raw, len);
+        }
+
+        ngx_xmpp_cm_session_remember(pool, id);
+        ngx_xmpp_cm_session_forget(s);
+        return;
+    }
+
+    if (!ngx_xmpp_cm_str_is(type, "error")) {
+        return;
+    }
+
+    cond = ngx_xmpp_cm_error_condition(iq);
+
+    if (ngx_xmpp_cm_node_child(session, "create")) {
+        ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
+                      "xmpp_cm: Openfire refused session %V: %V", id,
+                      cond ? cond : &iq->name);
+
+        if (s) {
+            cl = s->client;
+
+            if (cl) {
+                ngx_xmpp_cm_client_orphan(cl);
+                ngx_xmpp_cm_client_end(cl, "policy-violation",
+                                       "the server refused the session",
+                                       NULL, 0);
+            }
+
+            ngx_xmpp_cm_session_remember(pool, id);
+            ngx_xmpp_cm_session_forget(s);
+        }
+
+        return;
+    }
+
+    if (ngx_xmpp_cm_node_child(session, "failed")) {
+        ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
+                      "xmpp_cm: Openfire did not store a message returned "
+                      "for stream %V (%V): the message is lost", id,
+                      cond ? cond : &iq->name);
+    }
+}
+
+
+/* Openfire ended every session of this worker's name (or we exit) */
+
+void
+ngx_xmpp_cm_session_end_all(ngx_xmpp_cm_pool_t *pool, char *cond, char *text,
+    ngx_uint_t ghost)
+{
+    u_char                 *p;
+    ngx_rbtree_node_t      *node;
+    ngx_xmpp_cm_client_t   *cl;
+    ngx_xmpp_cm_session_t  *s;
+
+    while (pool->sessions.root != pool->sessions.sentinel) {
+        node = ngx_rbtree_min(pool->sessions.root, pool->sessions.sentinel);
+        s = (ngx_xmpp_cm_session_t *) node;
+
+        cl = s->client;
+
+        if (cl) {
+            s->client = NULL;
+            ngx_xmpp_cm_client_orphan(cl);
+            ngx_xmpp_cm_client_end(cl, cond, text, NULL, 0);
+
+            if (pool->exiting || ngx_exiting || ngx_terminate) {
+                ngx_xmpp_cm_client_flush(cl);
+            }
+        }
+
+        if (ghost) {
+            if (pool->ghosts.nelts < NGX_XMPP_CM_GHOSTS_MAX) {
+                p = ngx_array_push(&pool->ghosts);
+                if (p) {
+                    ngx_memcpy(p, s->id, s->node.str.len);
+                    p[s->node.str.len] = '\0';
+                }
+            }
+
+            ngx_xmpp_cm_session_forget(s);
+
+        } else {
+            ngx_xmpp_cm_session_close_now(s);
+        }
+    }
+}

@@ -1,0 +1,924 @@
+
+/*
+ * XML framing over expat.
+ *
+ * The framer feeds whatever bytes a read returned to expat and reports the
+ * stream root (its attributes), every complete top-level element (stanza)
+ * as a byte span of the original input, and the end of the stream.  Only
+ * the bytes of an unfinished stanza are kept between reads (in "pend");
+ * the caller's read buffer is shared by all connections of a worker.
+ *
+ * Client streams are restricted XML (RFC 6120 section 11): no DTD, entity
+ * declarations, processing instructions or comments; nesting and stanza
+ * size are limited; a stanza may not use a namespace prefix declared
+ * outside itself, because its bytes are copied into another document.
+ *
+ * In tree mode (the trusted Openfire side) a small tree of the stanza's
+ * first levels is built in a scratch pool that is reset after each stanza.
+ */
+
+
+#include "ngx_stream_xmpp_cm.h"
+
+
+#define NGX_XMPP_CM_SEP        '\n'
+#define NGX_XMPP_CM_TREE_DEPTH 6
+
+
+static void ngx_xmpp_cm_xml_handlers(ngx_xmpp_cm_xml_t *x);
+static void ngx_xmpp_cm_xml_fail(ngx_xmpp_cm_xml_t *x, const char *cond,
+    const char *text);
+static ngx_int_t ngx_xmpp_cm_xml_keep(ngx_xmpp_cm_xml_t *x);
+static void XMLCALL ngx_xmpp_cm_xml_start(void *data, const XML_Char *name,
+    const XML_Char **atts);
+static void XMLCALL ngx_xmpp_cm_xml_end(void *data, const XML_Char *name);
+static void XMLCALL ngx_xmpp_cm_xml_text(void *data, const XML_Char *s,
+    int len);
+static void XMLCALL ngx_xmpp_cm_xml_ns_start(void *data,
+    const XML_Char *prefix, const XML_Char *uri);
+static void XMLCALL ngx_xmpp_cm_xml_ns_end(void *data,
+    const XML_Char *prefix);
+static void XMLCALL ngx_xmpp_cm_xml_decl(void *data, const XML_Char *version,
+    const XML_Char *encoding, int standalone);
+static void XMLCALL ngx_xmpp_cm_xml_doctype(void *data,
+    const XML_Char *name, const XML_Char *sysid, const XML_Char *pubid,
+    int has_internal_subset);
+static void XMLCALL ngx_xmpp_cm_xml_entity(void *data,
+    const XML_Char *name, int is_param, const XML_Char *value,
+    int value_len, const XML_Char *base, const XML_Char *sysid,
+    const XML_Char *pubid, const XML_Char *notation);
+static void XMLCALL ngx_xmpp_cm_xml_pi(void *data, const XML_Char *target,
+    const XML_Char *pidata);
+static void XMLCALL ngx_xmpp_cm_xml_comment(void *data,
+    const XML_Char *text);
+
+
+ngx_xmpp_cm_xml_t *
+ngx_xmpp_cm_xml_create(ngx_pool_t *pool, ngx_log_t *log, ngx_uint_t tree)
+{
+    ngx_xmpp_cm_xml_t  *x;
+
+    x = ngx_pcalloc(pool, sizeof(ngx_xmpp_cm_xml_t));
+    if (x == NULL) {
+        return NULL;
+    }
+
+    x->log = log;
+    x->tree = tree ? 1 : 0;
+    x->client = tree ? 0 : 1;
+
+    x->parser = XML_ParserCreateNS("UTF-8", NGX_XMPP_CM_SEP);
+    if (x->parser == NULL) {
+        return NULL;
+    }
+
+    if (tree) {
+        x->tmp = ngx_create_pool(4096, log);
+        if (x->tmp == NULL) {
+            XML_ParserFree(x->parser);
+            return NULL;
+        }
+    }
+
+    ngx_xmpp_cm_xml_handlers(x);
+
+    return x;
+}
+
+
+static void
+ngx_xmpp_cm_xml_handlers(ngx_xmpp_cm_xml_t *x)
+{
+    XML_Parser  p;
+
+    p = x->parser;
+
+    XML_SetUserData(p, x);
+    XML_SetReturnNSTriplet(p, 1);
+    XML_SetElementHandler(p, ngx_xmpp_cm_xml_start, ngx_xmpp_cm_xml_end);
+    XML_SetCharacterDataHandler(p, ngx_xmpp_cm_xml_text);
+    XML_SetNamespaceDeclHandler(p, ngx_xmpp_cm_xml_ns_start,
+                                ngx_xmpp_cm_xml_ns_end);
+    XML_SetXmlDeclHandler(p, ngx_xmpp_cm_xml_decl);
+    XML_SetStartDoctypeDeclHandler(p, ngx_xmpp_cm_xml_doctype);
+    XML_SetEntityDeclHandler(p, ngx_xmpp_cm_xml_entity);
+    XML_SetProcessingInstructionHandler(p, ngx_xmpp_cm_xml_pi);
+    XML_SetCommentHandler(p, ngx_xmpp_cm_xml_comment);
+    XML_SetParamEntityParsing(p, XML_PARAM_ENTITY_PARSING_NEVER);
+
+#if (NGX_STREAM_XMPP_CM_REPARSE_DEFERRAL)
+    /*
+     * With deferral on, a token split across reads is only reparsed once
+     * enough new input arrives, so a stanza can stall in the parser.
+     */
+    XML_SetReparseDeferralEnabled(p, XML_FALSE);
+#endif
+}
+
+
+ngx_int_t
+ngx_xmpp_cm_xml_reset(ngx_xmpp_cm_xml_t *x)
+{
+    if (XML_ParserReset(x->parser, "UTF-8") != XML_TRUE) {
+        return NGX_ERROR;
+    }
+
+    ngx_xmpp_cm_xml_handlers(x);
+
+    x->depth = 0;
+    x->error = NULL;
+    x->error_text = NULL;
+    x->rc = NGX_OK;
+    x->fed = 0;
+    x->base = 0;
+    x->pend_len = 0;
+    x->pend_base = 0;
+    x->mark = 0;
+    x->npfx = 0;
+    x->stopped = 0;
+    x->in_stanza = 0;
+    x->opened = 0;
+    x->has_default_pending = 0;
+    x->root_has_default = 0;
+    x->root_ns_len = 0;
+    x->cur = NULL;
+    x->elem.root = NULL;
+
+    if (x->pend) {
+        ngx_free(x->pend);
+        x->pend = NULL;
+        x->pend_size = 0;
+    }
+
+    if (x->tmp) {
+        ngx_reset_pool(x->tmp);
+    }
+
+    return NGX_OK;
+}
+
+
+void
+ngx_xmpp_cm_xml_free(ngx_xmpp_cm_xml_t *x)
+{
+    if (x->parser) {
+        XML_ParserFree(x->parser);
+        x->parser = NULL;
+    }
+
+    if (x->pend) {
+        ngx_free(x->pend);
+        x->pend = NULL;
+    }
+
+    if (x->tmp) {
+        ngx_destroy_pool(x->tmp);
+        x->tmp = NULL;
+    }
+}
+
+
+ngx_int_t
+ngx_xmpp_cm_xml_feed(ngx_xmpp_cm_xml_t *x, u_char *buf, size_t n)
+{
+    enum XML_Error  code;
+
+    if (x->stopped) {
+        return NGX_DONE;
+    }
+
+    x->data_buf = buf;
+    x->data_len = n;
+    x->base = x->fed;
+    x->fed += n;
+    x->rc = NGX_OK;
+
+    if (XML_Parse(x->parser, (const char *) buf, (int) n, 0)
+        == XML_STATUS_ERROR)
+    {
+        if (x->stopped) {
+            return x->error ? NGX_ERROR : x->rc;
+        }
+
+        code = XML_GetErrorCode(x->parser);
+
+        switch (code) {
+
+        case XML_ERROR_UNKNOWN_ENCODING:
+        case XML_ERROR_INCORRECT_ENCODING:
+            x->error = "unsupported-encoding";
+            break;
+
+        case XML_ERROR_MISPLACED_XML_PI:
+            x->error = x->opened ? "not-well-formed" : "restricted-xml";
+            break;
+
+        default:
+            x->error = "not-well-formed";
+        }
+
+        x->error_text = XML_ErrorString(code);
+        x->stopped = 1;
+
+        return NGX_ERROR;
+    }
+
+    if (x->stopped) {
+        return x->error ? NGX_ERROR : x->rc;
+    }
+
+    return ngx_xmpp_cm_xml_keep(x);
+}
+
+
+static ngx_inline u_char
+ngx_xmpp_cm_xml_byte(ngx_xmpp_cm_xml_t *x, XML_Index i)
+{
+    if (i >= x->base) {
+        return x->data_buf[i - x->base];
+    }
+
+    return x->pend[i - x->pend_base];
+}
+
+
+void
+ngx_xmpp_cm_xml_pieces(ngx_xmpp_cm_xml_t *x, XML_Index start,
+    XML_Index end, ngx_str_t *p1, ngx_str_t *p2)
+{
+    XML_Index  mid;
+
+    p1->len = 0;
+    p2->len = 0;
+    p1->data = NULL;
+    p2->data = NULL;
+
+    if (start < x->base) {
+        mid = end < x->base ? end : x->base;
+        p1->data = x->pend + (start - x->pend_base);
+        p1->len = (size_t) (mid - start);
+        start = mid;
+    }
+
+    if (start < end) {
+        p2->data = x->data_buf + (start - x->base);
+        p2->len = (size_t) (end - start);
+    }
+}
+
+
+size_t
+ngx_xmpp_cm_xml_copy(ngx_xmpp_cm_xml_t *x, u_char *dst, XML_Index start,
+    XML_Index end)
+{
+    ngx_str_t  p1, p2;
+
+    ngx_xmpp_cm_xml_pieces(x, start, end, &p1, &p2);
+
+    if (dst) {
+        dst = ngx_cpymem(dst, p1.data, p1.len);
+        ngx_memcpy(dst, p2.data, p2.len);
+    }
+
+    return p1.len + p2.len;
+}
+
+
+/*
+ * After a read: keep the bytes a later read may still need, that is the
+ * unfinished stanza or unfinished tag, and nothing else.
+ */
+
+static ngx_int_t
+ngx_xmpp_cm_xml_keep(ngx_xmpp_cm_xml_t *x)
+{
+    u_char     *nb, c;
+    size_t      len, size;
+    XML_Index   keep;
+
+    keep = x->in_stanza ? x->elem.start : x->mark;
+
+    if (!x->in_stanza) {
+        while (keep < x->fed) {
+            c = ngx_xmpp_cm_xml_byte(x, keep);
+            if (c != ' ' && c != '\n' && c != '\r' && c != '\t') {
+                break;
+            }
+            keep++;
+        }
+    }
+
+    if (keep >= x->fed) {
+        x->pend_len = 0;
+        x->pend_base = x->fed;
+
+        if (x->pend) {
+            ngx_free(x->pend);
+            x->pend = NULL;
+            x->pend_size = 0;
+        }
+
+        return NGX_OK;
+    }
+
+    len = (size_t) (x->fed - keep);
+
+    if (len > x->max_size) {
+        ngx_xmpp_cm_xml_fail(x, "policy-violation", "stanza too large");
+        return NGX_ERROR;
+    }
+
+    if (len > x->pend_size) {
+        size = x->pend_size * 2;
+        if (size < len) {
+            size = len;
+        }
+        if (size < 256) {
+            size = 256;
+        }
+        if (size > x->max_size && len <= x->max_size) {
+            size = x->max_size;
+        }
+
+        nb = ngx_alloc(size, x->log);
+        if (nb == NULL) {
+            x->error = "internal-server-error";
+            return NGX_ERROR;
+        }
+
+        ngx_xmpp_cm_xml_copy(x, nb, keep, x->fed);
+
+        if (x->pend) {
+            ngx_free(x->pend);
+        }
+
+        x->pend = nb;
+        x->pend_size = size;
+
+    } else if (keep < x->base) {
+        ngx_memmove(x->pend, x->pend + (keep - x->pend_base),
+                    (size_t) (x->base - keep));
+        ngx_memcpy(x->pend + (x->base - keep), x->data_buf, x->data_len);
+
+    } else {
+        ngx_memcpy(x->pend, x->data_buf + (keep - x->base), len);
+    }
+
+    x->pend_base = keep;
+    x->pend_len = len;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_xmpp_cm_xml_fail(ngx_xmpp_cm_xml_t *x, const char *cond,
+    const char *text)
+{
+    if (x->error == NULL) {
+        x->error = cond;
+        x->error_text = text;
+    }
+
+    if (!x->stopped) {
+        x->stopped = 1;
+        XML_StopParser(x->parser, XML_FALSE);
+    }
+}
+
+
+/* "uri\nlocal\nprefix", "uri\nlocal" or "local" */
+
+static void
+ngx_xmpp_cm_split3(const XML_Char *qname, ngx_str_t *ns, ngx_str_t *local,
+    ngx_str_t *prefix)
+{
+    u_char  *p, *q;
+
+    p = (u_char *) qname;
+    q = (u_char *) ngx_strchr(p, NGX_XMPP_CM_SEP);
+
+    prefix->len = 0;
+    prefix->data = NULL;
+
+    if (q == NULL) {
+        ns->len = 0;
+        ns->data = (u_char *) "";
+        local->data = p;
+        local->len = ngx_strlen(p);
+        return;
+    }
+
+    ns->data = p;
+    ns->len = q - p;
+
+    local->data = q + 1;
+    q = (u_char *) ngx_strchr(local->data, NGX_XMPP_CM_SEP);
+
+    if (q == NULL) {
+        local->len = ngx_strlen(local->data);
+        return;
+    }
+
+    local->len = q - local->data;
+    prefix->data = q + 1;
+    prefix->len = ngx_strlen(prefix->data);
+}
+
+
+void
+ngx_xmpp_cm_split_name(const XML_Char *qname, ngx_str_t *ns,
+    ngx_str_t *local)
+{
+    ngx_str_t  prefix;
+
+    ngx_xmpp_cm_split3(qname, ns, local, &prefix);
+}
+
+
+static ngx_int_t
+ngx_xmpp_cm_xml_prefix_ok(ngx_xmpp_cm_xml_t *x, ngx_str_t *prefix)
+{
+    ngx_uint_t  i;
+
+    if (prefix->len == 0
+        || (prefix->len == 3 && ngx_strncmp(prefix->data, "xml", 3) == 0))
+    {
+        return 1;
+    }
+
+    for (i = 0; i < x->npfx; i++) {
+        if (ngx_strcmp(x->pfx[i], prefix->data) == 0) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+static void XMLCALL
+ngx_xmpp_cm_xml_start(void *data, const XML_Char *name,
+    const XML_Char **atts)
+{
+    ngx_xmpp_cm_xml_t *x = data;
+
+    size_t               n;
+    ngx_str_t            ns, local, prefix, ans, alocal, *a;
+    ngx_uint_t           i;
+    ngx_int_t            rc;
+    XML_Index            idx;
+    ngx_xmpp_cm_node_t  *node;
+
+    if (x->stopped) {
+        return;
+    }
+
+    idx = XML_GetCurrentByteIndex(x->parser);
+    x->last_start = idx;
+    x->last_start_end = idx + XML_GetCurrentByteCount(x->parser);
+
+    ngx_xmpp_cm_split3(name, &ns, &local, &prefix);
+
+    if (x->depth == 0) {
+        x->depth = 1;
+        x->opened = 1;
+        x->mark = x->last_start_end;
+        x->has_default_pending = 0;
+
+        rc = x->open(x->data, &local, &ns, atts);
+
+        if (rc != NGX_OK) {
+            x->rc = rc;
+            ngx_xmpp_cm_xml_fail(x, NULL, NULL);
+        }
+
+        return;
+    }
+
+    x->depth++;
+
+    if (x->depth - 1 > x->max_depth) {
+        ngx_xmpp_cm_xml_fail(x, "policy-violation", "nesting too deep");
+        return;
+    }
+
+    if (x->depth == 2) {
+        x->in_stanza = 1;
+        x->elem.start = idx;
+        x->elem.has_xmlns = x->has_default_pending;
+        x->elem.root = NULL;
+
+        if (local.len < NGX_XMPP_CM_NAME_MAX && ns.len < NGX_XMPP_CM_NS_MAX) {
+            ngx_memcpy(x->name, local.data, local.len);
+            ngx_memcpy(x->ns, ns.data, ns.len);
+            x->elem.name.len = local.len;
+            x->elem.ns.len = ns.len;
+
+        } else {
+            x->elem.name.len = 0;
+            x->elem.ns.len = 0;
+        }
+
+        x->elem.name.data = x->name;
+        x->elem.ns.data = x->ns;
+    }
+
+    if ((size_t) (x->last_start_end - x->elem.start) > x->max_size) {
+        ngx_xmpp_cm_xml_fail(x, "policy-violation", "stanza too large");
+        return;
+    }
+
+    if (x->client) {
+        if (!ngx_xmpp_cm_xml_prefix_ok(x, &prefix)) {
+            ngx_xmpp_cm_xml_fail(x, "invalid-namespace",
+                                 "prefix not declared in the stanza");
+            return;
+        }
+
+        for (i = 0; atts[i]; i += 2) {
+            ngx_xmpp_cm_split3(atts[i], &ans, &alocal, &prefix);
+
+            if (!ngx_xmpp_cm_xml_prefix_ok(x, &prefix)) {
+                ngx_xmpp_cm_xml_fail(x, "invalid-namespace",
+                                     "prefix not declared in the stanza");
+                return;
+            }
+        }
+    }
+
+    if (!x->tree || x->depth > NGX_XMPP_CM_TREE_DEPTH) {
+        x->has_default_pending = 0;
+        return;
+    }
+
+    node = ngx_pcalloc(x->tmp, sizeof(ngx_xmpp_cm_node_t));
+    if (node == NULL) {
+        ngx_xmpp_cm_xml_fail(x, "internal-server-error", NULL);
+        return;
+    }
+
+    node->name.len = local.len;
+    node->name.data = ngx_pstrdup(x->tmp, &local);
+    node->ns.len = ns.len;
+    node->ns.data = ngx_pstrdup(x->tmp, &ns);
+    node->start = idx;
+
+    if (x->has_default_pending) {
+        node->has_xmlns = 1;
+        node->xmlns = x->xmlns_pending;
+    }
+
+    x->has_default_pending = 0;
+
+    for (n = 0; atts[n]; n += 2) { /* void */ }
+
+    if (n) {
+        node->attrs = ngx_palloc(x->tmp, n * sizeof(ngx_str_t));
+        if (node->attrs == NULL) {
+            ngx_xmpp_cm_xml_fail(x, "internal-server-error", NULL);
+            return;
+        }
+
+        for (i = 0; i < n; i += 2) {
+            ngx_xmpp_cm_split3(atts[i], &ans, &alocal, &prefix);
+            a = &node->attrs[i];
+            a[0].len = alocal.len;
+            a[0].data = ngx_pstrdup(x->tmp, &alocal);
+            a[1].len = ngx_strlen(atts[i + 1]);
+            a[1].data = ngx_pnalloc(x->tmp, a[1].len + 1);
+
+            if (a[0].data == NULL || a[1].data == NULL) {
+                ngx_xmpp_cm_xml_fail(x, "internal-server-error", NULL);
+                return;
+            }
+
+            ngx_memcpy(a[1].data, atts[i + 1], a[1].len + 1);
+        }
+
+        node->nattrs = n / 2;
+    }
+
+    if (x->depth == 2) {
+        x->elem.root = node;
+
+    } else if (x->cur) {
+        node->parent = x->cur;
+
+        if (x->cur->last) {
+            x->cur->last->next = node;
+
+        } else {
+            x->cur->child = node;
+        }
+
+        x->cur->last = node;
+    }
+
+    x->cur = node;
+    x->text_cap = 0;
+}
+
+
+static void XMLCALL
+ngx_xmpp_cm_xml_end(void *data, const XML_Char *name)
+{
+    ngx_xmpp_cm_xml_t *x = data;
+
+    int        cnt;
+    ngx_int_t  rc;
+    XML_Index  idx, end;
+
+    if (x->stopped) {
+        return;
+    }
+
+    idx = XML_GetCurrentByteIndex(x->parser);
+    cnt = XML_GetCurrentByteCount(x->parser);
+    end = cnt ? idx + cnt : x->last_start_end;
+
+    if (x->depth == 1) {
+        x->depth = 0;
+        x->rc = x->close(x->data);
+
+        if (x->rc == NGX_OK) {
+            x->rc = NGX_DONE;
+        }
+
+        ngx_xmpp_cm_xml_fail(x, NULL, NULL);
+        return;
+    }
+
+    if (x->tree && x->depth <= NGX_XMPP_CM_TREE_DEPTH && x->cur) {
+        x->cur->end = end;
+        x->cur = x->cur->parent;
+    }
+
+    x->depth--;
+
+    if (x->depth != 1) {
+        return;
+    }
+
+    if ((size_t) (end - x->elem.start) > x->max_size) {
+        ngx_xmpp_cm_xml_fail(x, "policy-violation", "stanza too large");
+        return;
+    }
+
+    x->elem.end = end;
+    x->in_stanza = 0;
+    x->mark = end;
+
+    rc = x->element(x->data, &x->elem);
+
+    if (x->tree) {
+        x->elem.root = NULL;
+        x->cur = NULL;
+        ngx_reset_pool(x->tmp);
+    }
+
+    if (rc != NGX_OK) {
+        x->rc = rc;
+        ngx_xmpp_cm_xml_fail(x, NULL, NULL);
+    }
+}
+
+
+static void XMLCALL
+ngx_xmpp_cm_xml_text(void *data, const XML_Char *s, int len)
+{
+    ngx_xmpp_cm_xml_t *x = data;
+
+    u_char              *p;
+    size_t               size;
+    ngx_int_t            i;
+    XML_Index            idx;
+    ngx_xmpp_cm_node_t  *n;
+
+    if (x->stopped) {
+        return;
+    }
+
+    if (x->depth == 1) {
+        for (i = 0; i < len; i++) {
+            if (s[i] != ' ' && s[i] != '\n' && s[i] != '\r' && s[i] != '\t') {
+                if (x->client) {
+                    ngx_xmpp_cm_xml_fail(x, "bad-format",
+                                         "text between stanzas");
+                }
+                return;
+            }
+        }
+
+        return;
+    }
+
+    idx = XML_GetCurrentByteIndex(x->parser)
+          + XML_GetCurrentByteCount(x->parser);
+
+    if ((size_t) (idx - x->elem.start) > x->max_size) {
+        ngx_xmpp_cm_xml_fail(x, "policy-violation", "stanza too large");
+        return;
+    }
+
+    /*
+     * Text is kept for the tree only where it is read: the text payload
+     * of a <route> (Openfire 4.8+ escapes raw text), and inside IQs to the
+     * CM (the configuration's mechanisms); never for routed stanzas.
+     */
+
+    if (!x->tree || x->cur == NULL || x->depth > NGX_XMPP_CM_TREE_DEPTH
+        || (x->depth > 2 && !ngx_xmpp_cm_str_is(&x->elem.name, "iq")))
+    {
+        return;
+    }
+
+    n = x->cur;
+
+    if (n->text.len + len > x->text_cap) {
+        size = x->text_cap ? x->text_cap * 2 : 256;
+        while (size < n->text.len + len) {
+            size *= 2;
+        }
+
+        p = ngx_pnalloc(x->tmp, size);
+        if (p == NULL) {
+            ngx_xmpp_cm_xml_fail(x, "internal-server-error", NULL);
+            return;
+        }
+
+        ngx_memcpy(p, n->text.data, n->text.len);
+        n->text.data = p;
+        x->text_cap = size;
+    }
+
+    ngx_memcpy(n->text.data + n->text.len, s, len);
+    n->text.len += len;
+}
+
+
+static void XMLCALL
+ngx_xmpp_cm_xml_ns_start(void *data, const XML_Char *prefix,
+    const XML_Char *uri)
+{
+    ngx_xmpp_cm_xml_t *x = data;
+
+    size_t  len;
+
+    if (x->stopped) {
+        return;
+    }
+
+    if (x->depth == 0) {
+        if (prefix == NULL) {
+            len = uri ? ngx_strlen(uri) : 0;
+            x->root_ns_len = len < NGX_XMPP_CM_NS_MAX ? len : 0;
+            ngx_memcpy(x->root_ns, uri, x->root_ns_len);
+            x->root_has_default = 1;
+        }
+
+        return;
+    }
+
+    if (prefix == NULL) {
+        x->has_default_pending = 1;
+
+        if (x->tree) {
+            x->xmlns_pending.len = uri ? ngx_strlen(uri) : 0;
+            x->xmlns_pending.data = ngx_pnalloc(x->tmp,
+                                                x->xmlns_pending.len + 1);
+            if (x->xmlns_pending.data == NULL) {
+                ngx_xmpp_cm_xml_fail(x, "internal-server-error", NULL);
+                return;
+            }
+
+            ngx_memcpy(x->xmlns_pending.data, uri ? uri : "",
+                       x->xmlns_pending.len + 1);
+        }
+
+        return;
+    }
+
+    if (!x->client) {
+        return;
+    }
+
+    len = ngx_strlen(prefix);
+
+    if (x->npfx == NGX_XMPP_CM_PFX_MAX || len >= NGX_XMPP_CM_PFX_LEN) {
+        ngx_xmpp_cm_xml_fail(x, "policy-violation",
+                             "too many namespace prefixes");
+        return;
+    }
+
+    ngx_memcpy(x->pfx[x->npfx], prefix, len + 1);
+    x->pfx_depth[x->npfx] = x->depth + 1;
+    x->npfx++;
+}
+
+
+static void XMLCALL
+ngx_xmpp_cm_xml_ns_end(void *data, const XML_Char *prefix)
+{
+    ngx_xmpp_cm_xml_t *x = data;
+
+    if (prefix && x->npfx && x->pfx_depth[x->npfx - 1] == x->depth + 1) {
+        x->npfx--;
+    }
+}
+
+
+static void XMLCALL
+ngx_xmpp_cm_xml_decl(void *data, const XML_Char *version,
+    const XML_Char *encoding, int standalone)
+{
+    ngx_xmpp_cm_xml_t *x = data;
+
+    if (encoding
+        && ngx_strcasecmp((u_char *) encoding, (u_char *) "UTF-8") != 0)
+    {
+        ngx_xmpp_cm_xml_fail(x, "unsupported-encoding",
+                             "only UTF-8 is supported");
+    }
+}
+
+
+static void XMLCALL
+ngx_xmpp_cm_xml_doctype(void *data, const XML_Char *name,
+    const XML_Char *sysid, const XML_Char *pubid, int has_internal_subset)
+{
+    ngx_xmpp_cm_xml_fail(data, "restricted-xml", "DTD not allowed");
+}
+
+
+static void XMLCALL
+ngx_xmpp_cm_xml_entity(void *data, const XML_Char *name, int is_param,
+    const XML_Char *value, int value_len, const XML_Char *base,
+    const XML_Char *sysid, const XML_Char *pubid, const XML_Char *notation)
+{
+    ngx_xmpp_cm_xml_fail(data, "restricted-xml",
+                         "entity declarations not allowed");
+}
+
+
+static void XMLCALL
+ngx_xmpp_cm_xml_pi(void *data, const XML_Char *target, const XML_Char *pi)
+{
+    ngx_xmpp_cm_xml_fail(data, "restricted-xml",
+                         "processing instructions not allowed");
+}
+
+
+static void XMLCALL
+ngx_xmpp_cm_xml_comment(void *data, const XML_Char *text)
+{
+    ngx_xmpp_cm_xml_fail(data, "restricted-xml", "comments not allowed");
+}
+
+
+/* small tree helpers for the upstream side */
+
+ngx_str_t *
+ngx_xmpp_cm_node_attr(ngx_xmpp_cm_node_t *n, char *name)
+{
+    ngx_uint_t  i;
+    size_t      len;
+
+    len = ngx_strlen(name);
+
+    for (i = 0; i < n->nattrs; i++) {
+        if (n->attrs[2 * i].len == len
+            && ngx_strncmp(n->attrs[2 * i].data, name, len) == 0)
+        {
+            return &n->attrs[2 * i + 1];
+        }
+    }
+
+    return NULL;
+}
+
+
+ngx_xmpp_cm_node_t *
+ngx_xmpp_cm_node_child(ngx_xmpp_cm_node_t *n, char *name)
+{
+    ngx_xmpp_cm_node_t  *c;
+
+    for (c = n->child; c; c = c->next) {
+        if (name == NULL || ngx_xmpp_cm_str_is(&c->name, name)) {
+            return c;
+        }
+    }
+
+    return NULL;
+}
+
+
+ngx_int_t
+ngx_xmpp_cm_str_is(ngx_str_t *s, char *v)
+{
+    size_t  len;
+
+    len = ngx_strlen(v);
+
+    return s->len == len && ngx_strncmp(s->data, v, len) == 0;
+}
