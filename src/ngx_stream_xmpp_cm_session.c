@@ -362,6 +362,7 @@ ngx_xmpp_cm_bounce(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_xml_t *x,
     u_char              *buf, *p;
     size_t               len;
     ngx_int_t            rc;
+    ngx_uint_t           level;
     ngx_str_t           *type, *iqid, *from, *to;
     ngx_xmpp_cm_sock_t  *sock;
 
@@ -451,7 +452,15 @@ ngx_xmpp_cm_bounce(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_xml_t *x,
 
     pool->dropped++;
 
-    ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
+    /*
+     * The unavailable presence Openfire routes to a session it is closing,
+     * and IQ results, are normal traffic for a just-closed stream.
+     */
+
+    level = (s || ngx_xmpp_cm_session_recently_closed(pool, id))
+            ? NGX_LOG_DEBUG : NGX_LOG_INFO;
+
+    ngx_log_error(level, &pool->log, 0,
                   "xmpp_cm: <%V> for closed stream %V dropped (%ui dropped "
                   "so far)", &c->name, id, pool->dropped);
 }

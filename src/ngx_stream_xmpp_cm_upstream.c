@@ -382,7 +382,7 @@ ngx_xmpp_cm_sock_close(ngx_xmpp_cm_sock_t *sock, ngx_uint_t level,
 
     sock->throttled = 0;
 
-    if (was_ready && pool->ready == 0) {
+    if (was_ready && pool->ready == 0 && !pool->exiting) {
         ngx_log_error(NGX_LOG_ERR, &pool->log, 0,
                       "xmpp_cm: no Openfire socket left for \"%V\", "
                       "ending %ui client sessions", &pool->name,
