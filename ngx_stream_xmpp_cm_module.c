@@ -8,6 +8,9 @@
 #include "ngx_stream_xmpp_cm.h"
 
 
+static ngx_int_t ngx_stream_xmpp_cm_add_variables(ngx_conf_t *cf);
+static ngx_int_t ngx_stream_xmpp_cm_variable(ngx_stream_session_t *s,
+    ngx_stream_variable_value_t *v, uintptr_t data);
 static void *ngx_stream_xmpp_cm_create_main_conf(ngx_conf_t *cf);
 static void *ngx_stream_xmpp_cm_create_srv_conf(ngx_conf_t *cf);
 static char *ngx_stream_xmpp_cm_merge_srv_conf(ngx_conf_t *cf, void *parent,
@@ -163,8 +166,20 @@ static ngx_command_t  ngx_stream_xmpp_cm_commands[] = {
 };
 
 
+static ngx_stream_variable_t  ngx_stream_xmpp_cm_vars[] = {
+
+    { ngx_string("xmpp_cm_streamid"), NULL, ngx_stream_xmpp_cm_variable,
+      0, NGX_STREAM_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("xmpp_cm_jid"), NULL, ngx_stream_xmpp_cm_variable,
+      1, NGX_STREAM_VAR_NOCACHEABLE, 0 },
+
+      ngx_stream_null_variable
+};
+
+
 static ngx_stream_module_t  ngx_stream_xmpp_cm_module_ctx = {
-    NULL,                                  /* preconfiguration */
+    ngx_stream_xmpp_cm_add_variables,      /* preconfiguration */
     ngx_stream_xmpp_cm_postconfiguration,  /* postconfiguration */
 
     ngx_stream_xmpp_cm_create_main_conf,   /* create main configuration */
@@ -189,6 +204,50 @@ ngx_module_t  ngx_stream_xmpp_cm_module = {
     NULL,                                  /* exit master */
     NGX_MODULE_V1_PADDING
 };
+
+
+static ngx_int_t
+ngx_stream_xmpp_cm_add_variables(ngx_conf_t *cf)
+{
+    ngx_stream_variable_t  *var, *v;
+
+    for (v = ngx_stream_xmpp_cm_vars; v->name.len; v++) {
+        var = ngx_stream_add_variable(cf, &v->name, v->flags);
+        if (var == NULL) {
+            return NGX_ERROR;
+        }
+
+        var->get_handler = v->get_handler;
+        var->data = v->data;
+    }
+
+    return NGX_OK;
+}
+
+
+/* $xmpp_cm_streamid, $xmpp_cm_jid (the JID Openfire bound) */
+
+static ngx_int_t
+ngx_stream_xmpp_cm_variable(ngx_stream_session_t *s,
+    ngx_stream_variable_value_t *v, uintptr_t data)
+{
+    ngx_str_t  value;
+
+    if (ngx_xmpp_cm_client_variable(s, data, &value) != NGX_OK
+        || value.len == 0)
+    {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->len = value.len;
+    v->valid = 1;
+    v->no_cacheable = 0;
+    v->not_found = 0;
+    v->data = value.data;
+
+    return NGX_OK;
+}
 
 
 static void *
@@ -258,6 +317,8 @@ ngx_stream_xmpp_cm_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
 {
     ngx_stream_xmpp_cm_srv_conf_t *prev = parent;
     ngx_stream_xmpp_cm_srv_conf_t *conf = child;
+
+    ngx_stream_core_srv_conf_t  *cscf;
 
     ngx_conf_merge_ptr_value(conf->domains, prev->domains, NULL);
     ngx_conf_merge_str_value(conf->name, prev->name, "nginx-cm");
@@ -336,8 +397,25 @@ ngx_stream_xmpp_cm_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_ERROR;
     }
 
+    if (conf->client_output_limit < conf->max_stanza) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"xmpp_cm_client_output_limit\" must be at least "
+                           "\"xmpp_cm_max_stanza_size\"");
+        return NGX_CONF_ERROR;
+    }
+
     if (conf->upstream == NULL) {
         return NGX_CONF_OK;
+    }
+
+    cscf = ngx_stream_conf_get_module_srv_conf(cf, ngx_stream_core_module);
+
+    if (cscf->handler != ngx_stream_xmpp_cm_handler) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"xmpp_cm_pass\" in %V:%ui conflicts with another "
+                      "content handler (proxy_pass, return, ...) in the "
+                      "same server", &conf->conf_file, conf->conf_line);
+        return NGX_CONF_ERROR;
     }
 
     if (conf->domains == NULL) {

@@ -31,7 +31,10 @@ fi
 (cd "$out/nginx" && make -f objs/Makefile objs/ngx_stream_xmpp_cm_module.so \
     > "$out/make.log" 2>&1) || { grep -E 'error:|warning:|undefined' -A3 \
     "$out/make.log" | head -60 >&2; exit 1; }
-cp "$out/nginx/objs/ngx_stream_xmpp_cm_module.so" "$out/"
+# a new inode, never an in-place overwrite: running nginx processes have
+# the old file mapped
+cp "$out/nginx/objs/ngx_stream_xmpp_cm_module.so" "$out/.module.so.tmp"
+mv -f "$out/.module.so.tmp" "$out/ngx_stream_xmpp_cm_module.so"
 echo "built $out/ngx_stream_xmpp_cm_module.so"
 
 if [ "${1:-}" = "--static" ]; then

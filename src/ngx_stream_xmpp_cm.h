@@ -374,6 +374,8 @@ void ngx_xmpp_cm_client_end(ngx_xmpp_cm_client_t *cl, char *cond,
 void ngx_xmpp_cm_client_unblock(ngx_xmpp_cm_client_t *cl);
 void ngx_xmpp_cm_client_orphan(ngx_xmpp_cm_client_t *cl);
 void ngx_xmpp_cm_client_flush(ngx_xmpp_cm_client_t *cl);
+ngx_int_t ngx_xmpp_cm_client_variable(ngx_stream_session_t *s,
+    ngx_uint_t which, ngx_str_t *value);
 
 
 #endif /* _NGX_STREAM_XMPP_CM_H_INCLUDED_ */

@@ -29,6 +29,8 @@ struct ngx_xmpp_cm_client_s {
     ngx_xmpp_cm_xml_t               *xml;
     ngx_xmpp_cm_queue_t              out;
     ngx_str_t                        domain;
+    ngx_str_t                        streamid;
+    ngx_str_t                        jid;
     ngx_uint_t                       state;
     u_char                           lang[36];
 
@@ -54,6 +56,8 @@ static void ngx_xmpp_cm_client_send(ngx_xmpp_cm_client_t *cl, u_char *p,
     size_t len);
 static void ngx_xmpp_cm_client_header(ngx_xmpp_cm_client_t *cl);
 static void ngx_xmpp_cm_client_success(ngx_xmpp_cm_client_t *cl);
+static void ngx_xmpp_cm_client_bound(ngx_xmpp_cm_client_t *cl,
+    ngx_xmpp_cm_node_t *iq);
 
 
 static u_char  ngx_xmpp_cm_client_buf[NGX_XMPP_CM_CLIENT_READ];
@@ -383,6 +387,12 @@ ngx_xmpp_cm_client_open(void *data, ngx_str_t *name, ngx_str_t *ns,
             return NGX_DONE;
         }
 
+        cl->streamid = cl->session->node.str;
+        cl->streamid.data = ngx_pstrdup(cl->c->pool, &cl->streamid);
+        if (cl->streamid.data == NULL) {
+            cl->streamid.len = 0;
+        }
+
         cl->c->log->action = "authenticating";
 
         ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
@@ -627,15 +637,20 @@ void
 ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
     ngx_xmpp_cm_node_t *n)
 {
-    u_char     *p, *tmp;
-    size_t      len, out;
-    ngx_uint_t  success;
+    u_char                 *p, *tmp;
+    size_t                  len, out;
+    ngx_uint_t              success;
+    ngx_xmpp_cm_session_t  *s;
 
     len = ngx_xmpp_cm_xml_copy(x, NULL, n->start, n->end);
 
+    /* ending the stream detaches the session: keep it for the bounce */
+
+    s = cl->session;
+
     if (cl->closing || ngx_xmpp_cm_client_full(cl, len)) {
-        if (cl->session) {
-            ngx_xmpp_cm_session_bounce(cl->session, x, n);
+        if (s) {
+            ngx_xmpp_cm_session_bounce(s, x, n);
         }
         return;
     }
@@ -694,7 +709,61 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
 
     if (success) {
         ngx_xmpp_cm_client_success(cl);
+
+    } else if (cl->jid.len == 0 && ngx_xmpp_cm_str_is(&n->name, "iq")) {
+        ngx_xmpp_cm_client_bound(cl, n);
     }
+}
+
+
+/* the bind result names the full JID: kept for logs and $xmpp_cm_jid */
+
+static void
+ngx_xmpp_cm_client_bound(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_node_t *iq)
+{
+    ngx_str_t           *type;
+    ngx_xmpp_cm_node_t  *bind, *jid;
+
+    type = ngx_xmpp_cm_node_attr(iq, "type");
+    bind = ngx_xmpp_cm_node_child(iq, "bind");
+
+    if (type == NULL || !ngx_xmpp_cm_str_is(type, "result") || bind == NULL) {
+        return;
+    }
+
+    jid = ngx_xmpp_cm_node_child(bind, "jid");
+
+    if (jid == NULL || jid->text.len == 0 || jid->text.len > 3071) {
+        return;
+    }
+
+    cl->jid.data = ngx_pstrdup(cl->c->pool, &jid->text);
+    if (cl->jid.data == NULL) {
+        return;
+    }
+
+    cl->jid.len = jid->text.len;
+
+    ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                  "xmpp_cm: client stream %V bound as %V",
+                  &cl->streamid, &cl->jid);
+}
+
+
+ngx_int_t
+ngx_xmpp_cm_client_variable(ngx_stream_session_t *s, ngx_uint_t which,
+    ngx_str_t *value)
+{
+    ngx_xmpp_cm_client_t  *cl;
+
+    cl = ngx_stream_get_module_ctx(s, ngx_stream_xmpp_cm_module);
+    if (cl == NULL) {
+        return NGX_DECLINED;
+    }
+
+    *value = which ? cl->jid : cl->streamid;
+
+    return NGX_OK;
 }
 
 
@@ -725,6 +794,9 @@ ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_client_t *cl, ngx_str_t *text)
     }
 
     if (ngx_xmpp_cm_client_full(cl, text->len)) {
+        ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                      "xmpp_cm: SASL data for a client that is not reading "
+                      "dropped");
         return;
     }
 

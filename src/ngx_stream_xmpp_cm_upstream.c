@@ -20,6 +20,11 @@
 #define NGX_XMPP_CM_UPSTREAM_READ  65536
 
 
+static ngx_stream_upstream_rr_peer_t *ngx_xmpp_cm_pool_peer(
+    ngx_xmpp_cm_pool_t *pool);
+static ngx_uint_t ngx_xmpp_cm_pool_primaries(ngx_xmpp_cm_pool_t *pool);
+static void ngx_xmpp_cm_pool_failover(ngx_xmpp_cm_pool_t *pool,
+    ngx_xmpp_cm_sock_t *sock);
 static void ngx_xmpp_cm_sock_connect(ngx_xmpp_cm_sock_t *sock);
 static void ngx_xmpp_cm_sock_close(ngx_xmpp_cm_sock_t *sock,
     ngx_uint_t level, const char *why);
@@ -101,7 +106,10 @@ ngx_xmpp_cm_pool_init(ngx_cycle_t *cycle, ngx_stream_xmpp_cm_srv_conf_t *conf)
         return NGX_ERROR;
     }
 
-    pool->node = ngx_worker;
+    /* workers spread over the primary servers */
+
+    pool->node = ngx_xmpp_cm_pool_primaries(pool);
+    pool->node = pool->node ? ngx_worker % pool->node : 0;
 
     for (i = 0; i < pool->nsocks; i++) {
         sock = &pool->socks[i];
@@ -178,6 +186,95 @@ ngx_xmpp_cm_sock_schedule(ngx_xmpp_cm_sock_t *sock)
 }
 
 
+/*
+ * All sockets of one CM name must reach the same Openfire node (Openfire
+ * keeps CM session bookkeeping per node).  A worker starts on the server
+ * its number selects and moves to the next one only when none of its
+ * sockets got past connecting there.  Servers marked "down" are skipped;
+ * "backup" servers are used when no primary one is usable.  The lists are
+ * walked through ->next, which also holds for upstreams in a shared zone.
+ */
+
+static ngx_stream_upstream_rr_peer_t *
+ngx_xmpp_cm_pool_peer(ngx_xmpp_cm_pool_t *pool)
+{
+    ngx_uint_t                       n, k;
+    ngx_stream_upstream_rr_peer_t   *peer;
+    ngx_stream_upstream_rr_peers_t  *peers;
+
+    /* primaries, then backups: one index space to fail over through */
+
+    n = 0;
+
+    for (peers = pool->conf->upstream->peer.data; peers; peers = peers->next)
+    {
+        for (peer = peers->peer; peer; peer = peer->next) {
+            if (!peer->down) {
+                n++;
+            }
+        }
+    }
+
+    if (n == 0) {
+        return NULL;
+    }
+
+    k = pool->node % n;
+
+    for (peers = pool->conf->upstream->peer.data; peers; peers = peers->next)
+    {
+        for (peer = peers->peer; peer; peer = peer->next) {
+            if (!peer->down && k-- == 0) {
+                return peer;
+            }
+        }
+    }
+
+    return NULL;
+}
+
+
+static ngx_uint_t
+ngx_xmpp_cm_pool_primaries(ngx_xmpp_cm_pool_t *pool)
+{
+    ngx_uint_t                       n;
+    ngx_stream_upstream_rr_peer_t   *peer;
+    ngx_stream_upstream_rr_peers_t  *peers;
+
+    n = 0;
+    peers = pool->conf->upstream->peer.data;
+
+    if (peers) {
+        for (peer = peers->peer; peer; peer = peer->next) {
+            if (!peer->down) {
+                n++;
+            }
+        }
+    }
+
+    return n;
+}
+
+
+static void
+ngx_xmpp_cm_pool_failover(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock)
+{
+    ngx_uint_t  i;
+
+    if (pool->ready || sock->failures < 2) {
+        return;
+    }
+
+    for (i = 0; i < pool->nsocks; i++) {
+        if (pool->socks[i].state > NGX_XMPP_CM_SOCK_CONNECTING) {
+            return;
+        }
+    }
+
+    pool->node++;
+}
+
+
 static void
 ngx_xmpp_cm_sock_connect(ngx_xmpp_cm_sock_t *sock)
 {
@@ -187,25 +284,19 @@ ngx_xmpp_cm_sock_connect(ngx_xmpp_cm_sock_t *sock)
     ngx_xmpp_cm_pool_t              *pool;
     ngx_peer_connection_t           *pc;
     ngx_stream_upstream_rr_peer_t   *peer;
-    ngx_stream_upstream_rr_peers_t  *peers;
 
     pool = sock->pool;
-    peers = pool->conf->upstream->peer.data;
 
-    if (peers == NULL || peers->number == 0) {
+    peer = ngx_xmpp_cm_pool_peer(pool);
+
+    if (peer == NULL) {
         ngx_log_error(NGX_LOG_ERR, &pool->log, 0,
-                      "xmpp_cm: upstream \"%V\" has no servers",
+                      "xmpp_cm: upstream \"%V\" has no usable server",
                       &pool->conf->pass);
+        sock->failures++;
+        ngx_xmpp_cm_sock_schedule(sock);
         return;
     }
-
-    /*
-     * All sockets of one CM name must reach the same Openfire node
-     * (Openfire keeps CM session bookkeeping per node); a worker moves to
-     * the next node only when none of its sockets is up.
-     */
-
-    peer = &peers->peer[pool->node % peers->number];
 
     sock->generation++;
     sock->resource.data = sock->resbuf;
@@ -233,11 +324,7 @@ ngx_xmpp_cm_sock_connect(ngx_xmpp_cm_sock_t *sock)
         ngx_log_error(NGX_LOG_ERR, &pool->log, 0,
                       "xmpp_cm: connect to %V failed", pc->name);
         sock->failures++;
-
-        if (pool->ready == 0) {
-            pool->node++;
-        }
-
+        ngx_xmpp_cm_pool_failover(pool, sock);
         ngx_xmpp_cm_sock_schedule(sock);
         return;
     }
@@ -302,7 +389,7 @@ ngx_xmpp_cm_sock_close(ngx_xmpp_cm_sock_t *sock, ngx_uint_t level,
     const char *why)
 {
     size_t               dropped;
-    ngx_uint_t           i, was_ready;
+    ngx_uint_t           was_ready;
     ngx_queue_t         *q;
     ngx_xmpp_cm_pool_t  *pool;
     ngx_xmpp_cm_sock_t  *other;
@@ -382,6 +469,10 @@ ngx_xmpp_cm_sock_close(ngx_xmpp_cm_sock_t *sock, ngx_uint_t level,
 
     sock->throttled = 0;
 
+    if (was_ready && pool->ready == 0) {
+        pool->was_up = 0;
+    }
+
     if (was_ready && pool->ready == 0 && !pool->exiting) {
         ngx_log_error(NGX_LOG_ERR, &pool->log, 0,
                       "xmpp_cm: no Openfire socket left for \"%V\", "
@@ -397,19 +488,7 @@ ngx_xmpp_cm_sock_close(ngx_xmpp_cm_sock_t *sock, ngx_uint_t level,
 
     if (!was_ready) {
         sock->failures++;
-
-        if (pool->ready == 0) {
-            /* nothing is up on this node: let the next attempt try another */
-            for (i = 0; i < pool->nsocks; i++) {
-                if (pool->socks[i].state > NGX_XMPP_CM_SOCK_CONNECTING) {
-                    break;
-                }
-            }
-
-            if (i == pool->nsocks && sock->failures > 1) {
-                pool->node++;
-            }
-        }
+        ngx_xmpp_cm_pool_failover(pool, sock);
 
     } else {
         sock->failures = 1;
@@ -550,13 +629,19 @@ ngx_xmpp_cm_sock_read_handler(ngx_event_t *rev)
         }
 
         if (n == 0 || n == NGX_ERROR) {
-            ngx_xmpp_cm_sock_close(sock,
-                                   sock->rejected ? NGX_LOG_ERR : NGX_LOG_WARN,
-                                   sock->rejected
-                                   ? "stream rejected by Openfire (no id in "
-                                     "its header: address in use or no "
-                                     "xmpp.multiplex.defaultSecret set)"
-                                   : "connection closed by Openfire");
+            if (sock->state == NGX_XMPP_CM_SOCK_CONNECTING) {
+                ngx_xmpp_cm_sock_close(sock, NGX_LOG_ERR, "connect failed");
+
+            } else if (sock->rejected) {
+                ngx_xmpp_cm_sock_close(sock, NGX_LOG_ERR,
+                                       "stream rejected by Openfire (no id "
+                                       "in its header: address in use or "
+                                       "no xmpp.multiplex.defaultSecret set)");
+            } else {
+                ngx_xmpp_cm_sock_close(sock, NGX_LOG_WARN,
+                                       "connection closed by Openfire");
+            }
+
             return;
         }
 
@@ -718,10 +803,13 @@ ngx_xmpp_cm_sock_element(void *data, ngx_xmpp_cm_elem_t *e)
         return NGX_OK;
     }
 
+    /*
+     * Openfire registers a socket at stream open, before the handshake,
+     * and may route any session of the name to it (4.1.6 row 7).
+     */
+
     if (ngx_xmpp_cm_str_is(&root->name, "route")) {
-        if (sock->state == NGX_XMPP_CM_SOCK_READY) {
-            ngx_xmpp_cm_session_route(pool, sock, root);
-        }
+        ngx_xmpp_cm_session_route(pool, sock, root);
         return NGX_OK;
     }
 

@@ -723,12 +723,14 @@ ngx_xmpp_cm_xml_text(void *data, const XML_Char *s, int len)
 
     /*
      * Text is kept for the tree only where it is read: the text payload
-     * of a <route> (Openfire 4.8+ escapes raw text), and inside IQs to the
-     * CM (the configuration's mechanisms); never for routed stanzas.
+     * of a <route> (Openfire 4.8+ escapes raw text), inside IQs to the
+     * CM (the configuration's mechanisms), and the <jid> of a bind result;
+     * not for the bodies of routed stanzas.
      */
 
     if (!x->tree || x->cur == NULL || x->depth > NGX_XMPP_CM_TREE_DEPTH
-        || (x->depth > 2 && !ngx_xmpp_cm_str_is(&x->elem.name, "iq")))
+        || (x->depth > 2 && !ngx_xmpp_cm_str_is(&x->elem.name, "iq")
+            && !ngx_xmpp_cm_str_is(&x->cur->name, "jid")))
     {
         return;
     }
