@@ -32,12 +32,15 @@ static ngx_int_t ngx_stream_xmpp_cm_init_process(ngx_cycle_t *cycle);
 static void ngx_stream_xmpp_cm_exit_process(ngx_cycle_t *cycle);
 
 
+static char *ngx_stream_xmpp_cm_bounds(ngx_conf_t *cf, void *post,
+    void *data);
+
 static ngx_conf_num_bounds_t  ngx_stream_xmpp_cm_connections_bounds = {
-    ngx_conf_check_num_bounds, 1, 64
+    ngx_stream_xmpp_cm_bounds, 1, 64
 };
 
 static ngx_conf_num_bounds_t  ngx_stream_xmpp_cm_depth_bounds = {
-    ngx_conf_check_num_bounds, 2, 1000
+    ngx_stream_xmpp_cm_bounds, 2, 1000
 };
 
 
@@ -339,7 +342,8 @@ ngx_stream_xmpp_cm_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_size_value(conf->max_stanza, prev->max_stanza,
                               256 * 1024);
     ngx_conf_merge_size_value(conf->preauth_max_stanza,
-                              prev->preauth_max_stanza, 16 * 1024);
+                              prev->preauth_max_stanza,
+                              ngx_min(16 * 1024, conf->max_stanza));
     ngx_conf_merge_uint_value(conf->max_depth, prev->max_depth, 32);
     ngx_conf_merge_size_value(conf->client_output_limit,
                               prev->client_output_limit, 1024 * 1024);
@@ -534,6 +538,30 @@ ngx_stream_xmpp_cm_pass(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     *srv = xcf;
 
     return NGX_CONF_OK;
+}
+
+
+/* ngx_conf_check_num_bounds(), with the directive's name in the error */
+
+static char *
+ngx_stream_xmpp_cm_bounds(ngx_conf_t *cf, void *post, void *data)
+{
+    ngx_conf_num_bounds_t  *bounds = post;
+    ngx_int_t              *np = data;
+
+    ngx_str_t  *value;
+
+    if (*np >= bounds->low && *np <= bounds->high) {
+        return NGX_CONF_OK;
+    }
+
+    value = cf->args->elts;
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "\"%V\" must be between %i and %i",
+                       &value[0], bounds->low, bounds->high);
+
+    return NGX_CONF_ERROR;
 }
 
 
@@ -800,4 +828,7 @@ ngx_stream_xmpp_cm_exit_process(ngx_cycle_t *cycle)
             ngx_xmpp_cm_pool_exit(srv[i]->pool);
         }
     }
+
+    ngx_xmpp_cm_client_shutdown_all();
+    ngx_xmpp_cm_queue_release_free();
 }

@@ -107,6 +107,7 @@ ngx_int_t ngx_xmpp_cm_queue_send(ngx_connection_t *c, ngx_xmpp_cm_queue_t *q);
 void ngx_xmpp_cm_queue_move(ngx_xmpp_cm_queue_t *to,
     ngx_xmpp_cm_queue_t *from, size_t *dropped);
 void ngx_xmpp_cm_queue_free(ngx_xmpp_cm_queue_t *q);
+void ngx_xmpp_cm_queue_release_free(void);
 
 
 /* XML framing over expat (ngx_stream_xmpp_cm_xml.c) */
@@ -158,6 +159,7 @@ typedef struct {
     void                            *data;
     ngx_xmpp_cm_open_pt              open;
     ngx_xmpp_cm_elem_pt              element;
+    ngx_xmpp_cm_elem_pt              start;        /* optional */
     ngx_xmpp_cm_close_pt             close;
 
     size_t                           max_size;
@@ -374,6 +376,7 @@ void ngx_xmpp_cm_client_end(ngx_xmpp_cm_client_t *cl, char *cond,
 void ngx_xmpp_cm_client_unblock(ngx_xmpp_cm_client_t *cl);
 void ngx_xmpp_cm_client_orphan(ngx_xmpp_cm_client_t *cl);
 void ngx_xmpp_cm_client_flush(ngx_xmpp_cm_client_t *cl);
+void ngx_xmpp_cm_client_shutdown_all(void);
 ngx_int_t ngx_xmpp_cm_client_variable(ngx_stream_session_t *s,
     ngx_uint_t which, ngx_str_t *value);
 

@@ -272,3 +272,20 @@ ngx_xmpp_cm_queue_free(ngx_xmpp_cm_queue_t *q)
     q->tail = NULL;
     q->size = 0;
 }
+
+
+/* worker exit: give the free list back */
+
+void
+ngx_xmpp_cm_queue_release_free(void)
+{
+    ngx_xmpp_cm_block_t  *b;
+
+    while (ngx_xmpp_cm_free_blocks) {
+        b = ngx_xmpp_cm_free_blocks;
+        ngx_xmpp_cm_free_blocks = b->next;
+        ngx_free(b);
+    }
+
+    ngx_xmpp_cm_nfree = 0;
+}

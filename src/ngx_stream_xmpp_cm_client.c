@@ -32,6 +32,7 @@ struct ngx_xmpp_cm_client_s {
     ngx_str_t                        streamid;
     ngx_str_t                        jid;
     ngx_uint_t                       state;
+    ngx_queue_t                      link;
     u_char                           lang[36];
 
     unsigned                         authenticated:1;
@@ -49,6 +50,8 @@ static ngx_int_t ngx_xmpp_cm_client_process(ngx_xmpp_cm_client_t *cl,
     u_char *buf, size_t n);
 static ngx_int_t ngx_xmpp_cm_client_open(void *data, ngx_str_t *name,
     ngx_str_t *ns, const XML_Char **attrs);
+static ngx_int_t ngx_xmpp_cm_client_start(void *data,
+    ngx_xmpp_cm_elem_t *e);
 static ngx_int_t ngx_xmpp_cm_client_element(void *data,
     ngx_xmpp_cm_elem_t *e);
 static ngx_int_t ngx_xmpp_cm_client_close(void *data);
@@ -60,7 +63,9 @@ static void ngx_xmpp_cm_client_bound(ngx_xmpp_cm_client_t *cl,
     ngx_xmpp_cm_node_t *iq);
 
 
-static u_char  ngx_xmpp_cm_client_buf[NGX_XMPP_CM_CLIENT_READ];
+static u_char       ngx_xmpp_cm_client_buf[NGX_XMPP_CM_CLIENT_READ];
+static ngx_queue_t  ngx_xmpp_cm_clients;
+static ngx_uint_t   ngx_xmpp_cm_clients_init;
 
 
 void
@@ -103,9 +108,17 @@ ngx_stream_xmpp_cm_handler(ngx_stream_session_t *s)
     cln->handler = ngx_xmpp_cm_client_cleanup;
     cln->data = cl;
 
+    if (!ngx_xmpp_cm_clients_init) {
+        ngx_queue_init(&ngx_xmpp_cm_clients);
+        ngx_xmpp_cm_clients_init = 1;
+    }
+
+    ngx_queue_insert_tail(&ngx_xmpp_cm_clients, &cl->link);
+
     cl->xml->data = cl;
     cl->xml->open = ngx_xmpp_cm_client_open;
     cl->xml->element = ngx_xmpp_cm_client_element;
+    cl->xml->start = ngx_xmpp_cm_client_start;
     cl->xml->close = ngx_xmpp_cm_client_close;
     cl->xml->max_size = conf->preauth_max_stanza;
     cl->xml->max_depth = conf->max_depth;
@@ -503,16 +516,23 @@ ngx_xmpp_cm_client_forward(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
 }
 
 
-static ngx_int_t
-ngx_xmpp_cm_client_element(void *data, ngx_xmpp_cm_elem_t *e)
+/*
+ * What a client may send, by state: decided at the stanza's start tag so
+ * that nothing unwanted is buffered.
+ */
+
+#define NGX_XMPP_CM_E_FORWARD   0
+#define NGX_XMPP_CM_E_ABORT     1
+#define NGX_XMPP_CM_E_STARTTLS  2
+#define NGX_XMPP_CM_E_ERROR     3
+#define NGX_XMPP_CM_E_NOAUTH    4
+#define NGX_XMPP_CM_E_REFUSE    5
+
+
+static ngx_uint_t
+ngx_xmpp_cm_client_kind(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
 {
-    ngx_xmpp_cm_client_t *cl = data;
-
     ngx_str_t  *name, *ns;
-
-    static u_char  aborted[] = "<failure xmlns=\"" NGX_XMPP_NS_SASL "\">"
-                               "<aborted/></failure>";
-    static u_char  tls_failure[] = "<failure xmlns=\"" NGX_XMPP_NS_TLS "\"/>";
 
     name = &e->name;
     ns = &e->ns;
@@ -520,60 +540,109 @@ ngx_xmpp_cm_client_element(void *data, ngx_xmpp_cm_elem_t *e)
     if (ngx_xmpp_cm_str_is(ns, NGX_XMPP_NS_CLIENT)) {
 
         if (ngx_xmpp_cm_str_is(name, "iq")) {
-            return ngx_xmpp_cm_client_forward(cl, e);
+            return NGX_XMPP_CM_E_FORWARD;
         }
 
         if (ngx_xmpp_cm_str_is(name, "message")
             || ngx_xmpp_cm_str_is(name, "presence"))
         {
-            if (!cl->authenticated) {
-                ngx_xmpp_cm_client_end(cl, "not-authorized",
-                                       "authenticate first", NULL, 0);
-                return NGX_DONE;
-            }
-
-            return ngx_xmpp_cm_client_forward(cl, e);
+            return cl->authenticated ? NGX_XMPP_CM_E_FORWARD
+                                     : NGX_XMPP_CM_E_NOAUTH;
         }
 
-    } else if (ngx_xmpp_cm_str_is(ns, NGX_XMPP_NS_SASL)
-               && !cl->authenticated)
-    {
+        return NGX_XMPP_CM_E_REFUSE;
+    }
+
+    if (ngx_xmpp_cm_str_is(ns, NGX_XMPP_NS_SASL) && !cl->authenticated) {
+
         if (ngx_xmpp_cm_str_is(name, "auth")
             || ngx_xmpp_cm_str_is(name, "response"))
         {
-            return ngx_xmpp_cm_client_forward(cl, e);
+            return NGX_XMPP_CM_E_FORWARD;
         }
 
         if (ngx_xmpp_cm_str_is(name, "abort")) {
-            /* Openfire rejects <abort/> in a route; answer it here */
-            ngx_xmpp_cm_client_send(cl, aborted, sizeof(aborted) - 1);
-            return NGX_OK;
+            return NGX_XMPP_CM_E_ABORT;
         }
 
-    } else if (ngx_xmpp_cm_str_is(ns, NGX_XMPP_NS_TLS)
-               && ngx_xmpp_cm_str_is(name, "starttls"))
+        return NGX_XMPP_CM_E_REFUSE;
+    }
+
+    if (ngx_xmpp_cm_str_is(ns, NGX_XMPP_NS_TLS)
+        && ngx_xmpp_cm_str_is(name, "starttls"))
     {
+        return NGX_XMPP_CM_E_STARTTLS;
+    }
+
+    if (ngx_xmpp_cm_str_is(ns, NGX_XMPP_NS_STREAMS)
+        && ngx_xmpp_cm_str_is(name, "error"))
+    {
+        return NGX_XMPP_CM_E_ERROR;
+    }
+
+    return NGX_XMPP_CM_E_REFUSE;
+}
+
+
+static ngx_int_t
+ngx_xmpp_cm_client_start(void *data, ngx_xmpp_cm_elem_t *e)
+{
+    ngx_xmpp_cm_client_t *cl = data;
+
+    switch (ngx_xmpp_cm_client_kind(cl, e)) {
+
+    case NGX_XMPP_CM_E_NOAUTH:
+        ngx_xmpp_cm_client_end(cl, "not-authorized", "authenticate first",
+                               NULL, 0);
+        return NGX_DONE;
+
+    case NGX_XMPP_CM_E_REFUSE:
+        ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                      "xmpp_cm: client sent unsupported <%V xmlns=\"%V\">",
+                      &e->name, &e->ns);
+        ngx_xmpp_cm_client_end(cl, "unsupported-stanza-type", NULL, NULL, 0);
+        return NGX_DONE;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_xmpp_cm_client_element(void *data, ngx_xmpp_cm_elem_t *e)
+{
+    ngx_xmpp_cm_client_t *cl = data;
+
+    static u_char  aborted[] = "<failure xmlns=\"" NGX_XMPP_NS_SASL "\">"
+                               "<aborted/></failure>";
+    static u_char  tls_failure[] = "<failure xmlns=\"" NGX_XMPP_NS_TLS "\"/>";
+
+    switch (ngx_xmpp_cm_client_kind(cl, e)) {
+
+    case NGX_XMPP_CM_E_FORWARD:
+        return ngx_xmpp_cm_client_forward(cl, e);
+
+    case NGX_XMPP_CM_E_ABORT:
+        /* Openfire rejects <abort/> in a route; answer it here */
+        ngx_xmpp_cm_client_send(cl, aborted, sizeof(aborted) - 1);
+        return NGX_OK;
+
+    case NGX_XMPP_CM_E_STARTTLS:
         /* not offered: RFC 6120 5.4.2.2, failure and close */
         ngx_xmpp_cm_client_send(cl, tls_failure, sizeof(tls_failure) - 1);
         ngx_xmpp_cm_client_end(cl, NULL, NULL, (u_char *) "", 0);
         return NGX_DONE;
 
-    } else if (ngx_xmpp_cm_str_is(ns, NGX_XMPP_NS_STREAMS)
-               && ngx_xmpp_cm_str_is(name, "error"))
-    {
+    case NGX_XMPP_CM_E_ERROR:
         ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
                       "xmpp_cm: client sent a stream error");
         ngx_xmpp_cm_client_end(cl, NULL, NULL, (u_char *) "", 0);
         return NGX_DONE;
+
+    default:
+        /* refused at the start tag already */
+        return ngx_xmpp_cm_client_start(data, e);
     }
-
-    ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
-                  "xmpp_cm: client sent unsupported <%V xmlns=\"%V\">",
-                  name, ns);
-
-    ngx_xmpp_cm_client_end(cl, "unsupported-stanza-type", NULL, NULL, 0);
-
-    return NGX_DONE;
 }
 
 
@@ -994,6 +1063,36 @@ ngx_xmpp_cm_client_cleanup(void *data)
         cl->session = NULL;
     }
 
+    ngx_queue_remove(&cl->link);
     ngx_xmpp_cm_queue_free(&cl->out);
     ngx_xmpp_cm_xml_free(cl->xml);
+}
+
+
+/*
+ * Worker exit: every client still connected is told (system-shutdown),
+ * flushed as far as the socket takes it, and closed, so that no
+ * connection is left open behind the module.
+ */
+
+void
+ngx_xmpp_cm_client_shutdown_all(void)
+{
+    ngx_queue_t           *q;
+    ngx_xmpp_cm_client_t  *cl;
+
+    if (!ngx_xmpp_cm_clients_init) {
+        return;
+    }
+
+    while (!ngx_queue_empty(&ngx_xmpp_cm_clients)) {
+        q = ngx_queue_head(&ngx_xmpp_cm_clients);
+        cl = ngx_queue_data(q, ngx_xmpp_cm_client_t, link);
+
+        ngx_xmpp_cm_client_end(cl, "system-shutdown",
+                               "the connection manager is shutting down",
+                               NULL, 0);
+        ngx_xmpp_cm_client_flush(cl);
+        ngx_xmpp_cm_client_finalize(cl);
+    }
 }

@@ -1177,4 +1177,9 @@ ngx_xmpp_cm_pool_exit(ngx_xmpp_cm_pool_t *pool)
         (void) ngx_xmpp_cm_queue_send(sock->c, &sock->out);
         ngx_xmpp_cm_sock_close(sock, NGX_LOG_INFO, "worker exiting");
     }
+
+    if (pool->features.data) {
+        ngx_free(pool->features.data);
+        ngx_str_null(&pool->features);
+    }
 }

@@ -299,6 +299,15 @@ ngx_xmpp_cm_xml_keep(ngx_xmpp_cm_xml_t *x)
     keep = x->in_stanza ? x->elem.start : x->mark;
 
     if (!x->in_stanza) {
+        /*
+         * White space between stanzas is never needed again; what came
+         * before pend_base was such white space, already dropped.
+         */
+
+        if (keep < x->pend_base) {
+            keep = x->pend_base;
+        }
+
         while (keep < x->fed) {
             c = ngx_xmpp_cm_xml_byte(x, keep);
             if (c != ' ' && c != '\n' && c != '\r' && c != '\t') {
@@ -306,6 +315,8 @@ ngx_xmpp_cm_xml_keep(ngx_xmpp_cm_xml_t *x)
             }
             keep++;
         }
+
+        x->mark = keep;
     }
 
     if (keep >= x->fed) {
@@ -522,6 +533,18 @@ ngx_xmpp_cm_xml_start(void *data, const XML_Char *name,
 
         x->elem.name.data = x->name;
         x->elem.ns.data = x->ns;
+
+        /* refuse an unwanted stanza at its start tag, not at its end */
+
+        if (x->start) {
+            rc = x->start(x->data, &x->elem);
+
+            if (rc != NGX_OK) {
+                x->rc = rc;
+                ngx_xmpp_cm_xml_fail(x, NULL, NULL);
+                return;
+            }
+        }
     }
 
     if ((size_t) (x->last_start_end - x->elem.start) > x->max_size) {

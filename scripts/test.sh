@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Run the end-to-end test suite: install what is missing, build the module,
+# run pytest (extra arguments are passed to pytest).
+#   scripts/test.sh                 whole suite
+#   scripts/test.sh -k chat -x      a subset
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+
+py=/usr/bin/python3
+missing=()
+[ -x /usr/sbin/nginx ] || missing+=(nginx)
+[ -f /usr/share/nginx/src/conf_flags ] || missing+=(nginx-dev)
+[ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || missing+=(libnginx-mod-stream)
+[ -f /usr/include/expat.h ] || missing+=(libexpat1-dev)
+[ -f /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
+[ -f /usr/include/pcre2.h ] || missing+=(libpcre2-dev)
+[ -f /usr/include/zlib.h ] || missing+=(zlib1g-dev)
+command -v cc >/dev/null 2>&1 || missing+=(gcc)
+command -v make >/dev/null 2>&1 || missing+=(make)
+if [ -x "$py" ]; then
+    "$py" -c 'import slixmpp' 2>/dev/null || missing+=(python3-slixmpp)
+    "$py" -c 'import pytest' 2>/dev/null || missing+=(python3-pytest)
+else
+    missing+=(python3 python3-slixmpp python3-pytest)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "test.sh: installing ${missing[*]}" >&2
+    sudo=
+    [ "$(id -u)" -eq 0 ] || sudo=sudo
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update
+    $sudo apt-get install -y \
+        nginx nginx-dev libnginx-mod-stream libexpat1-dev libssl-dev \
+        libpcre2-dev zlib1g-dev python3-slixmpp python3-pytest gcc make
+fi
+
+bash scripts/build.sh
+rc=0
+PYTHONDONTWRITEBYTECODE=1 XMPP_CM_SKIP_BUILD=1 "$py" -m pytest -v -p no:cacheprovider t/ "$@" || rc=$?
+exit $rc

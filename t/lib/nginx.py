@@ -1,0 +1,209 @@
+"""Run Debian's nginx with the module under test."""
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+from .util import children_of, port_accepts, wait_until
+
+NGINX = "/usr/sbin/nginx"
+STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
+
+# error.log lines that mean the test must fail (crash / corruption)
+BAD_LOG = re.compile(r"\[(alert|emerg|crit)\]|signal 11|core dumped|"
+                     r"exited on signal")
+
+CONF_TEMPLATE = """\
+load_module {stream_module};
+load_module {module};
+daemon off;
+master_process on;
+worker_processes {workers};
+error_log {prefix}/error.log {log_level};
+pid {prefix}/nginx.pid;
+{main_extra}
+events {{ worker_connections 4096; }}
+
+stream {{
+{body}
+}}
+"""
+
+
+def make_conf(prefix, module, body, workers=1, log_level="debug",
+              main_extra=""):
+    return CONF_TEMPLATE.format(stream_module=STREAM_MODULE, module=module,
+                                workers=workers, prefix=prefix,
+                                log_level=log_level, main_extra=main_extra,
+                                body=body)
+
+
+def nginx_t(prefix, conf_text):
+    """Write conf_text to PREFIX/nginx-t.conf and run `nginx -t` on it.
+    Returns (rc, combined output)."""
+    os.makedirs(prefix, exist_ok=True)
+    path = os.path.join(prefix, "nginx-t.conf")
+    with open(path, "w") as f:
+        f.write(conf_text)
+    p = subprocess.run([NGINX, "-t", "-p", str(prefix), "-c", path,
+                        "-e", os.path.join(str(prefix), "error-t.log")],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       timeout=30)
+    return p.returncode, p.stdout.decode("utf-8", "replace")
+
+
+def core_dir():
+    """A directory every worker can write core files to (workers run as
+    nobody when the tests run as root, and pytest's tmp dirs are 0700)."""
+    d = tempfile.mkdtemp(prefix="xmpp-cm-cores-")
+    os.chmod(d, 0o1777)
+    return d
+
+
+def backtraces(cores_dir, limit=2):
+    """gdb backtraces of the core files in cores_dir (best effort)."""
+    out = []
+    if not cores_dir or not os.path.isdir(cores_dir) or \
+            not shutil.which("gdb"):
+        return out
+    for f in sorted(os.listdir(cores_dir))[:limit]:
+        path = os.path.join(cores_dir, f)
+        try:
+            p = subprocess.run(["gdb", "-batch", "-nx", "-ex", "bt",
+                                NGINX, path], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, timeout=60)
+            lines = [l for l in p.stdout.decode("utf-8", "replace")
+                     .splitlines() if l.startswith("#")]
+            out.append("%s:\n    %s" % (f, "\n    ".join(lines[:25])))
+        except Exception as e:      # diagnostics only
+            out.append("%s: gdb failed: %r" % (f, e))
+    return out
+
+
+class Nginx:
+    def __init__(self, prefix, module, body, workers=1, log_level="debug",
+                 main_extra=""):
+        self.prefix = str(prefix)
+        os.makedirs(self.prefix, exist_ok=True)
+        self.conf_path = os.path.join(self.prefix, "nginx.conf")
+        self.log_path = os.path.join(self.prefix, "error.log")
+        self.cores = core_dir()
+        main_extra = ("worker_rlimit_core 2g;\nworking_directory %s;\n"
+                      % self.cores) + main_extra
+        self.conf = make_conf(self.prefix, module, body, workers, log_level,
+                              main_extra)
+        with open(self.conf_path, "w") as f:
+            f.write(self.conf)
+        self.proc = None
+        self.allowed_bad = []       # regexes for BAD_LOG lines a test expects
+        self.stopped = False
+        self.forced = None
+
+    def start(self):
+        out = open(os.path.join(self.prefix, "stderr.log"), "wb")
+        self.proc = subprocess.Popen(
+            [NGINX, "-p", self.prefix, "-c", self.conf_path,
+             "-e", self.log_path],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        out.close()
+        return self
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stderr_text(self):
+        try:
+            with open(os.path.join(self.prefix, "stderr.log"), "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def log(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def log_lines(self, pattern):
+        rx = re.compile(pattern)
+        return [l for l in self.log().splitlines() if rx.search(l)]
+
+    def worker_pids(self):
+        if not self.running():
+            return []
+        return children_of(self.proc.pid)
+
+    def wait_port(self, port, timeout=10):
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.running():
+                raise AssertionError(
+                    "nginx exited (rc=%s): %s\n%s" % (
+                        self.proc.returncode, self.stderr_text()[-3000:],
+                        self.log()[-3000:]))
+            if port_accepts(port):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError("nginx not listening on %d after %ss"
+                                     % (port, timeout))
+            time.sleep(0.05)
+
+    def signal(self, sig):
+        if self.running():
+            os.kill(self.proc.pid, sig)
+
+    def quit(self, timeout=8):
+        """Graceful shutdown (SIGQUIT); TERM then KILL if it does not exit.
+        self.forced names the signal that finally ended it when QUIT did
+        not (None when QUIT worked)."""
+        if self.proc is None or self.stopped:
+            return self.proc.returncode if self.proc else None
+        self.stopped = True
+        self.forced = None
+        workers = self.worker_pids()
+        for sig, wait in ((signal.SIGQUIT, timeout), (signal.SIGTERM, 5),
+                          (signal.SIGKILL, 5)):
+            if self.proc.poll() is not None:
+                break
+            if sig != signal.SIGQUIT:
+                self.forced = sig.name
+            try:
+                os.kill(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(wait)
+            except subprocess.TimeoutExpired:
+                continue
+        # kill leftover workers, if any (children of our nginx master)
+        for w in workers:
+            try:
+                with open("/proc/%d/cmdline" % w, "rb") as f:
+                    if b"nginx" not in f.read():
+                        continue
+                os.kill(w, signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                pass
+        return self.proc.returncode
+
+    def bad_log_lines(self):
+        out = []
+        for line in self.log().splitlines() + self.stderr_text().splitlines():
+            if BAD_LOG.search(line) and not any(
+                    re.search(a, line) for a in self.allowed_bad):
+                out.append(line)
+        return out
+
+    def crash_report(self):
+        return backtraces(self.cores)
+
+    def cleanup(self):
+        shutil.rmtree(self.cores, ignore_errors=True)

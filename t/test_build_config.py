@@ -1,0 +1,131 @@
+"""Scenario 1 (build) and 2 (configuration errors at `nginx -t`)."""
+import os
+import re
+import subprocess
+
+import pytest
+
+from conftest import ROOT, server_block
+
+GOOD_PASS = "127.0.0.1:5262"
+
+
+def body(**kw):
+    kw.setdefault("connections", 2)
+    extra = kw.pop("extra", "")
+    upstream = kw.pop("upstream", GOOD_PASS)
+    return server_block(15222, upstream, extra=extra, **kw)
+
+
+def test_module_builds_without_warnings(module_path):
+    """build.sh compiles with -Wall -Wextra -Werror; the make log has no
+    warnings for the module's sources and configure found expat."""
+    assert os.path.exists(module_path)
+    with open(os.path.join(ROOT, "build", "nginx", "objs", "Makefile"),
+              errors="replace") as f:
+        makefile = f.read()
+    cflags = re.search(r"^CFLAGS\s*=(.*)$", makefile, re.M).group(1)
+    for flag in ("-Wall", "-Wextra", "-Werror"):
+        assert flag in cflags, "module not compiled with %s: %s" % (flag,
+                                                                   cflags)
+    with open(os.path.join(ROOT, "build", "make.log"), errors="replace") as f:
+        make_log = f.read()
+    warnings = [l for l in make_log.splitlines()
+                if "warning:" in l and "xmpp_cm" in l]
+    assert warnings == []
+    with open(os.path.join(ROOT, "build", "configure.log"),
+              errors="replace") as f:
+        conf_log = f.read()
+    assert re.search(r"checking for expat library \.\.\. found", conf_log), \
+        "config addon did not probe expat"
+
+
+def test_module_loads_into_debian_nginx(nginx_t):
+    rc, out = nginx_t(body())
+    assert rc == 0, out
+    assert "syntax is ok" in out and "test is successful" in out, out
+
+
+def test_valid_variants_accepted(nginx_t):
+    """Positive controls for the error cases below: every directive with a
+    sane value, an upstream{} block name, and the largest stanza size."""
+    extra = """
+        xmpp_cm_keepalive 10s;
+        xmpp_cm_upstream_timeout 60s;
+        xmpp_cm_connect_timeout 5s;
+        xmpp_cm_reconnect 100ms 5s;
+        xmpp_cm_auth_timeout 30s;
+        xmpp_cm_idle_timeout 5m;
+        xmpp_cm_max_stanza_size 1047552;
+        xmpp_cm_preauth_max_stanza_size 8k;
+        xmpp_cm_max_depth 16;
+        xmpp_cm_client_output_limit 2m;
+        xmpp_cm_upstream_watermarks 1m 256k;
+        xmpp_cm_close_delay 2s;
+    """
+    b = "upstream openfire { server 127.0.0.1:5262; }\n" + \
+        body(upstream="openfire", extra=extra)
+    rc, out = nginx_t(b)
+    assert rc == 0, out
+    # several domains
+    rc, out = nginx_t(body(domain="localhost example.com"))
+    assert rc == 0, out
+
+
+BAD = [
+    ("missing_domain", dict(domain=None), "xmpp_cm_domain"),
+    ("missing_secret", dict(secret=None), "xmpp_cm_secret"),
+    ("connections_zero", dict(connections=0), "xmpp_cm_connections"),
+    ("stanza_size_over_1mib", dict(extra="xmpp_cm_max_stanza_size 2m;"),
+     "xmpp_cm_max_stanza_size"),
+    ("stanza_size_just_over", dict(extra="xmpp_cm_max_stanza_size 1047553;"),
+     "xmpp_cm_max_stanza_size"),
+    ("reconnect_min_gt_max", dict(extra="xmpp_cm_reconnect 10s 1s;"),
+     "xmpp_cm_reconnect"),
+    ("preauth_size_over_max",
+     dict(extra="xmpp_cm_max_stanza_size 4k;\n"
+                "xmpp_cm_preauth_max_stanza_size 8k;"),
+     "xmpp_cm_preauth_max_stanza_size"),
+    ("watermarks_low_gt_high",
+     dict(extra="xmpp_cm_upstream_watermarks 256k 1m;"),
+     "xmpp_cm_upstream_watermarks"),
+]
+
+
+@pytest.mark.parametrize("case,kw,directive", BAD, ids=[b[0] for b in BAD])
+def test_config_error(nginx_t, case, kw, directive):
+    rc, out = nginx_t(body(**kw))
+    assert rc != 0, "nginx -t accepted a bad config (%s):\n%s" % (case, out)
+    assert directive in out, out
+    assert "[emerg]" in out, out
+    assert re.search(r"nginx-t\.conf:\d+", out), \
+        "error does not name file:line: " + out
+
+
+def test_config_error_unknown_upstream(nginx_t):
+    rc, out = nginx_t(body(upstream="nosuchupstream"))
+    assert rc != 0, out
+    assert "nosuchupstream" in out, out
+    assert re.search(r"nginx-t\.conf:\d+", out), out
+
+
+@pytest.mark.slow
+def test_static_build(tmp_path):
+    """scripts/build.sh --static builds an nginx binary with the module
+    compiled in, and that binary accepts a config using the directives."""
+    p = subprocess.run(["bash", os.path.join(ROOT, "scripts", "build.sh"),
+                        "--static"], cwd=ROOT, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, timeout=1200)
+    out = p.stdout.decode("utf-8", "replace")
+    assert p.returncode == 0, out[-5000:]
+    binary = os.path.join(ROOT, "build", "nginx-static", "objs", "nginx")
+    assert os.access(binary, os.X_OK), out
+    conf = tmp_path / "static.conf"
+    conf.write_text("pid %s;\nevents {}\nstream {\n%s\n}\n"
+                    % (tmp_path / "nginx.pid", body()))
+    p = subprocess.run([binary, "-t", "-p", str(tmp_path), "-c", str(conf),
+                        "-e", str(tmp_path / "err.log")],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       timeout=30)
+    out = p.stdout.decode("utf-8", "replace")
+    assert p.returncode == 0, out
