@@ -44,6 +44,14 @@ static ngx_conf_num_bounds_t  ngx_stream_xmpp_cm_depth_bounds = {
 };
 
 
+static ngx_conf_enum_t  ngx_stream_xmpp_cm_starttls_values[] = {
+    { ngx_string("off"), NGX_XMPP_CM_TLS_OFF },
+    { ngx_string("optional"), NGX_XMPP_CM_TLS_OPTIONAL },
+    { ngx_string("required"), NGX_XMPP_CM_TLS_REQUIRED },
+    { ngx_null_string, 0 }
+};
+
+
 static ngx_command_t  ngx_stream_xmpp_cm_commands[] = {
 
     { ngx_string("xmpp_cm_pass"),
@@ -157,6 +165,13 @@ static ngx_command_t  ngx_stream_xmpp_cm_commands[] = {
       NGX_STREAM_SRV_CONF_OFFSET,
       offsetof(ngx_stream_xmpp_cm_srv_conf_t, client_output_limit),
       NULL },
+
+    { ngx_string("xmpp_cm_starttls"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, starttls),
+      &ngx_stream_xmpp_cm_starttls_values },
 
     { ngx_string("xmpp_cm_upstream_watermarks"),
       NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE2,
@@ -310,6 +325,7 @@ ngx_stream_xmpp_cm_create_srv_conf(ngx_conf_t *cf)
     conf->client_output_limit = NGX_CONF_UNSET_SIZE;
     conf->upstream_high = NGX_CONF_UNSET_SIZE;
     conf->upstream_low = NGX_CONF_UNSET_SIZE;
+    conf->starttls = NGX_CONF_UNSET_UINT;
 
     return conf;
 }
@@ -351,6 +367,17 @@ ngx_stream_xmpp_cm_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
                               1024 * 1024);
     ngx_conf_merge_size_value(conf->upstream_low, prev->upstream_low,
                               256 * 1024);
+    ngx_conf_merge_uint_value(conf->starttls, prev->starttls,
+                              NGX_XMPP_CM_TLS_OFF);
+
+#if !(NGX_STREAM_SSL)
+    if (conf->starttls != NGX_XMPP_CM_TLS_OFF) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"xmpp_cm_starttls\" needs nginx built with "
+                           "--with-stream_ssl_module");
+        return NGX_CONF_ERROR;
+    }
+#endif
 
     if (conf->max_stanza > NGX_XMPP_CM_MAX_STANZA) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
@@ -458,6 +485,18 @@ ngx_stream_xmpp_cm_postconfiguration(ngx_conf_t *cf)
     for (i = 0; i < cmcf->servers.nelts; i++) {
         a = srv[i];
 
+#if (NGX_STREAM_SSL)
+        /* after every merge: the ssl_* settings are final here */
+
+        if (a->starttls != NGX_XMPP_CM_TLS_OFF
+            && ngx_xmpp_cm_tls_conf(cf, a,
+                   a->ctx->srv_conf[ngx_stream_ssl_module.ctx_index])
+               != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+#endif
+
         for (j = 0; j < i; j++) {
             b = srv[j];
 
@@ -525,6 +564,7 @@ ngx_stream_xmpp_cm_pass(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     xcf->pass = value[1];
+    xcf->ctx = cf->ctx;
     xcf->conf_file = cf->conf_file->file.name;
     xcf->conf_line = cf->conf_file->line;
 

@@ -14,6 +14,9 @@
 #include <ngx_event.h>
 #include <ngx_event_connect.h>
 #include <ngx_stream.h>
+#if (NGX_STREAM_SSL)
+#include <ngx_stream_ssl_module.h>
+#endif
 #include <expat.h>
 
 
@@ -44,6 +47,11 @@ typedef struct ngx_xmpp_cm_node_s     ngx_xmpp_cm_node_t;
 
 /* configuration (ngx_stream_xmpp_cm_module.c) */
 
+#define NGX_XMPP_CM_TLS_OFF       0
+#define NGX_XMPP_CM_TLS_OPTIONAL  1
+#define NGX_XMPP_CM_TLS_REQUIRED  2
+
+
 typedef struct {
     ngx_stream_upstream_srv_conf_t  *upstream;
     ngx_str_t                        pass;
@@ -65,8 +73,19 @@ typedef struct {
     size_t                           client_output_limit;
     size_t                           upstream_high;
     size_t                           upstream_low;
+    ngx_uint_t                       starttls;
+
+#if (NGX_STREAM_SSL)
+    ngx_ssl_t                       *ssl;          /* for STARTTLS */
+    ngx_ssl_t                        own_ssl;
+    ngx_array_t                     *cert_values;  /* complex values */
+    ngx_array_t                     *key_values;
+    ngx_array_t                     *passwords;
+    ngx_msec_t                       handshake_timeout;
+#endif
 
     ngx_xmpp_cm_pool_t              *pool;         /* per worker */
+    ngx_stream_conf_ctx_t           *ctx;          /* the server's */
     ngx_str_t                        conf_file;
     ngx_uint_t                       conf_line;
 } ngx_stream_xmpp_cm_srv_conf_t;
@@ -362,6 +381,16 @@ void ngx_xmpp_cm_session_end_all(ngx_xmpp_cm_pool_t *pool, char *cond,
     char *text, ngx_uint_t ghost);
 ngx_int_t ngx_xmpp_cm_session_recently_closed(ngx_xmpp_cm_pool_t *pool,
     ngx_str_t *id);
+
+
+/* TLS (ngx_stream_xmpp_cm_tls.c) */
+
+#if (NGX_STREAM_SSL)
+ngx_int_t ngx_xmpp_cm_tls_conf(ngx_conf_t *cf,
+    ngx_stream_xmpp_cm_srv_conf_t *conf, ngx_stream_ssl_conf_t *sscf);
+ngx_int_t ngx_xmpp_cm_tls_start(ngx_connection_t *c,
+    ngx_stream_xmpp_cm_srv_conf_t *conf, ngx_connection_handler_pt handler);
+#endif
 
 
 /* client stream (ngx_stream_xmpp_cm_client.c) */

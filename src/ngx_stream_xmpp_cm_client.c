@@ -36,6 +36,7 @@ struct ngx_xmpp_cm_client_s {
     u_char                           lang[36];
 
     unsigned                         authenticated:1;
+    unsigned                         tls_pending:1;
     unsigned                         header_sent:1;
     unsigned                         blocked:1;
     unsigned                         closing:1;
@@ -59,6 +60,11 @@ static void ngx_xmpp_cm_client_send(ngx_xmpp_cm_client_t *cl, u_char *p,
     size_t len);
 static void ngx_xmpp_cm_client_header(ngx_xmpp_cm_client_t *cl);
 static void ngx_xmpp_cm_client_success(ngx_xmpp_cm_client_t *cl);
+static ngx_uint_t ngx_xmpp_cm_client_tls(ngx_xmpp_cm_client_t *cl);
+#if (NGX_STREAM_SSL)
+static void ngx_xmpp_cm_client_starttls(ngx_xmpp_cm_client_t *cl);
+static void ngx_xmpp_cm_client_tls_done(ngx_connection_t *c);
+#endif
 static void ngx_xmpp_cm_client_bound(ngx_xmpp_cm_client_t *cl,
     ngx_xmpp_cm_node_t *iq);
 
@@ -183,6 +189,11 @@ ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
         return;
     }
 
+    if (cl->tls_pending) {
+        /* <proceed/> is going out: the next bytes belong to TLS */
+        return;
+    }
+
     for ( ;; ) {
 
         if (cl->blocked && !cl->closing) {
@@ -216,6 +227,13 @@ ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
             if (cl->closing) {
                 continue;
             }
+
+            /*
+             * After <starttls/> the rest of that read is dropped: plaintext
+             * pipelined behind it must never count as part of the TLS
+             * stream (the STARTTLS injection class of bug).
+             */
+
             return;
         }
     }
@@ -242,7 +260,7 @@ ngx_xmpp_cm_client_process(ngx_xmpp_cm_client_t *cl, u_char *buf, size_t n)
         return NGX_OK;
     }
 
-    if (cl->closing) {
+    if (cl->closing || cl->tls_pending) {
         return NGX_DONE;
     }
 
@@ -433,6 +451,10 @@ ngx_xmpp_cm_client_header(ngx_xmpp_cm_client_t *cl)
     ngx_str_t           *domain, id;
     ngx_xmpp_cm_pool_t  *pool;
 
+    static u_char  starttls[] =
+        "<starttls xmlns=\"" NGX_XMPP_NS_TLS "\"/>";
+    static u_char  starttls_required[] =
+        "<starttls xmlns=\"" NGX_XMPP_NS_TLS "\"><required/></starttls>";
     static u_char  post[] =
         "<stream:features><bind xmlns=\"urn:ietf:params:xml:ns:xmpp-bind\"/>"
         "<session xmlns=\"urn:ietf:params:xml:ns:xmpp-session\">"
@@ -475,8 +497,47 @@ ngx_xmpp_cm_client_header(ngx_xmpp_cm_client_t *cl)
     }
 
     ngx_xmpp_cm_client_send(cl, (u_char *) "<stream:features>", 17);
+
+    switch (ngx_xmpp_cm_client_tls(cl)) {
+
+    case NGX_XMPP_CM_TLS_REQUIRED:
+        /* RFC 6120 5.3.1: nothing else before TLS */
+        ngx_xmpp_cm_client_send(cl, starttls_required,
+                                sizeof(starttls_required) - 1);
+        ngx_xmpp_cm_client_send(cl, (u_char *) "</stream:features>", 18);
+        return;
+
+    case NGX_XMPP_CM_TLS_OPTIONAL:
+        ngx_xmpp_cm_client_send(cl, starttls, sizeof(starttls) - 1);
+        break;
+    }
+
     ngx_xmpp_cm_client_send(cl, pool->features.data, pool->features.len);
     ngx_xmpp_cm_client_send(cl, (u_char *) "</stream:features>", 18);
+}
+
+
+/*
+ * What STARTTLS means for this stream now: off (already TLS, or not
+ * configured), optional, or required.  Openfire's own "TLS required"
+ * (xmpp.client.tls.policy) is not enforced for CM sessions by Openfire,
+ * so it upgrades "optional" here.
+ */
+
+static ngx_uint_t
+ngx_xmpp_cm_client_tls(ngx_xmpp_cm_client_t *cl)
+{
+    if (cl->c->ssl || cl->conf->starttls == NGX_XMPP_CM_TLS_OFF) {
+        return NGX_XMPP_CM_TLS_OFF;
+    }
+
+    if (cl->conf->starttls == NGX_XMPP_CM_TLS_REQUIRED
+        || (cl->pool && cl->pool->cfg_tls_required))
+    {
+        return NGX_XMPP_CM_TLS_REQUIRED;
+    }
+
+    return NGX_XMPP_CM_TLS_OPTIONAL;
 }
 
 
@@ -527,20 +588,26 @@ ngx_xmpp_cm_client_forward(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
 #define NGX_XMPP_CM_E_ERROR     3
 #define NGX_XMPP_CM_E_NOAUTH    4
 #define NGX_XMPP_CM_E_REFUSE    5
+#define NGX_XMPP_CM_E_ENCRYPT   6
 
 
 static ngx_uint_t
 ngx_xmpp_cm_client_kind(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
 {
-    ngx_str_t  *name, *ns;
+    ngx_str_t   *name, *ns;
+    ngx_uint_t   notls;
 
     name = &e->name;
     ns = &e->ns;
 
+    /* TLS required and not negotiated: only <starttls/> is accepted */
+
+    notls = (ngx_xmpp_cm_client_tls(cl) == NGX_XMPP_CM_TLS_REQUIRED);
+
     if (ngx_xmpp_cm_str_is(ns, NGX_XMPP_NS_CLIENT)) {
 
         if (ngx_xmpp_cm_str_is(name, "iq")) {
-            return NGX_XMPP_CM_E_FORWARD;
+            return notls ? NGX_XMPP_CM_E_NOAUTH : NGX_XMPP_CM_E_FORWARD;
         }
 
         if (ngx_xmpp_cm_str_is(name, "message")
@@ -558,7 +625,7 @@ ngx_xmpp_cm_client_kind(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
         if (ngx_xmpp_cm_str_is(name, "auth")
             || ngx_xmpp_cm_str_is(name, "response"))
         {
-            return NGX_XMPP_CM_E_FORWARD;
+            return notls ? NGX_XMPP_CM_E_ENCRYPT : NGX_XMPP_CM_E_FORWARD;
         }
 
         if (ngx_xmpp_cm_str_is(name, "abort")) {
@@ -592,7 +659,10 @@ ngx_xmpp_cm_client_start(void *data, ngx_xmpp_cm_elem_t *e)
     switch (ngx_xmpp_cm_client_kind(cl, e)) {
 
     case NGX_XMPP_CM_E_NOAUTH:
-        ngx_xmpp_cm_client_end(cl, "not-authorized", "authenticate first",
+        ngx_xmpp_cm_client_end(cl, "not-authorized",
+                               ngx_xmpp_cm_client_tls(cl)
+                               == NGX_XMPP_CM_TLS_REQUIRED
+                               ? "TLS is required" : "authenticate first",
                                NULL, 0);
         return NGX_DONE;
 
@@ -616,6 +686,9 @@ ngx_xmpp_cm_client_element(void *data, ngx_xmpp_cm_elem_t *e)
     static u_char  aborted[] = "<failure xmlns=\"" NGX_XMPP_NS_SASL "\">"
                                "<aborted/></failure>";
     static u_char  tls_failure[] = "<failure xmlns=\"" NGX_XMPP_NS_TLS "\"/>";
+    static u_char  proceed[] = "<proceed xmlns=\"" NGX_XMPP_NS_TLS "\"/>";
+    static u_char  encrypt[] = "<failure xmlns=\"" NGX_XMPP_NS_SASL "\">"
+                               "<encryption-required/></failure>";
 
     switch (ngx_xmpp_cm_client_kind(cl, e)) {
 
@@ -628,10 +701,29 @@ ngx_xmpp_cm_client_element(void *data, ngx_xmpp_cm_elem_t *e)
         return NGX_OK;
 
     case NGX_XMPP_CM_E_STARTTLS:
+#if (NGX_STREAM_SSL)
+        if (ngx_xmpp_cm_client_tls(cl) != NGX_XMPP_CM_TLS_OFF
+            && !cl->authenticated)
+        {
+            ngx_xmpp_cm_client_send(cl, proceed, sizeof(proceed) - 1);
+            cl->tls_pending = 1;
+            cl->c->log->action = "in STARTTLS";
+
+            /* stop: the rest of this read is not part of any stream */
+            return NGX_DONE;
+        }
+#endif
+
         /* not offered: RFC 6120 5.4.2.2, failure and close */
         ngx_xmpp_cm_client_send(cl, tls_failure, sizeof(tls_failure) - 1);
         ngx_xmpp_cm_client_end(cl, NULL, NULL, (u_char *) "", 0);
         return NGX_DONE;
+
+    case NGX_XMPP_CM_E_ENCRYPT:
+        ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                      "xmpp_cm: client tried SASL before the required TLS");
+        ngx_xmpp_cm_client_send(cl, encrypt, sizeof(encrypt) - 1);
+        return NGX_OK;
 
     case NGX_XMPP_CM_E_ERROR:
         ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
@@ -1009,10 +1101,92 @@ ngx_xmpp_cm_client_write_handler(ngx_event_t *wev)
         return;
     }
 
+#if (NGX_STREAM_SSL)
+    if (rc == NGX_OK && cl->tls_pending && c->ssl == NULL) {
+        ngx_xmpp_cm_client_starttls(cl);
+        return;
+    }
+#endif
+
     if (ngx_handle_write_event(wev, 0) != NGX_OK) {
         ngx_xmpp_cm_client_finalize(cl);
     }
 }
+
+
+#if (NGX_STREAM_SSL)
+
+static void
+ngx_xmpp_cm_client_starttls(ngx_xmpp_cm_client_t *cl)
+{
+    ngx_int_t          rc;
+    ngx_connection_t  *c;
+
+    c = cl->c;
+
+    /* a fresh parser: the client restarts its stream over TLS */
+
+    if (ngx_xmpp_cm_xml_reset(cl->xml) != NGX_OK) {
+        ngx_xmpp_cm_client_finalize(cl);
+        return;
+    }
+
+    cl->state = NGX_XMPP_CM_C_HEADER;
+
+    rc = ngx_xmpp_cm_tls_start(c, cl->conf, ngx_xmpp_cm_client_tls_done);
+
+    if (rc == NGX_AGAIN) {
+        return;
+    }
+
+    if (rc == NGX_ERROR) {
+        ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                      "xmpp_cm: TLS handshake failed");
+        ngx_xmpp_cm_client_finalize(cl);
+        return;
+    }
+
+    ngx_xmpp_cm_client_tls_done(c);
+}
+
+
+static void
+ngx_xmpp_cm_client_tls_done(ngx_connection_t *c)
+{
+    ngx_stream_session_t  *s;
+    ngx_xmpp_cm_client_t  *cl;
+
+    s = c->data;
+    cl = ngx_stream_get_module_ctx(s, ngx_stream_xmpp_cm_module);
+
+    if (c->read->timer_set) {
+        ngx_del_timer(c->read);
+    }
+
+    if (!c->ssl->handshaked) {
+        ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                      "xmpp_cm: TLS handshake failed");
+        ngx_xmpp_cm_client_finalize(cl);
+        return;
+    }
+
+    ngx_log_debug0(NGX_LOG_DEBUG_STREAM, c->log, 0,
+                   "xmpp_cm: STARTTLS done");
+
+    cl->tls_pending = 0;
+    c->log->action = "reading the XMPP stream header";
+
+    c->read->handler = ngx_xmpp_cm_client_read_handler;
+    c->write->handler = ngx_xmpp_cm_client_write_handler;
+
+    ngx_add_timer(c->read, cl->conf->auth_timeout);
+
+    /* the restarted header may already sit in OpenSSL's buffers */
+
+    ngx_xmpp_cm_client_read_handler(c->read);
+}
+
+#endif
 
 
 void
