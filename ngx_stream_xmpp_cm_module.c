@@ -173,6 +173,13 @@ static ngx_command_t  ngx_stream_xmpp_cm_commands[] = {
       offsetof(ngx_stream_xmpp_cm_srv_conf_t, starttls),
       &ngx_stream_xmpp_cm_starttls_values },
 
+    { ngx_string("xmpp_cm_compression"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, compression),
+      NULL },
+
     { ngx_string("xmpp_cm_upstream_watermarks"),
       NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE2,
       ngx_stream_xmpp_cm_size_pair,
@@ -326,6 +333,7 @@ ngx_stream_xmpp_cm_create_srv_conf(ngx_conf_t *cf)
     conf->upstream_high = NGX_CONF_UNSET_SIZE;
     conf->upstream_low = NGX_CONF_UNSET_SIZE;
     conf->starttls = NGX_CONF_UNSET_UINT;
+    conf->compression = NGX_CONF_UNSET;
 
     return conf;
 }
@@ -369,6 +377,7 @@ ngx_stream_xmpp_cm_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
                               256 * 1024);
     ngx_conf_merge_uint_value(conf->starttls, prev->starttls,
                               NGX_XMPP_CM_TLS_OFF);
+    ngx_conf_merge_value(conf->compression, prev->compression, 0);
 
 #if !(NGX_STREAM_SSL)
     if (conf->starttls != NGX_XMPP_CM_TLS_OFF) {

@@ -28,6 +28,8 @@
 #define NGX_XMPP_NS_TLS       "urn:ietf:params:xml:ns:xmpp-tls"
 #define NGX_XMPP_NS_XSTREAMS  "urn:ietf:params:xml:ns:xmpp-streams"
 #define NGX_XMPP_NS_STANZAS   "urn:ietf:params:xml:ns:xmpp-stanzas"
+#define NGX_XMPP_NS_COMPRESS  "http://jabber.org/protocol/compress"
+#define NGX_XMPP_NS_FCOMPRESS "http://jabber.org/features/compress"
 
 /* Openfire's xmpp.parser.buffer.size: a whole <route> must stay below it */
 #define NGX_XMPP_CM_OPENFIRE_MAX      1048576
@@ -74,6 +76,7 @@ typedef struct {
     size_t                           upstream_high;
     size_t                           upstream_low;
     ngx_uint_t                       starttls;
+    ngx_flag_t                       compression;
 
 #if (NGX_STREAM_SSL)
     ngx_ssl_t                       *ssl;          /* for STARTTLS */
@@ -391,6 +394,20 @@ ngx_int_t ngx_xmpp_cm_tls_conf(ngx_conf_t *cf,
 ngx_int_t ngx_xmpp_cm_tls_start(ngx_connection_t *c,
     ngx_stream_xmpp_cm_srv_conf_t *conf, ngx_connection_handler_pt handler);
 #endif
+
+
+/* stream compression (ngx_stream_xmpp_cm_zlib.c) */
+
+typedef struct ngx_xmpp_cm_zlib_s  ngx_xmpp_cm_zlib_t;
+typedef ngx_int_t (*ngx_xmpp_cm_zlib_pt)(void *data, u_char *p, size_t n);
+
+ngx_xmpp_cm_zlib_t *ngx_xmpp_cm_zlib_create(ngx_pool_t *pool,
+    ngx_log_t *log);
+void ngx_xmpp_cm_zlib_free(ngx_xmpp_cm_zlib_t *z);
+ngx_int_t ngx_xmpp_cm_zlib_deflate(ngx_xmpp_cm_zlib_t *z, u_char *p,
+    size_t len, ngx_uint_t flush, ngx_xmpp_cm_queue_t *q);
+ngx_int_t ngx_xmpp_cm_zlib_inflate(ngx_xmpp_cm_zlib_t *z, u_char *p,
+    size_t len, ngx_xmpp_cm_zlib_pt handler, void *data);
 
 
 /* client stream (ngx_stream_xmpp_cm_client.c) */

@@ -28,6 +28,8 @@ struct ngx_xmpp_cm_client_s {
     ngx_xmpp_cm_session_t           *session;
     ngx_xmpp_cm_xml_t               *xml;
     ngx_xmpp_cm_queue_t              out;
+    ngx_xmpp_cm_zlib_t              *zlib;
+    XML_Index                        zstart;
     ngx_str_t                        domain;
     ngx_str_t                        streamid;
     ngx_str_t                        jid;
@@ -37,6 +39,7 @@ struct ngx_xmpp_cm_client_s {
 
     unsigned                         authenticated:1;
     unsigned                         tls_pending:1;
+    unsigned                         zlib_pending:1;
     unsigned                         header_sent:1;
     unsigned                         blocked:1;
     unsigned                         closing:1;
@@ -61,6 +64,14 @@ static void ngx_xmpp_cm_client_send(ngx_xmpp_cm_client_t *cl, u_char *p,
 static void ngx_xmpp_cm_client_header(ngx_xmpp_cm_client_t *cl);
 static void ngx_xmpp_cm_client_success(ngx_xmpp_cm_client_t *cl);
 static ngx_uint_t ngx_xmpp_cm_client_tls(ngx_xmpp_cm_client_t *cl);
+static void ngx_xmpp_cm_client_out(ngx_xmpp_cm_client_t *cl, u_char *p,
+    size_t len, ngx_uint_t flush);
+static ngx_int_t ngx_xmpp_cm_client_input(ngx_xmpp_cm_client_t *cl,
+    u_char *buf, size_t n);
+static ngx_int_t ngx_xmpp_cm_client_inflated(void *data, u_char *p,
+    size_t n);
+static ngx_int_t ngx_xmpp_cm_client_compress(ngx_xmpp_cm_client_t *cl,
+    ngx_xmpp_cm_elem_t *e);
 #if (NGX_STREAM_SSL)
 static void ngx_xmpp_cm_client_starttls(ngx_xmpp_cm_client_t *cl);
 static void ngx_xmpp_cm_client_tls_done(ngx_connection_t *c);
@@ -221,7 +232,7 @@ ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
             continue;
         }
 
-        if (ngx_xmpp_cm_client_process(cl, ngx_xmpp_cm_client_buf, n)
+        if (ngx_xmpp_cm_client_input(cl, ngx_xmpp_cm_client_buf, n)
             != NGX_OK)
         {
             if (cl->closing) {
@@ -249,6 +260,76 @@ ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
 }
 
 
+/* bytes as read from the connection: inflated first if compressed */
+
+static ngx_int_t
+ngx_xmpp_cm_client_input(ngx_xmpp_cm_client_t *cl, u_char *buf, size_t n)
+{
+    size_t     rest;
+    ngx_int_t  rc;
+
+    if (cl->zlib && !cl->zlib_pending) {
+        goto inflate;
+    }
+
+    rc = ngx_xmpp_cm_client_process(cl, buf, n);
+
+    if (!cl->zlib_pending || cl->closing) {
+        return rc;
+    }
+
+    /*
+     * <compressed/> is queued uncompressed; from here on both directions
+     * are zlib, and what followed <compress/> in this read is compressed
+     * already.  The client restarts its stream on a fresh parser.
+     */
+
+    rest = (size_t) (cl->xml->fed - cl->zstart);
+    buf += n - rest;
+    n = rest;
+
+    cl->zlib_pending = 0;
+
+    if (ngx_xmpp_cm_xml_reset(cl->xml) != NGX_OK) {
+        ngx_xmpp_cm_client_end(cl, "internal-server-error", NULL, NULL, 0);
+        return NGX_DONE;
+    }
+
+    cl->state = NGX_XMPP_CM_C_HEADER;
+
+    if (n == 0) {
+        return NGX_OK;
+    }
+
+inflate:
+
+    rc = ngx_xmpp_cm_zlib_inflate(cl->zlib, buf, n,
+                                  ngx_xmpp_cm_client_inflated, cl);
+
+    if (rc == NGX_ERROR && !cl->closing) {
+        ngx_xmpp_cm_client_end(cl, "undefined-condition",
+                               "processing-failed: bad compressed data",
+                               NULL, 0);
+        return NGX_DONE;
+    }
+
+    return rc;
+}
+
+
+static ngx_int_t
+ngx_xmpp_cm_client_inflated(void *data, u_char *p, size_t n)
+{
+    ngx_xmpp_cm_client_t *cl = data;
+
+    ngx_int_t  rc;
+
+    rc = ngx_xmpp_cm_client_process(cl, p, n);
+
+    return rc == NGX_ERROR ? NGX_DONE : rc;
+}
+
+
 static ngx_int_t
 ngx_xmpp_cm_client_process(ngx_xmpp_cm_client_t *cl, u_char *buf, size_t n)
 {
@@ -260,7 +341,7 @@ ngx_xmpp_cm_client_process(ngx_xmpp_cm_client_t *cl, u_char *buf, size_t n)
         return NGX_OK;
     }
 
-    if (cl->closing || cl->tls_pending) {
+    if (cl->closing || cl->tls_pending || cl->zlib_pending) {
         return NGX_DONE;
     }
 
@@ -458,7 +539,10 @@ ngx_xmpp_cm_client_header(ngx_xmpp_cm_client_t *cl)
     static u_char  post[] =
         "<stream:features><bind xmlns=\"urn:ietf:params:xml:ns:xmpp-bind\"/>"
         "<session xmlns=\"urn:ietf:params:xml:ns:xmpp-session\">"
-        "<optional/></session></stream:features>";
+        "<optional/></session>";
+    static u_char  compression[] =
+        "<compression xmlns=\"" NGX_XMPP_NS_FCOMPRESS "\">"
+        "<method>zlib</method></compression>";
 
     pool = cl->pool;
 
@@ -493,6 +577,14 @@ ngx_xmpp_cm_client_header(ngx_xmpp_cm_client_t *cl)
 
     if (cl->authenticated) {
         ngx_xmpp_cm_client_send(cl, post, sizeof(post) - 1);
+
+        if (cl->zlib == NULL && cl->conf->compression
+            && pool->cfg_compression)
+        {
+            ngx_xmpp_cm_client_send(cl, compression, sizeof(compression) - 1);
+        }
+
+        ngx_xmpp_cm_client_send(cl, (u_char *) "</stream:features>", 18);
         return;
     }
 
@@ -589,6 +681,7 @@ ngx_xmpp_cm_client_forward(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
 #define NGX_XMPP_CM_E_NOAUTH    4
 #define NGX_XMPP_CM_E_REFUSE    5
 #define NGX_XMPP_CM_E_ENCRYPT   6
+#define NGX_XMPP_CM_E_COMPRESS  7
 
 
 static ngx_uint_t
@@ -645,6 +738,12 @@ ngx_xmpp_cm_client_kind(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
         && ngx_xmpp_cm_str_is(name, "error"))
     {
         return NGX_XMPP_CM_E_ERROR;
+    }
+
+    if (ngx_xmpp_cm_str_is(ns, NGX_XMPP_NS_COMPRESS)
+        && ngx_xmpp_cm_str_is(name, "compress"))
+    {
+        return NGX_XMPP_CM_E_COMPRESS;
     }
 
     return NGX_XMPP_CM_E_REFUSE;
@@ -719,6 +818,9 @@ ngx_xmpp_cm_client_element(void *data, ngx_xmpp_cm_elem_t *e)
         ngx_xmpp_cm_client_end(cl, NULL, NULL, (u_char *) "", 0);
         return NGX_DONE;
 
+    case NGX_XMPP_CM_E_COMPRESS:
+        return ngx_xmpp_cm_client_compress(cl, e);
+
     case NGX_XMPP_CM_E_ENCRYPT:
         ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
                       "xmpp_cm: client tried SASL before the required TLS");
@@ -735,6 +837,84 @@ ngx_xmpp_cm_client_element(void *data, ngx_xmpp_cm_elem_t *e)
         /* refused at the start tag already */
         return ngx_xmpp_cm_client_start(data, e);
     }
+}
+
+
+/*
+ * XEP-0138: offered after authentication when xmpp_cm_compression is on
+ * and Openfire's configuration offers compression to clients.
+ */
+
+static ngx_int_t
+ngx_xmpp_cm_client_compress(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
+{
+    u_char     buf[512], *p, *m, *end;
+    size_t     len;
+
+    static u_char  compressed[] = "<compressed xmlns=\"" NGX_XMPP_NS_COMPRESS
+                                  "\"/>";
+    static u_char  setup_failed[] = "<failure xmlns=\"" NGX_XMPP_NS_COMPRESS
+                                    "\"><setup-failed/></failure>";
+    static u_char  unsupported[] = "<failure xmlns=\"" NGX_XMPP_NS_COMPRESS
+                                   "\"><unsupported-method/></failure>";
+
+    if (cl->zlib || !cl->authenticated || !cl->conf->compression
+        || !cl->pool->cfg_compression)
+    {
+        ngx_xmpp_cm_client_send(cl, setup_failed, sizeof(setup_failed) - 1);
+        return NGX_OK;
+    }
+
+    /* <compress><method>zlib</method></compress>: a tiny element */
+
+    len = ngx_xmpp_cm_xml_copy(cl->xml, NULL, e->start, e->end);
+
+    if (len >= sizeof(buf)) {
+        ngx_xmpp_cm_client_send(cl, unsupported, sizeof(unsupported) - 1);
+        return NGX_OK;
+    }
+
+    (void) ngx_xmpp_cm_xml_copy(cl->xml, buf, e->start, e->end);
+    end = buf + len;
+
+    m = ngx_strlcasestrn(buf, end, (u_char *) "<method", 7 - 1);
+
+    if (m) {
+        m = ngx_strlchr(m, end, '>');
+    }
+
+    if (m == NULL) {
+        ngx_xmpp_cm_client_send(cl, unsupported, sizeof(unsupported) - 1);
+        return NGX_OK;
+    }
+
+    for (p = m + 1; p < end && (*p == ' ' || *p == '\n' || *p == '\t'); p++) {
+        /* void */
+    }
+
+    if (end - p < 5 || ngx_strncmp(p, "zlib", 4) != 0
+        || !(p[4] == '<' || p[4] == ' ' || p[4] == '\n' || p[4] == '\t'))
+    {
+        ngx_xmpp_cm_client_send(cl, unsupported, sizeof(unsupported) - 1);
+        return NGX_OK;
+    }
+
+    ngx_xmpp_cm_client_send(cl, compressed, sizeof(compressed) - 1);
+
+    cl->zlib = ngx_xmpp_cm_zlib_create(cl->c->pool, cl->c->log);
+
+    if (cl->zlib == NULL) {
+        ngx_xmpp_cm_client_end(cl, "internal-server-error", NULL, NULL, 0);
+        return NGX_DONE;
+    }
+
+    cl->zlib_pending = 1;
+    cl->zstart = e->end;
+
+    ngx_log_debug0(NGX_LOG_DEBUG_STREAM, cl->c->log, 0,
+                   "xmpp_cm: stream compression on");
+
+    return NGX_DONE;
 }
 
 
@@ -757,11 +937,29 @@ ngx_xmpp_cm_client_close(void *data)
 static void
 ngx_xmpp_cm_client_send(ngx_xmpp_cm_client_t *cl, u_char *p, size_t len)
 {
+    ngx_xmpp_cm_client_out(cl, p, len, 1);
+}
+
+
+/* queues output, deflated once compression is on; flush ends a stanza */
+
+static void
+ngx_xmpp_cm_client_out(ngx_xmpp_cm_client_t *cl, u_char *p, size_t len,
+    ngx_uint_t flush)
+{
+    ngx_int_t          rc;
     ngx_connection_t  *c;
 
     c = cl->c;
 
-    if (ngx_xmpp_cm_queue_append(&cl->out, p, len) != NGX_OK) {
+    if (cl->zlib && !cl->zlib_pending) {
+        rc = ngx_xmpp_cm_zlib_deflate(cl->zlib, p, len, flush, &cl->out);
+
+    } else {
+        rc = ngx_xmpp_cm_queue_append(&cl->out, p, len);
+    }
+
+    if (rc != NGX_OK) {
         c->error = 1;
         return;
     }
@@ -800,6 +998,7 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
 {
     u_char                 *p, *tmp;
     size_t                  len, out;
+    ngx_str_t               p1, p2;
     ngx_uint_t              success;
     ngx_xmpp_cm_session_t  *s;
 
@@ -848,12 +1047,18 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
         (void) ngx_xmpp_cm_xml_copy(x, tmp, n->start, n->end);
 
         out = ngx_xmpp_cm_strip_server_ns(NULL, tmp, len, n);
-        p = ngx_xmpp_cm_queue_alloc(&cl->out, out);
+        p = ngx_pnalloc(x->tmp, out);
         if (p == NULL) {
             return;
         }
 
         (void) ngx_xmpp_cm_strip_server_ns(p, tmp, len, n);
+        ngx_xmpp_cm_client_out(cl, p, out, 1);
+
+    } else if (cl->zlib) {
+        ngx_xmpp_cm_xml_pieces(x, n->start, n->end, &p1, &p2);
+        ngx_xmpp_cm_client_out(cl, p1.data, p1.len, 0);
+        ngx_xmpp_cm_client_out(cl, p2.data, p2.len, 1);
 
     } else {
         p = ngx_xmpp_cm_queue_alloc(&cl->out, len);
@@ -1240,6 +1445,10 @@ ngx_xmpp_cm_client_cleanup(void *data)
     ngx_queue_remove(&cl->link);
     ngx_xmpp_cm_queue_free(&cl->out);
     ngx_xmpp_cm_xml_free(cl->xml);
+
+    if (cl->zlib) {
+        ngx_xmpp_cm_zlib_free(cl->zlib);
+    }
 }
 
 
