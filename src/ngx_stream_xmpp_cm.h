@@ -230,6 +230,9 @@ typedef struct {
     unsigned                         opened:1;
     unsigned                         has_default_pending:1;
     unsigned                         root_has_default:1;
+    unsigned                         root_extra_ns:1;
+    unsigned                         parkable:1;
+    unsigned                         synthetic:1;
 } ngx_xmpp_cm_xml_t;
 
 
@@ -237,6 +240,7 @@ ngx_xmpp_cm_xml_t *ngx_xmpp_cm_xml_create(ngx_pool_t *pool, ngx_log_t *log,
     ngx_uint_t tree);
 ngx_int_t ngx_xmpp_cm_xml_reset(ngx_xmpp_cm_xml_t *x);
 void ngx_xmpp_cm_xml_free(ngx_xmpp_cm_xml_t *x);
+void ngx_xmpp_cm_xml_release_parked(void);
 ngx_int_t ngx_xmpp_cm_xml_feed(ngx_xmpp_cm_xml_t *x, u_char *buf, size_t n);
 size_t ngx_xmpp_cm_xml_copy(ngx_xmpp_cm_xml_t *x, u_char *dst,
     XML_Index start, XML_Index end);

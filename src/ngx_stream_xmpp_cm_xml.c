@@ -15,6 +15,15 @@
  *
  * In tree mode (the trusted Openfire side) a small tree of the stanza's
  * first levels is built in a scratch pool that is reset after each stanza.
+ *
+ * Idle client streams hold no expat parser.  Between stanzas every client
+ * parser is in the same state: inside an open
+ * <stream:stream xmlns="jabber:client" xmlns:stream=...> root, at depth 1.
+ * So at a stanza boundary with nothing pending the parser is "parked" in
+ * a per-worker list, and the next read of any such stream adopts one: no
+ * reset and no re-parse per stanza, only the parser's byte count is
+ * carried over.  A stream whose header used another prefix for the
+ * streams namespace or declared extra prefixes keeps its own parser.
  */
 
 
@@ -23,9 +32,27 @@
 
 #define NGX_XMPP_CM_SEP        '\n'
 #define NGX_XMPP_CM_TREE_DEPTH 6
+#define NGX_XMPP_CM_PARK_MAX   64
+#define NGX_XMPP_CM_PARK_BIG   16384
+
+
+typedef struct {
+    XML_Parser   parser;
+    XML_Index    fed;
+} ngx_xmpp_cm_parked_t;
+
+
+static ngx_xmpp_cm_parked_t  ngx_xmpp_cm_parked[NGX_XMPP_CM_PARK_MAX];
+static ngx_uint_t            ngx_xmpp_cm_nparked;
+
+static u_char  ngx_xmpp_cm_synthetic[] =
+    "<stream:stream xmlns=\"" NGX_XMPP_NS_CLIENT "\" xmlns:stream=\""
+    NGX_XMPP_NS_STREAMS "\">";
 
 
 static void ngx_xmpp_cm_xml_handlers(ngx_xmpp_cm_xml_t *x);
+static ngx_int_t ngx_xmpp_cm_xml_acquire(ngx_xmpp_cm_xml_t *x);
+static void ngx_xmpp_cm_xml_park(ngx_xmpp_cm_xml_t *x);
 static void ngx_xmpp_cm_xml_fail(ngx_xmpp_cm_xml_t *x, const char *cond,
     const char *text);
 static ngx_int_t ngx_xmpp_cm_xml_keep(ngx_xmpp_cm_xml_t *x);
@@ -67,22 +94,126 @@ ngx_xmpp_cm_xml_create(ngx_pool_t *pool, ngx_log_t *log, ngx_uint_t tree)
     x->tree = tree ? 1 : 0;
     x->client = tree ? 0 : 1;
 
+    if (!tree) {
+        /* a client framer gets a parser with its first bytes */
+        return x;
+    }
+
     x->parser = XML_ParserCreateNS("UTF-8", NGX_XMPP_CM_SEP);
     if (x->parser == NULL) {
         return NULL;
     }
 
-    if (tree) {
-        x->tmp = ngx_create_pool(4096, log);
-        if (x->tmp == NULL) {
-            XML_ParserFree(x->parser);
-            return NULL;
-        }
+    x->tmp = ngx_create_pool(4096, log);
+    if (x->tmp == NULL) {
+        XML_ParserFree(x->parser);
+        x->parser = NULL;
+        return NULL;
     }
 
     ngx_xmpp_cm_xml_handlers(x);
 
     return x;
+}
+
+
+/*
+ * A parser for a framer that has none: a parked one if the stream is open
+ * (it is at the same point), else one at the start of a document.
+ */
+
+static ngx_int_t
+ngx_xmpp_cm_xml_acquire(ngx_xmpp_cm_xml_t *x)
+{
+    ngx_xmpp_cm_parked_t  *pk;
+
+    if (x->opened && ngx_xmpp_cm_nparked) {
+        pk = &ngx_xmpp_cm_parked[--ngx_xmpp_cm_nparked];
+        x->parser = pk->parser;
+        XML_SetUserData(x->parser, x);
+
+        x->fed = pk->fed;
+        x->base = pk->fed;
+        x->mark = pk->fed;
+        x->pend_base = pk->fed;
+
+        return NGX_OK;
+    }
+
+    if (ngx_xmpp_cm_nparked) {
+        x->parser = ngx_xmpp_cm_parked[--ngx_xmpp_cm_nparked].parser;
+
+        if (XML_ParserReset(x->parser, "UTF-8") != XML_TRUE) {
+            XML_ParserFree(x->parser);
+            x->parser = NULL;
+        }
+    }
+
+    if (x->parser == NULL) {
+        x->parser = XML_ParserCreateNS("UTF-8", NGX_XMPP_CM_SEP);
+        if (x->parser == NULL) {
+            return NGX_ERROR;
+        }
+    }
+
+    ngx_xmpp_cm_xml_handlers(x);
+
+    if (!x->opened) {
+        x->fed = 0;
+        x->base = 0;
+        x->mark = 0;
+        x->pend_base = 0;
+        return NGX_OK;
+    }
+
+    /* an open stream and no parked parser: re-enter the root */
+
+    x->fed = 0;
+    x->synthetic = 1;
+
+    if (XML_Parse(x->parser, (const char *) ngx_xmpp_cm_synthetic,
+                  sizeof(ngx_xmpp_cm_synthetic) - 1, 0)
+        != XML_STATUS_OK)
+    {
+        x->synthetic = 0;
+        return NGX_ERROR;
+    }
+
+    x->synthetic = 0;
+    x->fed = sizeof(ngx_xmpp_cm_synthetic) - 1;
+    x->base = x->fed;
+    x->mark = x->fed;
+    x->pend_base = x->fed;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_xmpp_cm_xml_park(ngx_xmpp_cm_xml_t *x)
+{
+    ngx_xmpp_cm_parked_t  *pk;
+
+    if (ngx_xmpp_cm_nparked == NGX_XMPP_CM_PARK_MAX) {
+        return;
+    }
+
+    pk = &ngx_xmpp_cm_parked[ngx_xmpp_cm_nparked++];
+    pk->parser = x->parser;
+    pk->fed = x->fed;
+
+    x->parser = NULL;
+}
+
+
+/* worker exit */
+
+void
+ngx_xmpp_cm_xml_release_parked(void)
+{
+    while (ngx_xmpp_cm_nparked) {
+        XML_ParserFree(ngx_xmpp_cm_parked[--ngx_xmpp_cm_nparked].parser);
+    }
 }
 
 
@@ -119,11 +250,15 @@ ngx_xmpp_cm_xml_handlers(ngx_xmpp_cm_xml_t *x)
 ngx_int_t
 ngx_xmpp_cm_xml_reset(ngx_xmpp_cm_xml_t *x)
 {
-    if (XML_ParserReset(x->parser, "UTF-8") != XML_TRUE) {
-        return NGX_ERROR;
+    if (x->parser) {
+        if (XML_ParserReset(x->parser, "UTF-8") != XML_TRUE) {
+            return NGX_ERROR;
+        }
+
+        ngx_xmpp_cm_xml_handlers(x);
     }
 
-    ngx_xmpp_cm_xml_handlers(x);
+    x->parkable = 0;
 
     x->depth = 0;
     x->error = NULL;
@@ -140,6 +275,7 @@ ngx_xmpp_cm_xml_reset(ngx_xmpp_cm_xml_t *x)
     x->opened = 0;
     x->has_default_pending = 0;
     x->root_has_default = 0;
+    x->root_extra_ns = 0;
     x->root_ns_len = 0;
     x->cur = NULL;
     x->elem.root = NULL;
@@ -161,6 +297,12 @@ ngx_xmpp_cm_xml_reset(ngx_xmpp_cm_xml_t *x)
 void
 ngx_xmpp_cm_xml_free(ngx_xmpp_cm_xml_t *x)
 {
+    if (x->parser && x->parkable && !x->stopped && x->depth == 1
+        && !x->in_stanza && x->pend_len == 0)
+    {
+        ngx_xmpp_cm_xml_park(x);
+    }
+
     if (x->parser) {
         XML_ParserFree(x->parser);
         x->parser = NULL;
@@ -183,8 +325,15 @@ ngx_xmpp_cm_xml_feed(ngx_xmpp_cm_xml_t *x, u_char *buf, size_t n)
 {
     enum XML_Error  code;
 
+    ngx_int_t       rc;
+
     if (x->stopped) {
         return NGX_DONE;
+    }
+
+    if (x->parser == NULL && ngx_xmpp_cm_xml_acquire(x) != NGX_OK) {
+        x->error = "internal-server-error";
+        return NGX_ERROR;
     }
 
     x->data_buf = buf;
@@ -227,7 +376,22 @@ ngx_xmpp_cm_xml_feed(ngx_xmpp_cm_xml_t *x, u_char *buf, size_t n)
         return x->error ? NGX_ERROR : x->rc;
     }
 
-    return ngx_xmpp_cm_xml_keep(x);
+    rc = ngx_xmpp_cm_xml_keep(x);
+
+    if (rc == NGX_OK && x->parkable && x->depth == 1 && !x->in_stanza
+        && x->pend_len == 0)
+    {
+        if ((size_t) (x->elem.end - x->elem.start) > NGX_XMPP_CM_PARK_BIG) {
+            /* expat keeps its grown buffer: do not pass that around */
+            XML_ParserFree(x->parser);
+            x->parser = NULL;
+
+        } else {
+            ngx_xmpp_cm_xml_park(x);
+        }
+    }
+
+    return rc;
 }
 
 
@@ -496,6 +660,16 @@ ngx_xmpp_cm_xml_start(void *data, const XML_Char *name,
         x->opened = 1;
         x->mark = x->last_start_end;
         x->has_default_pending = 0;
+
+        if (x->synthetic) {
+            return;
+        }
+
+        /* only streams that look like every other one share parsers */
+
+        x->parkable = x->client && !x->root_extra_ns
+                      && prefix.len == 6
+                      && ngx_strncmp(prefix.data, "stream", 6) == 0;
 
         rc = x->open(x->data, &local, &ns, atts);
 
@@ -800,6 +974,12 @@ ngx_xmpp_cm_xml_ns_start(void *data, const XML_Char *prefix,
             x->root_ns_len = len < NGX_XMPP_CM_NS_MAX ? len : 0;
             ngx_memcpy(x->root_ns, uri, x->root_ns_len);
             x->root_has_default = 1;
+
+        } else if (ngx_strcmp(prefix, "stream") != 0
+                   || uri == NULL
+                   || ngx_strcmp(uri, NGX_XMPP_NS_STREAMS) != 0)
+        {
+            x->root_extra_ns = 1;
         }
 
         return;
