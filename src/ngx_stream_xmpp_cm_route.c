@@ -433,20 +433,22 @@ size_t
 ngx_xmpp_cm_strip_server_ns(u_char *dst, u_char *p, size_t len,
     ngx_xmpp_cm_node_t *n)
 {
-    u_char  *a, *end, *tag_end, q;
-
-    if (!n->has_xmlns || !ngx_xmpp_cm_server_ns(&n->xmlns)) {
-        if (dst) {
-            ngx_memcpy(dst, p, len);
-        }
-        return len;
-    }
+    u_char  *a, *v, *end, *tag_end, q;
 
     end = p + len;
+    a = NULL;
+    v = NULL;
+
+    if (!n->has_xmlns || !ngx_xmpp_cm_server_ns(&n->xmlns)) {
+        goto copy;
+    }
+
     tag_end = ngx_strlchr(p, end, '>');
     if (tag_end == NULL) {
-        tag_end = end;
+        goto copy;
     }
+
+    /* a: the white space before "xmlns", v: just past its quoted value */
 
     for (a = p; a + 7 < tag_end; a++) {
         if ((a[0] == ' ' || a[0] == '\t' || a[0] == '\n' || a[0] == '\r')
@@ -458,46 +460,38 @@ ngx_xmpp_cm_strip_server_ns(u_char *dst, u_char *p, size_t len,
     }
 
     if (a + 7 >= tag_end) {
-        if (dst) {
-            ngx_memcpy(dst, p, len);
-        }
-        return len;
+        goto copy;
     }
 
-    /* a points at the white space before xmlns = "value" */
-
-    {
-        u_char  *v;
-
-        v = ngx_strlchr(a, tag_end, '=');
-        while (v && v < tag_end && *v != '"' && *v != '\'') {
-            v++;
-        }
-
-        if (v == NULL || v >= tag_end) {
-            if (dst) {
-                ngx_memcpy(dst, p, len);
-            }
-            return len;
-        }
-
-        q = *v;
-        v = ngx_strlchr(v + 1, tag_end, q);
-
-        if (v == NULL) {
-            if (dst) {
-                ngx_memcpy(dst, p, len);
-            }
-            return len;
-        }
-
-        v++;
-
-        if (dst) {
-            dst = ngx_cpymem(dst, p, a - p);
-            ngx_memcpy(dst, v, end - v);
-        }
-
-        return (a - p) + (end - v);
+    for (v = a + 6; v < tag_end && *v != '"' && *v != '\''; v++) {
+        /* void */
     }
+
+    if (v == tag_end) {
+        goto copy;
+    }
+
+    q = *v;
+    v = ngx_strlchr(v + 1, tag_end, q);
+
+    if (v == NULL) {
+        goto copy;
+    }
+
+    v++;
+
+    if (dst) {
+        dst = ngx_cpymem(dst, p, a - p);
+        ngx_memcpy(dst, v, end - v);
+    }
+
+    return (a - p) + (end - v);
+
+copy:
+
+    if (dst) {
+        ngx_memcpy(dst, p, len);
+    }
+
+    return len;
 }
