@@ -131,6 +131,13 @@ static ngx_command_t  ngx_stream_xmpp_cm_commands[] = {
       offsetof(ngx_stream_xmpp_cm_srv_conf_t, idle_timeout),
       NULL },
 
+    { ngx_string("xmpp_cm_stanza_timeout"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, stanza_timeout),
+      NULL },
+
     { ngx_string("xmpp_cm_close_delay"),
       NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_msec_slot,
@@ -325,6 +332,7 @@ ngx_stream_xmpp_cm_create_srv_conf(ngx_conf_t *cf)
     conf->reconnect_max = NGX_CONF_UNSET_MSEC;
     conf->auth_timeout = NGX_CONF_UNSET_MSEC;
     conf->idle_timeout = NGX_CONF_UNSET_MSEC;
+    conf->stanza_timeout = NGX_CONF_UNSET_MSEC;
     conf->close_delay = NGX_CONF_UNSET_MSEC;
     conf->max_stanza = NGX_CONF_UNSET_SIZE;
     conf->preauth_max_stanza = NGX_CONF_UNSET_SIZE;
@@ -362,6 +370,8 @@ ngx_stream_xmpp_cm_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_msec_value(conf->auth_timeout, prev->auth_timeout, 60000);
     ngx_conf_merge_msec_value(conf->idle_timeout, prev->idle_timeout,
                               600000);
+    ngx_conf_merge_msec_value(conf->stanza_timeout, prev->stanza_timeout,
+                              60000);
     ngx_conf_merge_msec_value(conf->close_delay, prev->close_delay, 1000);
     ngx_conf_merge_size_value(conf->max_stanza, prev->max_stanza,
                               256 * 1024);

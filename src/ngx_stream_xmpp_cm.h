@@ -68,6 +68,7 @@ typedef struct {
     ngx_msec_t                       reconnect_max;
     ngx_msec_t                       auth_timeout;
     ngx_msec_t                       idle_timeout;
+    ngx_msec_t                       stanza_timeout;
     ngx_msec_t                       close_delay;
     size_t                           max_stanza;
     size_t                           preauth_max_stanza;

@@ -34,6 +34,8 @@ struct ngx_xmpp_cm_client_s {
     ngx_str_t                        streamid;
     ngx_str_t                        jid;
     ngx_uint_t                       state;
+    ngx_msec_t                       partial_since;
+    ngx_msec_t                       auth_deadline;
     ngx_queue_t                      link;
     u_char                           lang[36];
 
@@ -64,6 +66,7 @@ static void ngx_xmpp_cm_client_send(ngx_xmpp_cm_client_t *cl, u_char *p,
 static void ngx_xmpp_cm_client_header(ngx_xmpp_cm_client_t *cl);
 static void ngx_xmpp_cm_client_success(ngx_xmpp_cm_client_t *cl);
 static ngx_uint_t ngx_xmpp_cm_client_tls(ngx_xmpp_cm_client_t *cl);
+static void ngx_xmpp_cm_client_timer(ngx_xmpp_cm_client_t *cl);
 static void ngx_xmpp_cm_client_out(ngx_xmpp_cm_client_t *cl, u_char *p,
     size_t len, ngx_uint_t flush);
 static ngx_int_t ngx_xmpp_cm_client_input(ngx_xmpp_cm_client_t *cl,
@@ -144,6 +147,7 @@ ngx_stream_xmpp_cm_handler(ngx_stream_session_t *s)
     c->write->handler = ngx_xmpp_cm_client_write_handler;
     c->log->action = "reading the XMPP stream header";
 
+    cl->auth_deadline = ngx_current_msec + conf->auth_timeout;
     ngx_add_timer(c->read, conf->auth_timeout);
 
     /* bytes a preread phase module already took from the socket */
@@ -195,7 +199,11 @@ ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
 
         ngx_log_error(NGX_LOG_INFO, c->log, 0, "xmpp_cm: client timed out");
         ngx_xmpp_cm_client_end(cl, "connection-timeout",
-                               cl->authenticated ? "idle for too long"
+                               cl->partial_since && cl->conf->stanza_timeout
+                               && ngx_current_msec - cl->partial_since
+                                  >= cl->conf->stanza_timeout
+                               ? "stanza not completed in time"
+                               : cl->authenticated ? "idle for too long"
                                : "not authenticated in time", NULL, 0);
         return;
     }
@@ -254,8 +262,59 @@ ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
         return;
     }
 
-    if (!cl->closing && cl->authenticated && cl->conf->idle_timeout) {
-        ngx_add_timer(rev, cl->conf->idle_timeout);
+    if (cl->closing || cl->tls_pending) {
+        return;
+    }
+
+    ngx_xmpp_cm_client_timer(cl);
+}
+
+
+/*
+ * The read timer: the idle timeout (or the authentication deadline), and
+ * while a stanza is unfinished, xmpp_cm_stanza_timeout from its first
+ * byte, so a client trickling bytes cannot hold a partial stanza forever.
+ */
+
+static void
+ngx_xmpp_cm_client_timer(ngx_xmpp_cm_client_t *cl)
+{
+    ngx_msec_t    t, st, spent;
+    ngx_event_t  *rev;
+
+    rev = cl->c->read;
+
+    if (cl->authenticated) {
+        t = cl->conf->idle_timeout;
+
+    } else {
+        /* the authentication deadline does not move with traffic */
+        t = (ngx_msec_int_t) (cl->auth_deadline - ngx_current_msec) > 0
+            ? cl->auth_deadline - ngx_current_msec : 1;
+    }
+
+    if (cl->xml->pend_len == 0 || cl->conf->stanza_timeout == 0) {
+        cl->partial_since = 0;
+
+    } else {
+        if (cl->partial_since == 0) {
+            cl->partial_since = ngx_current_msec;
+        }
+
+        spent = ngx_current_msec - cl->partial_since;
+        st = spent < cl->conf->stanza_timeout
+             ? cl->conf->stanza_timeout - spent : 1;
+
+        if (t == 0 || st < t) {
+            t = st;
+        }
+    }
+
+    if (t) {
+        ngx_add_timer(rev, t);
+
+    } else if (rev->timer_set) {
+        ngx_del_timer(rev);
     }
 }
 
@@ -1384,6 +1443,7 @@ ngx_xmpp_cm_client_tls_done(ngx_connection_t *c)
     c->read->handler = ngx_xmpp_cm_client_read_handler;
     c->write->handler = ngx_xmpp_cm_client_write_handler;
 
+    cl->auth_deadline = ngx_current_msec + cl->conf->auth_timeout;
     ngx_add_timer(c->read, cl->conf->auth_timeout);
 
     /* the restarted header may already sit in OpenSSL's buffers */

@@ -379,3 +379,52 @@ def test_three_sasl_failures_end_stream(standin, nginx, raw):
     c.wait_eof(5)
     assert c.stream_ended(), c.text
     assert c.stream_error() is None, c.text
+
+
+# ------------------------------------------------ slow clients
+def test_stanza_timeout_trickling_client(standin, nginx, raw):
+    """A client that keeps a stanza open by trickling bytes is cut by
+    xmpp_cm_stanza_timeout although it is never idle."""
+    sb = standin()
+    ngx = nginx(standin=sb, extra="xmpp_cm_stanza_timeout 1s;\n"
+                                  "xmpp_cm_idle_timeout 10s;")
+    c = raw(ngx.port)
+    c.login("alice", "alicepw", resource="slow")
+    t0 = time.monotonic()
+    c.send('<message to="bob@localhost"><body>')
+    cond = None
+    for _ in range(20):
+        time.sleep(0.25)
+        try:
+            c.send("x")
+        except OSError:
+            break
+        if c.stream_error():
+            break
+    cond = c.expect_stream_error(3)
+    assert cond == "connection-timeout", c.text
+    assert "stanza not completed in time" in c.text
+    assert time.monotonic() - t0 < 3
+    assert sb.routes_for(c.stream_id) and \
+        not [r for r in sb.routes_for(c.stream_id) if "<body>x" in r]
+
+
+def test_auth_deadline_not_moved_by_traffic(standin, nginx, raw):
+    sb = standin()
+    ngx = nginx(standin=sb, extra="xmpp_cm_auth_timeout 1500ms;")
+    c = raw(ngx.port)
+    c.open()
+    t0 = time.monotonic()
+    # whitespace and complete pre-auth IQs keep coming; no authentication
+    for i in range(10):
+        time.sleep(0.25)
+        try:
+            c.send(' <iq type="get" id="v%d" to="localhost"><query '
+                   'xmlns="jabber:iq:version"/></iq>' % i)
+        except OSError:
+            break
+        if c.stream_error():
+            break
+    assert c.expect_stream_error(3) == "connection-timeout", c.text
+    assert "not authenticated in time" in c.text
+    assert 1.2 < time.monotonic() - t0 < 3.5
