@@ -568,6 +568,12 @@ ngx_xmpp_cm_sock_write_handler(ngx_event_t *wev)
 
         sock->state = NGX_XMPP_CM_SOCK_OPENING;
         sock->pool->log.action = "opening a stream to Openfire";
+
+        /* many sessions' small stanzas: no Nagle delay on the shared link */
+
+        if (sock->pc.sockaddr->sa_family != AF_UNIX) {
+            (void) ngx_tcp_nodelay(c);
+        }
     }
 
     rc = ngx_xmpp_cm_queue_send(c, &sock->out);
