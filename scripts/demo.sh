@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Demo of ngx_stream_xmpp_cm on one machine (Debian 12, as root or with sudo):
 # the bundled Openfire stand-in on 127.0.0.1:5262 and nginx with the module
-# on 0.0.0.0:5222 (plaintext), users alice/alicepw and bob/bobpw @localhost.
+# on 0.0.0.0:5222 (STARTTLS optional) and 0.0.0.0:5223 (direct TLS), users
+# alice/alicepw and bob/bobpw @localhost.  On the first run it makes a
+# self-signed certificate for localhost ($DEMO_DIR/localhost.crt).
 #
 #   scripts/demo.sh           install what is missing, build, (re)start both,
 #                             print how to connect
@@ -10,12 +12,14 @@
 #
 # Runtime files (config, logs, pids, a copy of the module, a small client)
 # go to $DEMO_DIR,
-# default <repo>/demo-run.  DEMO_PORT changes the client port (5222).
+# default <repo>/demo-run.  DEMO_PORT changes the client port (5222),
+# DEMO_TLS_PORT the direct TLS port (5223).
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
 dir=${DEMO_DIR:-$top/demo-run}
 port=${DEMO_PORT:-5222}
+tls_port=${DEMO_TLS_PORT:-5223}
 py=/usr/bin/python3
 nginx=/usr/sbin/nginx
 stream_so=/usr/lib/nginx/modules/ngx_stream_module.so
@@ -81,7 +85,8 @@ status() {
         say "Openfire stand-in not running"; rc=1
     fi
     if pid=$(alive "$dir/nginx.pid" nginx); then
-        say "nginx running (master $pid) on 0.0.0.0:$port"
+        say "nginx running (master $pid) on 0.0.0.0:$port (STARTTLS)" \
+            "and 0.0.0.0:$tls_port (direct TLS)"
     else
         say "nginx not running"; rc=1
     fi
@@ -99,6 +104,7 @@ install() {
     [ -f /usr/include/zlib.h ] || missing+=(zlib1g-dev)
     command -v cc >/dev/null 2>&1 || missing+=(gcc)
     command -v make >/dev/null 2>&1 || missing+=(make)
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
     if [ -x "$py" ]; then
         "$py" -c 'import slixmpp' 2>/dev/null || missing+=(python3-slixmpp)
         "$py" -c 'import pytest' 2>/dev/null || missing+=(python3-pytest)
@@ -111,7 +117,22 @@ install() {
     $sudo apt-get update
     $sudo apt-get install -y \
         nginx nginx-dev libnginx-mod-stream libexpat1-dev libssl-dev \
-        libpcre2-dev zlib1g-dev python3-slixmpp python3-pytest gcc make
+        libpcre2-dev zlib1g-dev python3-slixmpp python3-pytest gcc make \
+        openssl
+}
+
+# a self-signed certificate for the demo domain, made once and kept
+make_cert() {
+    [ -s "$dir/$domain.crt" ] && [ -s "$dir/$domain.key" ] && return 0
+    say "creating a self-signed certificate for $domain in $dir"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+        -nodes -days 3650 -subj "/CN=$domain" \
+        -addext "subjectAltName=DNS:$domain" \
+        -keyout "$dir/$domain.key.tmp" -out "$dir/$domain.crt.tmp" \
+        2>/dev/null || die "openssl could not create the certificate"
+    chmod 600 "$dir/$domain.key.tmp"
+    mv -f "$dir/$domain.key.tmp" "$dir/$domain.key"
+    mv -f "$dir/$domain.crt.tmp" "$dir/$domain.crt"
 }
 
 write_conf() {
@@ -136,8 +157,27 @@ stream {
         server 127.0.0.1:$of_port;
     }
 
+    # one certificate for both servers (self-signed, see $dir/$domain.crt)
+    ssl_certificate     $dir/$domain.crt;
+    ssl_certificate_key $dir/$domain.key;
+    ssl_protocols       TLSv1.2 TLSv1.3;   # nginx 1.22 leaves 1.3 out by default
+    ssl_session_cache   shared:xmpp_tls:1m;
+
+    # STARTTLS, optional: plaintext clients can still log in
     server {
         listen 0.0.0.0:$port;
+
+        xmpp_cm_pass     openfire;
+        xmpp_cm_domain   $domain;
+        xmpp_cm_name     demo-cm;
+        xmpp_cm_secret   $secret;
+        xmpp_cm_starttls optional;
+    }
+
+    # direct TLS (XEP-0368)
+    server {
+        listen 0.0.0.0:$tls_port ssl;
+        ssl_alpn xmpp-client;
 
         xmpp_cm_pass   openfire;
         xmpp_cm_domain $domain;
@@ -151,15 +191,20 @@ EOF
 write_client() {
     cat > "$dir/xmpp_client.py" <<'EOF'
 #!/usr/bin/python3
-"""A tiny XMPP client for the demo (slixmpp, plain TCP, no STARTTLS).
+"""A tiny XMPP client for the demo (slixmpp).
 
   xmpp_client.py listen JID PASSWORD [SECONDS]   print incoming messages
   xmpp_client.py send JID PASSWORD TO TEXT       send one chat message
 
-XMPP_HOST / XMPP_PORT select the server (default 127.0.0.1:5222)."""
+XMPP_HOST / XMPP_PORT select the server (default 127.0.0.1:5222).
+XMPP_TLS: starttls (default; the login fails if the session is not
+encrypted), direct (direct TLS; set XMPP_PORT=5223 too) or off (plaintext).
+The server certificate is checked against XMPP_CA, by default the demo's
+self-signed certificate next to this script (localhost.crt)."""
 import asyncio
 import os
 import sys
+from pathlib import Path
 
 import slixmpp
 
@@ -172,8 +217,16 @@ async def main(argv):
     mode, jid, password = argv[:3]
     addr = (os.environ.get("XMPP_HOST", "127.0.0.1"),
             int(os.environ.get("XMPP_PORT", "5222")))
+    tls = os.environ.get("XMPP_TLS", "starttls")
+    if tls not in ("starttls", "direct", "off"):
+        print("XMPP_TLS must be starttls, direct or off", file=sys.stderr)
+        return 2
     x = slixmpp.ClientXMPP(jid, password)
     x.auto_reconnect = False
+    # trust the demo's self-signed certificate (the name checked is the
+    # JID's domain)
+    x.ca_certs = Path(os.environ.get("XMPP_CA") or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "localhost.crt"))
     loop = asyncio.get_running_loop()
     started, ended = loop.create_future(), loop.create_future()
 
@@ -193,13 +246,23 @@ async def main(argv):
                   flush=True)
 
     x.add_event_handler("message", on_message)
-    x.connect(address=addr, force_starttls=False, disable_starttls=True)
+    x.connect(address=addr, use_ssl=(tls == "direct"),
+              force_starttls=(tls == "starttls"),
+              disable_starttls=(tls != "starttls"))
     first, _ = await asyncio.wait([started, ended], timeout=20,
                                   return_when=asyncio.FIRST_COMPLETED)
     if not started.done() or not started.result():
         print("login as %s at %s:%d failed" % (jid, *addr), file=sys.stderr)
         return 1
-    print("logged in as %s" % x.boundjid, flush=True)
+    ssl_object = x.transport.get_extra_info("ssl_object") \
+        if x.transport is not None else None
+    if tls != "off" and ssl_object is None:
+        print("the session is not encrypted", file=sys.stderr)
+        x.disconnect()
+        return 1
+    print("logged in as %s (%s)" % (
+        x.boundjid, ssl_object.version() if ssl_object else "plaintext"),
+        flush=True)
     await x.get_roster()
     x.send_presence()
     if mode == "send":
@@ -231,6 +294,7 @@ start() {
 
     mkdir -p "$dir"
     stop
+    make_cert
 
     # the Openfire stand-in (plays Openfire's CM port 5262)
     : > "$dir/standin.log"
@@ -282,19 +346,25 @@ start() {
     cat <<EOF
 
 ngx_stream_xmpp_cm demo is running.
-  XMPP clients -> nginx 0.0.0.0:$port (plaintext) -> Openfire stand-in 127.0.0.1:$of_port
+  XMPP clients -> nginx 0.0.0.0:$port (STARTTLS optional)
+                  nginx 0.0.0.0:$tls_port (direct TLS, ALPN xmpp-client)
+               -> Openfire stand-in 127.0.0.1:$of_port (plain TCP)
 $(grep -o 'xmpp_cm: worker CM name "[^"]*"' "$dir/error.log" \
   | sed 's/^xmpp_cm: /  /')
 
 Connect any XMPP client with:
   JID alice@$domain  password alicepw    (or bob@$domain / bobpw)
-  server 127.0.0.1 (or this machine's address), port $port
-  TLS/STARTTLS off (this release has no client TLS yet); SCRAM-SHA-1 and
-  PLAIN are offered, so a client may ask you to allow plaintext login.
+  server 127.0.0.1 (or this machine's address), port $port with STARTTLS,
+  or port $tls_port with direct TLS ("SSL/TLS" in most clients).
+  The certificate is self-signed for "$domain": let the client trust
+  $rel/$domain.crt (or accept it when asked).
 
-Or from this shell, with the bundled slixmpp client:
+Or from this shell, with the bundled slixmpp client (STARTTLS, trusting
+$rel/$domain.crt; XMPP_TLS=direct XMPP_PORT=$tls_port for direct TLS):
   $py $rel/xmpp_client.py listen bob@$domain bobpw &
   $py $rel/xmpp_client.py send alice@$domain alicepw bob@$domain 'hello bob'
+  XMPP_TLS=direct XMPP_PORT=$tls_port \\
+    $py $rel/xmpp_client.py send bob@$domain bobpw alice@$domain 'hi'
 
 Logs:  $rel/error.log  $rel/access.log  $rel/standin.log
 Stop:  scripts/demo.sh stop

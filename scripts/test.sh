@@ -18,6 +18,10 @@ missing=()
 [ -f /usr/include/zlib.h ] || missing+=(zlib1g-dev)
 command -v cc >/dev/null 2>&1 || missing+=(gcc)
 command -v make >/dev/null 2>&1 || missing+=(make)
+# TLS tests: certificates made with the openssl CLI, a libstrophe client
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+[ -f /usr/include/strophe.h ] || missing+=(libstrophe-dev)
 if [ -x "$py" ]; then
     "$py" -c 'import slixmpp' 2>/dev/null || missing+=(python3-slixmpp)
     "$py" -c 'import pytest' 2>/dev/null || missing+=(python3-pytest)
@@ -32,7 +36,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     $sudo apt-get update
     $sudo apt-get install -y \
         nginx nginx-dev libnginx-mod-stream libexpat1-dev libssl-dev \
-        libpcre2-dev zlib1g-dev python3-slixmpp python3-pytest gcc make
+        libpcre2-dev zlib1g-dev python3-slixmpp python3-pytest gcc make \
+        openssl pkg-config libstrophe-dev
 fi
 
 bash scripts/build.sh

@@ -41,6 +41,7 @@ struct ngx_xmpp_cm_client_s {
 
     unsigned                         authenticated:1;
     unsigned                         tls_pending:1;
+    unsigned                         sasl_started:1;
     unsigned                         zlib_pending:1;
     unsigned                         header_sent:1;
     unsigned                         blocked:1;
@@ -851,6 +852,11 @@ ngx_xmpp_cm_client_element(void *data, ngx_xmpp_cm_elem_t *e)
     switch (ngx_xmpp_cm_client_kind(cl, e)) {
 
     case NGX_XMPP_CM_E_FORWARD:
+        if (ngx_xmpp_cm_str_is(&e->ns, NGX_XMPP_NS_SASL)) {
+            /* RFC 6120 5.3.1: TLS comes before SASL, never during it */
+            cl->sasl_started = 1;
+        }
+
         return ngx_xmpp_cm_client_forward(cl, e);
 
     case NGX_XMPP_CM_E_ABORT:
@@ -861,7 +867,7 @@ ngx_xmpp_cm_client_element(void *data, ngx_xmpp_cm_elem_t *e)
     case NGX_XMPP_CM_E_STARTTLS:
 #if (NGX_STREAM_SSL)
         if (ngx_xmpp_cm_client_tls(cl) != NGX_XMPP_CM_TLS_OFF
-            && !cl->authenticated)
+            && !cl->authenticated && !cl->sasl_started)
         {
             ngx_xmpp_cm_client_send(cl, proceed, sizeof(proceed) - 1);
             cl->tls_pending = 1;
@@ -1443,8 +1449,9 @@ ngx_xmpp_cm_client_tls_done(ngx_connection_t *c)
     c->read->handler = ngx_xmpp_cm_client_read_handler;
     c->write->handler = ngx_xmpp_cm_client_write_handler;
 
-    cl->auth_deadline = ngx_current_msec + cl->conf->auth_timeout;
-    ngx_add_timer(c->read, cl->conf->auth_timeout);
+    /* the authentication deadline still counts from the connect */
+
+    ngx_xmpp_cm_client_timer(cl);
 
     /* the restarted header may already sit in OpenSSL's buffers */
 
