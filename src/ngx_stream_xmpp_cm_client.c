@@ -221,6 +221,11 @@ ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
             return;
         }
 
+        if (!rev->ready && c->ssl == NULL) {
+            /* drained (epoll told us so): save the recv() that says EAGAIN */
+            break;
+        }
+
         n = c->recv(c, ngx_xmpp_cm_client_buf, NGX_XMPP_CM_CLIENT_READ);
 
         if (n == NGX_AGAIN) {

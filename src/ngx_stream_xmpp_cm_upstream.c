@@ -627,7 +627,7 @@ ngx_xmpp_cm_sock_read_handler(ngx_event_t *rev)
         return;
     }
 
-    for ( ;; ) {
+    while (rev->ready) {
         n = c->recv(c, ngx_xmpp_cm_upstream_buf, NGX_XMPP_CM_UPSTREAM_READ);
 
         if (n == NGX_AGAIN) {
