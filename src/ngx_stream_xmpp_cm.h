@@ -144,7 +144,8 @@ struct ngx_xmpp_cm_node_s {
     ngx_xmpp_cm_node_t              *child;
     ngx_xmpp_cm_node_t              *last;
     ngx_xmpp_cm_node_t              *next;
-    ngx_str_t                        text;         /* decoded, depth 1 */
+    ngx_str_t                        text;         /* decoded */
+    size_t                           text_cap;
     XML_Index                        start;
     XML_Index                        end;
     ngx_str_t                        xmlns;        /* declared on itself */
@@ -222,7 +223,6 @@ typedef struct {
     ngx_pool_t                      *tmp;
     ngx_xmpp_cm_node_t              *cur;
     ngx_str_t                        xmlns_pending;
-    size_t                           text_cap;
 
     unsigned                         tree:1;
     unsigned                         client:1;

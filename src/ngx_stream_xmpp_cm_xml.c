@@ -813,7 +813,6 @@ ngx_xmpp_cm_xml_start(void *data, const XML_Char *name,
     }
 
     x->cur = node;
-    x->text_cap = 0;
 }
 
 
@@ -934,8 +933,8 @@ ngx_xmpp_cm_xml_text(void *data, const XML_Char *s, int len)
 
     n = x->cur;
 
-    if (n->text.len + len > x->text_cap) {
-        size = x->text_cap ? x->text_cap * 2 : 256;
+    if (n->text.len + len > n->text_cap) {
+        size = n->text_cap ? n->text_cap * 2 : 256;
         while (size < n->text.len + len) {
             size *= 2;
         }
@@ -946,9 +945,12 @@ ngx_xmpp_cm_xml_text(void *data, const XML_Char *s, int len)
             return;
         }
 
-        ngx_memcpy(p, n->text.data, n->text.len);
+        if (n->text.len) {
+            ngx_memcpy(p, n->text.data, n->text.len);
+        }
+
         n->text.data = p;
-        x->text_cap = size;
+        n->text_cap = size;
     }
 
     ngx_memcpy(n->text.data + n->text.len, s, len);
