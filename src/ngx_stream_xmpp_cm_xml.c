@@ -169,6 +169,7 @@ ngx_xmpp_cm_xml_acquire(ngx_xmpp_cm_xml_t *x)
     /* an open stream and no parked parser: re-enter the root */
 
     x->fed = 0;
+    x->depth = 0;
     x->synthetic = 1;
 
     if (XML_Parse(x->parser, (const char *) ngx_xmpp_cm_synthetic,
@@ -180,6 +181,11 @@ ngx_xmpp_cm_xml_acquire(ngx_xmpp_cm_xml_t *x)
     }
 
     x->synthetic = 0;
+
+    if (x->depth != 1) {
+        return NGX_ERROR;
+    }
+
     x->fed = sizeof(ngx_xmpp_cm_synthetic) - 1;
     x->base = x->fed;
     x->mark = x->fed;
