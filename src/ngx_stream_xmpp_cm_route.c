@@ -55,6 +55,10 @@ ngx_xmpp_cm_scan(ngx_xmpp_cm_scan_t *sc, u_char *p, size_t n)
 {
     u_char  ch, *end;
 
+    if (n == 0) {
+        return;
+    }
+
     for (end = p + n; p < end; p++) {
         ch = *p;
 

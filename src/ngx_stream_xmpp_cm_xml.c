@@ -446,8 +446,13 @@ ngx_xmpp_cm_xml_copy(ngx_xmpp_cm_xml_t *x, u_char *dst, XML_Index start,
     ngx_xmpp_cm_xml_pieces(x, start, end, &p1, &p2);
 
     if (dst) {
-        dst = ngx_cpymem(dst, p1.data, p1.len);
-        ngx_memcpy(dst, p2.data, p2.len);
+        if (p1.len) {
+            dst = ngx_cpymem(dst, p1.data, p1.len);
+        }
+
+        if (p2.len) {
+            ngx_memcpy(dst, p2.data, p2.len);
+        }
     }
 
     return p1.len + p2.len;
@@ -980,7 +985,10 @@ ngx_xmpp_cm_xml_ns_start(void *data, const XML_Char *prefix,
         if (prefix == NULL) {
             len = uri ? ngx_strlen(uri) : 0;
             x->root_ns_len = len < NGX_XMPP_CM_NS_MAX ? len : 0;
-            ngx_memcpy(x->root_ns, uri, x->root_ns_len);
+
+            if (x->root_ns_len) {
+                ngx_memcpy(x->root_ns, uri, x->root_ns_len);
+            }
             x->root_has_default = 1;
 
         } else if (ngx_strcmp(prefix, "stream") != 0

@@ -267,6 +267,10 @@ def nginx(tmp_path, module_path, request):
             bts = n.crash_report()
             if bts:
                 problems.append("backtraces:\n  " + "\n  ".join(bts))
+        san = n.sanitizer_reports()
+        if san:
+            problems.append("sanitizer reports of %s:\n  %s" % (
+                n.prefix, "\n  ".join(san)))
         n.cleanup()
     if problems:
         pytest.fail("nginx teardown check failed:\n" + "\n".join(problems),
@@ -278,7 +282,13 @@ def nginx_t(tmp_path, module_path):
     def run(body, workers=1):
         conf = nginx_lib.make_conf(str(tmp_path), module_path, body,
                                    workers=workers, log_level="info")
-        return nginx_lib.nginx_t(str(tmp_path), conf)
+        rc, out = nginx_lib.nginx_t(str(tmp_path), conf)
+        san = nginx_lib.sanitizer_reports(
+            os.path.join(str(tmp_path), "sanitizer-t"))
+        if san:
+            pytest.fail("sanitizer reports of nginx -t:\n  %s"
+                        % "\n  ".join(san), pytrace=False)
+        return rc, out
     return run
 
 

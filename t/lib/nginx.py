@@ -12,6 +12,17 @@ from .util import children_of, port_accepts, wait_until
 NGINX = "/usr/sbin/nginx"
 STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 
+# Switches for the sanitizer runs (scripts/sanitize.sh); unset = Debian's
+# nginx with the dynamic module, as before.
+#   XMPP_CM_NGINX=/path/to/nginx   another nginx binary
+#   XMPP_CM_STATIC=1               the module is compiled in: no load_module
+#   XMPP_CM_VALGRIND=1             run nginx under valgrind memcheck
+NGINX = os.environ.get("XMPP_CM_NGINX") or NGINX
+STATIC = os.environ.get("XMPP_CM_STATIC") == "1"
+VALGRIND = os.environ.get("XMPP_CM_VALGRIND") == "1"
+SUPP_DIR = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "fuzz")
+
 # error.log lines that mean the test must fail (crash / corruption)
 BAD_LOG = re.compile(r"\[(alert|emerg|crit)\]|signal 11|core dumped|"
                      r"exited on signal")
@@ -35,10 +46,80 @@ stream {{
 
 def make_conf(prefix, module, body, workers=1, log_level="debug",
               main_extra=""):
-    return CONF_TEMPLATE.format(stream_module=STREAM_MODULE, module=module,
+    conf = CONF_TEMPLATE.format(stream_module=STREAM_MODULE, module=module,
                                 workers=workers, prefix=prefix,
                                 log_level=log_level, main_extra=main_extra,
                                 body=body)
+    if STATIC:
+        conf = "\n".join(l for l in conf.split("\n")
+                         if not l.startswith("load_module "))
+    return conf
+
+
+def sanitizer_env(logdir, leaks=True):
+    """Environment for nginx: ASan/UBSan/LSan reports go to files in
+    logdir (harmless for a binary without sanitizers).  leaks=False for
+    `nginx -t`: a failed configuration test exits without freeing nginx's
+    own init pool (nginx.c main), which is not a run-time leak."""
+    env = dict(os.environ)
+    lsan = os.path.join(SUPP_DIR, "lsan.supp")
+    ubsan = os.path.join(SUPP_DIR, "ubsan.supp")
+    env["ASAN_OPTIONS"] = ("detect_leaks=%d:abort_on_error=0:"
+                           "log_path=%s/asan" % (1 if leaks else 0, logdir))
+    env["LSAN_OPTIONS"] = "suppressions=%s:print_suppressions=0" % lsan
+    env["UBSAN_OPTIONS"] = ("print_stacktrace=1:log_path=%s/ubsan:"
+                            "suppressions=%s" % (logdir, ubsan))
+    return env
+
+
+def sanitizer_reports(logdir):
+    """The ASan/UBSan/LSan reports and valgrind errors left in logdir."""
+    out = []
+    if not logdir or not os.path.isdir(logdir):
+        return out
+    for f in sorted(os.listdir(logdir)):
+        path = os.path.join(logdir, f)
+        try:
+            with open(path, "rb") as fh:
+                text = fh.read().decode("utf-8", "replace")
+        except OSError:
+            continue
+        if f.startswith("valgrind"):
+            if not valgrind_bad(text):
+                continue
+        elif not text.strip():
+            continue
+        out.append("%s:\n    %s" % (f, "\n    ".join(
+            text.splitlines()[:60])))
+    return out
+
+
+def valgrind_bad(text):
+    """A valgrind log with memory errors, or leaks with a module frame."""
+    m = re.search(r"ERROR SUMMARY: (\d+) errors", text)
+    if m and int(m.group(1)) > 0:
+        # leaks count as errors with --errors-for-leak-kinds; keep only
+        # the ones the module is in
+        for block in re.split(r"\n==\d+== \n", text):
+            if re.search(r"(Invalid|uninitialised|Mismatched|overlap|"
+                         r"Syscall param)", block) or \
+                    ("definitely lost" in block and "xmpp_cm" in block):
+                return True
+    return False
+
+
+def command(prefix, args, logdir, leaks=True):
+    """nginx's command line, under valgrind if XMPP_CM_VALGRIND=1 (leaks:
+    see sanitizer_env)."""
+    cmd = [NGINX] + args
+    if VALGRIND:
+        cmd = ["valgrind", "--tool=memcheck",
+               "--leak-check=%s" % ("full" if leaks else "no"),
+               "--show-leak-kinds=definite", "--errors-for-leak-kinds=definite",
+               "--keep-debuginfo=yes", "--num-callers=30",
+               "--error-exitcode=99", "--child-silent-after-fork=no",
+               "--log-file=%s/valgrind.%%p.log" % logdir] + cmd
+    return cmd
 
 
 def nginx_t(prefix, conf_text):
@@ -48,10 +129,15 @@ def nginx_t(prefix, conf_text):
     path = os.path.join(prefix, "nginx-t.conf")
     with open(path, "w") as f:
         f.write(conf_text)
-    p = subprocess.run([NGINX, "-t", "-p", str(prefix), "-c", path,
-                        "-e", os.path.join(str(prefix), "error-t.log")],
+    sandir = os.path.join(str(prefix), "sanitizer-t")
+    os.makedirs(sandir, exist_ok=True)
+    p = subprocess.run(command(prefix, ["-t", "-p", str(prefix), "-c", path,
+                                        "-e", os.path.join(str(prefix),
+                                                           "error-t.log")],
+                               sandir, leaks=False),
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       timeout=30)
+                       timeout=120 if VALGRIND else 30,
+                       env=sanitizer_env(sandir, leaks=False))
     return p.returncode, p.stdout.decode("utf-8", "replace")
 
 
@@ -91,6 +177,7 @@ class Nginx:
         self.conf_path = os.path.join(self.prefix, "nginx.conf")
         self.log_path = os.path.join(self.prefix, "error.log")
         self.cores = core_dir()
+        self.sanlog = core_dir()    # sanitizer / valgrind reports
         main_extra = ("worker_rlimit_core 2g;\nworking_directory %s;\n"
                       % self.cores) + main_extra
         self.conf = make_conf(self.prefix, module, body, workers, log_level,
@@ -105,9 +192,10 @@ class Nginx:
     def start(self):
         out = open(os.path.join(self.prefix, "stderr.log"), "wb")
         self.proc = subprocess.Popen(
-            [NGINX, "-p", self.prefix, "-c", self.conf_path,
-             "-e", self.log_path],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            command(self.prefix, ["-p", self.prefix, "-c", self.conf_path,
+                                  "-e", self.log_path], self.sanlog),
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=sanitizer_env(self.sanlog))
         out.close()
         return self
 
@@ -139,7 +227,19 @@ class Nginx:
     def worker_pids(self):
         if not self.running():
             return []
-        return children_of(self.proc.pid)
+        # only nginx's own children: a sanitizer build may also have an
+        # llvm-symbolizer child (UBSan suppressions symbolize)
+        out = []
+        for pid in children_of(self.proc.pid):
+            try:
+                with open("/proc/%d/cmdline" % pid, "rb") as f:
+                    cmd = f.read()
+                if not (cmd.startswith(b"nginx: ") or b"valgrind" in cmd):
+                    continue
+            except OSError:
+                continue
+            out.append(pid)
+        return out
 
     def wait_port(self, port, timeout=10):
         deadline = time.monotonic() + timeout
@@ -205,5 +305,9 @@ class Nginx:
     def crash_report(self):
         return backtraces(self.cores)
 
+    def sanitizer_reports(self):
+        return sanitizer_reports(self.sanlog)
+
     def cleanup(self):
         shutil.rmtree(self.cores, ignore_errors=True)
+        shutil.rmtree(self.sanlog, ignore_errors=True)

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Build nginx (full source, stream only) with the module compiled in, with
+# clang-14 and sanitizers.  Used by scripts/sanitize.sh and scripts/fuzz.sh.
+#
+#   t/fuzz/build-nginx.sh asan   -> build/asan/nginx/objs/nginx
+#                                   (ASan+UBSan, the test-suite binary)
+#   t/fuzz/build-nginx.sh fuzz   -> build/fuzz/nginx/objs/*.o
+#                                   (ASan+UBSan+libFuzzer coverage; the
+#                                   objects the fuzz targets link with)
+#
+# Installs what is missing from Debian (apt-get), and gets nginx's full
+# source with `scripts/build.sh --static` when it is not there yet
+# (nginx-dev ships headers only).  $NGINX_SRC overrides the source tree.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/../.." && pwd)
+mode=${1:?usage: build-nginx.sh asan|fuzz}
+out="$top/build/$mode"
+
+# --------------------------------------------------------------- packages
+need=()
+command -v clang-14 >/dev/null 2>&1 || need+=(clang-14)
+ls /usr/lib/llvm-14/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a \
+    >/dev/null 2>&1 || need+=(libclang-rt-14-dev libfuzzer-14-dev)
+command -v llvm-profdata-14 >/dev/null 2>&1 || need+=(llvm-14)
+command -v make >/dev/null 2>&1 || need+=(make)
+[ -x /usr/sbin/nginx ] || need+=(nginx)
+[ -f /usr/share/nginx/src/conf_flags ] || need+=(nginx-dev)
+[ -f /usr/include/expat.h ] || need+=(libexpat1-dev)
+[ -f /usr/include/openssl/ssl.h ] || need+=(libssl-dev)
+[ -f /usr/include/pcre2.h ] || need+=(libpcre2-dev)
+[ -f /usr/include/zlib.h ] || need+=(zlib1g-dev)
+command -v gcc >/dev/null 2>&1 || need+=(gcc)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "build-nginx.sh: installing ${need[*]}" >&2
+    sudo=
+    [ "$(id -u)" -eq 0 ] || sudo=sudo
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -q >/dev/null
+    $sudo apt-get install -y -q "${need[@]}" >/dev/null
+fi
+
+# --------------------------------------------------------------- source
+ver=$(/usr/sbin/nginx -v 2>&1 | sed -n 's|.*nginx/\([0-9.]*\).*|\1|p')
+full=${NGINX_SRC:-$top/build/nginx-$ver-full}
+if [ ! -f "$full/src/core/nginx.c" ]; then
+    echo "build-nginx.sh: fetching nginx $ver source (scripts/build.sh --static)" >&2
+    bash "$top/scripts/build.sh" --static >/dev/null
+fi
+
+# --------------------------------------------------------------- configure
+# UBSan stays recoverable: the fuzz targets halt on the first report
+# (UBSAN_OPTIONS=halt_on_error=1), the test suite logs every report and
+# fails at teardown; t/fuzz/ubsan.supp lists known, reported sites.
+san="-fsanitize=address,undefined"
+case "$mode" in
+asan) ccopt="$san -fno-omit-frame-pointer -g -O1"; ldopt="$san" ;;
+fuzz) ccopt="$san -fsanitize=fuzzer-no-link -fno-omit-frame-pointer -g -O1"
+      ldopt="$san -fsanitize=fuzzer-no-link" ;;
+*) echo "build-nginx.sh: mode is asan or fuzz" >&2; exit 2 ;;
+esac
+ccopt="$ccopt ${CFLAGS_EXTRA:-}"
+
+mkdir -p "$out"
+stamp="$out/.configured"
+want="$mode $ccopt $ver $(md5sum < "$top/config")"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] \
+   || [ ! -f "$out/nginx/objs/Makefile" ]; then
+    rm -rf "$out/nginx"
+    cp -a "$full" "$out/nginx"
+    rm -rf "$out/nginx/objs"
+    (cd "$out/nginx" && ./configure --prefix="$out/prefix" \
+        --error-log-path=stderr --with-debug --with-threads \
+        --without-http --with-stream --with-stream_ssl_module \
+        --with-stream_realip_module --with-stream_ssl_preread_module \
+        --with-cc=clang-14 --with-cc-opt="$ccopt" --with-ld-opt="$ldopt" \
+        --add-module="$top" > "$out/configure.log" 2>&1) || {
+        tail -n 30 "$out/configure.log" >&2; exit 1; }
+    echo "$want" > "$stamp"
+fi
+
+# --------------------------------------------------------------- make
+jobs=${JOBS:-2}
+(cd "$out/nginx" && make -f objs/Makefile -j"$jobs" > "$out/make.log" 2>&1) || {
+    grep -E 'error|undefined' -A3 "$out/make.log" | head -60 >&2; exit 1; }
+echo "built $mode nginx: $out/nginx/objs/nginx"

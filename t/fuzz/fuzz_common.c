@@ -1,0 +1,472 @@
+
+/*
+ * Shared pieces of the fuzz targets (see fuzz_common.h).
+ */
+
+#include "fuzz_common.h"
+#include <fcntl.h>
+#include <unistd.h>
+
+
+ngx_log_t               fuzz_log;
+static ngx_open_file_t  fuzz_log_file;
+static ngx_cycle_t      fuzz_cycle;
+
+
+void
+fuzz_init(void)
+{
+    static int  done;
+    char       *lv;
+
+    if (done) {
+        return;
+    }
+
+    done = 1;
+
+    ngx_pagesize = getpagesize();
+    for (ngx_pagesize_shift = 0; (1 << ngx_pagesize_shift) < ngx_pagesize;
+         ngx_pagesize_shift++) { /* void */ }
+    ngx_cacheline_size = 64;
+    ngx_ncpu = 1;
+    ngx_pid = getpid();
+
+    ngx_time_init();
+
+    /*
+     * Everything is logged (and formatted) by default: the module's log
+     * lines print fuzzed strings with %V.  FUZZ_LOG=stderr shows them.
+     */
+
+    lv = getenv("FUZZ_LOG");
+    fuzz_log_file.fd = (lv && ngx_strcmp(lv, "stderr") == 0)
+                       ? STDERR_FILENO : open("/dev/null", O_WRONLY);
+    fuzz_log.file = &fuzz_log_file;
+    fuzz_log.log_level = NGX_LOG_DEBUG_ALL | NGX_LOG_DEBUG;
+
+    ngx_use_stderr = (lv && ngx_strcmp(lv, "stderr") == 0);
+
+    if (lv && ngx_strcmp(lv, "off") == 0) {
+        fuzz_log.log_level = NGX_LOG_STDERR;
+    }
+
+    /* ngx_alloc() and the module log to ngx_cycle->log */
+
+    fuzz_cycle.log = &fuzz_log;
+    ngx_cycle = &fuzz_cycle;
+
+    ngx_queue_init(&ngx_posted_events);
+    ngx_queue_init(&ngx_posted_next_events);
+    ngx_event_timer_init(&fuzz_log);
+}
+
+
+/* no event loop runs: forget what the code posted and its timers */
+
+void
+fuzz_events_clear(void)
+{
+    ngx_queue_t  *q;
+    ngx_event_t  *ev;
+
+    while (!ngx_queue_empty(&ngx_posted_events)) {
+        q = ngx_queue_head(&ngx_posted_events);
+        ev = ngx_queue_data(q, ngx_event_t, queue);
+        ngx_delete_posted_event(ev);
+    }
+
+    while (ngx_event_timer_rbtree.root != ngx_event_timer_rbtree.sentinel) {
+        ngx_rbtree_node_t  *node;
+
+        node = ngx_rbtree_min(ngx_event_timer_rbtree.root,
+                              ngx_event_timer_rbtree.sentinel);
+        ev = ngx_rbtree_data(node, ngx_event_t, timer);
+        ngx_del_timer(ev);
+    }
+}
+
+
+static ngx_str_t  fuzz_peer_name = ngx_string("127.0.0.1:5262");
+
+
+void
+fuzz_pool_init(fuzz_pool_t *fp)
+{
+    ngx_uint_t  i;
+
+    ngx_memzero(fp, sizeof(fuzz_pool_t));
+
+    fp->conf.upstream_high = 16 * 1024 * 1024;
+    fp->conf.upstream_low = 1024 * 1024;
+    fp->conf.client_output_limit = 1024 * 1024;
+    fp->conf.close_delay = 0;
+    ngx_str_set(&fp->conf.secret, "cmsecret");
+    ngx_str_set(&fp->conf.name, "cm1");
+    ngx_str_set(&fp->conf.conf_file, "/etc/nginx/nginx.conf");
+    fp->conf.conf_line = 42;
+    fp->conf.pool = &fp->pool;
+
+    fp->pool.conf = &fp->conf;
+    fp->pool.log = fuzz_log;
+    ngx_str_set(&fp->pool.name, "cm1-4242-a1b2c3");
+    ngx_str_set(&fp->pool.domain, "localhost");
+    ngx_rbtree_init(&fp->pool.sessions, &fp->pool.sentinel,
+                    ngx_str_rbtree_insert_value);
+    fp->pool.closed = fp->closed;
+    fp->pool.socks = fp->socks;
+    fp->pool.nsocks = 2;
+    fp->pool.ready = 2;
+    fp->pool.configured = 1;
+    fp->pool.was_up = 1;
+
+    for (i = 0; i < 2; i++) {
+        fp->socks[i].pool = &fp->pool;
+        fp->socks[i].index = i;
+        fp->socks[i].state = NGX_XMPP_CM_SOCK_READY;
+        ngx_queue_init(&fp->socks[i].blocked);
+        fp->socks[i].pc.name = &fuzz_peer_name;
+        fp->socks[i].resource.data = fp->socks[i].resbuf;
+        fp->socks[i].resource.len =
+            ngx_sprintf(fp->socks[i].resbuf, "s%ui-1", i)
+            - fp->socks[i].resbuf;
+    }
+}
+
+
+u_char *
+fuzz_queue_take(ngx_xmpp_cm_queue_t *q, size_t *len)
+{
+    u_char               *p, *d;
+    size_t                n;
+    ngx_xmpp_cm_block_t  *b;
+
+    n = 0;
+    for (b = q->head; b; b = b->next) {
+        n += b->last - b->pos;
+    }
+
+    if (n != q->size) {
+        FUZZ_FAIL("queue size %zu != sum of blocks %zu", q->size, n);
+    }
+
+    p = malloc(n + 1);
+    d = p;
+
+    for (b = q->head; b; b = b->next) {
+        d = ngx_cpymem(d, b->pos, b->last - b->pos);
+    }
+
+    *d = '\0';
+    *len = n;
+
+    ngx_xmpp_cm_queue_free(q);
+
+    return p;
+}
+
+
+/* ------------------------------------------------------------ splitter */
+
+const char *
+fuzz_splitter_check(const u_char *p, size_t len, ngx_uint_t *nfrag)
+{
+    enum { t_text, t_lt, t_open, t_dq, t_close } st;
+    size_t      i, depth;
+    u_char      ch, prev;
+
+    st = t_text;
+    depth = 0;
+    prev = 0;
+    *nfrag = 0;
+
+    for (i = 0; i < len; i++) {
+        ch = p[i];
+
+        switch (st) {
+
+        case t_text:
+            if (ch == '<') {
+                st = t_lt;
+
+            } else if (depth == 0) {
+                if (ch != ' ' && ch != '\n' && ch != '\r' && ch != '\t') {
+                    return "text outside any fragment";
+                }
+
+            } else if (ch == '>') {
+                return "'>' in text";
+            }
+            break;
+
+        case t_lt:
+            if (ch == '/') {
+                st = t_close;
+
+            } else if (ch == '!' || ch == '?') {
+                return "CDATA, comment or PI";
+
+            } else {
+                st = t_open;
+                prev = ch;
+            }
+            break;
+
+        case t_open:
+            if (ch == '"') {
+                st = t_dq;
+
+            } else if (ch == '\'') {
+                return "single quote in a tag outside a \"-quoted value";
+
+            } else if (ch == '>') {
+                st = t_text;
+
+                if (prev != '/') {
+                    depth++;
+
+                } else if (depth == 0) {
+                    (*nfrag)++;
+                }
+
+            } else if (ch == '<') {
+                return "'<' in a tag";
+            }
+
+            prev = ch;
+            break;
+
+        case t_dq:
+            if (ch == '"') {
+                st = t_open;
+                prev = ch;
+
+            } else if (ch == '<') {
+                return "'<' in an attribute value";
+
+            } else if (ch == '>') {
+                return "'>' in an attribute value";
+            }
+            break;
+
+        case t_close:
+            if (ch == '>') {
+                if (depth == 0) {
+                    return "close tag at depth 0";
+                }
+
+                depth--;
+                st = t_text;
+
+                if (depth == 0) {
+                    (*nfrag)++;
+                }
+            }
+            break;
+        }
+    }
+
+    if (st != t_text || depth != 0) {
+        return "unfinished fragment";
+    }
+
+    return NULL;
+}
+
+
+/* ------------------------------------------------------------ expat */
+
+const char *
+fuzz_wellformed(const u_char *p, size_t len, ngx_uint_t ns)
+{
+    const char  *err;
+    XML_Parser   xp;
+
+    static const char  open_ns[] = "<wrap xmlns=\"jabber:client\">";
+    static const char  open_plain[] = "<wrap>";
+    static const char  close_w[] = "</wrap>";
+
+    xp = ns ? XML_ParserCreateNS("UTF-8", '\n') : XML_ParserCreate("UTF-8");
+
+    err = NULL;
+
+    if (XML_Parse(xp, ns ? open_ns : open_plain,
+                  ns ? sizeof(open_ns) - 1 : sizeof(open_plain) - 1, 0)
+            == XML_STATUS_ERROR
+        || XML_Parse(xp, (const char *) p, (int) len, 0) == XML_STATUS_ERROR
+        || XML_Parse(xp, close_w, sizeof(close_w) - 1, 1) == XML_STATUS_ERROR)
+    {
+        err = XML_ErrorString(XML_GetErrorCode(xp));
+    }
+
+    XML_ParserFree(xp);
+
+    return err;
+}
+
+
+typedef struct {
+    char        *buf;
+    size_t       len;
+    size_t       size;
+    char        *text;
+    size_t       tlen;
+    size_t       tsize;
+    ngx_uint_t   depth;
+    ngx_uint_t   pending_default;
+    ngx_uint_t   top_default;
+    ngx_uint_t   top_seen;
+} fuzz_ev_t;
+
+
+static void
+fuzz_ev_add(fuzz_ev_t *ev, const char *s, size_t n)
+{
+    if (ev->len + n + 1 > ev->size) {
+        ev->size = (ev->len + n + 1) * 2;
+        ev->buf = realloc(ev->buf, ev->size);
+    }
+
+    memcpy(ev->buf + ev->len, s, n);
+    ev->len += n;
+}
+
+
+static void
+fuzz_ev_flush(fuzz_ev_t *ev)
+{
+    char  num[32];
+
+    if (ev->tlen == 0) {
+        return;
+    }
+
+    fuzz_ev_add(ev, num, snprintf(num, sizeof(num), "T%zu:", ev->tlen));
+    fuzz_ev_add(ev, ev->text, ev->tlen);
+    ev->tlen = 0;
+}
+
+
+static void XMLCALL
+fuzz_ev_start(void *data, const XML_Char *name, const XML_Char **atts)
+{
+    fuzz_ev_t  *ev = data;
+    ngx_uint_t  i;
+
+    ev->depth++;
+
+    if (ev->depth == 2 && !ev->top_seen) {
+        ev->top_seen = 1;
+        ev->top_default = ev->pending_default;
+    }
+
+    ev->pending_default = 0;
+
+    if (ev->depth < 2) {
+        return;
+    }
+
+    fuzz_ev_flush(ev);
+    fuzz_ev_add(ev, "<", 1);
+    fuzz_ev_add(ev, name, strlen(name));
+
+    for (i = 0; atts[i]; i += 2) {
+        fuzz_ev_add(ev, " ", 1);
+        fuzz_ev_add(ev, atts[i], strlen(atts[i]));
+        fuzz_ev_add(ev, "=[", 2);
+        {
+            char  num[32];
+            size_t n = strlen(atts[i + 1]);
+
+            fuzz_ev_add(ev, num, snprintf(num, sizeof(num), "%zu:", n));
+            fuzz_ev_add(ev, atts[i + 1], n);
+        }
+        fuzz_ev_add(ev, "]", 1);
+    }
+
+    fuzz_ev_add(ev, ">", 1);
+}
+
+
+static void XMLCALL
+fuzz_ev_end(void *data, const XML_Char *name)
+{
+    fuzz_ev_t  *ev = data;
+
+    if (ev->depth >= 2) {
+        fuzz_ev_flush(ev);
+        fuzz_ev_add(ev, "</>", 3);
+    }
+
+    ev->depth--;
+}
+
+
+static void XMLCALL
+fuzz_ev_text(void *data, const XML_Char *s, int len)
+{
+    fuzz_ev_t  *ev = data;
+
+    if (ev->depth < 2) {
+        return;
+    }
+
+    if (ev->tlen + len > ev->tsize) {
+        ev->tsize = (ev->tlen + len) * 2;
+        ev->text = realloc(ev->text, ev->tsize);
+    }
+
+    memcpy(ev->text + ev->tlen, s, len);
+    ev->tlen += len;
+}
+
+
+static void XMLCALL
+fuzz_ev_ns(void *data, const XML_Char *prefix, const XML_Char *uri)
+{
+    fuzz_ev_t  *ev = data;
+
+    if (prefix == NULL) {
+        ev->pending_default = 1;
+    }
+}
+
+
+char *
+fuzz_events(const u_char *p, size_t len, const char *wrap_open,
+    const char *wrap_close, size_t *out_len, ngx_uint_t *xmlns_ok)
+{
+    int         ok;
+    fuzz_ev_t   ev;
+    XML_Parser  xp;
+
+    ngx_memzero(&ev, sizeof(fuzz_ev_t));
+
+    xp = XML_ParserCreateNS("UTF-8", '\n');
+    XML_SetUserData(xp, &ev);
+    XML_SetElementHandler(xp, fuzz_ev_start, fuzz_ev_end);
+    XML_SetCharacterDataHandler(xp, fuzz_ev_text);
+    XML_SetStartNamespaceDeclHandler(xp, fuzz_ev_ns);
+
+    ok = XML_Parse(xp, wrap_open, strlen(wrap_open), 0) != XML_STATUS_ERROR
+         && XML_Parse(xp, (const char *) p, (int) len, 0) != XML_STATUS_ERROR
+         && XML_Parse(xp, wrap_close, strlen(wrap_close), 1)
+            != XML_STATUS_ERROR;
+
+    XML_ParserFree(xp);
+    free(ev.text);
+
+    if (xmlns_ok) {
+        *xmlns_ok = ev.top_default;
+    }
+
+    if (!ok) {
+        free(ev.buf);
+        return NULL;
+    }
+
+    fuzz_ev_add(&ev, "", 1);
+    *out_len = ev.len - 1;
+
+    return ev.buf;
+}

@@ -1,0 +1,101 @@
+
+/*
+ * Shared pieces of the libFuzzer targets: nginx core set-up without a
+ * running nginx, a deterministic PRNG driven by the input, and the
+ * invariant checks on what the module would send to Openfire.
+ *
+ * The targets link the module's real objects and nginx's real core
+ * objects (build/fuzz/nginx/objs, ASan+UBSan+coverage); nothing of
+ * nginx is stubbed.  Only the event loop does not run: posted events and
+ * timers are cleared after every input.
+ */
+
+#ifndef _FUZZ_COMMON_H_INCLUDED_
+#define _FUZZ_COMMON_H_INCLUDED_
+
+#include "ngx_stream_xmpp_cm.h"
+#include <stdio.h>
+#include <stdlib.h>
+
+
+#define FUZZ_FAIL(...)                                                       \
+    do {                                                                     \
+        fprintf(stderr, "\nFUZZ INVARIANT FAILED (%s:%d): ", __FILE__,      \
+                __LINE__);                                                   \
+        fprintf(stderr, __VA_ARGS__);                                        \
+        fprintf(stderr, "\n");                                               \
+        abort();                                                             \
+    } while (0)
+
+
+extern ngx_log_t  fuzz_log;
+
+void fuzz_init(void);
+void fuzz_events_clear(void);
+
+
+/* xorshift32, seeded from the input */
+
+typedef struct {
+    uint32_t  s;
+} fuzz_rng_t;
+
+static ngx_inline uint32_t
+fuzz_rand(fuzz_rng_t *r)
+{
+    uint32_t  x = r->s ? r->s : 0x9e3779b9;
+
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    r->s = x;
+
+    return x;
+}
+
+
+/*
+ * A fake pool with one READY socket that has no connection: what the
+ * module writes to Openfire accumulates in sock->out.
+ */
+
+typedef struct {
+    ngx_stream_xmpp_cm_srv_conf_t   conf;
+    ngx_xmpp_cm_pool_t              pool;
+    ngx_xmpp_cm_sock_t              socks[2];
+    ngx_str_t                       domain;
+    u_char                          closed[256 * NGX_XMPP_CM_ID_LEN];
+} fuzz_pool_t;
+
+void fuzz_pool_init(fuzz_pool_t *fp);
+/* the bytes queued on a socket, as one malloc()ed string (caller frees) */
+u_char *fuzz_queue_take(ngx_xmpp_cm_queue_t *q, size_t *len);
+
+
+/*
+ * Openfire's CM splitter tracks double quotes only: check that the bytes
+ * split into complete top-level fragments exactly, with no '-quoted
+ * attribute, no '>' in text, no CDATA / comment / PI.  nfrag gets the
+ * number of fragments.  Returns NULL or what is wrong.
+ */
+const char *fuzz_splitter_check(const u_char *p, size_t len,
+    ngx_uint_t *nfrag);
+
+/*
+ * Well-formedness with expat: the bytes inside <wrap> (namespaced: the
+ * wrapper declares xmlns=jabber:client when ns is set).
+ * Returns NULL or expat's error string.
+ */
+const char *fuzz_wellformed(const u_char *p, size_t len, ngx_uint_t ns);
+
+/*
+ * The canonical event string of the single element in p (parsed inside
+ * <w xmlns="jabber:client">): start names with namespaces, attributes,
+ * coalesced character data, ends.  NULL if it does not parse; the result
+ * is malloc()ed.  With check_xmlns, *xmlns_ok says whether the top
+ * element declares a default namespace on itself.
+ */
+char *fuzz_events(const u_char *p, size_t len, const char *wrap_open,
+    const char *wrap_close, size_t *out_len, ngx_uint_t *xmlns_ok);
+
+#endif
