@@ -390,10 +390,8 @@ ngx_xmpp_cm_sock_close(ngx_xmpp_cm_sock_t *sock, ngx_uint_t level,
 {
     size_t               dropped;
     ngx_uint_t           was_ready;
-    ngx_queue_t         *q;
     ngx_xmpp_cm_pool_t  *pool;
     ngx_xmpp_cm_sock_t  *other;
-    ngx_xmpp_cm_session_t *s;
 
     pool = sock->pool;
     was_ready = (sock->state == NGX_XMPP_CM_SOCK_READY);
@@ -456,18 +454,7 @@ ngx_xmpp_cm_sock_close(ngx_xmpp_cm_sock_t *sock, ngx_uint_t level,
 
     /* clients paused behind this socket re-pin to another one */
 
-    while (!ngx_queue_empty(&sock->blocked)) {
-        q = ngx_queue_head(&sock->blocked);
-        s = ngx_queue_data(q, ngx_xmpp_cm_session_t, blocked);
-        ngx_queue_remove(q);
-        s->is_blocked = 0;
-
-        if (s->client) {
-            ngx_xmpp_cm_client_unblock(s->client);
-        }
-    }
-
-    sock->throttled = 0;
+    ngx_xmpp_cm_sock_unthrottle(sock);
 
     if (was_ready && pool->ready == 0) {
         pool->was_up = 0;
@@ -1113,6 +1100,11 @@ ngx_xmpp_cm_sock_unthrottle(ngx_xmpp_cm_sock_t *sock)
 
     sock->throttled = 0;
 
+    /*
+     * Every paused client is released (its read is posted, in order); one
+     * that fills the socket past the high-water mark again pauses again.
+     */
+
     while (!ngx_queue_empty(&sock->blocked)) {
         q = ngx_queue_head(&sock->blocked);
         s = ngx_queue_data(q, ngx_xmpp_cm_session_t, blocked);
@@ -1121,10 +1113,6 @@ ngx_xmpp_cm_sock_unthrottle(ngx_xmpp_cm_sock_t *sock)
 
         if (s->client) {
             ngx_xmpp_cm_client_unblock(s->client);
-        }
-
-        if (sock->throttled) {
-            break;
         }
     }
 }
