@@ -41,6 +41,18 @@ def check_rejected(sb, c, cond, sid=None):
 
 # ------------------------------------------------------------ pre-header
 PRE_HEADER = [
+    ("stanza_before_header",
+     '<message xmlns="jabber:client" to="bob@localhost"><body>BADMARK'
+     '</body></message>', "invalid-namespace"),
+    ("billion_laughs",
+     '<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "BADMARK">'
+     '<!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">'
+     ']>' + HEADER + '<message>&lol2;</message>', "restricted-xml"),
+    ("external_entity",
+     '<?xml version="1.0"?><!DOCTYPE x [<!ENTITY ext SYSTEM '
+     '"file:///etc/passwd">]>' + HEADER, "restricted-xml"),
+    ("huge_header_attribute",
+     HEADER[:-1] + ' x="' + "BADMARK" * 5000 + '">', "policy-violation"),
     ("doctype", '<?xml version="1.0"?><!DOCTYPE stream:stream SYSTEM '
                 '"BADMARK.dtd">' + HEADER, "restricted-xml"),
     ("internal_entity_decl",
@@ -302,3 +314,51 @@ def test_client_whitespace_keepalives(cm, raw):
         time.sleep(0.15)
     c.pump(0.1)
     assert not c.eof and c.stream_error() is None, c.text[-300:]
+
+
+# ------------------------------------------------------------ more hostile
+def test_second_stream_header_before_auth(cm, raw):
+    sb, ngx = cm()
+    c = raw(ngx.port)
+    c.open()
+    c.send(HEADER.replace('to="localhost"', 'to="BADMARK"'))
+    check_rejected(sb, c, "unsupported-stanza-type")
+
+
+def test_one_megabyte_attribute(cm, raw):
+    sb, ngx = cm()
+    c = raw(ngx.port)
+    c.login("alice", "alicepw", resource="big")
+    try:
+        c.send('<message to="bob@localhost" x="BADMARK' + "a" * (1 << 20)
+               + '"><body/></message>')
+    except OSError:
+        pass                    # the CM may cut us while we write
+    check_rejected(sb, c, "policy-violation", c.stream_id)
+
+
+def test_ten_thousand_attributes(cm, raw):
+    """Well-formed but absurd: 10000 attributes (under the size limit)
+    are parsed without trouble and routed as written."""
+    sb, ngx = cm()
+    c = raw(ngx.port)
+    c.login("alice", "alicepw", resource="attrs")
+    attrs = " ".join('a%d="v"' % i for i in range(10000))
+    c.send('<message to="bob@localhost" id="many" %s><body>ok</body>'
+           '</message>' % attrs)
+    sb.wait(lambda: [r for r in sb.routes_for(c.stream_id)
+                     if 'a9999="v"' in r], 10, "the 10000-attribute stanza")
+    assert c.stream_error() is None, c.text
+
+
+def test_huge_base64_auth_before_authentication(cm, raw):
+    """A SASL <auth> far over the pre-authentication limit."""
+    sb, ngx = cm()
+    c = raw(ngx.port)
+    c.open()
+    try:
+        c.send('<auth xmlns="%s" mechanism="PLAIN">BADMARK%s</auth>'
+               % (NS_SASL, "QUFB" * 50000))
+    except OSError:
+        pass
+    check_rejected(sb, c, "policy-violation")
