@@ -179,3 +179,23 @@ server {
     nginx(body, standin=sb)
     socks = sb.cm_sockets("cm1-")
     assert len(socks) == 2 and all(s["authenticated"] for s in socks), socks
+
+
+def test_silent_upstream_detected_and_replaced(standin, nginx, raw):
+    """A half-open Openfire link (no heartbeat, no traffic) is declared
+    dead after xmpp_cm_upstream_timeout; its clients are told, and the CM
+    reconnects with fresh resources and serves logins again."""
+    sb = standin(heartbeat=0)
+    ngx = nginx(standin=sb, extra="xmpp_cm_upstream_timeout 1500ms;\n"
+                                  "xmpp_cm_keepalive 10s;\n"
+                                  "xmpp_cm_reconnect 100ms 1s;")
+    before = {s["resource"] for s in sb.cm_sockets("cm1-")}
+    c = raw(ngx.port)
+    c.login("alice", "alicepw", resource="h")
+    assert c.expect_stream_error(5) == "remote-connection-failed", c.text
+    assert ngx.log_lines(r"no data from Openfire within "
+                         r"xmpp_cm_upstream_timeout")
+    wait_until(lambda: {s["resource"] for s in sb.cm_sockets("cm1-")}
+               - before, 5, what="fresh sockets")
+    d = raw(ngx.port)
+    d.login("bob", "bobpw", resource="after")
