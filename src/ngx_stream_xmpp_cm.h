@@ -379,6 +379,7 @@ void ngx_xmpp_cm_session_client_gone(ngx_xmpp_cm_session_t *s,
 void ngx_xmpp_cm_session_forget(ngx_xmpp_cm_session_t *s);
 ngx_xmpp_cm_session_t *ngx_xmpp_cm_session_find(ngx_xmpp_cm_pool_t *pool,
     ngx_str_t *id);
+ngx_int_t ngx_xmpp_cm_session_id_ok(ngx_str_t *id);
 void ngx_xmpp_cm_session_route(ngx_xmpp_cm_pool_t *pool,
     ngx_xmpp_cm_sock_t *sock, ngx_xmpp_cm_node_t *route);
 void ngx_xmpp_cm_session_iq(ngx_xmpp_cm_pool_t *pool,

@@ -332,7 +332,9 @@ ngx_xmpp_cm_route_raw(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
 
     len = ngx_xmpp_cm_route_head(pool, id, NULL) + n + sizeof("</route>") - 1;
 
-    if (id->len == 0 || n == 0 || len > NGX_XMPP_CM_OPENFIRE_MAX - 16) {
+    if (!ngx_xmpp_cm_session_id_ok(id) || n == 0
+        || len > NGX_XMPP_CM_OPENFIRE_MAX - 16)
+    {
         return NGX_DECLINED;
     }
 
@@ -362,8 +364,8 @@ ngx_xmpp_cm_route_session_iq(ngx_xmpp_cm_pool_t *pool,
     u_char  *p, buf[512];
     size_t   len;
 
-    if (id->len == 0) {
-        /* an empty session id would kill the shared socket */
+    if (!ngx_xmpp_cm_session_id_ok(id)) {
+        /* an empty or odd session id would kill the shared socket */
         return NGX_ERROR;
     }
 

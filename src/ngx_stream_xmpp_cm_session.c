@@ -93,6 +93,34 @@ ngx_xmpp_cm_session_sock(ngx_xmpp_cm_session_t *s)
 }
 
 
+/*
+ * Stream ids this module makes are "w<pid>-<hex>".  An id from Openfire
+ * with anything but letters, digits, '-', '_' or '.' cannot be one of
+ * ours, and is never written back (it could break the shared stream).
+ */
+
+ngx_int_t
+ngx_xmpp_cm_session_id_ok(ngx_str_t *id)
+{
+    u_char  *p, *end;
+
+    if (id == NULL || id->len == 0 || id->len >= NGX_XMPP_CM_ID_LEN) {
+        return 0;
+    }
+
+    for (p = id->data, end = p + id->len; p < end; p++) {
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')
+              || (*p >= '0' && *p <= '9') || *p == '-' || *p == '_'
+              || *p == '.'))
+        {
+            return 0;
+        }
+    }
+
+    return 1;
+}
+
+
 ngx_xmpp_cm_session_t *
 ngx_xmpp_cm_session_find(ngx_xmpp_cm_pool_t *pool, ngx_str_t *id)
 {
@@ -259,7 +287,7 @@ ngx_xmpp_cm_session_route(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
 
     id = ngx_xmpp_cm_node_attr(route, "streamid");
 
-    if (id == NULL || id->len == 0 || id->len >= NGX_XMPP_CM_ID_LEN) {
+    if (!ngx_xmpp_cm_session_id_ok(id)) {
         ngx_log_error(NGX_LOG_WARN, &pool->log, 0,
                       "xmpp_cm: route without a usable streamid dropped");
         pool->dropped++;
@@ -483,7 +511,7 @@ ngx_xmpp_cm_session_iq(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
     session = ngx_xmpp_cm_node_child(iq, "session");
     id = session ? ngx_xmpp_cm_node_attr(session, "id") : NULL;
 
-    if (type == NULL || id == NULL || id->len == 0) {
+    if (type == NULL || !ngx_xmpp_cm_session_id_ok(id)) {
         return;
     }
 
