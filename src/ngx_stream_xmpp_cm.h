@@ -204,7 +204,6 @@ typedef struct {
     size_t                           pend_size;
     XML_Index                        pend_base;
     XML_Index                        mark;
-    XML_Index                        last_start;
     XML_Index                        last_start_end;
 
     /* the stanza being parsed */
@@ -325,7 +324,6 @@ struct ngx_xmpp_cm_pool_s {
 
     ngx_str_t                        features;     /* pre-auth, built */
     size_t                           features_size;
-    unsigned                         cfg_starttls:1;
     unsigned                         cfg_tls_required:1;
     unsigned                         cfg_compression:1;
 
@@ -354,10 +352,6 @@ void ngx_xmpp_cm_sock_block(ngx_xmpp_cm_sock_t *sock,
 
 /* session table (ngx_stream_xmpp_cm_session.c) */
 
-#define NGX_XMPP_CM_SESSION_ACTIVE   0
-#define NGX_XMPP_CM_SESSION_CLOSING  1
-
-
 struct ngx_xmpp_cm_session_s {
     ngx_str_node_t                   node;
     u_char                           id[NGX_XMPP_CM_ID_LEN];
@@ -366,7 +360,6 @@ struct ngx_xmpp_cm_session_s {
     ngx_xmpp_cm_client_t            *client;
     ngx_event_t                      close_ev;
     ngx_queue_t                      blocked;
-    ngx_uint_t                       state;
     unsigned                         is_blocked:1;
 };
 

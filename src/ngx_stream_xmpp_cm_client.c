@@ -16,8 +16,6 @@
 #define NGX_XMPP_CM_CLIENT_READ    16384
 #define NGX_XMPP_CM_LINGER         5000
 
-#define NGX_XMPP_CM_C_HEADER       0
-#define NGX_XMPP_CM_C_OPEN         1
 
 
 struct ngx_xmpp_cm_client_s {
@@ -33,7 +31,6 @@ struct ngx_xmpp_cm_client_s {
     ngx_str_t                        domain;
     ngx_str_t                        streamid;
     ngx_str_t                        jid;
-    ngx_uint_t                       state;
     ngx_msec_t                       partial_since;
     ngx_msec_t                       auth_deadline;
     ngx_queue_t                      link;
@@ -360,7 +357,6 @@ ngx_xmpp_cm_client_input(ngx_xmpp_cm_client_t *cl, u_char *buf, size_t n)
         return NGX_DONE;
     }
 
-    cl->state = NGX_XMPP_CM_C_HEADER;
 
     if (n == 0) {
         return NGX_OK;
@@ -584,7 +580,6 @@ ngx_xmpp_cm_client_open(void *data, ngx_str_t *name, ngx_str_t *ns,
     }
 
     ngx_xmpp_cm_client_header(cl);
-    cl->state = NGX_XMPP_CM_C_OPEN;
 
     return NGX_OK;
 }
@@ -1255,7 +1250,6 @@ static void
 ngx_xmpp_cm_client_success(ngx_xmpp_cm_client_t *cl)
 {
     cl->authenticated = 1;
-    cl->state = NGX_XMPP_CM_C_HEADER;
     cl->c->log->action = "in an authenticated XMPP stream";
 
     if (ngx_xmpp_cm_xml_reset(cl->xml) != NGX_OK) {
@@ -1406,7 +1400,6 @@ ngx_xmpp_cm_client_starttls(ngx_xmpp_cm_client_t *cl)
         return;
     }
 
-    cl->state = NGX_XMPP_CM_C_HEADER;
 
     rc = ngx_xmpp_cm_tls_start(c, cl->conf, ngx_xmpp_cm_client_tls_done);
 

@@ -159,7 +159,6 @@ void
 ngx_xmpp_cm_session_client_gone(ngx_xmpp_cm_session_t *s, ngx_uint_t now)
 {
     s->client = NULL;
-    s->state = NGX_XMPP_CM_SESSION_CLOSING;
 
     if (s->is_blocked) {
         ngx_queue_remove(&s->blocked);

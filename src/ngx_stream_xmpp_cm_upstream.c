@@ -953,9 +953,6 @@ ngx_xmpp_cm_pool_configure(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_node_t *cfg)
     }
 
     p = buf;
-    pool->cfg_starttls = 0;
-    pool->cfg_tls_required = 0;
-    pool->cfg_compression = 0;
 
     n = ngx_xmpp_cm_node_child(cfg, "mechanisms");
 
@@ -995,10 +992,7 @@ ngx_xmpp_cm_pool_configure(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_node_t *cfg)
 
     n = ngx_xmpp_cm_node_child(cfg, "starttls");
 
-    if (n) {
-        pool->cfg_starttls = 1;
-        pool->cfg_tls_required = ngx_xmpp_cm_node_child(n, "required") != NULL;
-    }
+    pool->cfg_tls_required = n && ngx_xmpp_cm_node_child(n, "required");
 
     pool->cfg_compression = ngx_xmpp_cm_node_child(cfg, "compression") != NULL;
 

@@ -661,7 +661,6 @@ ngx_xmpp_cm_xml_start(void *data, const XML_Char *name,
     }
 
     idx = XML_GetCurrentByteIndex(x->parser);
-    x->last_start = idx;
     x->last_start_end = idx + XML_GetCurrentByteCount(x->parser);
 
     ngx_xmpp_cm_split3(name, &ns, &local, &prefix);

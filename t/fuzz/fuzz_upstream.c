@@ -229,7 +229,6 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         s->node.node.key = ngx_crc32_short(s->id, 3);
         s->pool = &fp.pool;
         s->sock = &fp.socks[i % 2];
-        s->state = NGX_XMPP_CM_SESSION_CLOSING;
         ngx_rbtree_insert(&fp.pool.sessions, &s->node.node);
         fp.pool.nsessions++;
     }
