@@ -43,6 +43,7 @@ struct ngx_xmpp_cm_client_s {
     unsigned                         header_sent:1;
     unsigned                         blocked:1;
     unsigned                         closing:1;
+    unsigned                         lingering:1;
 };
 
 
@@ -50,6 +51,8 @@ static void ngx_xmpp_cm_client_read_handler(ngx_event_t *rev);
 static void ngx_xmpp_cm_client_write_handler(ngx_event_t *wev);
 static void ngx_xmpp_cm_client_cleanup(void *data);
 static void ngx_xmpp_cm_client_finalize(ngx_xmpp_cm_client_t *cl);
+static void ngx_xmpp_cm_client_linger(ngx_xmpp_cm_client_t *cl);
+static void ngx_xmpp_cm_client_drain(ngx_xmpp_cm_client_t *cl);
 static ngx_int_t ngx_xmpp_cm_client_process(ngx_xmpp_cm_client_t *cl,
     u_char *buf, size_t n);
 static ngx_int_t ngx_xmpp_cm_client_open(void *data, ngx_str_t *name,
@@ -178,12 +181,25 @@ ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
     cl = ngx_stream_get_module_ctx(s, ngx_stream_xmpp_cm_module);
 
     if (c->close) {
-        /* worker shutdown timeout */
+
+        /*
+         * worker_shutdown_timeout: the client is told, and what is queued
+         * for it (messages Openfire already routed, then the stream
+         * error) gets the linger to be read, as on any other end.  The
+         * shutdown timer marked the connection as failed only to make
+         * its owner close it; the linger timer bounds the close, and the
+         * worker exits when the last client is gone.
+         */
+
+        c->close = 0;
+        c->error = 0;
+
+        ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                      "xmpp_cm: worker shutdown timeout, ending the stream");
+
         ngx_xmpp_cm_client_end(cl, "system-shutdown",
                                "the connection manager is shutting down",
                                NULL, 0);
-        ngx_xmpp_cm_client_flush(cl);
-        ngx_xmpp_cm_client_finalize(cl);
         return;
     }
 
@@ -1366,7 +1382,7 @@ ngx_xmpp_cm_client_write_handler(ngx_event_t *wev)
     }
 
     if (rc == NGX_OK && cl->closing) {
-        ngx_xmpp_cm_client_finalize(cl);
+        ngx_xmpp_cm_client_linger(cl);
         return;
     }
 
@@ -1484,6 +1500,91 @@ ngx_xmpp_cm_client_orphan(ngx_xmpp_cm_client_t *cl)
 }
 
 
+/*
+ * Everything for a closing client is written.  Closing the socket now
+ * would make the kernel answer any unread input with a RST, and a RST can
+ * destroy the stream error still in the client's receive queue: the
+ * client would never learn why.  So, as nginx's lingering close and RFC
+ * 6120 4.4 have it, the write side is shut (plaintext: FIN after the
+ * data) and the input is read and dropped until the client closes or the
+ * linger timer set by ngx_xmpp_cm_client_end() fires.  Over TLS the
+ * close_notify goes first (TLS half-close: reading goes on); if the socket
+ * cannot take it now, the write side stays open and the client still
+ * closes on </stream:stream>.
+ */
+
+static void
+ngx_xmpp_cm_client_linger(ngx_xmpp_cm_client_t *cl)
+{
+    ngx_connection_t  *c;
+
+    c = cl->c;
+
+    if (cl->lingering) {
+        return;
+    }
+
+    cl->lingering = 1;
+
+#if (NGX_STREAM_SSL)
+    if (c->ssl) {
+        ERR_clear_error();
+
+        if (SSL_shutdown(c->ssl->connection) < 0) {
+            ERR_clear_error();
+            goto drain;
+        }
+    }
+#endif
+
+    if (shutdown(c->fd, SHUT_WR) == -1) {
+        ngx_log_debug1(NGX_LOG_DEBUG_STREAM, c->log, ngx_socket_errno,
+                       "xmpp_cm: shutdown(SHUT_WR) failed on fd %d", c->fd);
+        ngx_xmpp_cm_client_finalize(cl);
+        return;
+    }
+
+#if (NGX_STREAM_SSL)
+drain:
+#endif
+
+    if (!c->read->posted) {
+        ngx_post_event(c->read, &ngx_posted_events);
+    }
+}
+
+
+/*
+ * Worker exit: no time to linger, but the input already received is read
+ * (and dropped) before the close, so that the close sends a FIN after the
+ * stream error rather than a RST.
+ */
+
+static void
+ngx_xmpp_cm_client_drain(ngx_xmpp_cm_client_t *cl)
+{
+    ssize_t            n;
+    ngx_uint_t         i;
+    ngx_connection_t  *c;
+
+    c = cl->c;
+
+    if (cl->out.size || c->ssl) {
+        return;
+    }
+
+    (void) shutdown(c->fd, SHUT_WR);
+
+    for (i = 0; i < 64; i++) {
+        n = c->recv(c, ngx_xmpp_cm_client_buf, NGX_XMPP_CM_CLIENT_READ);
+
+        if (n <= 0) {
+            break;
+        }
+    }
+}
+
+
 static void
 ngx_xmpp_cm_client_finalize(ngx_xmpp_cm_client_t *cl)
 {
@@ -1541,6 +1642,7 @@ ngx_xmpp_cm_client_shutdown_all(void)
                                "the connection manager is shutting down",
                                NULL, 0);
         ngx_xmpp_cm_client_flush(cl);
+        ngx_xmpp_cm_client_drain(cl);
         ngx_xmpp_cm_client_finalize(cl);
     }
 }
