@@ -216,7 +216,7 @@ def nginx(tmp_path, module_path, request):
                 secret=DEFAULT_SECRET, domain=DEFAULT_DOMAIN,
                 listen_extra="", stream_extra="", main_extra="",
                 log_level="debug", wait_sockets=True, port=None,
-                ready_timeout=15):
+                ready_timeout=15, worker_connections=4096):
         port = port or free_port()
         if upstream is None:
             upstream = "127.0.0.1:%d" % (standin.port if standin
@@ -231,7 +231,8 @@ def nginx(tmp_path, module_path, request):
         body = stream_extra + "\n" + body
         prefix = tmp_path / ("nginx%d" % len(started))
         n = nginx_lib.Nginx(prefix, module_path, body, workers=workers,
-                            log_level=log_level, main_extra=main_extra)
+                            log_level=log_level, main_extra=main_extra,
+                            worker_connections=worker_connections)
         n.port = port
         n.standin = standin
         n.name = name

@@ -36,7 +36,7 @@ worker_processes {workers};
 error_log {prefix}/error.log {log_level};
 pid {prefix}/nginx.pid;
 {main_extra}
-events {{ worker_connections 4096; }}
+events {{ worker_connections {worker_connections}; }}
 
 stream {{
 {body}
@@ -45,10 +45,11 @@ stream {{
 
 
 def make_conf(prefix, module, body, workers=1, log_level="debug",
-              main_extra=""):
+              main_extra="", worker_connections=4096):
     conf = CONF_TEMPLATE.format(stream_module=STREAM_MODULE, module=module,
                                 workers=workers, prefix=prefix,
                                 log_level=log_level, main_extra=main_extra,
+                                worker_connections=worker_connections,
                                 body=body)
     if STATIC:
         conf = "\n".join(l for l in conf.split("\n")
@@ -171,7 +172,7 @@ def backtraces(cores_dir, limit=2):
 
 class Nginx:
     def __init__(self, prefix, module, body, workers=1, log_level="debug",
-                 main_extra=""):
+                 main_extra="", worker_connections=4096):
         self.prefix = str(prefix)
         os.makedirs(self.prefix, exist_ok=True)
         self.conf_path = os.path.join(self.prefix, "nginx.conf")
@@ -181,7 +182,7 @@ class Nginx:
         main_extra = ("worker_rlimit_core 2g;\nworking_directory %s;\n"
                       % self.cores) + main_extra
         self.conf = make_conf(self.prefix, module, body, workers, log_level,
-                              main_extra)
+                              main_extra, worker_connections)
         with open(self.conf_path, "w") as f:
             f.write(self.conf)
         self.proc = None

@@ -1522,9 +1522,11 @@ class Openfire:
         socks[0].send(xml)
         return {"sock": socks[0].id}
 
-    def ctl_drop_sockets(self, cm=None, abort=False):
+    def ctl_drop_sockets(self, cm=None, abort=False, count=None):
         victims = [c for c in list(self.conns)
                    if cm is None or c.cm == cm.lower()]
+        if count is not None:
+            victims = victims[:int(count)]
         for c in victims:
             if abort:
                 self.cleanup(c)
