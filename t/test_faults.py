@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from lib.nginx import VALGRIND
 from lib.swarm import Swarm, account
 from lib.util import proc_rss_kb, wait_until
 
@@ -26,6 +27,9 @@ FAST = ("xmpp_cm_reconnect 100ms 1s;\n"
 # and for logins to work again once Openfire is back (reconnect max 1s)
 KILL_BOUND = 5.0
 BACK_BOUND = 5.0
+
+# under valgrind (about 30 times slower) the same scenarios, smaller
+SCALE = 10 if VALGRIND else 1
 
 
 @pytest.fixture(autouse=True)
@@ -103,7 +107,7 @@ def test_openfire_killed_with_thousands_of_sessions(standin, nginx, swarm):
     remote-connection-failed within KILL_BOUND, the worker survives,
     nothing is lost untold, and once Openfire is back all 2000 log in
     again and every message is delivered."""
-    N = 2000
+    N = 2000 // SCALE
     sb = standin()
     ngx = nginx(standin=sb, connections=4, log_level="info", extra=FAST)
     [worker] = ngx.worker_pids()
@@ -171,7 +175,7 @@ def test_openfire_slow_to_read_nothing_lost(standin, nginx, swarm):
     each (40 MB):
     worker memory stays bounded while the clients are slowed; once it
     reads again every message arrives, in order per sender."""
-    N, PER = 500, 80
+    N, PER = 500 // SCALE, 80
     sb = standin()
     ngx = nginx(standin=sb, connections=2, log_level="info", extra=FAST +
                 "\nxmpp_cm_upstream_watermarks 64k 16k;")
@@ -222,7 +226,7 @@ def test_reload_under_traffic_nothing_lost(standin, nginx, swarm):
     """nginx -s reload while 400 sessions chat: the old worker keeps its
     sessions under its own CM name, 400 new ones log in to the new worker,
     and every message between the generations is delivered."""
-    N = 400
+    N = 400 // SCALE
     sb = standin()
     ngx = nginx(standin=sb, connections=2, log_level="info", extra=FAST)
     old_names = {s["cm"] for s in sb.cm_sockets("cm1-")}
@@ -270,7 +274,7 @@ def test_quit_under_traffic_nothing_lost(standin, nginx, swarm):
     """nginx -s quit while 1000 sessions chat: every client is told
     (system-shutdown), every session is closed on Openfire, and no
     message is lost untold."""
-    N = 1000
+    N = 1000 // SCALE
     sb = standin()
     ngx = nginx(standin=sb, connections=2, log_level="info", extra=FAST,
                 main_extra="worker_shutdown_timeout 2s;")
@@ -361,7 +365,7 @@ def test_ten_thousand_connections_at_once(standin, nginx, swarm):
     """10000 clients connect at the same moment and log in: each is
     served (no refusal, no reset), Openfire sees 10000 sessions, and all
     of them are closed on Openfire when the clients leave."""
-    N = 10000
+    N = 10000 // SCALE
     sb = standin()
     ngx = nginx(standin=sb, connections=4, log_level="warn", extra=FAST,
                 main_extra="worker_rlimit_nofile 20000;",
