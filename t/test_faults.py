@@ -310,6 +310,9 @@ def test_fd_exhaustion_logged_survived_recovered(standin, nginx, swarm):
     backoff) while the other keeps the sessions; once clients leave, the
     waiting ones are served, the socket is back, and logins and chat
     work again."""
+    if VALGRIND:
+        pytest.skip("valgrind keeps descriptors of its own and refuses "
+                    "setrlimit(RLIMIT_NOFILE)")
     sb = standin()
     ngx = nginx(standin=sb, connections=2, log_level="info", extra=FAST,
                 main_extra="worker_rlimit_nofile 64;",
@@ -370,7 +373,8 @@ def test_ten_thousand_connections_at_once(standin, nginx, swarm):
     N = 10000 // SCALE
     sb = standin()
     ngx = nginx(standin=sb, connections=4, log_level="warn", extra=FAST,
-                main_extra="worker_rlimit_nofile 20000;",
+                main_extra="" if VALGRIND else
+                "worker_rlimit_nofile 20000;",
                 listen_extra=" backlog=16384", worker_connections=12000)
     [worker] = ngx.worker_pids()
     rss0 = proc_rss_kb(worker)
