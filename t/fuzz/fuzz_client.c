@@ -270,17 +270,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static const size_t      sizes[] = { 512, 16384, 262144, 1047552 };
     static const ngx_uint_t  depths[] = { 2, 4, 32, 1000 };
 
-    if (size < 3) {
+    if (fuzz_begin(&fp, &data, &size, &flags, &rng) != NGX_OK) {
         return 0;
     }
-
-    fuzz_init();
-    fuzz_pool_init(&fp);
-
-    flags = data[0];
-    rng.s = 0x10000u | data[1] | (data[2] << 8);
-    data += 3;
-    size -= 3;
 
     pool = ngx_create_pool(1024, &fuzz_log);
 

@@ -134,6 +134,28 @@ fuzz_pool_init(fuzz_pool_t *fp)
 }
 
 
+ngx_int_t
+fuzz_begin(fuzz_pool_t *fp, const uint8_t **data, size_t *size,
+    uint8_t *flags, fuzz_rng_t *rng)
+{
+    const uint8_t  *d = *data;
+
+    if (*size < 3) {
+        return NGX_DECLINED;
+    }
+
+    fuzz_init();
+    fuzz_pool_init(fp);
+
+    *flags = d[0];
+    rng->s = 0x10000u | d[1] | (d[2] << 8);
+    *data = d + 3;
+    *size -= 3;
+
+    return NGX_OK;
+}
+
+
 u_char *
 fuzz_queue_take(ngx_xmpp_cm_queue_t *q, size_t *len)
 {

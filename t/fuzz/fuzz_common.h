@@ -68,6 +68,14 @@ typedef struct {
 } fuzz_pool_t;
 
 void fuzz_pool_init(fuzz_pool_t *fp);
+
+/*
+ * The head of an input for the targets with a pool: byte 0 is flags,
+ * bytes 1-2 seed the RNG; initialises the target and the pool and
+ * advances data past the head.  NGX_DECLINED: too short to use.
+ */
+ngx_int_t fuzz_begin(fuzz_pool_t *fp, const uint8_t **data, size_t *size,
+    uint8_t *flags, fuzz_rng_t *rng);
 /* the bytes queued on a socket, as one malloc()ed string (caller frees) */
 u_char *fuzz_queue_take(ngx_xmpp_cm_queue_t *q, size_t *len);
 

@@ -187,17 +187,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ngx_xmpp_cm_sock_t     *sock;
     ngx_xmpp_cm_session_t  *s;
 
-    if (size < 3) {
+    if (fuzz_begin(&fp, &data, &size, &flags, &rng) != NGX_OK) {
         return 0;
     }
-
-    fuzz_init();
-    fuzz_pool_init(&fp);
-
-    flags = data[0];
-    rng.s = 0x10000u | data[1] | (data[2] << 8);
-    data += 3;
-    size -= 3;
 
     pool = ngx_create_pool(4096, &fuzz_log);
     fp.pool.log = fuzz_log;
