@@ -169,6 +169,32 @@ def test_openfire_killed_with_thousands_of_sessions(standin, nginx, swarm):
     assert ngx.worker_pids() == [worker]
 
 
+def test_one_socket_reset_under_traffic(standin, nginx, swarm):
+    """One of four CM sockets is reset by Openfire while 500 sessions
+    chat: the sessions stay up (the others carry them), what was queued on
+    the lost socket moves to a live one, and every message is delivered."""
+    N = 500 // SCALE
+    sb = standin()
+    ngx = nginx(standin=sb, connections=4, log_level="info", extra=FAST)
+    [worker] = ngx.worker_pids()
+    sw = swarm(ngx.port)
+    clients = sw.add(N)
+    sw.login(clients, 60)
+    tick = throttled(chatter(clients), 0.05)
+    sw.run_for(1.0, tick)
+    assert sb.call("drop_sockets", count=1, abort=True)["dropped"] == 1
+    sw.run_for(1.0, tick)
+    sw.run_until(lambda: sum(len(c.received) for c in clients) ==
+                 sum(len(c.sent) for c in clients), 20, "every message")
+    assert all(c.state == "ready" for c in clients), sw.summary()
+    acc = account(clients)
+    report("one socket reset", acc)
+    assert acc["delivered"] == acc["sent"]
+    wait_until(lambda: len(sb.cm_sockets("cm1-")) == 4, 10,
+               what="the lost socket reconnected")
+    assert ngx.worker_pids() == [worker]
+
+
 @pytest.mark.slow
 def test_openfire_slow_to_read_nothing_lost(standin, nginx, swarm):
     """Openfire stops reading under 500 clients sending 40 messages of 2 KB
