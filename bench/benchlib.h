@@ -1,7 +1,8 @@
 /*
  * Shared helpers of the benchmark tools (loadgen, fakeof, fakexmpp):
  * a splitter of top-level XML units, attribute extraction, growable
- * byte buffers, a JID/stream-id hash table, base64, time.
+ * byte buffers and their nonblocking I/O, a JID/stream-id hash table,
+ * base64, time, the listener and epoll scaffolding of the fake servers.
  *
  * This is not an XML parser.  The peers are known (nginx with the module,
  * the load generator): a careful splitter that tracks tags, both quote
@@ -50,6 +51,17 @@ xmalloc(size_t n)
 
     if (p == NULL) {
         die("malloc");
+    }
+    return p;
+}
+
+static inline void *
+xcalloc(size_t n, size_t size)
+{
+    void *p = calloc(n, size);
+
+    if (p == NULL) {
+        die("calloc");
     }
     return p;
 }
@@ -130,6 +142,61 @@ buf_free(buf_t *b)
     free(b->p);
     b->p = NULL;
     b->len = b->cap = 0;
+}
+
+/*
+ * Append to b all that the nonblocking fd has for now.  Returns 1 while
+ * the peer is open, 0 on end of file or an error.
+ */
+static inline int
+buf_read(buf_t *b, int fd)
+{
+    static char  rb[65536];
+
+    for (;;) {
+        ssize_t n = read(fd, rb, sizeof(rb));
+
+        if (n > 0) {
+            buf_add(b, rb, n);
+            if ((size_t) n < sizeof(rb)) {
+                return 1;
+            }
+            continue;
+        }
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0 && errno == EAGAIN) {
+            return 1;
+        }
+        return 0;
+    }
+}
+
+/*
+ * Write what b holds to the nonblocking fd and consume it.  Returns 1
+ * when b is empty, 0 when the socket is full (the rest stays in b), -1
+ * on an error.
+ */
+static inline int
+buf_write(buf_t *b, int fd)
+{
+    while (b->len) {
+        ssize_t n = write(fd, b->p, b->len);
+
+        if (n > 0) {
+            buf_consume(b, n);
+            continue;
+        }
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0 && errno == EAGAIN) {
+            return 0;
+        }
+        return -1;
+    }
+    return 1;
 }
 
 /* ------------------------------------------------------------ splitter */
@@ -294,6 +361,36 @@ split_unit(const char *s, size_t len, size_t *ulen)
         }
     }
     return U_NONE;
+}
+
+/*
+ * Hands the complete units at the head of b to fn in turn (U_OPEN,
+ * U_ELEM and U_CLOSE; text and declarations are skipped) and consumes
+ * them.  fn returns 0 to go on; anything else stops after that unit,
+ * leaving the units behind it in b, and is returned (0 when all went).
+ * fn may buf_free(b), but must then stop.
+ */
+typedef int (*unit_fn)(void *data, int type, const char *s, size_t len);
+
+static inline int
+each_unit(buf_t *b, unit_fn fn, void *data)
+{
+    size_t  off = 0, ul;
+    int     t, rc = 0;
+
+    while ((t = split_unit(b->p + off, b->len - off, &ul)) != U_NONE) {
+        const char *u = b->p + off;
+
+        off += ul;
+        if (t == U_OPEN || t == U_ELEM || t == U_CLOSE) {
+            rc = fn(data, t, u, ul);
+            if (rc != 0) {
+                break;
+            }
+        }
+    }
+    buf_consume(b, off);
+    return rc;
 }
 
 /* "<name" of an element: copies the qualified name into out */
@@ -511,10 +608,7 @@ static inline void
 hmap_init(hmap_t *m, size_t n)
 {
     m->n = n;
-    m->b = calloc(n, sizeof(hent_t *));
-    if (m->b == NULL) {
-        die("calloc");
-    }
+    m->b = xcalloc(n, sizeof(hent_t *));
 }
 
 static inline void *
@@ -599,6 +693,62 @@ listen_on(const char *hostport, int *port_out)
     *port_out = ntohs(sa.sin_port);
     set_nonblock(fd);
     return fd;
+}
+
+/* (re)registers fd in ep for EPOLLIN, and for EPOLLOUT too when out */
+static inline void
+ep_watch(int ep, int op, int fd, int out, void *ptr)
+{
+    struct epoll_event  ev;
+
+    ev.events = EPOLLIN | (out ? EPOLLOUT : 0);
+    ev.data.ptr = ptr;
+    epoll_ctl(ep, op, fd, &ev);
+}
+
+/* one pending connection of the listener lfd, nonblocking and with
+ * TCP_NODELAY; -1 when there is none */
+static inline int
+accept_one(int lfd)
+{
+    int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK);
+
+    if (fd >= 0) {
+        set_nodelay(fd);
+    }
+    return fd;
+}
+
+/* ------------------------------------------------------------ serve */
+
+static volatile sig_atomic_t  stop;     /* SIGTERM or SIGINT came */
+
+static inline void
+on_stop(int s)
+{
+    (void) s;
+    stop = 1;
+}
+
+/*
+ * The start of the fake servers: SIGPIPE ignored, SIGTERM and SIGINT set
+ * `stop`, a listener on hostport in a new epoll set *ep (data.ptr NULL),
+ * "READY <port>" on stdout.  Returns the listener.
+ */
+static inline int
+serve(const char *hostport, int *ep)
+{
+    int  lfd, port;
+
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGTERM, on_stop);
+    signal(SIGINT, on_stop);
+    lfd = listen_on(hostport, &port);
+    *ep = epoll_create1(0);
+    ep_watch(*ep, EPOLL_CTL_ADD, lfd, 0, NULL);
+    printf("READY %d\n", port);
+    fflush(stdout);
+    return lfd;
 }
 
 /* ------------------------------------------------------------ rewrite */

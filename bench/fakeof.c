@@ -49,18 +49,10 @@ static const char  *secret = "cmsecret";
 static int          epfd;
 static hmap_t       by_sid, by_jid;
 static conn_t      *dirty;
-static volatile sig_atomic_t  stop;
 static conn_t      *all[1024];
 static int          nall;
 static unsigned long  n_conns, n_creates, n_closes, n_auth, n_bind,
                       n_msg_in, n_msg_out, n_msg_drop, n_other, n_elems;
-
-static void
-on_sig(int s)
-{
-    (void) s;
-    stop = 1;
-}
 
 static void
 mark_dirty(conn_t *c)
@@ -100,32 +92,15 @@ conn_close(conn_t *c)
 static void
 flush(conn_t *c)
 {
-    while (c->out.len) {
-        ssize_t n = write(c->fd, c->out.p, c->out.len);
+    int  rc = buf_write(&c->out, c->fd);
 
-        if (n > 0) {
-            buf_consume(&c->out, n);
-            continue;
-        }
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n < 0 && errno == EAGAIN) {
-            if (!c->wantout) {
-                struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT,
-                                          .data.ptr = c };
-                epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
-                c->wantout = 1;
-            }
-            return;
-        }
+    if (rc < 0) {
         conn_close(c);
         return;
     }
-    if (c->wantout) {
-        struct epoll_event ev = { .events = EPOLLIN, .data.ptr = c };
-        epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
-        c->wantout = 0;
+    if (c->wantout != (rc == 0)) {         /* EPOLLOUT while it is full */
+        c->wantout = (rc == 0);
+        ep_watch(epfd, EPOLL_CTL_MOD, c->fd, c->wantout, c);
     }
 }
 
@@ -248,11 +223,8 @@ on_iq(conn_t *c, const char *s, size_t len)
     key[sl] = '\0';
     create = mem_find(sess, len - (sess - s), "<create") != NULL;
     if (create) {
-        sess_t *ss = calloc(1, sizeof(*ss));
+        sess_t *ss = xcalloc(1, sizeof(*ss));
 
-        if (ss == NULL) {
-            die("calloc");
-        }
         memcpy(ss->sid, key, sl + 1);
         ss->c = c;
         {
@@ -473,53 +445,30 @@ on_elem(conn_t *c, const char *s, size_t len)
     }
 }
 
+static int
+on_unit(void *data, int type, const char *s, size_t len)
+{
+    conn_t  *c = data;
+
+    if (type == U_OPEN) {
+        on_open(c, s, len);
+    } else if (type == U_ELEM) {
+        on_elem(c, s, len);
+    } else {
+        buf_adds(&c->out, "</stream:stream>");
+        c->state = -2;
+    }
+    return c->state == -2;                   /* closing: stop reading */
+}
+
 static void
 on_read(conn_t *c)
 {
-    char  rb[65536];
-
-    for (;;) {
-        ssize_t n = read(c->fd, rb, sizeof(rb));
-
-        if (n > 0) {
-            buf_add(&c->in, rb, n);
-            if ((size_t) n < sizeof(rb)) {
-                break;
-            }
-            continue;
-        }
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n < 0 && errno == EAGAIN) {
-            break;
-        }
+    if (!buf_read(&c->in, c->fd)) {
         conn_close(c);
         return;
     }
-    {
-        size_t  off = 0, ul;
-        int     t;
-
-        while ((t = split_unit(c->in.p + off, c->in.len - off, &ul)) != U_NONE)
-        {
-            const char *u = c->in.p + off;
-
-            off += ul;
-            if (t == U_OPEN) {
-                on_open(c, u, ul);
-            } else if (t == U_ELEM) {
-                on_elem(c, u, ul);
-            } else if (t == U_CLOSE) {
-                buf_adds(&c->out, "</stream:stream>");
-                c->state = -2;
-            }
-            if (c->state == -2) {
-                break;
-            }
-        }
-        buf_consume(&c->in, off);
-    }
+    each_unit(&c->in, on_unit, c);
     mark_dirty(c);
 }
 
@@ -527,8 +476,8 @@ int
 main(int argc, char **argv)
 {
     const char          *listen_addr = "127.0.0.1:0";
-    int                  lfd, port, i;
-    struct epoll_event   ev, evs[MAXEV];
+    int                  lfd, i;
+    struct epoll_event   evs[MAXEV];
     uint64_t             last_hb = now_ns();
 
     for (i = 1; i < argc; i++) {
@@ -544,19 +493,10 @@ main(int argc, char **argv)
             return 2;
         }
     }
-    signal(SIGPIPE, SIG_IGN);
-    signal(SIGTERM, on_sig);
-    signal(SIGINT, on_sig);
     srandom(getpid() ^ (unsigned) now_ns());
     hmap_init(&by_sid, 65536);
     hmap_init(&by_jid, 65536);
-    lfd = listen_on(listen_addr, &port);
-    epfd = epoll_create1(0);
-    ev.events = EPOLLIN;
-    ev.data.ptr = NULL;
-    epoll_ctl(epfd, EPOLL_CTL_ADD, lfd, &ev);
-    printf("READY %d\n", port);
-    fflush(stdout);
+    lfd = serve(listen_addr, &epfd);
 
     while (!stop) {
         int n = epoll_wait(epfd, evs, MAXEV, 1000);
@@ -565,21 +505,12 @@ main(int argc, char **argv)
             conn_t *c = evs[i].data.ptr;
 
             if (c == NULL) {
-                for (;;) {
-                    int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK);
+                int fd;
 
-                    if (fd < 0) {
-                        break;
-                    }
-                    set_nodelay(fd);
-                    c = calloc(1, sizeof(*c));
-                    if (c == NULL) {
-                        die("calloc");
-                    }
+                while ((fd = accept_one(lfd)) >= 0) {
+                    c = xcalloc(1, sizeof(*c));
                     c->fd = fd;
-                    ev.events = EPOLLIN;
-                    ev.data.ptr = c;
-                    epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
+                    ep_watch(epfd, EPOLL_CTL_ADD, fd, 0, c);
                     n_conns++;
                     if (nall < 1024) {
                         all[nall++] = c;

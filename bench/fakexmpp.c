@@ -37,16 +37,8 @@ static const char  *domain = "localhost";
 static int          epfd;
 static hmap_t       by_jid;
 static conn_t      *dirty;
-static volatile sig_atomic_t  stop;
 static unsigned long  n_conns, n_auth, n_bind, n_msg_in, n_msg_out,
                       n_msg_drop, n_other;
-
-static void
-on_sig(int s)
-{
-    (void) s;
-    stop = 1;
-}
 
 static void
 mark_dirty(conn_t *c)
@@ -83,32 +75,15 @@ conn_close(conn_t *c)
 static void
 flush(conn_t *c)
 {
-    while (c->out.len) {
-        ssize_t n = write(c->fd, c->out.p, c->out.len);
+    int  rc = buf_write(&c->out, c->fd);
 
-        if (n > 0) {
-            buf_consume(&c->out, n);
-            continue;
-        }
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n < 0 && errno == EAGAIN) {
-            if (!c->wantout) {
-                struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT,
-                                          .data.ptr = c };
-                epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
-                c->wantout = 1;
-            }
-            return;
-        }
+    if (rc < 0) {
         c->closing = 1;
         return;
     }
-    if (c->wantout) {
-        struct epoll_event ev = { .events = EPOLLIN, .data.ptr = c };
-        epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
-        c->wantout = 0;
+    if (c->wantout != (rc == 0)) {         /* EPOLLOUT while it is full */
+        c->wantout = (rc == 0);
+        ep_watch(epfd, EPOLL_CTL_MOD, c->fd, c->wantout, c);
     }
 }
 
@@ -245,51 +220,30 @@ on_elem(conn_t *c, const char *s, size_t len)
     n_other++;
 }
 
+static int
+on_unit(void *data, int type, const char *s, size_t len)
+{
+    conn_t  *c = data;
+
+    if (type == U_OPEN) {
+        on_open(c);
+    } else if (type == U_ELEM) {
+        on_elem(c, s, len);
+    } else {
+        buf_adds(&c->out, "</stream:stream>");
+        c->closing = 1;
+        return 1;
+    }
+    return 0;
+}
+
 static void
 on_read(conn_t *c)
 {
-    static char  rb[65536];
-
-    for (;;) {
-        ssize_t n = read(c->fd, rb, sizeof(rb));
-
-        if (n > 0) {
-            buf_add(&c->in, rb, n);
-            if ((size_t) n < sizeof(rb)) {
-                break;
-            }
-            continue;
-        }
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n < 0 && errno == EAGAIN) {
-            break;
-        }
+    if (!buf_read(&c->in, c->fd)) {
         c->closing = 1;
-        mark_dirty(c);
-        return;
-    }
-    {
-        size_t  off = 0, ul;
-        int     t;
-
-        while ((t = split_unit(c->in.p + off, c->in.len - off, &ul)) != U_NONE)
-        {
-            const char *u = c->in.p + off;
-
-            off += ul;
-            if (t == U_OPEN) {
-                on_open(c);
-            } else if (t == U_ELEM) {
-                on_elem(c, u, ul);
-            } else if (t == U_CLOSE) {
-                buf_adds(&c->out, "</stream:stream>");
-                c->closing = 1;
-                break;
-            }
-        }
-        buf_consume(&c->in, off);
+    } else {
+        each_unit(&c->in, on_unit, c);
     }
     mark_dirty(c);
 }
@@ -298,8 +252,8 @@ int
 main(int argc, char **argv)
 {
     const char          *listen_addr = "127.0.0.1:0";
-    int                  lfd, port, i;
-    struct epoll_event   ev, evs[MAXEV];
+    int                  lfd, i;
+    struct epoll_event   evs[MAXEV];
 
     for (i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--listen") && i + 1 < argc) {
@@ -311,18 +265,9 @@ main(int argc, char **argv)
             return 2;
         }
     }
-    signal(SIGPIPE, SIG_IGN);
-    signal(SIGTERM, on_sig);
-    signal(SIGINT, on_sig);
     srandom(getpid() ^ (unsigned) now_ns());
     hmap_init(&by_jid, 65536);
-    lfd = listen_on(listen_addr, &port);
-    epfd = epoll_create1(0);
-    ev.events = EPOLLIN;
-    ev.data.ptr = NULL;
-    epoll_ctl(epfd, EPOLL_CTL_ADD, lfd, &ev);
-    printf("READY %d\n", port);
-    fflush(stdout);
+    lfd = serve(listen_addr, &epfd);
 
     while (!stop) {
         int n = epoll_wait(epfd, evs, MAXEV, 1000);
@@ -331,22 +276,13 @@ main(int argc, char **argv)
             conn_t *c = evs[i].data.ptr;
 
             if (c == NULL) {
-                for (;;) {
-                    int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK);
+                int fd;
 
-                    if (fd < 0) {
-                        break;
-                    }
-                    set_nodelay(fd);
-                    c = calloc(1, sizeof(*c));
-                    if (c == NULL) {
-                        die("calloc");
-                    }
+                while ((fd = accept_one(lfd)) >= 0) {
+                    c = xcalloc(1, sizeof(*c));
                     c->fd = fd;
                     c->id = ++n_conns;
-                    ev.events = EPOLLIN;
-                    ev.data.ptr = c;
-                    epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
+                    ep_watch(epfd, EPOLL_CTL_ADD, fd, 0, c);
                 }
                 continue;
             }

@@ -167,11 +167,7 @@ self_cpu_us(void)
 static void
 cl_ev(cl_t *c, int out)
 {
-    struct epoll_event ev;
-
-    ev.events = EPOLLIN | (out ? EPOLLOUT : 0);
-    ev.data.ptr = c;
-    epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
+    ep_watch(epfd, EPOLL_CTL_MOD, c->fd, out, c);
     c->wantout = out;
 }
 
@@ -200,24 +196,18 @@ cl_kill(cl_t *c, int failed)
 static void
 cl_flush(cl_t *c)
 {
-    while (c->out.len) {
-        ssize_t n = write(c->fd, c->out.p, c->out.len);
+    size_t  len = c->out.len;
+    int     rc = buf_write(&c->out, c->fd);
 
-        if (n > 0) {
-            rep.bytes_out += n;
-            buf_consume(&c->out, n);
-            continue;
-        }
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n < 0 && errno == EAGAIN) {
-            if (!c->wantout) {
-                cl_ev(c, 1);
-            }
-            return;
-        }
+    rep.bytes_out += len - c->out.len;
+    if (rc < 0) {
         cl_kill(c, 1);
+        return;
+    }
+    if (rc == 0) {
+        if (!c->wantout) {
+            cl_ev(c, 1);
+        }
         return;
     }
     if (c->wantout && c->st != ST_CONN) {
@@ -249,7 +239,6 @@ static void
 cl_start(cl_t *c)
 {
     struct sockaddr_in  sa, src;
-    struct epoll_event  ev;
     int                 one = 1;
 
     c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
@@ -291,9 +280,7 @@ cl_start(cl_t *c)
         return;
     }
     c->st = ST_CONN;
-    ev.events = EPOLLOUT | EPOLLIN;
-    ev.data.ptr = c;
-    epoll_ctl(epfd, EPOLL_CTL_ADD, c->fd, &ev);
+    ep_watch(epfd, EPOLL_CTL_ADD, c->fd, 1, c);
     c->wantout = 1;
 }
 
@@ -410,47 +397,28 @@ cl_elem(cl_t *c, const char *s, size_t len)
     }
 }
 
+/* 1: the server closed the stream; -1: the client is gone */
+static int
+cl_unit(void *data, int type, const char *s, size_t len)
+{
+    cl_t  *c = data;
+
+    if (type == U_CLOSE) {
+        return 1;
+    }
+    if (type == U_ELEM) {
+        cl_elem(c, s, len);
+    }
+    return c->fd < 0 ? -1 : 0;
+}
+
 static void
 cl_read(cl_t *c)
 {
-    static char  rb[65536];
-    size_t       off = 0, ul;
-    int          t, eof = 0;
+    int  eof = !buf_read(&c->in, c->fd);
 
-    for (;;) {
-        ssize_t n = read(c->fd, rb, sizeof(rb));
-
-        if (n > 0) {
-            buf_add(&c->in, rb, n);
-            if ((size_t) n < sizeof(rb)) {
-                break;
-            }
-            continue;
-        }
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n < 0 && errno == EAGAIN) {
-            break;
-        }
+    if (each_unit(&c->in, cl_unit, c) == 1) {
         eof = 1;
-        break;
-    }
-    while (c->fd >= 0
-           && (t = split_unit(c->in.p + off, c->in.len - off, &ul)) != U_NONE)
-    {
-        const char *u = c->in.p + off;
-
-        off += ul;
-        if (t == U_ELEM) {
-            cl_elem(c, u, ul);
-        } else if (t == U_CLOSE) {
-            eof = 1;
-            break;
-        }
-    }
-    if (c->fd >= 0) {
-        buf_consume(&c->in, off);
     }
     if (eof && c->fd >= 0) {
         if (getenv("LOADGEN_DEBUG")) {
@@ -606,18 +574,14 @@ run_step(int cmdfd, double rate, char *pending)
 static void
 child_main(int first, int count, int cmdfd, int repfd)
 {
-    struct epoll_event  ev;
-    int                 i, started = 0;
-    uint64_t            deadline;
-    char                cmd = 0;
+    int       i, started = 0;
+    uint64_t  deadline;
+    char      cmd = 0;
 
     epfd = epoll_create1(0);
     ncl = count;
     base_gidx = first;
-    cls = calloc(count, sizeof(cl_t));
-    if (cls == NULL) {
-        die("calloc");
-    }
+    cls = xcalloc(count, sizeof(cl_t));
     for (i = 0; i < count; i++) {
         cls[i].fd = -1;
         cls[i].gidx = first + i;
@@ -628,9 +592,7 @@ child_main(int first, int count, int cmdfd, int repfd)
             cls[i].peer = ((first + i) ^ 1) - first;
         }
     }
-    ev.events = EPOLLIN;
-    ev.data.ptr = NULL;
-    epoll_ctl(epfd, EPOLL_CTL_ADD, cmdfd, &ev);
+    ep_watch(epfd, EPOLL_CTL_ADD, cmdfd, 0, NULL);
 
     /* login phase */
     deadline = now_ns() + (uint64_t) (login_timeout * 1e9);
@@ -844,6 +806,15 @@ json_watch_delta(FILE *o, const char *key, psample_t *a, psample_t *b,
     fprintf(o, "}");
 }
 
+/* "cpu_s":{..},"sched_s":{..}: what the watched processes used from a to b */
+static void
+json_cpu(FILE *o, psample_t *a, psample_t *b)
+{
+    json_watch_delta(o, "cpu_s", a, b, 0);
+    fprintf(o, ",");
+    json_watch_delta(o, "sched_s", a, b, 1);
+}
+
 static void
 json_rss(FILE *o, const char *key, psample_t *a)
 {
@@ -1005,9 +976,7 @@ main(int argc, char **argv)
                 agg.ok, agg.failed, secs, secs > 0 ? agg.ok / secs : 0,
                 hist_pct(&agg.lat, 50), hist_pct(&agg.lat, 99),
                 (double) agg.lat.max_ns / 1000, wall, agg.ru_us / 1e6);
-        json_watch_delta(o, "cpu_s", s0, s1, 0);
-        fprintf(o, ",");
-        json_watch_delta(o, "sched_s", s0, s1, 1);
+        json_cpu(o, s0, s1);
         fprintf(o, ",");
         json_rss(o, "rss_kb_before", s0);
         fprintf(o, ",");
@@ -1055,9 +1024,7 @@ main(int argc, char **argv)
                 hist_pct(&agg.lat, 99), (double) agg.lat.max_ns / 1000,
                 wall, (agg.ru_us - lg_prev) / 1e6);
         lg_prev = agg.ru_us;
-        json_watch_delta(o, "cpu_s", s2, s3, 0);
-        fprintf(o, ",");
-        json_watch_delta(o, "sched_s", s2, s3, 1);
+        json_cpu(o, s2, s3);
         fprintf(o, ",");
         json_rss(o, "rss_kb", s3);
         fprintf(o, "}");
