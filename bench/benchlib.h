@@ -830,6 +830,29 @@ rewrite_from(buf_t *out, const char *s, size_t len, const char *from,
     return 0;
 }
 
+/* the start of an IQ result up to the value of its `to`:
+ * <iq type="result" id="ID" to=" */
+static inline void
+iq_result_to(buf_t *o, const char *id, int il)
+{
+    buf_adds(o, "<iq type=\"result\" id=\"");
+    if (il > 0) {
+        buf_add(o, id, il);
+    }
+    buf_adds(o, "\" to=\"");
+}
+
+/* the result of a resource bind, to and with the bound full JID */
+static inline void
+bind_result(buf_t *o, const char *id, int il, const char *jid)
+{
+    iq_result_to(o, id, il);
+    buf_adds(o, jid);
+    buf_adds(o, "\"><bind xmlns=\"urn:ietf:params:xml:ns:xmpp-bind\"><jid>");
+    buf_adds(o, jid);
+    buf_adds(o, "</jid></bind></iq>");
+}
+
 /* text content of the first <tag>...</tag> inside s (tag given as "resource") */
 static inline int
 child_text(const char *s, size_t len, const char *tag, const char **val)

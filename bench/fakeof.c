@@ -389,25 +389,13 @@ on_route(conn_t *c, const char *s, size_t len)
             hmap_put(&by_jid, jid, ss->jidlen, ss);
             n_bind++;
             route_head(o, c, key);
-            buf_adds(o, "<iq type=\"result\" id=\"");
-            if (il > 0) {
-                buf_add(o, id, il);
-            }
-            buf_adds(o, "\" to=\"");
-            buf_adds(o, jid);
-            buf_adds(o, "\"><bind xmlns=\"urn:ietf:params:xml:ns:xmpp-bind\">"
-                     "<jid>");
-            buf_adds(o, jid);
-            buf_adds(o, "</jid></bind></iq></route>");
+            bind_result(o, id, il, jid);
+            buf_adds(o, "</route>");
             return;
         }
         if (mem_find(ch, cl, "<session") != NULL) {
             route_head(o, c, key);
-            buf_adds(o, "<iq type=\"result\" id=\"");
-            if (il > 0) {
-                buf_add(o, id, il);
-            }
-            buf_adds(o, "\" to=\"");
+            iq_result_to(o, id, il);
             if (ss->jid) {
                 buf_add(o, ss->jid, ss->jidlen);
             } else {

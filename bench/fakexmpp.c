@@ -190,24 +190,11 @@ on_elem(conn_t *c, const char *s, size_t len)
             c->jid = strdup(jid);
             hmap_put(&by_jid, jid, c->jidlen, c);
             n_bind++;
-            buf_adds(o, "<iq type=\"result\" id=\"");
-            if (il > 0) {
-                buf_add(o, id, il);
-            }
-            buf_adds(o, "\" to=\"");
-            buf_adds(o, jid);
-            buf_adds(o, "\"><bind xmlns=\"urn:ietf:params:xml:ns:xmpp-bind\">"
-                     "<jid>");
-            buf_adds(o, jid);
-            buf_adds(o, "</jid></bind></iq>");
+            bind_result(o, id, il, jid);
             return;
         }
         if (mem_find(s, len, "<session") != NULL) {
-            buf_adds(o, "<iq type=\"result\" id=\"");
-            if (il > 0) {
-                buf_add(o, id, il);
-            }
-            buf_adds(o, "\" to=\"");
+            iq_result_to(o, id, il);
             if (c->jid) {
                 buf_add(o, c->jid, c->jidlen);
             } else {
