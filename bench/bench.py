@@ -331,8 +331,24 @@ def per(v, d, scale=1.0):
     return v / d * scale if d else None
 
 
-def scale_run(tcls, n, args):
+PIN = False
+
+
+def start_target(tcls, n):
+    """Start a target; with --pin, its measured process gets CPU 1 to
+    itself (everything else, this script, the load generator and the far
+    end, runs on CPU 0), so that its latency is not its neighbours'
+    scheduling."""
     t = tcls().start(n)
+    if PIN:
+        for name, pid in t.watch():
+            if name == t.measured:
+                os.sched_setaffinity(pid, {1})
+    return t
+
+
+def scale_run(tcls, n, args):
+    t = start_target(tcls, n)
     try:
         r = loadgen(t, "msg", n, [args.rate], args.duration, window=args.window)
     finally:
@@ -366,7 +382,7 @@ def scale_run(tcls, n, args):
 
 
 def ramp_run(tcls, n, args, half_rate=None):
-    t = tcls().start(n)
+    t = start_target(tcls, n)
     res = {"target": t.name, "sessions": n}
     try:
         if half_rate is None:
@@ -412,9 +428,12 @@ def fmt(v, f="%.1f"):
 
 
 def main():
-    global WORK, have_jd_reason
+    global WORK, have_jd_reason, PIN
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-pin", action="store_true",
+                    help="do not give the measured process CPU 1 to itself "
+                         "(the rest runs on CPU 0); pinning needs 2 CPUs")
     ap.add_argument("--sessions", default="100,1000,5000,19000")
     ap.add_argument("--rate", type=float, default=10000,
                     help="fixed offered msg/s for CPU per stanza")
@@ -439,6 +458,10 @@ def main():
         if "--targets" not in sys.argv:
             args.targets = "cm,relay"
     args.ramp = [float(x) for x in args.ramp.split(",") if x]
+    PIN = not args.no_pin and len(os.sched_getaffinity(0)) >= 2 and \
+        {0, 1} <= os.sched_getaffinity(0)
+    if PIN:
+        os.sched_setaffinity(0, {0})    # inherited by everything started
     sessions = [int(x) for x in args.sessions.split(",") if x]
     targets = [x for x in args.targets.split(",") if x]
 
@@ -468,6 +491,7 @@ def main():
                    "ramp_duration": args.ramp_duration,
                    "lat_sessions": args.lat_sessions,
                    "lat_duration": args.lat_duration, "window": args.window,
+                   "pinned": PIN,
                    "targets": targets},
         "scale": [], "skipped": [], "ramp": {}, "latency": {}, "errors": [],
     }
@@ -571,7 +595,9 @@ def summarize(res, targets):
 def print_table(res):
     print("\nngx_stream_xmpp_cm benchmark %s (git %s, %s, %d CPUs)%s" % (
         res["date"], res["git"], res["machine"]["nginx"],
-        res["machine"]["cpus"], " [quick]" if res["quick"] else ""))
+        res["machine"]["cpus"], (" [quick]" if res["quick"] else "") +
+        (" [measured process pinned to CPU 1, the rest to CPU 0]"
+         if res["params"].get("pinned") else "")))
     print("offered %.0f msg/s for %.1f s per scale row; CPU = utime+stime of "
           "the measured process per message relayed" % (
               res["params"]["rate"], res["params"]["duration"]))
