@@ -442,6 +442,9 @@ def main():
     ap.add_argument("--ramp-duration", type=float, default=2)
     ap.add_argument("--lat-sessions", type=int, default=1000)
     ap.add_argument("--lat-duration", type=float, default=4)
+    ap.add_argument("--lat-rates", default="5000",
+                    help="fixed offered rates (msg/s) of extra latency rows "
+                         "for cm and relay, comma-separated; '' for none")
     ap.add_argument("--window", type=int, default=2000)
     ap.add_argument("--targets", default="cm,relay,jabberd2")
     ap.add_argument("--jabberd2-max", type=int, default=5000)
@@ -455,9 +458,11 @@ def main():
         args.ramp_duration = 0.5
         args.lat_sessions = 100
         args.lat_duration = 0.5
+        args.lat_rates = []
         if "--targets" not in sys.argv:
             args.targets = "cm,relay"
     args.ramp = [float(x) for x in args.ramp.split(",") if x]
+    args.lat_rates = [float(x) for x in args.lat_rates.split(",") if x]
     PIN = not args.no_pin and len(os.sched_getaffinity(0)) >= 2 and \
         {0, 1} <= os.sched_getaffinity(0)
     if PIN:
@@ -493,7 +498,8 @@ def main():
                    "lat_duration": args.lat_duration, "window": args.window,
                    "pinned": PIN,
                    "targets": targets},
-        "scale": [], "skipped": [], "ramp": {}, "latency": {}, "errors": [],
+        "scale": [], "skipped": [], "ramp": {}, "latency": {},
+        "latency_at": {}, "errors": [],
     }
     if "jabberd2" in targets and not have_jd:
         res["jabberd2_unavailable"] = have_jd_reason
@@ -533,6 +539,20 @@ def main():
                                                   args, half_rate=half)
                 except Exception as e:
                     res["errors"].append("latency %s: %s" % (tn, e))
+                    stop_all()
+        # latency at fixed, lighter rates: at half the peak the load
+        # generator and the far end saturate the CPU they share, and their
+        # queueing, not the relay's, makes the tail
+        for rate in args.lat_rates:
+            row = res["latency_at"].setdefault(str(int(rate)), {})
+            for tn in [t for t in ("cm", "relay") if t in targets]:
+                log("bench: latency %s at %d msg/s" % (tn, rate))
+                try:
+                    row[tn] = ramp_run(classes[tn], args.lat_sessions, args,
+                                       half_rate=rate)
+                except Exception as e:
+                    res["errors"].append("latency %s at %d: %s"
+                                         % (tn, rate, e))
                     stop_all()
     finally:
         stop_all()
@@ -633,6 +653,24 @@ def print_table(res):
                       tn, fmt(r["lat_p50_us"], "%.0f"), fmt(r["lat_p90_us"], "%.0f"),
                       fmt(r["lat_p99_us"], "%.0f"), fmt(r["lat_max_us"], "%.0f"),
                       r["received"], r["sent"], fmt(r["cpu_per_msg_us"])))
+    for rate, row in sorted(res.get("latency_at", {}).items(),
+                            key=lambda x: int(x[0])):
+        print("latency at %s msg/s (%d sessions):" % (
+            rate, res["params"]["lat_sessions"]))
+        for tn, r in row.items():
+            print("  %-9s p50 %s us  p90 %s us  p99 %s us  max %s us  "
+                  "(%d/%d delivered, %s us CPU/msg)" % (
+                      tn, fmt(r["lat_p50_us"], "%.0f"),
+                      fmt(r["lat_p90_us"], "%.0f"),
+                      fmt(r["lat_p99_us"], "%.0f"),
+                      fmt(r["lat_max_us"], "%.0f"),
+                      r["received"], r["sent"], fmt(r["cpu_per_msg_us"])))
+        if "cm" in row and "relay" in row:
+            print("  CM added latency: p50 %s us, p99 %s us" % (
+                fmt(row["cm"]["lat_p50_us"] - row["relay"]["lat_p50_us"],
+                    "%.0f"),
+                fmt(row["cm"]["lat_p99_us"] - row["relay"]["lat_p99_us"],
+                    "%.0f")))
     s = res.get("summary", {})
     print("targets (goals, not assertions):")
     for n, v in sorted(s.get("cpu_ratio_cm_relay", {}).items(), key=lambda x: int(x[0])):
