@@ -458,7 +458,7 @@ def main():
         args.ramp_duration = 0.5
         args.lat_sessions = 100
         args.lat_duration = 0.5
-        args.lat_rates = []
+        args.lat_rates = ""
         if "--targets" not in sys.argv:
             args.targets = "cm,relay"
     args.ramp = [float(x) for x in args.ramp.split(",") if x]
