@@ -60,11 +60,6 @@ ngx_xmpp_cm_session_create(ngx_xmpp_cm_pool_t *pool,
     s->sock = sock;
     s->client = client;
 
-    s->close_ev.handler = ngx_xmpp_cm_session_close_handler;
-    s->close_ev.data = s;
-    s->close_ev.log = &pool->log;
-    s->close_ev.cancelable = 1;
-
     if (ngx_xmpp_cm_route_session_iq(pool, sock, &s->node.str,
                                      NGX_XMPP_CM_IQ_CREATE, addr, NULL, 0)
         != NGX_OK)
@@ -133,8 +128,12 @@ ngx_xmpp_cm_session_find(ngx_xmpp_cm_pool_t *pool, ngx_str_t *id)
 void
 ngx_xmpp_cm_session_forget(ngx_xmpp_cm_session_t *s)
 {
-    if (s->close_ev.timer_set) {
-        ngx_del_timer(&s->close_ev);
+    if (s->close_ev) {
+        if (s->close_ev->timer_set) {
+            ngx_del_timer(s->close_ev);
+        }
+
+        ngx_free(s->close_ev);
     }
 
     if (s->is_blocked) {
@@ -170,7 +169,22 @@ ngx_xmpp_cm_session_client_gone(ngx_xmpp_cm_session_t *s, ngx_uint_t now)
         return;
     }
 
-    ngx_add_timer(&s->close_ev, s->pool->conf->close_delay);
+    /* the timer exists only for the delay: a live session holds none */
+
+    if (s->close_ev == NULL) {
+        s->close_ev = ngx_calloc(sizeof(ngx_event_t), &s->pool->log);
+        if (s->close_ev == NULL) {
+            ngx_xmpp_cm_session_close_now(s);
+            return;
+        }
+
+        s->close_ev->handler = ngx_xmpp_cm_session_close_handler;
+        s->close_ev->data = s;
+        s->close_ev->log = &s->pool->log;
+        s->close_ev->cancelable = 1;
+    }
+
+    ngx_add_timer(s->close_ev, s->pool->conf->close_delay);
 }
 
 

@@ -37,8 +37,9 @@
 
 
 typedef struct {
-    XML_Parser   parser;
-    XML_Index    fed;
+    XML_Parser              parser;
+    ngx_xmpp_cm_scratch_t  *st;
+    XML_Index               fed;
 } ngx_xmpp_cm_parked_t;
 
 
@@ -51,6 +52,9 @@ static u_char  ngx_xmpp_cm_synthetic[] =
 
 
 static void ngx_xmpp_cm_xml_handlers(ngx_xmpp_cm_xml_t *x);
+static ngx_int_t ngx_xmpp_cm_parser_new(ngx_xmpp_cm_xml_t *x);
+static void ngx_xmpp_cm_parser_free(XML_Parser parser,
+    ngx_xmpp_cm_scratch_t *st);
 static ngx_int_t ngx_xmpp_cm_xml_acquire(ngx_xmpp_cm_xml_t *x);
 static void ngx_xmpp_cm_xml_park(ngx_xmpp_cm_xml_t *x);
 static void ngx_xmpp_cm_xml_fail(ngx_xmpp_cm_xml_t *x, const char *cond,
@@ -99,15 +103,15 @@ ngx_xmpp_cm_xml_create(ngx_pool_t *pool, ngx_log_t *log, ngx_uint_t tree)
         return x;
     }
 
-    x->parser = XML_ParserCreateNS("UTF-8", NGX_XMPP_CM_SEP);
-    if (x->parser == NULL) {
+    if (ngx_xmpp_cm_parser_new(x) != NGX_OK) {
         return NULL;
     }
 
     x->tmp = ngx_create_pool(4096, log);
     if (x->tmp == NULL) {
-        XML_ParserFree(x->parser);
+        ngx_xmpp_cm_parser_free(x->parser, x->st);
         x->parser = NULL;
+        x->st = NULL;
         return NULL;
     }
 
@@ -130,6 +134,9 @@ ngx_xmpp_cm_xml_acquire(ngx_xmpp_cm_xml_t *x)
     if (x->opened && ngx_xmpp_cm_nparked) {
         pk = &ngx_xmpp_cm_parked[--ngx_xmpp_cm_nparked];
         x->parser = pk->parser;
+        x->st = pk->st;
+        x->st->npfx = 0;
+        x->st->elem.root = NULL;
         XML_SetUserData(x->parser, x);
 
         x->fed = pk->fed;
@@ -141,19 +148,22 @@ ngx_xmpp_cm_xml_acquire(ngx_xmpp_cm_xml_t *x)
     }
 
     if (ngx_xmpp_cm_nparked) {
-        x->parser = ngx_xmpp_cm_parked[--ngx_xmpp_cm_nparked].parser;
+        pk = &ngx_xmpp_cm_parked[--ngx_xmpp_cm_nparked];
+        x->parser = pk->parser;
+        x->st = pk->st;
 
         if (XML_ParserReset(x->parser, "UTF-8") != XML_TRUE) {
-            XML_ParserFree(x->parser);
+            ngx_xmpp_cm_parser_free(x->parser, x->st);
             x->parser = NULL;
+            x->st = NULL;
+
+        } else {
+            ngx_memzero(x->st, sizeof(ngx_xmpp_cm_scratch_t));
         }
     }
 
-    if (x->parser == NULL) {
-        x->parser = XML_ParserCreateNS("UTF-8", NGX_XMPP_CM_SEP);
-        if (x->parser == NULL) {
-            return NGX_ERROR;
-        }
+    if (x->parser == NULL && ngx_xmpp_cm_parser_new(x) != NGX_OK) {
+        return NGX_ERROR;
     }
 
     ngx_xmpp_cm_xml_handlers(x);
@@ -206,9 +216,38 @@ ngx_xmpp_cm_xml_park(ngx_xmpp_cm_xml_t *x)
 
     pk = &ngx_xmpp_cm_parked[ngx_xmpp_cm_nparked++];
     pk->parser = x->parser;
+    pk->st = x->st;
     pk->fed = x->fed;
 
     x->parser = NULL;
+    x->st = NULL;
+}
+
+
+static ngx_int_t
+ngx_xmpp_cm_parser_new(ngx_xmpp_cm_xml_t *x)
+{
+    x->st = ngx_calloc(sizeof(ngx_xmpp_cm_scratch_t), x->log);
+    if (x->st == NULL) {
+        return NGX_ERROR;
+    }
+
+    x->parser = XML_ParserCreateNS("UTF-8", NGX_XMPP_CM_SEP);
+    if (x->parser == NULL) {
+        ngx_free(x->st);
+        x->st = NULL;
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_xmpp_cm_parser_free(XML_Parser parser, ngx_xmpp_cm_scratch_t *st)
+{
+    XML_ParserFree(parser);
+    ngx_free(st);
 }
 
 
@@ -217,8 +256,11 @@ ngx_xmpp_cm_xml_park(ngx_xmpp_cm_xml_t *x)
 void
 ngx_xmpp_cm_xml_release_parked(void)
 {
+    ngx_xmpp_cm_parked_t  *pk;
+
     while (ngx_xmpp_cm_nparked) {
-        XML_ParserFree(ngx_xmpp_cm_parked[--ngx_xmpp_cm_nparked].parser);
+        pk = &ngx_xmpp_cm_parked[--ngx_xmpp_cm_nparked];
+        ngx_xmpp_cm_parser_free(pk->parser, pk->st);
     }
 }
 
@@ -275,7 +317,6 @@ ngx_xmpp_cm_xml_reset(ngx_xmpp_cm_xml_t *x)
     x->pend_len = 0;
     x->pend_base = 0;
     x->mark = 0;
-    x->npfx = 0;
     x->stopped = 0;
     x->in_stanza = 0;
     x->opened = 0;
@@ -284,7 +325,11 @@ ngx_xmpp_cm_xml_reset(ngx_xmpp_cm_xml_t *x)
     x->root_extra_ns = 0;
     x->root_ns_len = 0;
     x->cur = NULL;
-    x->elem.root = NULL;
+
+    if (x->st) {
+        x->st->npfx = 0;
+        x->st->elem.root = NULL;
+    }
 
     if (x->pend) {
         ngx_free(x->pend);
@@ -310,8 +355,9 @@ ngx_xmpp_cm_xml_free(ngx_xmpp_cm_xml_t *x)
     }
 
     if (x->parser) {
-        XML_ParserFree(x->parser);
+        ngx_xmpp_cm_parser_free(x->parser, x->st);
         x->parser = NULL;
+        x->st = NULL;
     }
 
     if (x->pend) {
@@ -387,10 +433,11 @@ ngx_xmpp_cm_xml_feed(ngx_xmpp_cm_xml_t *x, u_char *buf, size_t n)
     if (rc == NGX_OK && x->parkable && x->depth == 1 && !x->in_stanza
         && x->pend_len == 0)
     {
-        if ((size_t) (x->elem.end - x->elem.start) > NGX_XMPP_CM_PARK_BIG) {
+        if ((size_t) (x->st->elem.end - x->st->elem.start) > NGX_XMPP_CM_PARK_BIG) {
             /* expat keeps its grown buffer: do not pass that around */
-            XML_ParserFree(x->parser);
+            ngx_xmpp_cm_parser_free(x->parser, x->st);
             x->parser = NULL;
+            x->st = NULL;
 
         } else {
             ngx_xmpp_cm_xml_park(x);
@@ -471,7 +518,7 @@ ngx_xmpp_cm_xml_keep(ngx_xmpp_cm_xml_t *x)
     size_t      len, size;
     XML_Index   keep;
 
-    keep = x->in_stanza ? x->elem.start : x->mark;
+    keep = x->in_stanza ? x->st->elem.start : x->mark;
 
     if (!x->in_stanza) {
         /*
@@ -633,8 +680,8 @@ ngx_xmpp_cm_xml_prefix_ok(ngx_xmpp_cm_xml_t *x, ngx_str_t *prefix)
         return 1;
     }
 
-    for (i = 0; i < x->npfx; i++) {
-        if (ngx_strcmp(x->pfx[i], prefix->data) == 0) {
+    for (i = 0; i < x->st->npfx; i++) {
+        if (ngx_strcmp(x->st->pfx[i], prefix->data) == 0) {
             return 1;
         }
     }
@@ -700,28 +747,28 @@ ngx_xmpp_cm_xml_start(void *data, const XML_Char *name,
 
     if (x->depth == 2) {
         x->in_stanza = 1;
-        x->elem.start = idx;
-        x->elem.has_xmlns = x->has_default_pending;
-        x->elem.root = NULL;
+        x->st->elem.start = idx;
+        x->st->elem.has_xmlns = x->has_default_pending;
+        x->st->elem.root = NULL;
 
         if (local.len < NGX_XMPP_CM_NAME_MAX && ns.len < NGX_XMPP_CM_NS_MAX) {
-            ngx_memcpy(x->name, local.data, local.len);
-            ngx_memcpy(x->ns, ns.data, ns.len);
-            x->elem.name.len = local.len;
-            x->elem.ns.len = ns.len;
+            ngx_memcpy(x->st->name, local.data, local.len);
+            ngx_memcpy(x->st->ns, ns.data, ns.len);
+            x->st->elem.name.len = local.len;
+            x->st->elem.ns.len = ns.len;
 
         } else {
-            x->elem.name.len = 0;
-            x->elem.ns.len = 0;
+            x->st->elem.name.len = 0;
+            x->st->elem.ns.len = 0;
         }
 
-        x->elem.name.data = x->name;
-        x->elem.ns.data = x->ns;
+        x->st->elem.name.data = x->st->name;
+        x->st->elem.ns.data = x->st->ns;
 
         /* refuse an unwanted stanza at its start tag, not at its end */
 
         if (x->start) {
-            rc = x->start(x->data, &x->elem);
+            rc = x->start(x->data, &x->st->elem);
 
             if (rc != NGX_OK) {
                 x->rc = rc;
@@ -731,7 +778,7 @@ ngx_xmpp_cm_xml_start(void *data, const XML_Char *name,
         }
     }
 
-    if ((size_t) (x->last_start_end - x->elem.start) > x->max_size) {
+    if ((size_t) (x->last_start_end - x->st->elem.start) > x->max_size) {
         ngx_xmpp_cm_xml_fail(x, "policy-violation", "stanza too large");
         return;
     }
@@ -807,7 +854,7 @@ ngx_xmpp_cm_xml_start(void *data, const XML_Char *name,
     }
 
     if (x->depth == 2) {
-        x->elem.root = node;
+        x->st->elem.root = node;
 
     } else if (x->cur) {
         node->parent = x->cur;
@@ -866,19 +913,19 @@ ngx_xmpp_cm_xml_end(void *data, const XML_Char *name)
         return;
     }
 
-    if ((size_t) (end - x->elem.start) > x->max_size) {
+    if ((size_t) (end - x->st->elem.start) > x->max_size) {
         ngx_xmpp_cm_xml_fail(x, "policy-violation", "stanza too large");
         return;
     }
 
-    x->elem.end = end;
+    x->st->elem.end = end;
     x->in_stanza = 0;
     x->mark = end;
 
-    rc = x->element(x->data, &x->elem);
+    rc = x->element(x->data, &x->st->elem);
 
     if (x->tree) {
-        x->elem.root = NULL;
+        x->st->elem.root = NULL;
         x->cur = NULL;
         ngx_reset_pool(x->tmp);
     }
@@ -922,7 +969,7 @@ ngx_xmpp_cm_xml_text(void *data, const XML_Char *s, int len)
     idx = XML_GetCurrentByteIndex(x->parser)
           + XML_GetCurrentByteCount(x->parser);
 
-    if ((size_t) (idx - x->elem.start) > x->max_size) {
+    if ((size_t) (idx - x->st->elem.start) > x->max_size) {
         ngx_xmpp_cm_xml_fail(x, "policy-violation", "stanza too large");
         return;
     }
@@ -935,7 +982,7 @@ ngx_xmpp_cm_xml_text(void *data, const XML_Char *s, int len)
      */
 
     if (!x->tree || x->cur == NULL || x->depth > NGX_XMPP_CM_TREE_DEPTH
-        || (x->depth > 2 && !ngx_xmpp_cm_str_is(&x->elem.name, "iq")
+        || (x->depth > 2 && !ngx_xmpp_cm_str_is(&x->st->elem.name, "iq")
             && !ngx_xmpp_cm_str_is(&x->cur->name, "jid")))
     {
         return;
@@ -1025,15 +1072,15 @@ ngx_xmpp_cm_xml_ns_start(void *data, const XML_Char *prefix,
 
     len = ngx_strlen(prefix);
 
-    if (x->npfx == NGX_XMPP_CM_PFX_MAX || len >= NGX_XMPP_CM_PFX_LEN) {
+    if (x->st->npfx == NGX_XMPP_CM_PFX_MAX || len >= NGX_XMPP_CM_PFX_LEN) {
         ngx_xmpp_cm_xml_fail(x, "policy-violation",
                              "too many namespace prefixes");
         return;
     }
 
-    ngx_memcpy(x->pfx[x->npfx], prefix, len + 1);
-    x->pfx_depth[x->npfx] = x->depth + 1;
-    x->npfx++;
+    ngx_memcpy(x->st->pfx[x->st->npfx], prefix, len + 1);
+    x->st->pfx_depth[x->st->npfx] = x->depth + 1;
+    x->st->npfx++;
 }
 
 
@@ -1042,8 +1089,8 @@ ngx_xmpp_cm_xml_ns_end(void *data, const XML_Char *prefix)
 {
     ngx_xmpp_cm_xml_t *x = data;
 
-    if (prefix && x->npfx && x->pfx_depth[x->npfx - 1] == x->depth + 1) {
-        x->npfx--;
+    if (prefix && x->st->npfx && x->st->pfx_depth[x->st->npfx - 1] == x->depth + 1) {
+        x->st->npfx--;
     }
 }
 
