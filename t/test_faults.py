@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from lib.nginx import VALGRIND
+from lib.nginx import SANITIZED, VALGRIND
 from lib.swarm import Swarm, account
 from lib.util import proc_rss_kb, wait_until
 
@@ -228,7 +228,7 @@ def test_openfire_slow_to_read_nothing_lost(standin, nginx, swarm):
     # 80 MB offered; what the worker holds is bounded per client: the
     # last read (16 KiB) routed past the high-water mark, its parser and
     # an unfinished stanza
-    if not VALGRIND:                # valgrind's own memory would count
+    if not SANITIZED:       # ASan's or valgrind's own memory would count
         assert rss1 - rss0 < N * 64, "worker RSS grew %d KiB" % (
             rss1 - rss0)
     sw.run_until(lambda: sum(len(c.received) for c in clients) >= N * PER,

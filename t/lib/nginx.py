@@ -20,6 +20,8 @@ STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 NGINX = os.environ.get("XMPP_CM_NGINX") or NGINX
 STATIC = os.environ.get("XMPP_CM_STATIC") == "1"
 VALGRIND = os.environ.get("XMPP_CM_VALGRIND") == "1"
+# nginx under a sanitizer or valgrind: its RSS is not the module's memory
+SANITIZED = VALGRIND or os.environ.get("XMPP_CM_SANITIZED") == "1"
 SUPP_DIR = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "fuzz")
 
