@@ -195,6 +195,54 @@ def test_one_socket_reset_under_traffic(standin, nginx, swarm):
     assert ngx.worker_pids() == [worker]
 
 
+def test_half_open_openfire_under_traffic(standin, nginx, swarm):
+    """Openfire goes silent (reads nothing, sends nothing: a half-open
+    link) under 300 chatting sessions: the CM declares both sockets dead
+    after xmpp_cm_upstream_timeout, every client is told, nothing is lost
+    untold, and once Openfire answers again logins and chat work."""
+    N = 300 // SCALE
+    sb = standin(heartbeat=0)
+    ngx = nginx(standin=sb, connections=2, log_level="info", extra=FAST +
+                "\nxmpp_cm_upstream_timeout 2s;")
+    [worker] = ngx.worker_pids()
+    ngx.allowed_bad.append(r"no data from Openfire within")
+    sw = swarm(ngx.port)
+    clients = sw.add(N)
+    sw.login(clients, 60)
+    tick = throttled(chatter(clients), 0.1)
+    sw.run_for(1.0, tick)
+    before = {x["resource"] for x in sb.cm_sockets("cm1-")}
+    sb.call("set", key="read_paused", value=True)
+    silent = time.monotonic()
+    try:
+        sw.run_until(lambda: all(c.state == "closed" for c in clients), 20,
+                     "every client's stream to end", tick)
+    finally:
+        sb.call("set", key="read_paused", value=False)
+    conds = {}
+    for c in clients:
+        conds[c.stream_error] = conds.get(c.stream_error, 0) + 1
+    last = max(c.eof_at for c in clients) - silent
+    print("half-open: all %d streams ended %.2fs after Openfire went "
+          "silent; conditions %s" % (N, last, conds))
+    assert conds == {"remote-connection-failed": N}, conds
+    assert last < 2.0 + KILL_BOUND, last
+    assert ngx.log_lines(r"no data from Openfire within "
+                         r"xmpp_cm_upstream_timeout")
+    report("half-open", account(clients))
+    sw2 = swarm(ngx.port)
+    sw2.run_until(lambda: len({x["resource"] for x in sb.cm_sockets("cm1-")}
+                              - before) >= 2, 10, "fresh CM sockets")
+    again = sw2.add(20, prefix="after")
+    sw2.login(again, 20)
+    tick = chatter(again)
+    tick()
+    sw2.run_until(lambda: sum(len(c.received) for c in again) ==
+                  sum(len(c.sent) for c in again), 10, "every message")
+    report("after half-open", account(again))
+    assert ngx.worker_pids() == [worker]
+
+
 @pytest.mark.slow
 def test_openfire_slow_to_read_nothing_lost(standin, nginx, swarm):
     """Openfire stops reading under 500 clients sending 40 messages of 2 KB

@@ -1231,3 +1231,23 @@ def test_iq_auth_and_inband_register(sb, cms):
     c.expect(R % ("ia", '<iq type="result" id="a1" to="localhost/ia"/>'))
     st = [s for s in sb.state()["sessions"] if s["streamid"] == "ia"][0]
     assert st["jid"] == "carol@localhost/old" and st["authenticated"]
+
+
+def test_read_paused_holds_new_connections(sb):
+    """read_paused is a hung Openfire: a connection made while it holds
+    gets no answer (asyncio adds its reader after connection_made, so the
+    pause must come later), and gets one once reading resumes."""
+    sb.call("set", key="read_paused", value=True)
+    s = socket.create_connection(("127.0.0.1", sb.port_cm))
+    try:
+        s.sendall(b"<?xml version='1.0'?><stream:stream xmlns:stream='http:"
+                  b"//etherx.jabber.org/streams' xmlns='jabber:"
+                  b"connectionmanager' to='localhost'>")
+        s.settimeout(1.0)
+        with pytest.raises(socket.timeout):
+            s.recv(100)
+        sb.call("set", key="read_paused", value=False)
+        s.settimeout(5)
+        assert s.recv(100).startswith(b"<?xml")
+    finally:
+        s.close()

@@ -558,6 +558,13 @@ class Openfire:
             self.close_conn(conn)
             return
         if self.read_paused:
+            # asyncio adds the reader only after connection_made returns:
+            # pausing here would be undone, so pause on the next turn
+            asyncio.get_event_loop().call_soon(self.pause_new, conn)
+
+    def pause_new(self, conn):
+        if self.read_paused and not conn.closed and \
+                not conn.transport.is_closing():
             conn.transport.pause_reading()
 
     def rebuild_names(self):
