@@ -234,6 +234,20 @@ ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
             return;
         }
 
+        if (!cl->closing && cl->session && cl->session->sock
+            && cl->session->sock->throttled)
+        {
+            /*
+             * Another client has just filled the socket: do not read what
+             * cannot go, or every readable client would push one more read
+             * past the mark (and hold a parser) before it is paused.
+             */
+
+            cl->blocked = 1;
+            ngx_xmpp_cm_sock_block(cl->session->sock, cl->session);
+            return;
+        }
+
         if (!rev->ready && c->ssl == NULL) {
             /* drained (epoll told us so): save the recv() that says EAGAIN */
             break;
