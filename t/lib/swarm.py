@@ -266,6 +266,13 @@ class Swarm:
             if tick is not None:
                 tick()
 
+    def settle(self, clients, timeout, tick=None):
+        """Drive until every message these clients sent has reached one
+        of them (for traffic among them, with nothing expected to fail)."""
+        self.run_until(lambda: sum(len(c.received) for c in clients) ==
+                       sum(len(c.sent) for c in clients), timeout,
+                       "every message", tick)
+
     # -------------------------------------------------------------- views
     def states(self, clients=None):
         out = {}
