@@ -36,6 +36,8 @@ static ngx_int_t ngx_xmpp_cm_sock_open(void *data, ngx_str_t *name,
     ngx_str_t *ns, const XML_Char **attrs);
 static ngx_int_t ngx_xmpp_cm_sock_element(void *data, ngx_xmpp_cm_elem_t *e);
 static ngx_int_t ngx_xmpp_cm_sock_end(void *data);
+static ngx_int_t ngx_xmpp_cm_sock_framer(ngx_xmpp_cm_sock_t *sock,
+    ngx_pool_t *pool);
 static void ngx_xmpp_cm_pool_configure(ngx_xmpp_cm_pool_t *pool,
     ngx_xmpp_cm_node_t *cfg);
 static void ngx_xmpp_cm_pool_up(ngx_xmpp_cm_pool_t *pool);
@@ -345,17 +347,9 @@ ngx_xmpp_cm_sock_connect(ngx_xmpp_cm_sock_t *sock)
         goto failed;
     }
 
-    sock->xml = ngx_xmpp_cm_xml_create(c->pool, &pool->log, 1);
-    if (sock->xml == NULL) {
+    if (ngx_xmpp_cm_sock_framer(sock, c->pool) != NGX_OK) {
         goto failed;
     }
-
-    sock->xml->data = sock;
-    sock->xml->open = ngx_xmpp_cm_sock_open;
-    sock->xml->element = ngx_xmpp_cm_sock_element;
-    sock->xml->close = ngx_xmpp_cm_sock_end;
-    sock->xml->max_size = NGX_XMPP_CM_OPENFIRE_MAX + 4096;
-    sock->xml->max_depth = 1000;
 
     /* the literal stream: prefix and double quotes (protocol section 2) */
 
@@ -669,6 +663,27 @@ ngx_xmpp_cm_sock_read_handler(ngx_event_t *rev)
     ngx_add_timer(rev, sock->state == NGX_XMPP_CM_SOCK_READY
                        ? pool->conf->upstream_timeout
                        : pool->conf->connect_timeout);
+}
+
+
+/* the framer of a socket's stream from Openfire (the fuzz target's too) */
+
+static ngx_int_t
+ngx_xmpp_cm_sock_framer(ngx_xmpp_cm_sock_t *sock, ngx_pool_t *pool)
+{
+    sock->xml = ngx_xmpp_cm_xml_create(pool, &sock->pool->log, 1);
+    if (sock->xml == NULL) {
+        return NGX_ERROR;
+    }
+
+    sock->xml->data = sock;
+    sock->xml->open = ngx_xmpp_cm_sock_open;
+    sock->xml->element = ngx_xmpp_cm_sock_element;
+    sock->xml->close = ngx_xmpp_cm_sock_end;
+    sock->xml->max_size = NGX_XMPP_CM_OPENFIRE_MAX + 4096;
+    sock->xml->max_depth = 1000;
+
+    return NGX_OK;
 }
 
 

@@ -117,10 +117,9 @@ fc_check_route(fuzz_client_t *fc, ngx_xmpp_cm_elem_t *e, u_char *orig,
     size_t olen)
 {
     u_char      *route, *body;
-    char        *ev_orig, *ev_san;
-    size_t       rlen, n1, n2, l1, l2, head;
-    ngx_uint_t   nfrag, xmlns_ok, add;
-    const char  *err;
+    char        *ev_orig;
+    size_t       rlen, n1, n2, l1, head;
+    ngx_uint_t   add;
 
     route = fuzz_queue_take(&fp.socks[0].out, &rlen);
 
@@ -148,41 +147,10 @@ fc_check_route(fuzz_client_t *fc, ngx_xmpp_cm_elem_t *e, u_char *orig,
 
     free(body);
 
-    err = fuzz_splitter_check(route, rlen, &nfrag);
-    if (err || nfrag != 1) {
-        FUZZ_FAIL("route unsafe for Openfire's splitter: %s (%u fragments)"
-                  "\n--- client bytes:\n%.*s\n--- route:\n%.*s",
-                  err ? err : "", (unsigned) nfrag, (int) olen, orig,
-                  (int) rlen, route);
-    }
-
-    ev_orig = fuzz_events(orig, olen, "<w xmlns=\"jabber:client\">", "</w>",
-                          &l1, NULL);
-    if (ev_orig == NULL) {
-        FUZZ_FAIL("the framer accepted a stanza that is not well-formed on "
-                  "its own:\n%.*s", (int) olen, orig);
-    }
-
-    ev_san = fuzz_events(route, rlen, "", "", &l2, &xmlns_ok);
-    if (ev_san == NULL) {
-        FUZZ_FAIL("route is not well-formed:\n--- client bytes:\n%.*s\n"
-                  "--- route:\n%.*s", (int) olen, orig, (int) rlen, route);
-    }
-
-    if (!xmlns_ok) {
-        FUZZ_FAIL("routed stanza declares no default namespace:\n%.*s",
-                  (int) rlen, route);
-    }
-
-    if (l1 != l2 || ngx_memcmp(ev_orig, ev_san, l1) != 0) {
-        FUZZ_FAIL("route does not mean what the client sent:\n"
-                  "--- client bytes:\n%.*s\n--- route:\n%.*s\n"
-                  "--- events (client):\n%s\n--- events (route):\n%s",
-                  (int) olen, orig, (int) rlen, route, ev_orig, ev_san);
-    }
+    ev_orig = fuzz_stanza_events(orig, olen, &l1);
+    fuzz_route_check(orig, olen, ev_orig, l1, route, rlen, 1);
 
     free(ev_orig);
-    free(ev_san);
     free(route);
 }
 
@@ -259,8 +227,7 @@ fc_close(void *data)
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    u_char         *buf;
-    size_t          off, n;
+    size_t          off;
     uint8_t         flags;
     ngx_int_t       rc;
     fuzz_rng_t      rng;
@@ -297,25 +264,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fc.x->max_size = sizes[flags & 3];
     fc.x->max_depth = depths[(flags >> 2) & 3];
 
-    for (off = 0; off < size; off += n) {
+    for (off = 0; off < size; /* void */) {
 
-        switch ((flags >> 4) & 3) {
-        case 0:  n = 1 + fuzz_rand(&rng) % 8; break;
-        case 1:  n = 1 + fuzz_rand(&rng) % 64; break;
-        case 2:  n = 1 + fuzz_rand(&rng) % 2048; break;
-        default: n = size;
-        }
-
-        if (n > size - off) {
-            n = size - off;
-        }
-
-        buf = malloc(n);
-        ngx_memcpy(buf, data + off, n);
-
-        rc = ngx_xmpp_cm_xml_feed(fc.x, buf, n);
-
-        free(buf);
+        rc = fuzz_feed_next(fc.x, data, size, &off, (flags >> 4) & 3, 2048,
+                            &rng);
 
         if (rc != NGX_OK) {
             if (rc == NGX_ERROR && fc.x->error == NULL) {

@@ -492,3 +492,89 @@ fuzz_events(const u_char *p, size_t len, const char *wrap_open,
 
     return ev.buf;
 }
+
+
+char *
+fuzz_stanza_events(const u_char *orig, size_t olen, size_t *len)
+{
+    char  *ev;
+
+    ev = fuzz_events(orig, olen, "<w xmlns=\"jabber:client\">", "</w>", len,
+                     NULL);
+    if (ev == NULL) {
+        FUZZ_FAIL("the framer accepted a stanza that is not well-formed on "
+                  "its own:\n%.*s", (int) olen, orig);
+    }
+
+    return ev;
+}
+
+
+void
+fuzz_route_check(const u_char *orig, size_t olen, const char *ev_orig,
+    size_t l1, const u_char *route, size_t rlen, ngx_uint_t same)
+{
+    char        *ev_san;
+    size_t       l2;
+    ngx_uint_t   nfrag, xmlns_ok;
+    const char  *err;
+
+    err = fuzz_splitter_check(route, rlen, &nfrag);
+    if (err || nfrag != 1) {
+        FUZZ_FAIL("route unsafe for Openfire's splitter: %s (%u fragments)"
+                  "\n--- client bytes:\n%.*s\n--- route:\n%.*s",
+                  err ? err : "", (unsigned) nfrag, (int) olen, orig,
+                  (int) rlen, route);
+    }
+
+    ev_san = fuzz_events(route, rlen, "", "", &l2, &xmlns_ok);
+    if (ev_san == NULL) {
+        FUZZ_FAIL("route is not well-formed:\n--- client bytes:\n%.*s\n"
+                  "--- route:\n%.*s", (int) olen, orig, (int) rlen, route);
+    }
+
+    if (same && !xmlns_ok) {
+        FUZZ_FAIL("routed stanza declares no default namespace:\n%.*s",
+                  (int) rlen, route);
+    }
+
+    if (same && (l1 != l2 || ngx_memcmp(ev_orig, ev_san, l1) != 0)) {
+        FUZZ_FAIL("route does not mean what the client sent:\n"
+                  "--- client bytes:\n%.*s\n--- route:\n%.*s\n"
+                  "--- events (client):\n%s\n--- events (route):\n%s",
+                  (int) olen, orig, (int) rlen, route, ev_orig, ev_san);
+    }
+
+    free(ev_san);
+}
+
+
+ngx_int_t
+fuzz_feed_next(ngx_xmpp_cm_xml_t *x, const uint8_t *data, size_t size,
+    size_t *off, ngx_uint_t mode, size_t max, fuzz_rng_t *rng)
+{
+    u_char     *buf;
+    size_t      n;
+    ngx_int_t   rc;
+
+    switch (mode) {
+    case 0:  n = 1 + fuzz_rand(rng) % 8; break;
+    case 1:  n = 1 + fuzz_rand(rng) % 64; break;
+    case 2:  n = 1 + fuzz_rand(rng) % max; break;
+    default: n = size;
+    }
+
+    if (n > size - *off) {
+        n = size - *off;
+    }
+
+    buf = malloc(n);
+    ngx_memcpy(buf, data + *off, n);
+
+    rc = ngx_xmpp_cm_xml_feed(x, buf, n);
+
+    free(buf);
+    *off += n;
+
+    return rc;
+}

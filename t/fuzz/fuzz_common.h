@@ -106,4 +106,23 @@ const char *fuzz_wellformed(const u_char *p, size_t len, ngx_uint_t ns);
 char *fuzz_events(const u_char *p, size_t len, const char *wrap_open,
     const char *wrap_close, size_t *out_len, ngx_uint_t *xmlns_ok);
 
+/* the events of a stanza the framer accepted; it must be well-formed */
+char *fuzz_stanza_events(const u_char *orig, size_t olen, size_t *len);
+
+/*
+ * A route made of the stanza orig: one fragment for Openfire's splitter,
+ * well-formed, and (same) declaring a default namespace and giving the
+ * stanza's events ev_orig.
+ */
+void fuzz_route_check(const u_char *orig, size_t olen, const char *ev_orig,
+    size_t l1, const u_char *route, size_t rlen, ngx_uint_t same);
+
+/*
+ * Feeds the next read of an input to a framer: 1-8 bytes (mode 0), 1-64
+ * (1), 1-max (2) or the rest (3), copied to a buffer of its own that is
+ * freed right after, as the worker's shared read buffer is reused.
+ */
+ngx_int_t fuzz_feed_next(ngx_xmpp_cm_xml_t *x, const uint8_t *data,
+    size_t size, size_t *off, ngx_uint_t mode, size_t max, fuzz_rng_t *rng);
+
 #endif

@@ -53,11 +53,8 @@ static void
 fr_check(ngx_xmpp_cm_xml_t *x, ngx_xmpp_cm_elem_t *e, u_char *orig,
     size_t olen, const char *ev_orig, size_t l1, ngx_uint_t add)
 {
-    u_char      *route, *p;
-    char        *ev_san;
-    size_t       n1, n2, rlen, l2;
-    ngx_uint_t   nfrag, xmlns_ok;
-    const char  *err;
+    u_char  *route, *p;
+    size_t   n1, n2, rlen;
 
     n1 = ngx_xmpp_cm_sanitize(x, NULL, e->start, e->end, add);
     rlen = sizeof(fr_head) - 1 + n1 + sizeof("</route>") - 1;
@@ -71,34 +68,9 @@ fr_check(ngx_xmpp_cm_xml_t *x, ngx_xmpp_cm_elem_t *e, u_char *orig,
 
     ngx_memcpy(p + n2, "</route>", 8);
 
-    err = fuzz_splitter_check(route, rlen, &nfrag);
-    if (err || nfrag != 1) {
-        FUZZ_FAIL("route unsafe for Openfire's splitter: %s (%u fragments)"
-                  "\n--- stanza:\n%.*s\n--- route:\n%.*s", err ? err : "",
-                  (unsigned) nfrag, (int) olen, orig, (int) rlen, route);
-    }
+    fuzz_route_check(orig, olen, ev_orig, l1, route, rlen,
+                     add || e->has_xmlns);
 
-    ev_san = fuzz_events(route, rlen, "", "", &l2, &xmlns_ok);
-    if (ev_san == NULL) {
-        FUZZ_FAIL("route is not well-formed:\n--- stanza:\n%.*s\n"
-                  "--- route:\n%.*s", (int) olen, orig, (int) rlen, route);
-    }
-
-    if ((add || e->has_xmlns) && !xmlns_ok) {
-        FUZZ_FAIL("routed stanza declares no default namespace:\n%.*s",
-                  (int) rlen, route);
-    }
-
-    if (add || e->has_xmlns) {
-        if (l1 != l2 || ngx_memcmp(ev_orig, ev_san, l1) != 0) {
-            FUZZ_FAIL("route does not mean what the client sent:\n"
-                      "--- stanza:\n%.*s\n--- route:\n%.*s\n"
-                      "--- events (stanza):\n%s\n--- events (route):\n%s",
-                      (int) olen, orig, (int) rlen, route, ev_orig, ev_san);
-        }
-    }
-
-    free(ev_san);
     free(route);
 }
 
@@ -187,12 +159,7 @@ fr_element(void *data, ngx_xmpp_cm_elem_t *e)
     orig = malloc(olen);
     (void) ngx_xmpp_cm_xml_copy(x, orig, e->start, e->end);
 
-    ev_orig = fuzz_events(orig, olen, "<w xmlns=\"jabber:client\">", "</w>",
-                          &l1, NULL);
-    if (ev_orig == NULL) {
-        FUZZ_FAIL("the framer accepted a stanza that is not well-formed on "
-                  "its own:\n%.*s", (int) olen, orig);
-    }
+    ev_orig = fuzz_stanza_events(orig, olen, &l1);
 
     if (!e->has_xmlns) {
         fr_check(x, e, orig, olen, ev_orig, l1, 1);

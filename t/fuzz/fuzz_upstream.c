@@ -176,8 +176,8 @@ fu_check_output(void)
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    u_char                 *buf, *g;
-    size_t                  off, n;
+    u_char                 *g;
+    size_t                  off;
     uint8_t                 flags;
     ngx_int_t               rc;
     ngx_uint_t              i;
@@ -235,37 +235,17 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         fp.pool.ready = 1;
     }
 
-    sock->xml = ngx_xmpp_cm_xml_create(pool, &fp.pool.log, 1);
-    if (sock->xml == NULL) {
+    if (ngx_xmpp_cm_sock_framer(sock, pool) != NGX_OK) {
         FUZZ_FAIL("xml_create");
     }
 
-    sock->xml->data = sock;
-    sock->xml->open = ngx_xmpp_cm_sock_open;
+    /* the real element handler, with the tree walked first */
     sock->xml->element = fu_element;
-    sock->xml->close = ngx_xmpp_cm_sock_end;
-    sock->xml->max_size = NGX_XMPP_CM_OPENFIRE_MAX + 4096;
-    sock->xml->max_depth = 1000;
 
-    for (off = 0; off < size; off += n) {
+    for (off = 0; off < size; /* void */) {
 
-        switch (flags & 3) {
-        case 0:  n = 1 + fuzz_rand(&rng) % 8; break;
-        case 1:  n = 1 + fuzz_rand(&rng) % 64; break;
-        case 2:  n = 1 + fuzz_rand(&rng) % 4096; break;
-        default: n = size;
-        }
-
-        if (n > size - off) {
-            n = size - off;
-        }
-
-        buf = malloc(n);
-        ngx_memcpy(buf, data + off, n);
-
-        rc = ngx_xmpp_cm_xml_feed(sock->xml, buf, n);
-
-        free(buf);
+        rc = fuzz_feed_next(sock->xml, data, size, &off, flags & 3, 4096,
+                            &rng);
 
         /* as ngx_xmpp_cm_sock_read_handler(): the socket is closed */
 
