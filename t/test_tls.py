@@ -11,7 +11,6 @@ temporary directory because certificates named with variables
 `nobody` when the tests run as root."""
 import os
 import re
-import select
 import shutil
 import socket
 import ssl
@@ -164,34 +163,24 @@ class TlsRaw(RawClient):
     def is_tls(self):
         return isinstance(self.sock, ssl.SSLSocket)
 
-    def pump(self, timeout=0.1):
-        if self.eof:
-            return False
-        if not (self.is_tls and self.sock.pending()):
-            r, _, _ = select.select([self.sock], [], [], max(timeout, 0))
-            if not r:
-                return False
+    def _readable(self, timeout):
+        # bytes OpenSSL has already decrypted are not on the socket
+        return (self.is_tls and self.sock.pending()) or \
+            super()._readable(timeout)
+
+    def _recv(self):
         try:
-            data = self.sock.recv(65536)
+            return self.sock.recv(65536)
         except (ConnectionResetError, BrokenPipeError):
-            self.eof = True
             self.reset_by_peer = True
-            return False
+            return b""
         except (ssl.SSLWantReadError, socket.timeout):
-            return False
+            return None
         except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-            self.eof = True
-            return False
+            return b""
         except ssl.SSLError as e:
             self.tls_error = e
-            self.eof = True
-            return False
-        if not data:
-            self.eof = True
-            return False
-        self.received += data
-        self.reader.feed(data)
-        return True
+            return b""
 
     def tls_answer(self, timeout=None):
         """The next element in the xmpp-tls namespace (proceed/failure)."""
@@ -209,6 +198,19 @@ class TlsRaw(RawClient):
             "bytes after <proceed/> before the handshake: %r" % \
             self.text[-300:]
         return self.wrap(ctx, server_hostname)
+
+
+def assert_starttls_login(port, certs, user, password):
+    """A new client gets STARTTLS, restarts and logs in."""
+    c = TlsRaw(port)
+    try:
+        c.open()
+        c.starttls(client_ctx(certs))
+        c.restart()
+        assert c.login(user, password, resource="next") == \
+            "%s@localhost/next" % user
+    finally:
+        c.close()
 
 
 def feature_names(feats):
@@ -651,15 +653,7 @@ def test_handshake_garbage_logged_and_worker_serves(standin, nginx, certs):
                        what="'TLS handshake failed' at info in error.log")
     assert lines
     # the worker still serves a new client over STARTTLS
-    c2 = TlsRaw(ngx.port)
-    try:
-        c2.open()
-        c2.starttls(client_ctx(certs))
-        c2.restart()
-        assert c2.login("alice", "alicepw", resource="next") == \
-            "alice@localhost/next"
-    finally:
-        c2.close()
+    assert_starttls_login(ngx.port, certs, "alice", "alicepw")
 
 
 def test_handshake_cert_rejected_by_client(standin, nginx, certs):
@@ -677,15 +671,7 @@ def test_handshake_cert_rejected_by_client(standin, nginx, certs):
     c.close()
     wait_until(lambda: ngx.log_lines(HANDSHAKE_FAILED), 5,
                what="'TLS handshake failed' at info in error.log")
-    c2 = TlsRaw(ngx.port)
-    try:
-        c2.open()
-        c2.starttls(client_ctx(certs))
-        c2.restart()
-        assert c2.login("bob", "bobpw", resource="next") == \
-            "bob@localhost/next"
-    finally:
-        c2.close()
+    assert_starttls_login(ngx.port, certs, "bob", "bobpw")
 
 
 def test_handshake_timeout(standin, nginx, certs):

@@ -176,21 +176,27 @@ class RawClient:
             self.sock.settimeout(self.timeout)
         return sent
 
+    def _readable(self, timeout):
+        r, _, _ = select.select([self.sock], [], [], max(timeout, 0))
+        return bool(r)
+
+    def _recv(self):
+        """One recv(): the bytes, b"" at EOF, None if nothing came."""
+        try:
+            return self.sock.recv(65536)
+        except ConnectionResetError:
+            self.reset_by_peer = True
+            return b""
+        except socket.timeout:
+            return None
+
     def pump(self, timeout=0.1):
         """Read whatever is available within timeout; return True if some
         bytes arrived, False otherwise (EOF sets self.eof)."""
-        if self.eof:
+        if self.eof or not self._readable(timeout):
             return False
-        r, _, _ = select.select([self.sock], [], [], max(timeout, 0))
-        if not r:
-            return False
-        try:
-            data = self.sock.recv(65536)
-        except ConnectionResetError:
-            self.eof = True
-            self.reset_by_peer = True
-            return False
-        except socket.timeout:
+        data = self._recv()
+        if data is None:
             return False
         if not data:
             self.eof = True
