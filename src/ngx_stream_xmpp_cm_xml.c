@@ -53,8 +53,7 @@ static u_char  ngx_xmpp_cm_synthetic[] =
 
 static void ngx_xmpp_cm_xml_handlers(ngx_xmpp_cm_xml_t *x);
 static ngx_int_t ngx_xmpp_cm_parser_new(ngx_xmpp_cm_xml_t *x);
-static void ngx_xmpp_cm_parser_free(XML_Parser parser,
-    ngx_xmpp_cm_scratch_t *st);
+static void ngx_xmpp_cm_parser_free(ngx_xmpp_cm_xml_t *x);
 static ngx_int_t ngx_xmpp_cm_xml_acquire(ngx_xmpp_cm_xml_t *x);
 static void ngx_xmpp_cm_xml_park(ngx_xmpp_cm_xml_t *x);
 static void ngx_xmpp_cm_xml_fail(ngx_xmpp_cm_xml_t *x, const char *cond,
@@ -109,9 +108,7 @@ ngx_xmpp_cm_xml_create(ngx_pool_t *pool, ngx_log_t *log, ngx_uint_t tree)
 
     x->tmp = ngx_create_pool(4096, log);
     if (x->tmp == NULL) {
-        ngx_xmpp_cm_parser_free(x->parser, x->st);
-        x->parser = NULL;
-        x->st = NULL;
+        ngx_xmpp_cm_parser_free(x);
         return NULL;
     }
 
@@ -153,9 +150,7 @@ ngx_xmpp_cm_xml_acquire(ngx_xmpp_cm_xml_t *x)
         x->st = pk->st;
 
         if (XML_ParserReset(x->parser, "UTF-8") != XML_TRUE) {
-            ngx_xmpp_cm_parser_free(x->parser, x->st);
-            x->parser = NULL;
-            x->st = NULL;
+            ngx_xmpp_cm_parser_free(x);
 
         } else {
             ngx_memzero(x->st, sizeof(ngx_xmpp_cm_scratch_t));
@@ -244,10 +239,12 @@ ngx_xmpp_cm_parser_new(ngx_xmpp_cm_xml_t *x)
 
 
 static void
-ngx_xmpp_cm_parser_free(XML_Parser parser, ngx_xmpp_cm_scratch_t *st)
+ngx_xmpp_cm_parser_free(ngx_xmpp_cm_xml_t *x)
 {
-    XML_ParserFree(parser);
-    ngx_free(st);
+    XML_ParserFree(x->parser);
+    ngx_free(x->st);
+    x->parser = NULL;
+    x->st = NULL;
 }
 
 
@@ -260,7 +257,8 @@ ngx_xmpp_cm_xml_release_parked(void)
 
     while (ngx_xmpp_cm_nparked) {
         pk = &ngx_xmpp_cm_parked[--ngx_xmpp_cm_nparked];
-        ngx_xmpp_cm_parser_free(pk->parser, pk->st);
+        XML_ParserFree(pk->parser);
+        ngx_free(pk->st);
     }
 }
 
@@ -355,9 +353,7 @@ ngx_xmpp_cm_xml_free(ngx_xmpp_cm_xml_t *x)
     }
 
     if (x->parser) {
-        ngx_xmpp_cm_parser_free(x->parser, x->st);
-        x->parser = NULL;
-        x->st = NULL;
+        ngx_xmpp_cm_parser_free(x);
     }
 
     if (x->pend) {
@@ -435,9 +431,7 @@ ngx_xmpp_cm_xml_feed(ngx_xmpp_cm_xml_t *x, u_char *buf, size_t n)
     {
         if ((size_t) (x->st->elem.end - x->st->elem.start) > NGX_XMPP_CM_PARK_BIG) {
             /* expat keeps its grown buffer: do not pass that around */
-            ngx_xmpp_cm_parser_free(x->parser, x->st);
-            x->parser = NULL;
-            x->st = NULL;
+            ngx_xmpp_cm_parser_free(x);
 
         } else {
             ngx_xmpp_cm_xml_park(x);
