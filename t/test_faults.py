@@ -177,7 +177,12 @@ def test_openfire_killed_with_thousands_of_sessions(standin, nginx, swarm):
 def test_one_socket_reset_under_traffic(standin, nginx, swarm):
     """One of four CM sockets is reset by Openfire while 500 sessions
     chat: the sessions stay up (the others carry them), what was queued on
-    the lost socket moves to a live one, and every message is delivered."""
+    the lost socket moves to a live one, and every message sent after the
+    reset is delivered.  Stanzas already in the kernel's buffers of the
+    reset socket, either way, can be lost without their sender being
+    told: TCP does not say what the peer read, and the CM protocol has no
+    acknowledgements (docs/security.md).  The test counts them and
+    requires that they are only those in flight at the reset."""
     N = 500 // SCALE
     sb = standin()
     ngx = nginx(standin=sb, connections=4, log_level="info", extra=FAST)
@@ -188,12 +193,31 @@ def test_one_socket_reset_under_traffic(standin, nginx, swarm):
     tick = throttled(chatter(clients), 0.05)
     sw.run_for(1.0, tick)
     assert sb.call("drop_sockets", count=1, abort=True)["dropped"] == 1
+    reset = time.monotonic()
     sw.run_for(1.0, tick)
-    sw.settle(clients, 20)
+    # let everything still on its way arrive
+    got = [-1]
+
+    def quiet():
+        n = sum(len(c.received) for c in clients)
+        if n == sum(len(c.sent) for c in clients):
+            return True
+        if n != got[0]:
+            got[0] = n
+            quiet.since = time.monotonic()
+        return time.monotonic() - quiet.since > 2.0
+    quiet.since = time.monotonic()
+    sw.run_until(quiet, 30, "the traffic to settle")
     assert all(c.state == "ready" for c in clients), sw.summary()
     acc = account(clients)
-    report("one socket reset", acc)
-    assert acc["delivered"] == acc["sent"]
+    sent_at = {m: t for c in clients for m, t in c.sent.items()}
+    late = [m for m in acc["lost"] if sent_at[m] > reset + 0.5]
+    print("one socket reset: sent %d, delivered %d, lost in flight at the "
+          "reset %d, duplicated %d" % (acc["sent"], acc["delivered"],
+                                       len(acc["lost"]), len(acc["dup"])))
+    assert not late, "%d messages sent after the reset were lost, e.g. " \
+        "%s" % (len(late), late[:5])
+    assert not acc["dup"], acc["dup"][:5]
     wait_until(lambda: len(sb.cm_sockets("cm1-")) == 4, 10,
                what="the lost socket reconnected")
     assert ngx.worker_pids() == [worker]
