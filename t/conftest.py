@@ -1,6 +1,8 @@
 """Fixtures for the ngx_stream_xmpp_cm end-to-end tests.
 
-  module_path   session: builds the module once (scripts/build.sh)
+  module_path   session: builds the module once (scripts/build.sh), or
+                XMPP_CM_MODULE=/path/to/ngx_stream_xmpp_cm_module.so:
+                that module, not built (e.g. the Debian package's)
   standin       factory: start the Openfire stand-in (t/standin)
   nginx         factory: write nginx.conf, start nginx, wait until ready;
                 at teardown stop it and fail on crashes / [alert] etc.
@@ -36,6 +38,12 @@ def pytest_configure(config):
 # --------------------------------------------------------------- build
 @pytest.fixture(scope="session")
 def module_path():
+    given = os.environ.get("XMPP_CM_MODULE")
+    if given:
+        if not os.path.isfile(given):
+            pytest.fail("XMPP_CM_MODULE=%s: no such file" % given,
+                        pytrace=False)
+        return given
     so = os.path.join(ROOT, "build", "ngx_stream_xmpp_cm_module.so")
     if os.environ.get("XMPP_CM_SKIP_BUILD") and os.path.exists(so):
         return so

@@ -20,6 +20,9 @@ def body(**kw):
 def test_module_builds_without_warnings(module_path):
     """build.sh compiles with -Wall -Wextra -Werror; the make log has no
     warnings for the module's sources and configure found expat."""
+    if os.environ.get("XMPP_CM_MODULE"):
+        pytest.skip("XMPP_CM_MODULE: a module built elsewhere, not by "
+                    "scripts/build.sh")
     assert os.path.exists(module_path)
     with open(os.path.join(ROOT, "build", "nginx", "objs", "Makefile"),
               errors="replace") as f:

@@ -17,9 +17,14 @@ STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 #   XMPP_CM_NGINX=/path/to/nginx   another nginx binary
 #   XMPP_CM_STATIC=1               the module is compiled in: no load_module
 #   XMPP_CM_VALGRIND=1             run nginx under valgrind memcheck
+# and for the Debian package (scripts/deb-test.sh):
+#   XMPP_CM_MODULES_ENABLED=/etc/nginx/modules-enabled
+#                                  load the modules as Debian's nginx.conf
+#                                  does, through that directory's snippets
 NGINX = os.environ.get("XMPP_CM_NGINX") or NGINX
 STATIC = os.environ.get("XMPP_CM_STATIC") == "1"
 VALGRIND = os.environ.get("XMPP_CM_VALGRIND") == "1"
+MODULES_ENABLED = os.environ.get("XMPP_CM_MODULES_ENABLED")
 # nginx under a sanitizer or valgrind: its RSS is not the module's memory
 SANITIZED = VALGRIND or os.environ.get("XMPP_CM_SANITIZED") == "1"
 SUPP_DIR = os.path.join(os.path.dirname(os.path.dirname(
@@ -30,8 +35,7 @@ BAD_LOG = re.compile(r"\[(alert|emerg|crit)\]|signal 11|core dumped|"
                      r"exited on signal")
 
 CONF_TEMPLATE = """\
-load_module {stream_module};
-load_module {module};
+{load_modules}
 daemon off;
 master_process on;
 worker_processes {workers};
@@ -46,9 +50,23 @@ stream {{
 """
 
 
+def load_modules(prefix, module):
+    """The load_module lines, or with XMPP_CM_MODULES_ENABLED the include
+    of the packages' snippets.  Those say `load_module modules/X.so;`,
+    relative to nginx's prefix: Debian's is /usr/share/nginx, whose
+    modules/ is a link to /usr/lib/nginx/modules; PREFIX gets the same."""
+    if not MODULES_ENABLED:
+        return "load_module %s;\nload_module %s;" % (STREAM_MODULE, module)
+    os.makedirs(prefix, exist_ok=True)
+    link = os.path.join(prefix, "modules")
+    if not os.path.lexists(link):
+        os.symlink(os.path.dirname(STREAM_MODULE), link)
+    return "include %s/*.conf;" % MODULES_ENABLED
+
+
 def make_conf(prefix, module, body, workers=1, log_level="debug",
               main_extra="", worker_connections=4096):
-    conf = CONF_TEMPLATE.format(stream_module=STREAM_MODULE, module=module,
+    conf = CONF_TEMPLATE.format(load_modules=load_modules(prefix, module),
                                 workers=workers, prefix=prefix,
                                 log_level=log_level, main_extra=main_extra,
                                 worker_connections=worker_connections,
