@@ -42,6 +42,13 @@ fi
 
 deb=$(bash scripts/deb.sh | sed -n 's/^built //p')
 [ -f "$deb" ] || { echo "deb-test.sh: no package built" >&2; exit 1; }
+if command -v lintian >/dev/null 2>&1; then     # when installed
+    lrc=0
+    lint=$(lintian --fail-on error "$deb" 2>&1) || lrc=$?
+    printf '%s\n' "$lint" | grep -v -e 'root privileges' -e '^$' || true
+    [ $lrc -eq 0 ] || { echo "deb-test.sh: lintian: errors" >&2; exit 1; }
+    echo "deb-test.sh: lintian passes $deb"
+fi
 
 before=$(ls -l "$enabled" 2>/dev/null || true)
 tmp=$(mktemp -d)
