@@ -32,6 +32,7 @@ struct ngx_xmpp_cm_client_s {
     ngx_str_t                        streamid;
     ngx_str_t                        jid;
     ngx_msec_t                       partial_since;
+    XML_Index                        partial_base;
     ngx_msec_t                       auth_deadline;
     ngx_queue_t                      link;
     u_char                           lang[36];
@@ -307,6 +308,10 @@ ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
  * The read timer: the idle timeout (or the authentication deadline), and
  * while a stanza is unfinished, xmpp_cm_stanza_timeout from its first
  * byte, so a client trickling bytes cannot hold a partial stanza forever.
+ * The kept bytes start at the unfinished stanza's first byte: when that
+ * position moves, the stanza before it completed and a new one started,
+ * so a client streaming stanzas back to back (every read ending inside a
+ * stanza) is timed per stanza.
  */
 
 static void
@@ -330,8 +335,11 @@ ngx_xmpp_cm_client_timer(ngx_xmpp_cm_client_t *cl)
         cl->partial_since = 0;
 
     } else {
-        if (cl->partial_since == 0) {
+        if (cl->partial_since == 0
+            || cl->partial_base != cl->xml->pend_base)
+        {
             cl->partial_since = ngx_current_msec;
+            cl->partial_base = cl->xml->pend_base;
         }
 
         spent = ngx_current_msec - cl->partial_since;
@@ -381,6 +389,7 @@ ngx_xmpp_cm_client_input(ngx_xmpp_cm_client_t *cl, u_char *buf, size_t n)
     n = rest;
 
     cl->zlib_pending = 0;
+    cl->partial_since = 0;
 
     if (ngx_xmpp_cm_xml_reset(cl->xml) != NGX_OK) {
         ngx_xmpp_cm_client_end(cl, "internal-server-error", NULL, NULL, 0);
@@ -1280,6 +1289,7 @@ static void
 ngx_xmpp_cm_client_success(ngx_xmpp_cm_client_t *cl)
 {
     cl->authenticated = 1;
+    cl->partial_since = 0;
     cl->c->log->action = "in an authenticated XMPP stream";
 
     if (ngx_xmpp_cm_xml_reset(cl->xml) != NGX_OK) {

@@ -957,6 +957,18 @@ ngx_xmpp_cm_xml_text(void *data, const XML_Char *s, int len)
             }
         }
 
+        /*
+         * White space, perhaps written as a character reference (&#32;):
+         * parsed, so not kept as the start of an unfinished stanza.
+         */
+
+        idx = XML_GetCurrentByteIndex(x->parser)
+              + XML_GetCurrentByteCount(x->parser);
+
+        if (idx > x->mark) {
+            x->mark = idx;
+        }
+
         return;
     }
 

@@ -1,0 +1,87 @@
+"""Issue 9, client side: the stanza timeout per stanza, stream errors on a
+restarted stream, white space before a restarted stream, the client's own
+stream error, SASL mechanisms the CM does not offer, and replies to a
+client that half-closed its socket."""
+import os
+import re
+import socket
+import time
+
+import pytest
+
+from lib.raw import (NS_CLIENT, NS_SASL, NS_STREAM, DEFAULT_HEADER,
+                     StreamReader, q, tostr)
+from lib.util import wait_until
+from test_compression import HEADER as ZHEADER, ZClient
+from test_tls import TlsRaw, certs, client_ctx, tls_lines  # noqa: F401
+
+NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
+FAST = "xmpp_cm_close_delay 100ms;"
+
+
+def fresh_stream(c):
+    """The client's side of a restart: a fresh parser for what follows."""
+    c.readers.append(StreamReader())
+    c._consumed = 0
+
+
+def assert_error_on_fresh_stream(c, cond):
+    """The restarted stream got a header of its own, then the error."""
+    c.wait_eof(5)
+    r = c.reader
+    assert r.error is None, "unparseable restarted stream (%s): %r" % (
+        r.error, c.text[-600:])
+    assert r.header_raw_tag == q(NS_STREAM, "stream"), c.text[-600:]
+    errs = [e for e in r.stanzas if e.tag == q(NS_STREAM, "error")]
+    assert errs, "no stream error on the restarted stream: %r" % c.text[-600:]
+    got = [e.tag.rsplit("}", 1)[1] for e in errs[0]
+           if not e.tag.endswith("}text")]
+    assert got == [cond], (got, c.text[-600:])
+    assert r.ended, "no </stream:stream>: %r" % c.text[-600:]
+
+
+# ------------------------------------------------ 1. stanza timeout
+def test_stanza_timeout_per_stanza_back_to_back(standin, nginx, raw):
+    """Stanzas streamed back to back, every read ending inside a stanza,
+    for three times the stanza timeout: each stanza completes at once, so
+    the stream lives on and every stanza is routed."""
+    sb = standin()
+    ngx = nginx(standin=sb, extra=FAST + "\nxmpp_cm_stanza_timeout 1s;\n"
+                                  "xmpp_cm_idle_timeout 20s;")
+    c = raw(ngx.port)
+    c.login("alice", "alicepw", resource="stream")
+    n = 0
+    c.send('<message to="bob@localhost" id="bb0"><body>BB-0')
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 3.2:
+        time.sleep(0.1)
+        n += 1
+        # ends one stanza and starts the next: the read ends mid-stanza
+        c.send('</body></message><message to="bob@localhost" id="bb%d">'
+               '<body>BB-%d' % (n, n))
+        c.pump(0)
+        assert not c.eof and c.stream_error() is None, \
+            "cut after %.1fs: %r" % (time.monotonic() - t0, c.text[-300:])
+    c.send("</body></message>")
+    wait_until(lambda: len(sb.inbound(r"BB-\d+<")) == n + 1, 5,
+               what="all %d stanzas routed" % (n + 1))
+    c.pump(0.2)
+    assert not c.eof and c.stream_error() is None, c.text[-300:]
+
+
+def test_char_reference_between_stanzas_idle_timeout(standin, nginx, raw):
+    """&#32; between stanzas is white space: the idle timeout applies,
+    not the stanza timeout."""
+    sb = standin()
+    ngx = nginx(standin=sb, extra=FAST + "\nxmpp_cm_stanza_timeout 1s;\n"
+                                  "xmpp_cm_idle_timeout 3s;")
+    c = raw(ngx.port)
+    c.login("alice", "alicepw", resource="ref")
+    c.send('<message to="bob@localhost" id="r1"><body>REF-1</body></message>'
+           '&#32;')
+    wait_until(lambda: sb.inbound("REF-1"), 5, what="routed")
+    t0 = time.monotonic()
+    assert c.expect_stream_error(6) == "connection-timeout", c.text
+    elapsed = time.monotonic() - t0
+    assert "idle for too long" in c.text, c.text[-300:]
+    assert elapsed > 2.3, elapsed
