@@ -389,6 +389,7 @@ ngx_xmpp_cm_client_input(ngx_xmpp_cm_client_t *cl, u_char *buf, size_t n)
     n = rest;
 
     cl->zlib_pending = 0;
+    cl->header_sent = 0;
     cl->partial_since = 0;
 
     if (ngx_xmpp_cm_xml_reset(cl->xml) != NGX_OK) {
@@ -502,8 +503,8 @@ ngx_xmpp_cm_client_open(void *data, ngx_str_t *name, ngx_str_t *ns,
     }
 
     if (!ngx_xmpp_cm_str_is(name, "stream")) {
-        ngx_xmpp_cm_client_end(cl, "bad-format", "expected <stream:stream>",
-                               NULL, 0);
+        ngx_xmpp_cm_client_end(cl, "bad-format",
+                               "expected a stream:stream header", NULL, 0);
         return NGX_DONE;
     }
 
@@ -1289,6 +1290,7 @@ static void
 ngx_xmpp_cm_client_success(ngx_xmpp_cm_client_t *cl)
 {
     cl->authenticated = 1;
+    cl->header_sent = 0;
     cl->partial_since = 0;
     cl->c->log->action = "in an authenticated XMPP stream";
 
@@ -1327,11 +1329,17 @@ ngx_xmpp_cm_client_end(ngx_xmpp_cm_client_t *cl, char *cond, char *text,
         return;
     }
 
+    cl->closing = 1;
+
+    /*
+     * A stream not answered yet, a restarted one too (RFC 6120 4.9.1.2):
+     * the client's parser needs a header before the error; only the
+     * header, no features.
+     */
+
     if (!cl->header_sent) {
         ngx_xmpp_cm_client_header(cl);
     }
-
-    cl->closing = 1;
 
     if (raw) {
         ngx_xmpp_cm_client_send(cl, raw, rawlen);
@@ -1434,6 +1442,8 @@ ngx_xmpp_cm_client_starttls(ngx_xmpp_cm_client_t *cl)
     c = cl->c;
 
     /* a fresh parser: the client restarts its stream over TLS */
+
+    cl->header_sent = 0;
 
     if (ngx_xmpp_cm_xml_reset(cl->xml) != NGX_OK) {
         ngx_xmpp_cm_client_finalize(cl);

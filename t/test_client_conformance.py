@@ -85,3 +85,73 @@ def test_char_reference_between_stanzas_idle_timeout(standin, nginx, raw):
     elapsed = time.monotonic() - t0
     assert "idle for too long" in c.text, c.text[-300:]
     assert elapsed > 2.3, elapsed
+
+
+# ------------------------------------------------ 3. errors on a restart
+def sasl_success(c):
+    c.open()
+    r = c.auth_plain("alice", "alicepw")
+    assert r.tag == q(NS_SASL, "success"), tostr(r)
+    fresh_stream(c)
+
+
+RESTART_BAD = [
+    ("wrong_to", DEFAULT_HEADER.format(to="example.org"), "host-unknown"),
+    ("bad_namespace",
+     DEFAULT_HEADER.format(to="localhost").replace(
+         'xmlns="jabber:client"', 'xmlns="jabber:server"'),
+     "invalid-namespace"),
+    ("not_stream",
+     DEFAULT_HEADER.format(to="localhost").replace("stream:stream",
+                                                   "stream:strom"),
+     "bad-format"),
+]
+
+
+@pytest.mark.parametrize("case,hdr,cond", RESTART_BAD,
+                         ids=[b[0] for b in RESTART_BAD])
+def test_error_after_sasl_restart_has_header(standin, nginx, raw, case, hdr,
+                                             cond):
+    sb = standin()
+    ngx = nginx(standin=sb, extra=FAST)
+    c = raw(ngx.port)
+    sasl_success(c)
+    c.send(hdr)
+    assert_error_on_fresh_stream(c, cond)
+
+
+def test_kick_before_restart_header_has_header(standin, nginx, raw):
+    """Openfire ends the session between <success/> and the client's new
+    header: the error still comes on a stream with a header."""
+    sb = standin()
+    ngx = nginx(standin=sb, extra=FAST)
+    c = raw(ngx.port)
+    sasl_success(c)
+    sb.call("close_session", streamid=c.stream_id, error="conflict")
+    assert_error_on_fresh_stream(c, "conflict")
+
+
+def test_error_after_compression_restart_has_header(standin, nginx):
+    sb = standin()
+    ngx = nginx(standin=sb, extra=FAST + "\nxmpp_cm_compression on;")
+    z = ZClient(ngx.port)
+    z.login(b"alice", b"alicepw")
+    z.start_zlib()
+    z.send(ZHEADER.replace(b'to="localhost"', b'to="example.org"'))
+    out = z.until(rb"</stream:stream>")
+    assert re.match(rb"\s*(<\?xml[^>]*>)?<stream:stream ", out), out
+    assert b"<host-unknown " in out, out
+
+
+def test_error_after_starttls_restart_has_header(standin, nginx, certs):
+    sb = standin()
+    ngx = nginx(standin=sb, extra=FAST + "\n" + tls_lines(certs))
+    c = TlsRaw(ngx.port)
+    try:
+        c.open()
+        c.starttls(client_ctx(certs))
+        fresh_stream(c)
+        c.send(DEFAULT_HEADER.format(to="example.org"))
+        assert_error_on_fresh_stream(c, "host-unknown")
+    finally:
+        c.close()
