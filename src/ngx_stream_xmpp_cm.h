@@ -244,6 +244,7 @@ typedef struct {
     unsigned                         root_extra_ns:1;
     unsigned                         parkable:1;
     unsigned                         synthetic:1;
+    unsigned                         restarted:1;
 } ngx_xmpp_cm_xml_t;
 
 

@@ -305,6 +305,7 @@ ngx_xmpp_cm_xml_reset(ngx_xmpp_cm_xml_t *x)
     }
 
     x->parkable = 0;
+    x->restarted = x->client;
 
     x->depth = 0;
     x->error = NULL;
@@ -379,6 +380,29 @@ ngx_xmpp_cm_xml_feed(ngx_xmpp_cm_xml_t *x, u_char *buf, size_t n)
         return NGX_DONE;
     }
 
+    if (x->restarted) {
+
+        /*
+         * White space before a restarted stream's first '<' (a keepalive
+         * the client sent before it saw <success/>): skipped, as Openfire
+         * does.  An XML declaration anywhere but at the start of a stream
+         * is an expat error, not-well-formed.
+         */
+
+        while (n && (*buf == ' ' || *buf == '\n' || *buf == '\r'
+                     || *buf == '\t'))
+        {
+            buf++;
+            n--;
+        }
+
+        if (n == 0) {
+            return NGX_OK;
+        }
+
+        x->restarted = 0;
+    }
+
     if (x->parser == NULL && ngx_xmpp_cm_xml_acquire(x) != NGX_OK) {
         x->error = "internal-server-error";
         return NGX_ERROR;
@@ -404,10 +428,6 @@ ngx_xmpp_cm_xml_feed(ngx_xmpp_cm_xml_t *x, u_char *buf, size_t n)
         case XML_ERROR_UNKNOWN_ENCODING:
         case XML_ERROR_INCORRECT_ENCODING:
             x->error = "unsupported-encoding";
-            break;
-
-        case XML_ERROR_MISPLACED_XML_PI:
-            x->error = x->opened ? "not-well-formed" : "restricted-xml";
             break;
 
         default:

@@ -155,3 +155,44 @@ def test_error_after_starttls_restart_has_header(standin, nginx, certs):
         assert_error_on_fresh_stream(c, "host-unknown")
     finally:
         c.close()
+
+
+# ------------------------------------------------ 4. white space, XML decl
+def test_keepalive_before_success_does_not_kill_restart(standin, nginx, raw):
+    """A keepalive the client sent just before <success/> arrived lands in
+    front of the restarted stream's XML declaration: skipped."""
+    sb = standin()
+    ngx = nginx(standin=sb, extra=FAST)
+    c = raw(ngx.port)
+    sasl_success(c)
+    c.send(" ")
+    time.sleep(0.05)        # its own read, as a keepalive would be
+    c.send("\r\n\t")
+    c.readers.pop()         # open() below expects the reader it gets
+    _, feats = c.restart()
+    assert feats.find(q(NS_BIND, "bind")) is not None, tostr(feats)
+    res = c.iq('<bind xmlns="%s"><resource>ka</resource></bind>' % NS_BIND,
+               "b1")
+    assert res.get("type") == "result", tostr(res)
+
+
+@pytest.mark.parametrize("data", [
+    ' <?xml version="1.0"?>' + DEFAULT_HEADER.format(to="localhost")[21:],
+    '<?xml version="1.0"?>' + DEFAULT_HEADER.format(to="localhost"),
+], ids=["space_before_decl", "second_decl"])
+def test_misplaced_xml_declaration_not_well_formed(standin, nginx, raw,
+                                                   data):
+    sb = standin()
+    ngx = nginx(standin=sb, extra=FAST)
+    c = raw(ngx.port)
+    c.send(data)
+    assert c.expect_stream_error(5) == "not-well-formed", c.text
+
+
+def test_misplaced_xml_declaration_on_restart(standin, nginx, raw):
+    sb = standin()
+    ngx = nginx(standin=sb, extra=FAST)
+    c = raw(ngx.port)
+    sasl_success(c)
+    c.send(' x<?xml version="1.0"?>' + DEFAULT_HEADER.format(to="localhost"))
+    assert_error_on_fresh_stream(c, "not-well-formed")
