@@ -160,6 +160,7 @@ typedef struct {
     ngx_str_t                        ns;
     unsigned                         has_xmlns:1;
     ngx_xmpp_cm_node_t              *root;         /* tree mode only */
+    ngx_str_t                        cond;         /* of a <stream:error> */
     XML_Index                        start;
     XML_Index                        end;
 } ngx_xmpp_cm_elem_t;
@@ -187,6 +188,7 @@ typedef struct {
     ngx_xmpp_cm_elem_t               elem;
     u_char                           name[NGX_XMPP_CM_NAME_MAX];
     u_char                           ns[NGX_XMPP_CM_NS_MAX];
+    u_char                           cond[NGX_XMPP_CM_NAME_MAX];
     ngx_uint_t                       npfx;
     u_char                           pfx[NGX_XMPP_CM_PFX_MAX]
                                         [NGX_XMPP_CM_PFX_LEN];

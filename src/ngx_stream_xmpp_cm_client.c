@@ -85,6 +85,7 @@ static void ngx_xmpp_cm_client_bound(ngx_xmpp_cm_client_t *cl,
     ngx_xmpp_cm_node_t *iq);
 
 
+static ngx_str_t    ngx_xmpp_cm_client_nocond = ngx_string("(no condition)");
 static u_char       ngx_xmpp_cm_client_buf[NGX_XMPP_CM_CLIENT_READ];
 static ngx_queue_t  ngx_xmpp_cm_clients;
 static ngx_uint_t   ngx_xmpp_cm_clients_init;
@@ -933,8 +934,10 @@ ngx_xmpp_cm_client_element(void *data, ngx_xmpp_cm_elem_t *e)
         return NGX_OK;
 
     case NGX_XMPP_CM_E_ERROR:
+        /* RFC 6120 4.9.1.1: the stream ends; only </stream:stream> */
         ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
-                      "xmpp_cm: client sent a stream error");
+                      "xmpp_cm: client sent a stream error: %V",
+                      e->cond.len ? &e->cond : &ngx_xmpp_cm_client_nocond);
         ngx_xmpp_cm_client_end(cl, NULL, NULL, (u_char *) "", 0);
         return NGX_DONE;
 

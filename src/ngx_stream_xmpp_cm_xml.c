@@ -778,6 +778,8 @@ ngx_xmpp_cm_xml_start(void *data, const XML_Char *name,
 
         x->st->elem.name.data = x->st->name;
         x->st->elem.ns.data = x->st->ns;
+        x->st->elem.cond.len = 0;
+        x->st->elem.cond.data = x->st->cond;
 
         /* refuse an unwanted stanza at its start tag, not at its end */
 
@@ -797,7 +799,27 @@ ngx_xmpp_cm_xml_start(void *data, const XML_Char *name,
         return;
     }
 
-    if (x->client) {
+    if (x->client
+        && ngx_xmpp_cm_str_is(&x->st->elem.ns, NGX_XMPP_NS_STREAMS)
+        && ngx_xmpp_cm_str_is(&x->st->elem.name, "error"))
+    {
+
+        /*
+         * The client's own <stream:error>, its prefix declared on its
+         * stream header: never copied anywhere, only its condition is
+         * read (for the log).
+         */
+
+        if (x->depth == 3 && x->st->elem.cond.len == 0
+            && local.len < NGX_XMPP_CM_NAME_MAX
+            && ngx_xmpp_cm_str_is(&ns, NGX_XMPP_NS_XSTREAMS)
+            && !ngx_xmpp_cm_str_is(&local, "text"))
+        {
+            ngx_memcpy(x->st->cond, local.data, local.len);
+            x->st->elem.cond.len = local.len;
+        }
+
+    } else if (x->client) {
         if (!ngx_xmpp_cm_xml_prefix_ok(x, &prefix)) {
             ngx_xmpp_cm_xml_fail(x, "invalid-namespace",
                                  "prefix not declared in the stanza");

@@ -196,3 +196,25 @@ def test_misplaced_xml_declaration_on_restart(standin, nginx, raw):
     sasl_success(c)
     c.send(' x<?xml version="1.0"?>' + DEFAULT_HEADER.format(to="localhost"))
     assert_error_on_fresh_stream(c, "not-well-formed")
+
+
+# ------------------------------------------------ 5. the client's error
+@pytest.mark.parametrize("login", [False, True], ids=["preauth", "bound"])
+def test_client_stream_error_ends_with_close_tag(standin, nginx, raw, login):
+    sb = standin()
+    ngx = nginx(standin=sb, extra=FAST)
+    c = raw(ngx.port)
+    if login:
+        c.login("alice", "alicepw", resource="err")
+    else:
+        c.open()
+    sid = c.stream_id
+    c.send('<stream:error><text xmlns="urn:ietf:params:xml:ns:xmpp-streams">'
+           'going</text><conflict xmlns="urn:ietf:params:xml:ns:xmpp-streams"'
+           '/></stream:error>')
+    c.wait_eof(5)
+    assert c.stream_error() is None, c.text[-400:]
+    assert c.reader.error is None and c.reader.ended, c.text[-400:]
+    assert ngx.log_lines(r"\[info\].*client sent a stream error: conflict"), \
+        ngx.log_lines(r"stream error")
+    wait_until(lambda: sb.close_iqs_for(sid), 5, what="close IQ")
