@@ -160,6 +160,7 @@ typedef struct {
     ngx_str_t                        ns;
     unsigned                         has_xmlns:1;
     ngx_xmpp_cm_node_t              *root;         /* tree mode only */
+    const XML_Char                 **attrs;        /* in start() only */
     ngx_str_t                        cond;         /* of a <stream:error> */
     XML_Index                        start;
     XML_Index                        end;

@@ -45,6 +45,7 @@ struct ngx_xmpp_cm_client_s {
     unsigned                         blocked:1;
     unsigned                         closing:1;
     unsigned                         lingering:1;
+    unsigned                         mech_refused:1;
 };
 
 
@@ -83,6 +84,8 @@ static void ngx_xmpp_cm_client_tls_done(ngx_connection_t *c);
 #endif
 static void ngx_xmpp_cm_client_bound(ngx_xmpp_cm_client_t *cl,
     ngx_xmpp_cm_node_t *iq);
+static ngx_uint_t ngx_xmpp_cm_client_offered(ngx_xmpp_cm_client_t *cl,
+    const XML_Char **attrs);
 
 
 static ngx_str_t    ngx_xmpp_cm_client_nocond = ngx_string("(no condition)");
@@ -872,9 +875,73 @@ ngx_xmpp_cm_client_start(void *data, ngx_xmpp_cm_elem_t *e)
                       &e->name, &e->ns);
         ngx_xmpp_cm_client_end(cl, "unsupported-stanza-type", NULL, NULL, 0);
         return NGX_DONE;
+
+    case NGX_XMPP_CM_E_FORWARD:
+        if (e->attrs == NULL) {
+            break;
+        }
+
+        if (ngx_xmpp_cm_str_is(&e->name, "auth")) {
+            cl->mech_refused = !ngx_xmpp_cm_client_offered(cl, e->attrs);
+        }
+
+        break;
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * Whether the client asks for a SASL mechanism offered to it.  Those the
+ * CM hides (EXTERNAL, *-PLUS: they cannot succeed through a CM) and those
+ * Openfire does not offer at all get <invalid-mechanism/> from the CM, as
+ * Openfire would answer them, but without counting them as failed
+ * attempts against the account (xmpp.auth.retries).
+ */
+
+static ngx_uint_t
+ngx_xmpp_cm_client_offered(ngx_xmpp_cm_client_t *cl, const XML_Char **attrs)
+{
+    u_char     *p, *last, *n;
+    size_t      len;
+    ngx_str_t   mech;
+    ngx_uint_t  i;
+    u_char      needle[sizeof("<mechanism>") - 1 + 20
+                       + sizeof("</mechanism>") - 1];
+
+    if (ngx_xmpp_cm_client_attr(attrs, "", "mechanism", &mech) == NULL
+        || mech.len == 0 || mech.len > 20)
+    {
+        return 0;
+    }
+
+    /* RFC 4422 3.1: 1 to 20 of A-Z, 0-9, '-' and '_' */
+
+    for (i = 0; i < mech.len; i++) {
+        if (!((mech.data[i] >= 'A' && mech.data[i] <= 'Z')
+              || (mech.data[i] >= '0' && mech.data[i] <= '9')
+              || mech.data[i] == '-' || mech.data[i] == '_'))
+        {
+            return 0;
+        }
+    }
+
+    n = ngx_cpymem(needle, "<mechanism>", sizeof("<mechanism>") - 1);
+    n = ngx_cpymem(n, mech.data, mech.len);
+    n = ngx_cpymem(n, "</mechanism>", sizeof("</mechanism>") - 1);
+    len = n - needle;
+
+    p = cl->pool->features.data;
+    last = p + cl->pool->features.len;
+
+    for ( /* void */ ; (size_t) (last - p) >= len; p++) {
+        if (ngx_memcmp(p, needle, len) == 0) {
+            return 1;
+        }
+    }
+
+    return 0;
 }
 
 
@@ -889,10 +956,22 @@ ngx_xmpp_cm_client_element(void *data, ngx_xmpp_cm_elem_t *e)
     static u_char  proceed[] = "<proceed xmlns=\"" NGX_XMPP_NS_TLS "\"/>";
     static u_char  encrypt[] = "<failure xmlns=\"" NGX_XMPP_NS_SASL "\">"
                                "<encryption-required/></failure>";
+    static u_char  invalid_mech[] = "<failure xmlns=\"" NGX_XMPP_NS_SASL "\">"
+                                    "<invalid-mechanism/></failure>";
 
     switch (ngx_xmpp_cm_client_kind(cl, e)) {
 
     case NGX_XMPP_CM_E_FORWARD:
+        if (cl->mech_refused && ngx_xmpp_cm_str_is(&e->name, "auth")) {
+            cl->mech_refused = 0;
+            ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                          "xmpp_cm: client asked for a SASL mechanism "
+                          "not offered");
+            ngx_xmpp_cm_client_send(cl, invalid_mech,
+                                    sizeof(invalid_mech) - 1);
+            return NGX_OK;
+        }
+
         if (ngx_xmpp_cm_str_is(&e->ns, NGX_XMPP_NS_SASL)) {
             /* RFC 6120 5.3.1: TLS comes before SASL, never during it */
             cl->sasl_started = 1;

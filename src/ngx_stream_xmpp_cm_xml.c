@@ -784,7 +784,9 @@ ngx_xmpp_cm_xml_start(void *data, const XML_Char *name,
         /* refuse an unwanted stanza at its start tag, not at its end */
 
         if (x->start) {
+            x->st->elem.attrs = atts;
             rc = x->start(x->data, &x->st->elem);
+            x->st->elem.attrs = NULL;
 
             if (rc != NGX_OK) {
                 x->rc = rc;

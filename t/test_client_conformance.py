@@ -218,3 +218,27 @@ def test_client_stream_error_ends_with_close_tag(standin, nginx, raw, login):
     assert ngx.log_lines(r"\[info\].*client sent a stream error: conflict"), \
         ngx.log_lines(r"stream error")
     wait_until(lambda: sb.close_iqs_for(sid), 5, what="close IQ")
+
+
+# ------------------------------------------------ 7. SASL mechanisms
+@pytest.mark.parametrize("mech", ["EXTERNAL", "SCRAM-SHA-1-PLUS", "FOO",
+                                  "SCRAM-SHA-256", "PLAIN\t"])
+def test_mechanism_not_offered_answered_locally(standin, nginx, raw, mech):
+    """Hidden (EXTERNAL, *-PLUS) and unknown mechanisms get
+    invalid-mechanism from the CM; Openfire never sees them, so they do not
+    count as failed attempts: four of them, then a login."""
+    sb = standin(mechanisms="PLAIN,SCRAM-SHA-1,EXTERNAL,SCRAM-SHA-1-PLUS")
+    ngx = nginx(standin=sb, extra=FAST)
+    c = raw(ngx.port)
+    c.open()
+    for i in range(4):
+        c.send('<auth xmlns="%s" mechanism="%s">AGFsaWNlAGFsaWNlcHc=</auth>'
+               % (NS_SASL, mech))
+        r = c.next_element(5, lambda e: e.tag in (q(NS_SASL, "failure"),
+                                                 q(NS_SASL, "success")))
+        assert r.tag == q(NS_SASL, "failure"), tostr(r)
+        assert [x.tag for x in r] == [q(NS_SASL, "invalid-mechanism")], \
+            tostr(r)
+    assert sb.inbound(r"<auth\b") == [], sb.inbound(r"<auth\b")
+    r = c.auth_plain("alice", "alicepw")
+    assert r.tag == q(NS_SASL, "success"), tostr(r)
