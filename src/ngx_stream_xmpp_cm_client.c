@@ -46,6 +46,10 @@ struct ngx_xmpp_cm_client_s {
     unsigned                         closing:1;
     unsigned                         lingering:1;
     unsigned                         mech_refused:1;
+    unsigned                         iq_request:1;
+    unsigned                         half_closed:1;
+
+    ngx_uint_t                       iq_pending;   /* IQ get/set unanswered */
 };
 
 
@@ -86,6 +90,9 @@ static void ngx_xmpp_cm_client_bound(ngx_xmpp_cm_client_t *cl,
     ngx_xmpp_cm_node_t *iq);
 static ngx_uint_t ngx_xmpp_cm_client_offered(ngx_xmpp_cm_client_t *cl,
     const XML_Char **attrs);
+static ngx_int_t ngx_xmpp_cm_client_eof(ngx_xmpp_cm_client_t *cl);
+static void ngx_xmpp_cm_client_replied(ngx_xmpp_cm_client_t *cl,
+    ngx_xmpp_cm_node_t *iq);
 
 
 static ngx_str_t    ngx_xmpp_cm_client_nocond = ngx_string("(no condition)");
@@ -216,6 +223,15 @@ ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
             return;
         }
 
+        if (cl->half_closed) {
+            ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                          "xmpp_cm: %ui IQ replies for a client that "
+                          "closed its side did not come in time",
+                          cl->iq_pending);
+            ngx_xmpp_cm_client_end(cl, NULL, NULL, (u_char *) "", 0);
+            return;
+        }
+
         ngx_log_error(NGX_LOG_INFO, c->log, 0, "xmpp_cm: client timed out");
         ngx_xmpp_cm_client_end(cl, "connection-timeout",
                                cl->partial_since && cl->conf->stanza_timeout
@@ -229,6 +245,11 @@ ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
 
     if (cl->tls_pending) {
         /* <proceed/> is going out: the next bytes belong to TLS */
+        return;
+    }
+
+    if (cl->half_closed && !cl->closing) {
+        /* the client sends nothing more: its IQ replies are awaited */
         return;
     }
 
@@ -262,6 +283,10 @@ ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
 
         if (n == NGX_AGAIN) {
             break;
+        }
+
+        if (n == 0 && ngx_xmpp_cm_client_eof(cl) == NGX_AGAIN) {
+            return;
         }
 
         if (n == 0 || n == NGX_ERROR) {
@@ -305,6 +330,76 @@ ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
     }
 
     ngx_xmpp_cm_client_timer(cl);
+}
+
+
+/*
+ * The client shut its side (shutdown(SHUT_WR), or a close): what it sent
+ * is routed already.  If IQ requests it sent are not answered yet, the
+ * connection stays open for their replies (it may be only half-closed),
+ * for at most the linger time; then, or with the last reply, the stream
+ * ends as if the client had closed it.  NGX_OK: close now.
+ */
+
+static ngx_int_t
+ngx_xmpp_cm_client_eof(ngx_xmpp_cm_client_t *cl)
+{
+    ngx_event_t  *rev;
+
+    if (cl->closing || cl->iq_pending == 0 || cl->session == NULL) {
+        return NGX_OK;
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_STREAM, cl->c->log, 0,
+                   "xmpp_cm: client closed its side, awaiting %ui IQ "
+                   "replies", cl->iq_pending);
+
+    cl->half_closed = 1;
+
+    rev = cl->c->read;
+
+    if ((ngx_event_flags & NGX_USE_LEVEL_EVENT) && rev->active) {
+        /* a level-triggered EOF would be reported again and again */
+
+        if (ngx_del_event(rev, NGX_READ_EVENT, 0) != NGX_OK) {
+            return NGX_OK;
+        }
+    }
+
+    if (rev->timer_set) {
+        ngx_del_timer(rev);
+    }
+
+    ngx_add_timer(rev, NGX_XMPP_CM_LINGER);
+
+    return NGX_AGAIN;
+}
+
+
+/* an IQ result or error for the client: one awaited reply fewer */
+
+static void
+ngx_xmpp_cm_client_replied(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_node_t *iq)
+{
+    ngx_str_t  *type;
+
+    type = ngx_xmpp_cm_node_attr(iq, "type");
+
+    if (type == NULL
+        || !(ngx_xmpp_cm_str_is(type, "result")
+             || ngx_xmpp_cm_str_is(type, "error")))
+    {
+        return;
+    }
+
+    cl->iq_pending--;
+
+    if (cl->iq_pending == 0 && cl->half_closed) {
+        ngx_log_debug0(NGX_LOG_DEBUG_STREAM, cl->c->log, 0,
+                       "xmpp_cm: last IQ reply for a client that closed "
+                       "its side");
+        ngx_xmpp_cm_client_end(cl, NULL, NULL, (u_char *) "", 0);
+    }
 }
 
 
@@ -859,6 +954,10 @@ ngx_xmpp_cm_client_start(void *data, ngx_xmpp_cm_elem_t *e)
 {
     ngx_xmpp_cm_client_t *cl = data;
 
+    ngx_str_t  type;
+
+    cl->iq_request = 0;
+
     switch (ngx_xmpp_cm_client_kind(cl, e)) {
 
     case NGX_XMPP_CM_E_NOAUTH:
@@ -883,6 +982,12 @@ ngx_xmpp_cm_client_start(void *data, ngx_xmpp_cm_elem_t *e)
 
         if (ngx_xmpp_cm_str_is(&e->name, "auth")) {
             cl->mech_refused = !ngx_xmpp_cm_client_offered(cl, e->attrs);
+
+        } else if (ngx_xmpp_cm_str_is(&e->name, "iq")) {
+            cl->iq_request =
+                ngx_xmpp_cm_client_attr(e->attrs, "", "type", &type) != NULL
+                && (ngx_xmpp_cm_str_is(&type, "get")
+                    || ngx_xmpp_cm_str_is(&type, "set"));
         }
 
         break;
@@ -950,6 +1055,8 @@ ngx_xmpp_cm_client_element(void *data, ngx_xmpp_cm_elem_t *e)
 {
     ngx_xmpp_cm_client_t *cl = data;
 
+    ngx_int_t  rc;
+
     static u_char  aborted[] = "<failure xmlns=\"" NGX_XMPP_NS_SASL "\">"
                                "<aborted/></failure>";
     static u_char  tls_failure[] = "<failure xmlns=\"" NGX_XMPP_NS_TLS "\"/>";
@@ -977,7 +1084,14 @@ ngx_xmpp_cm_client_element(void *data, ngx_xmpp_cm_elem_t *e)
             cl->sasl_started = 1;
         }
 
-        return ngx_xmpp_cm_client_forward(cl, e);
+        rc = ngx_xmpp_cm_client_forward(cl, e);
+
+        if (rc == NGX_OK && cl->iq_request) {
+            /* awaited even if the client half-closes its socket */
+            cl->iq_pending++;
+        }
+
+        return rc;
 
     case NGX_XMPP_CM_E_ABORT:
         /* Openfire rejects <abort/> in a route; answer it here */
@@ -1265,6 +1379,10 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
 
     } else if (cl->jid.len == 0 && ngx_xmpp_cm_str_is(&n->name, "iq")) {
         ngx_xmpp_cm_client_bound(cl, n);
+    }
+
+    if (cl->iq_pending && ngx_xmpp_cm_str_is(&n->name, "iq")) {
+        ngx_xmpp_cm_client_replied(cl, n);
     }
 }
 

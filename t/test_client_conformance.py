@@ -242,3 +242,70 @@ def test_mechanism_not_offered_answered_locally(standin, nginx, raw, mech):
     assert sb.inbound(r"<auth\b") == [], sb.inbound(r"<auth\b")
     r = c.auth_plain("alice", "alicepw")
     assert r.tag == q(NS_SASL, "success"), tostr(r)
+
+
+# ------------------------------------------------ 8. half-close
+def worker_fds(ngx):
+    pid = ngx.worker_pids()[0]
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+@pytest.mark.parametrize("body,check", [
+    ('<query xmlns="jabber:iq:roster"/>', "{jabber:iq:roster}query"),
+    ('<ping xmlns="urn:xmpp:ping"/>', None),
+], ids=["roster", "ping"])
+def test_reply_delivered_after_half_close(standin, nginx, raw, body, check):
+    sb = standin()
+    ngx = nginx(standin=sb, extra=FAST)
+    fds = worker_fds(ngx)
+    c = raw(ngx.port)
+    c.login("alice", "alicepw", resource="hc")
+    c.send('<iq type="get" id="hc1" to="localhost">%s</iq>' % body)
+    c.sock.shutdown(socket.SHUT_WR)
+    t0 = time.monotonic()
+    res = c.next_element(5, lambda e: e.tag == q(NS_CLIENT, "iq")
+                         and e.get("id") == "hc1", "the reply")
+    assert res.get("type") == "result", tostr(res)
+    if check:
+        assert res.find(check) is not None, tostr(res)
+    # and then the stream ends at once (nothing else is awaited)
+    c.wait_eof(3)
+    assert c.stream_ended() and c.stream_error() is None, c.text[-300:]
+    assert time.monotonic() - t0 < 3
+    # the client's side is closed already: no linger, the socket goes
+    wait_until(lambda: worker_fds(ngx) == fds, 2,
+               what="the client connection closed in the worker")
+
+
+def test_half_close_with_nothing_pending_closes(standin, nginx, raw):
+    sb = standin()
+    ngx = nginx(standin=sb, extra=FAST)
+    c = raw(ngx.port)
+    c.login("alice", "alicepw", resource="hc0")
+    sid = c.stream_id
+    c.send('<message to="bob@localhost" id="m1"><body>HC-0</body></message>')
+    c.sock.shutdown(socket.SHUT_WR)
+    t0 = time.monotonic()
+    c.wait_eof(3)
+    assert time.monotonic() - t0 < 1.5
+    wait_until(lambda: sb.inbound("HC-0"), 5, what="the message routed")
+    wait_until(lambda: sb.close_iqs_for(sid), 5, what="close IQ")
+
+
+def test_half_close_reply_never_comes_bounded(standin, nginx, raw):
+    """An IQ to a full JID that never answers: the CM waits at most its
+    linger (5 s), then ends the stream."""
+    sb = standin()
+    ngx = nginx(standin=sb, extra=FAST)
+    b = raw(ngx.port)
+    b.login("bob", "bobpw", resource="mute")
+    c = raw(ngx.port)
+    c.login("alice", "alicepw", resource="hc2")
+    c.send('<iq type="get" id="hc2" to="bob@localhost/mute"><query '
+           'xmlns="jabber:iq:version"/></iq>')
+    c.sock.shutdown(socket.SHUT_WR)
+    b.next_element(5, lambda e: e.get("id") == "hc2", "the IQ at bob")
+    t0 = time.monotonic()
+    c.wait_eof(8)
+    assert 3 < time.monotonic() - t0 < 7
+    assert c.stream_ended(), c.text[-300:]
