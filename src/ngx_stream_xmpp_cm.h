@@ -160,6 +160,8 @@ typedef struct {
     ngx_str_t                        ns;
     unsigned                         has_xmlns:1;
     ngx_xmpp_cm_node_t              *root;         /* tree mode only */
+    const XML_Char                 **attrs;        /* in start() only */
+    ngx_str_t                        cond;         /* of a <stream:error> */
     XML_Index                        start;
     XML_Index                        end;
 } ngx_xmpp_cm_elem_t;
@@ -187,6 +189,7 @@ typedef struct {
     ngx_xmpp_cm_elem_t               elem;
     u_char                           name[NGX_XMPP_CM_NAME_MAX];
     u_char                           ns[NGX_XMPP_CM_NS_MAX];
+    u_char                           cond[NGX_XMPP_CM_NAME_MAX];
     ngx_uint_t                       npfx;
     u_char                           pfx[NGX_XMPP_CM_PFX_MAX]
                                         [NGX_XMPP_CM_PFX_LEN];
@@ -244,6 +247,7 @@ typedef struct {
     unsigned                         root_extra_ns:1;
     unsigned                         parkable:1;
     unsigned                         synthetic:1;
+    unsigned                         restarted:1;
 } ngx_xmpp_cm_xml_t;
 
 

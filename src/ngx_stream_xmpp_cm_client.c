@@ -32,6 +32,7 @@ struct ngx_xmpp_cm_client_s {
     ngx_str_t                        streamid;
     ngx_str_t                        jid;
     ngx_msec_t                       partial_since;
+    XML_Index                        partial_base;
     ngx_msec_t                       auth_deadline;
     ngx_queue_t                      link;
     u_char                           lang[36];
@@ -44,6 +45,11 @@ struct ngx_xmpp_cm_client_s {
     unsigned                         blocked:1;
     unsigned                         closing:1;
     unsigned                         lingering:1;
+    unsigned                         mech_refused:1;
+    unsigned                         iq_request:1;
+    unsigned                         half_closed:1;
+
+    ngx_uint_t                       iq_pending;   /* IQ get/set unanswered */
 };
 
 
@@ -82,8 +88,14 @@ static void ngx_xmpp_cm_client_tls_done(ngx_connection_t *c);
 #endif
 static void ngx_xmpp_cm_client_bound(ngx_xmpp_cm_client_t *cl,
     ngx_xmpp_cm_node_t *iq);
+static ngx_uint_t ngx_xmpp_cm_client_offered(ngx_xmpp_cm_client_t *cl,
+    const XML_Char **attrs);
+static ngx_int_t ngx_xmpp_cm_client_eof(ngx_xmpp_cm_client_t *cl);
+static void ngx_xmpp_cm_client_replied(ngx_xmpp_cm_client_t *cl,
+    ngx_xmpp_cm_node_t *iq);
 
 
+static ngx_str_t    ngx_xmpp_cm_client_nocond = ngx_string("(no condition)");
 static u_char       ngx_xmpp_cm_client_buf[NGX_XMPP_CM_CLIENT_READ];
 static ngx_queue_t  ngx_xmpp_cm_clients;
 static ngx_uint_t   ngx_xmpp_cm_clients_init;
@@ -211,6 +223,15 @@ ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
             return;
         }
 
+        if (cl->half_closed) {
+            ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                          "xmpp_cm: %ui IQ replies for a client that "
+                          "closed its side did not come in time",
+                          cl->iq_pending);
+            ngx_xmpp_cm_client_end(cl, NULL, NULL, (u_char *) "", 0);
+            return;
+        }
+
         ngx_log_error(NGX_LOG_INFO, c->log, 0, "xmpp_cm: client timed out");
         ngx_xmpp_cm_client_end(cl, "connection-timeout",
                                cl->partial_since && cl->conf->stanza_timeout
@@ -224,6 +245,11 @@ ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
 
     if (cl->tls_pending) {
         /* <proceed/> is going out: the next bytes belong to TLS */
+        return;
+    }
+
+    if (cl->half_closed && !cl->closing) {
+        /* the client sends nothing more: its IQ replies are awaited */
         return;
     }
 
@@ -257,6 +283,10 @@ ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
 
         if (n == NGX_AGAIN) {
             break;
+        }
+
+        if (n == 0 && ngx_xmpp_cm_client_eof(cl) == NGX_AGAIN) {
+            return;
         }
 
         if (n == 0 || n == NGX_ERROR) {
@@ -304,9 +334,83 @@ ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
 
 
 /*
+ * The client shut its side (shutdown(SHUT_WR), or a close): what it sent
+ * is routed already.  If IQ requests it sent are not answered yet, the
+ * connection stays open for their replies (it may be only half-closed),
+ * for at most the linger time; then, or with the last reply, the stream
+ * ends as if the client had closed it.  NGX_OK: close now.
+ */
+
+static ngx_int_t
+ngx_xmpp_cm_client_eof(ngx_xmpp_cm_client_t *cl)
+{
+    ngx_event_t  *rev;
+
+    if (cl->closing || cl->iq_pending == 0 || cl->session == NULL) {
+        return NGX_OK;
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_STREAM, cl->c->log, 0,
+                   "xmpp_cm: client closed its side, awaiting %ui IQ "
+                   "replies", cl->iq_pending);
+
+    cl->half_closed = 1;
+
+    rev = cl->c->read;
+
+    if ((ngx_event_flags & NGX_USE_LEVEL_EVENT) && rev->active) {
+        /* a level-triggered EOF would be reported again and again */
+
+        if (ngx_del_event(rev, NGX_READ_EVENT, 0) != NGX_OK) {
+            return NGX_OK;
+        }
+    }
+
+    if (rev->timer_set) {
+        ngx_del_timer(rev);
+    }
+
+    ngx_add_timer(rev, NGX_XMPP_CM_LINGER);
+
+    return NGX_AGAIN;
+}
+
+
+/* an IQ result or error for the client: one awaited reply fewer */
+
+static void
+ngx_xmpp_cm_client_replied(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_node_t *iq)
+{
+    ngx_str_t  *type;
+
+    type = ngx_xmpp_cm_node_attr(iq, "type");
+
+    if (type == NULL
+        || !(ngx_xmpp_cm_str_is(type, "result")
+             || ngx_xmpp_cm_str_is(type, "error")))
+    {
+        return;
+    }
+
+    cl->iq_pending--;
+
+    if (cl->iq_pending == 0 && cl->half_closed) {
+        ngx_log_debug0(NGX_LOG_DEBUG_STREAM, cl->c->log, 0,
+                       "xmpp_cm: last IQ reply for a client that closed "
+                       "its side");
+        ngx_xmpp_cm_client_end(cl, NULL, NULL, (u_char *) "", 0);
+    }
+}
+
+
+/*
  * The read timer: the idle timeout (or the authentication deadline), and
  * while a stanza is unfinished, xmpp_cm_stanza_timeout from its first
  * byte, so a client trickling bytes cannot hold a partial stanza forever.
+ * The kept bytes start at the unfinished stanza's first byte: when that
+ * position moves, the stanza before it completed and a new one started,
+ * so a client streaming stanzas back to back (every read ending inside a
+ * stanza) is timed per stanza.
  */
 
 static void
@@ -330,8 +434,11 @@ ngx_xmpp_cm_client_timer(ngx_xmpp_cm_client_t *cl)
         cl->partial_since = 0;
 
     } else {
-        if (cl->partial_since == 0) {
+        if (cl->partial_since == 0
+            || cl->partial_base != cl->xml->pend_base)
+        {
             cl->partial_since = ngx_current_msec;
+            cl->partial_base = cl->xml->pend_base;
         }
 
         spent = ngx_current_msec - cl->partial_since;
@@ -381,6 +488,8 @@ ngx_xmpp_cm_client_input(ngx_xmpp_cm_client_t *cl, u_char *buf, size_t n)
     n = rest;
 
     cl->zlib_pending = 0;
+    cl->header_sent = 0;
+    cl->partial_since = 0;
 
     if (ngx_xmpp_cm_xml_reset(cl->xml) != NGX_OK) {
         ngx_xmpp_cm_client_end(cl, "internal-server-error", NULL, NULL, 0);
@@ -493,8 +602,8 @@ ngx_xmpp_cm_client_open(void *data, ngx_str_t *name, ngx_str_t *ns,
     }
 
     if (!ngx_xmpp_cm_str_is(name, "stream")) {
-        ngx_xmpp_cm_client_end(cl, "bad-format", "expected <stream:stream>",
-                               NULL, 0);
+        ngx_xmpp_cm_client_end(cl, "bad-format",
+                               "expected a stream:stream header", NULL, 0);
         return NGX_DONE;
     }
 
@@ -845,6 +954,10 @@ ngx_xmpp_cm_client_start(void *data, ngx_xmpp_cm_elem_t *e)
 {
     ngx_xmpp_cm_client_t *cl = data;
 
+    ngx_str_t  type;
+
+    cl->iq_request = 0;
+
     switch (ngx_xmpp_cm_client_kind(cl, e)) {
 
     case NGX_XMPP_CM_E_NOAUTH:
@@ -861,9 +974,79 @@ ngx_xmpp_cm_client_start(void *data, ngx_xmpp_cm_elem_t *e)
                       &e->name, &e->ns);
         ngx_xmpp_cm_client_end(cl, "unsupported-stanza-type", NULL, NULL, 0);
         return NGX_DONE;
+
+    case NGX_XMPP_CM_E_FORWARD:
+        if (e->attrs == NULL) {
+            break;
+        }
+
+        if (ngx_xmpp_cm_str_is(&e->name, "auth")) {
+            cl->mech_refused = !ngx_xmpp_cm_client_offered(cl, e->attrs);
+
+        } else if (ngx_xmpp_cm_str_is(&e->name, "iq")) {
+            cl->iq_request =
+                ngx_xmpp_cm_client_attr(e->attrs, "", "type", &type) != NULL
+                && (ngx_xmpp_cm_str_is(&type, "get")
+                    || ngx_xmpp_cm_str_is(&type, "set"));
+        }
+
+        break;
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * Whether the client asks for a SASL mechanism offered to it.  Those the
+ * CM hides (EXTERNAL, *-PLUS: they cannot succeed through a CM) and those
+ * Openfire does not offer at all get <invalid-mechanism/> from the CM, as
+ * Openfire would answer them, but without counting them as failed
+ * attempts against the account (xmpp.auth.retries).
+ */
+
+static ngx_uint_t
+ngx_xmpp_cm_client_offered(ngx_xmpp_cm_client_t *cl, const XML_Char **attrs)
+{
+    u_char     *p, *last, *n;
+    size_t      len;
+    ngx_str_t   mech;
+    ngx_uint_t  i;
+    u_char      needle[sizeof("<mechanism>") - 1 + 20
+                       + sizeof("</mechanism>") - 1];
+
+    if (ngx_xmpp_cm_client_attr(attrs, "", "mechanism", &mech) == NULL
+        || mech.len == 0 || mech.len > 20)
+    {
+        return 0;
+    }
+
+    /* RFC 4422 3.1: 1 to 20 of A-Z, 0-9, '-' and '_' */
+
+    for (i = 0; i < mech.len; i++) {
+        if (!((mech.data[i] >= 'A' && mech.data[i] <= 'Z')
+              || (mech.data[i] >= '0' && mech.data[i] <= '9')
+              || mech.data[i] == '-' || mech.data[i] == '_'))
+        {
+            return 0;
+        }
+    }
+
+    n = ngx_cpymem(needle, "<mechanism>", sizeof("<mechanism>") - 1);
+    n = ngx_cpymem(n, mech.data, mech.len);
+    n = ngx_cpymem(n, "</mechanism>", sizeof("</mechanism>") - 1);
+    len = n - needle;
+
+    p = cl->pool->features.data;
+    last = p + cl->pool->features.len;
+
+    for ( /* void */ ; (size_t) (last - p) >= len; p++) {
+        if (ngx_memcmp(p, needle, len) == 0) {
+            return 1;
+        }
+    }
+
+    return 0;
 }
 
 
@@ -872,22 +1055,43 @@ ngx_xmpp_cm_client_element(void *data, ngx_xmpp_cm_elem_t *e)
 {
     ngx_xmpp_cm_client_t *cl = data;
 
+    ngx_int_t  rc;
+
     static u_char  aborted[] = "<failure xmlns=\"" NGX_XMPP_NS_SASL "\">"
                                "<aborted/></failure>";
     static u_char  tls_failure[] = "<failure xmlns=\"" NGX_XMPP_NS_TLS "\"/>";
     static u_char  proceed[] = "<proceed xmlns=\"" NGX_XMPP_NS_TLS "\"/>";
     static u_char  encrypt[] = "<failure xmlns=\"" NGX_XMPP_NS_SASL "\">"
                                "<encryption-required/></failure>";
+    static u_char  invalid_mech[] = "<failure xmlns=\"" NGX_XMPP_NS_SASL "\">"
+                                    "<invalid-mechanism/></failure>";
 
     switch (ngx_xmpp_cm_client_kind(cl, e)) {
 
     case NGX_XMPP_CM_E_FORWARD:
+        if (cl->mech_refused && ngx_xmpp_cm_str_is(&e->name, "auth")) {
+            cl->mech_refused = 0;
+            ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                          "xmpp_cm: client asked for a SASL mechanism "
+                          "not offered");
+            ngx_xmpp_cm_client_send(cl, invalid_mech,
+                                    sizeof(invalid_mech) - 1);
+            return NGX_OK;
+        }
+
         if (ngx_xmpp_cm_str_is(&e->ns, NGX_XMPP_NS_SASL)) {
             /* RFC 6120 5.3.1: TLS comes before SASL, never during it */
             cl->sasl_started = 1;
         }
 
-        return ngx_xmpp_cm_client_forward(cl, e);
+        rc = ngx_xmpp_cm_client_forward(cl, e);
+
+        if (rc == NGX_OK && cl->iq_request) {
+            /* awaited even if the client half-closes its socket */
+            cl->iq_pending++;
+        }
+
+        return rc;
 
     case NGX_XMPP_CM_E_ABORT:
         /* Openfire rejects <abort/> in a route; answer it here */
@@ -923,8 +1127,10 @@ ngx_xmpp_cm_client_element(void *data, ngx_xmpp_cm_elem_t *e)
         return NGX_OK;
 
     case NGX_XMPP_CM_E_ERROR:
+        /* RFC 6120 4.9.1.1: the stream ends; only </stream:stream> */
         ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
-                      "xmpp_cm: client sent a stream error");
+                      "xmpp_cm: client sent a stream error: %V",
+                      e->cond.len ? &e->cond : &ngx_xmpp_cm_client_nocond);
         ngx_xmpp_cm_client_end(cl, NULL, NULL, (u_char *) "", 0);
         return NGX_DONE;
 
@@ -1174,6 +1380,10 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
     } else if (cl->jid.len == 0 && ngx_xmpp_cm_str_is(&n->name, "iq")) {
         ngx_xmpp_cm_client_bound(cl, n);
     }
+
+    if (cl->iq_pending && ngx_xmpp_cm_str_is(&n->name, "iq")) {
+        ngx_xmpp_cm_client_replied(cl, n);
+    }
 }
 
 
@@ -1280,6 +1490,8 @@ static void
 ngx_xmpp_cm_client_success(ngx_xmpp_cm_client_t *cl)
 {
     cl->authenticated = 1;
+    cl->header_sent = 0;
+    cl->partial_since = 0;
     cl->c->log->action = "in an authenticated XMPP stream";
 
     if (ngx_xmpp_cm_xml_reset(cl->xml) != NGX_OK) {
@@ -1317,11 +1529,17 @@ ngx_xmpp_cm_client_end(ngx_xmpp_cm_client_t *cl, char *cond, char *text,
         return;
     }
 
+    cl->closing = 1;
+
+    /*
+     * A stream not answered yet, a restarted one too (RFC 6120 4.9.1.2):
+     * the client's parser needs a header before the error; only the
+     * header, no features.
+     */
+
     if (!cl->header_sent) {
         ngx_xmpp_cm_client_header(cl);
     }
-
-    cl->closing = 1;
 
     if (raw) {
         ngx_xmpp_cm_client_send(cl, raw, rawlen);
@@ -1424,6 +1642,8 @@ ngx_xmpp_cm_client_starttls(ngx_xmpp_cm_client_t *cl)
     c = cl->c;
 
     /* a fresh parser: the client restarts its stream over TLS */
+
+    cl->header_sent = 0;
 
     if (ngx_xmpp_cm_xml_reset(cl->xml) != NGX_OK) {
         ngx_xmpp_cm_client_finalize(cl);

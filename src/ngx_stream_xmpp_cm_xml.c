@@ -305,6 +305,7 @@ ngx_xmpp_cm_xml_reset(ngx_xmpp_cm_xml_t *x)
     }
 
     x->parkable = 0;
+    x->restarted = x->client;
 
     x->depth = 0;
     x->error = NULL;
@@ -379,6 +380,29 @@ ngx_xmpp_cm_xml_feed(ngx_xmpp_cm_xml_t *x, u_char *buf, size_t n)
         return NGX_DONE;
     }
 
+    if (x->restarted) {
+
+        /*
+         * White space before a restarted stream's first '<' (a keepalive
+         * the client sent before it saw <success/>): skipped, as Openfire
+         * does.  An XML declaration anywhere but at the start of a stream
+         * is an expat error, not-well-formed.
+         */
+
+        while (n && (*buf == ' ' || *buf == '\n' || *buf == '\r'
+                     || *buf == '\t'))
+        {
+            buf++;
+            n--;
+        }
+
+        if (n == 0) {
+            return NGX_OK;
+        }
+
+        x->restarted = 0;
+    }
+
     if (x->parser == NULL && ngx_xmpp_cm_xml_acquire(x) != NGX_OK) {
         x->error = "internal-server-error";
         return NGX_ERROR;
@@ -404,10 +428,6 @@ ngx_xmpp_cm_xml_feed(ngx_xmpp_cm_xml_t *x, u_char *buf, size_t n)
         case XML_ERROR_UNKNOWN_ENCODING:
         case XML_ERROR_INCORRECT_ENCODING:
             x->error = "unsupported-encoding";
-            break;
-
-        case XML_ERROR_MISPLACED_XML_PI:
-            x->error = x->opened ? "not-well-formed" : "restricted-xml";
             break;
 
         default:
@@ -758,11 +778,15 @@ ngx_xmpp_cm_xml_start(void *data, const XML_Char *name,
 
         x->st->elem.name.data = x->st->name;
         x->st->elem.ns.data = x->st->ns;
+        x->st->elem.cond.len = 0;
+        x->st->elem.cond.data = x->st->cond;
 
         /* refuse an unwanted stanza at its start tag, not at its end */
 
         if (x->start) {
+            x->st->elem.attrs = atts;
             rc = x->start(x->data, &x->st->elem);
+            x->st->elem.attrs = NULL;
 
             if (rc != NGX_OK) {
                 x->rc = rc;
@@ -777,7 +801,27 @@ ngx_xmpp_cm_xml_start(void *data, const XML_Char *name,
         return;
     }
 
-    if (x->client) {
+    if (x->client
+        && ngx_xmpp_cm_str_is(&x->st->elem.ns, NGX_XMPP_NS_STREAMS)
+        && ngx_xmpp_cm_str_is(&x->st->elem.name, "error"))
+    {
+
+        /*
+         * The client's own <stream:error>, its prefix declared on its
+         * stream header: never copied anywhere, only its condition is
+         * read (for the log).
+         */
+
+        if (x->depth == 3 && x->st->elem.cond.len == 0
+            && local.len < NGX_XMPP_CM_NAME_MAX
+            && ngx_xmpp_cm_str_is(&ns, NGX_XMPP_NS_XSTREAMS)
+            && !ngx_xmpp_cm_str_is(&local, "text"))
+        {
+            ngx_memcpy(x->st->cond, local.data, local.len);
+            x->st->elem.cond.len = local.len;
+        }
+
+    } else if (x->client) {
         if (!ngx_xmpp_cm_xml_prefix_ok(x, &prefix)) {
             ngx_xmpp_cm_xml_fail(x, "invalid-namespace",
                                  "prefix not declared in the stanza");
@@ -955,6 +999,18 @@ ngx_xmpp_cm_xml_text(void *data, const XML_Char *s, int len)
                 }
                 return;
             }
+        }
+
+        /*
+         * White space, perhaps written as a character reference (&#32;):
+         * parsed, so not kept as the start of an unfinished stanza.
+         */
+
+        idx = XML_GetCurrentByteIndex(x->parser)
+              + XML_GetCurrentByteCount(x->parser);
+
+        if (idx > x->mark) {
+            x->mark = idx;
         }
 
         return;
