@@ -43,6 +43,7 @@ static void ngx_xmpp_cm_pool_configure(ngx_xmpp_cm_pool_t *pool,
 static void ngx_xmpp_cm_pool_up(ngx_xmpp_cm_pool_t *pool);
 static void ngx_xmpp_cm_sock_unthrottle(ngx_xmpp_cm_sock_t *sock);
 static ngx_int_t ngx_xmpp_cm_sock_header(ngx_xmpp_cm_sock_t *sock);
+static void ngx_xmpp_cm_sock_quickack(ngx_xmpp_cm_sock_t *sock);
 #if (NGX_SSL)
 static ngx_int_t ngx_xmpp_cm_sock_starttls(ngx_xmpp_cm_sock_t *sock,
     ngx_xmpp_cm_node_t *features);
@@ -640,6 +641,7 @@ ngx_xmpp_cm_sock_read_handler(ngx_event_t *rev)
 {
     ssize_t              n;
     ngx_int_t            rc;
+    ngx_uint_t           got;
     ngx_connection_t    *c;
     ngx_xmpp_cm_sock_t  *sock;
     ngx_xmpp_cm_pool_t  *pool;
@@ -665,6 +667,8 @@ ngx_xmpp_cm_sock_read_handler(ngx_event_t *rev)
         }
         return;
     }
+
+    got = 0;
 
     while (rev->ready) {
         n = c->recv(c, ngx_xmpp_cm_upstream_buf, NGX_XMPP_CM_UPSTREAM_READ);
@@ -704,6 +708,7 @@ ngx_xmpp_cm_sock_read_handler(ngx_event_t *rev)
         }
 
         pool->log.action = "reading from Openfire";
+        got = 1;
 
         rc = ngx_xmpp_cm_xml_feed(sock->xml, ngx_xmpp_cm_upstream_buf, n);
 
@@ -738,6 +743,10 @@ ngx_xmpp_cm_sock_read_handler(ngx_event_t *rev)
         if (sock->state == NGX_XMPP_CM_SOCK_IDLE) {
             return;
         }
+    }
+
+    if (got) {
+        ngx_xmpp_cm_sock_quickack(sock);
     }
 
     if (ngx_handle_read_event(rev, 0) != NGX_OK) {
@@ -1234,6 +1243,36 @@ ngx_xmpp_cm_sock_block(ngx_xmpp_cm_sock_t *sock, ngx_xmpp_cm_session_t *s)
         s->is_blocked = 1;
         ngx_queue_insert_tail(&sock->blocked, &s->blocked);
     }
+}
+
+
+/*
+ * Openfire leaves Nagle on for CM sockets (xmpp.socket.tcp-nodelay is
+ * false): its next write waits for our ACK of the last one, which Linux
+ * delays up to 40 ms once the link looks interactive.  TCP_QUICKACK sends
+ * that ACK now; Linux clears it again, so it is set after every read.
+ */
+
+static void
+ngx_xmpp_cm_sock_quickack(ngx_xmpp_cm_sock_t *sock)
+{
+#if (NGX_LINUX) && defined(TCP_QUICKACK)
+    int  one;
+
+    if (sock->pc.sockaddr->sa_family == AF_UNIX || sock->c == NULL) {
+        return;
+    }
+
+    one = 1;
+
+    if (setsockopt(sock->c->fd, IPPROTO_TCP, TCP_QUICKACK,
+                   (const void *) &one, sizeof(int))
+        == -1)
+    {
+        ngx_log_debug1(NGX_LOG_DEBUG_STREAM, &sock->pool->log, ngx_errno,
+                       "xmpp_cm: TCP_QUICKACK on %V failed", sock->pc.name);
+    }
+#endif
 }
 
 

@@ -451,6 +451,7 @@ class CMConnection(asyncio.Protocol):
         self.tls_pending = False     # <proceed/> sent, handshake to come
         self.restarted = False       # the stream restarts after STARTTLS
         self.early = []              # decrypted before start_tls returned
+        self.nodelay = None          # TCP_NODELAY as the socket has it
         self.id = next(self._ids)
         self.transport = None
         self.peer = ""
@@ -480,6 +481,8 @@ class CMConnection(asyncio.Protocol):
                                                 socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY,
                             1 if self.server.nodelay else 0)
+            self.nodelay = bool(sock.getsockopt(socket.IPPROTO_TCP,
+                                                socket.TCP_NODELAY))
         self.server.on_connect(self)
 
     def data_received(self, data):
@@ -502,7 +505,7 @@ class CMConnection(asyncio.Protocol):
                 "authenticated": self.authenticated, "peer": self.peer,
                 "registered": self.server.registry.get(self.address) is self,
                 "stream_id": self.stream_id, "tls": self.tls,
-                "direct": self.direct}
+                "direct": self.direct, "nodelay": self.nodelay}
 
 
 # ----------------------------------------------------------------- server
