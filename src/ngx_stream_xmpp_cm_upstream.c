@@ -470,7 +470,11 @@ ngx_xmpp_cm_sock_close(ngx_xmpp_cm_sock_t *sock, ngx_uint_t level,
         pool->ready--;
     }
 
-    /* unsent routes move to a live socket of the same CM name */
+    /*
+     * Unsent routes move to a live socket of the same CM name; a socket
+     * that never got ready holds only its own stream opening (a header
+     * still queued behind a TLS handshake, <starttls/>, the handshake).
+     */
 
     other = NULL;
 
@@ -480,7 +484,7 @@ ngx_xmpp_cm_sock_close(ngx_xmpp_cm_sock_t *sock, ngx_uint_t level,
 
     dropped = sock->out.size;
 
-    if (other && sock->out.size) {
+    if (other && was_ready && sock->out.size) {
         ngx_xmpp_cm_queue_move(&other->out, &sock->out, &dropped);
 
         if (other->c && !other->c->write->posted) {
@@ -1352,7 +1356,11 @@ ngx_xmpp_cm_pool_exit(ngx_xmpp_cm_pool_t *pool)
             (void) ngx_xmpp_cm_queue_send(sock->c, &sock->out);
         }
 
-        (void) ngx_xmpp_cm_queue_send(sock->c, &sock->out);
+        if (sock->state != NGX_XMPP_CM_SOCK_TLS) {
+            /* not into a TLS handshake under way */
+            (void) ngx_xmpp_cm_queue_send(sock->c, &sock->out);
+        }
+
         ngx_xmpp_cm_sock_close(sock, NGX_LOG_INFO, "worker exiting");
     }
 
