@@ -334,3 +334,15 @@ def test_nginx_t_upstream_tls_values(nginx_t, ofc):
         "xmpp_cm_upstream_tls direct;\n"
         "xmpp_cm_upstream_ssl_certificate %s;" % ofc.crt("cm-client"))))
     assert rc != 0 and 'no "xmpp_cm_upstream_ssl_certificate_key"' in out, out
+
+
+def test_nginx_t_shared_name_must_agree_on_upstream_tls(nginx_t, ofc):
+    body = "\n".join([
+        server_block(15222, "127.0.0.1:5262",
+                     extra=upstream_lines(ofc, "starttls")),
+        server_block(15223, "127.0.0.1:5262")])
+    rc, out = nginx_t(body)
+    assert rc != 0, out
+    assert re.search(r'\[emerg\] "xmpp_cm_name" "cm1" is used in .* with a '
+                     r'different .*"xmpp_cm_upstream_tls"; give each its own '
+                     r'name', out), out
