@@ -52,6 +52,29 @@ static ngx_conf_enum_t  ngx_stream_xmpp_cm_starttls_values[] = {
 };
 
 
+static ngx_conf_enum_t  ngx_stream_xmpp_cm_upstream_tls_values[] = {
+    { ngx_string("off"), NGX_XMPP_CM_UPSTREAM_TLS_OFF },
+    { ngx_string("starttls"), NGX_XMPP_CM_UPSTREAM_TLS_STARTTLS },
+    { ngx_string("direct"), NGX_XMPP_CM_UPSTREAM_TLS_DIRECT },
+    { ngx_null_string, 0 }
+};
+
+
+#if (NGX_SSL)
+
+static ngx_conf_bitmask_t  ngx_stream_xmpp_cm_ssl_protocols[] = {
+    { ngx_string("SSLv2"), NGX_SSL_SSLv2 },
+    { ngx_string("SSLv3"), NGX_SSL_SSLv3 },
+    { ngx_string("TLSv1"), NGX_SSL_TLSv1 },
+    { ngx_string("TLSv1.1"), NGX_SSL_TLSv1_1 },
+    { ngx_string("TLSv1.2"), NGX_SSL_TLSv1_2 },
+    { ngx_string("TLSv1.3"), NGX_SSL_TLSv1_3 },
+    { ngx_null_string, 0 }
+};
+
+#endif
+
+
 static ngx_command_t  ngx_stream_xmpp_cm_commands[] = {
 
     { ngx_string("xmpp_cm_pass"),
@@ -193,6 +216,95 @@ static ngx_command_t  ngx_stream_xmpp_cm_commands[] = {
       NGX_STREAM_SRV_CONF_OFFSET,
       offsetof(ngx_stream_xmpp_cm_srv_conf_t, upstream_high),
       NULL },
+
+    { ngx_string("xmpp_cm_upstream_tls"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, upstream_tls),
+      &ngx_stream_xmpp_cm_upstream_tls_values },
+
+#if (NGX_SSL)
+
+    { ngx_string("xmpp_cm_upstream_ssl_protocols"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_1MORE,
+      ngx_conf_set_bitmask_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, upstream_ssl_protocols),
+      &ngx_stream_xmpp_cm_ssl_protocols },
+
+    { ngx_string("xmpp_cm_upstream_ssl_ciphers"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, upstream_ssl_ciphers),
+      NULL },
+
+    { ngx_string("xmpp_cm_upstream_ssl_verify"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, upstream_ssl_verify),
+      NULL },
+
+    { ngx_string("xmpp_cm_upstream_ssl_verify_depth"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, upstream_ssl_verify_depth),
+      NULL },
+
+    { ngx_string("xmpp_cm_upstream_ssl_name"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, upstream_ssl_name),
+      NULL },
+
+    { ngx_string("xmpp_cm_upstream_ssl_server_name"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, upstream_ssl_server_name),
+      NULL },
+
+    { ngx_string("xmpp_cm_upstream_ssl_trusted_certificate"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t,
+               upstream_ssl_trusted_certificate),
+      NULL },
+
+    { ngx_string("xmpp_cm_upstream_ssl_crl"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, upstream_ssl_crl),
+      NULL },
+
+    { ngx_string("xmpp_cm_upstream_ssl_certificate"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, upstream_ssl_certificate),
+      NULL },
+
+    { ngx_string("xmpp_cm_upstream_ssl_certificate_key"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, upstream_ssl_certificate_key),
+      NULL },
+
+    { ngx_string("xmpp_cm_upstream_ssl_session_reuse"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, upstream_ssl_session_reuse),
+      NULL },
+
+#endif
 
       ngx_null_command
 };
@@ -342,6 +454,27 @@ ngx_stream_xmpp_cm_create_srv_conf(ngx_conf_t *cf)
     conf->upstream_low = NGX_CONF_UNSET_SIZE;
     conf->starttls = NGX_CONF_UNSET_UINT;
     conf->compression = NGX_CONF_UNSET;
+    conf->upstream_tls = NGX_CONF_UNSET_UINT;
+
+#if (NGX_SSL)
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     conf->upstream_ssl = NULL;
+     *     conf->upstream_ssl_protocols = 0;
+     *     conf->upstream_ssl_ciphers = { 0, NULL };
+     *     conf->upstream_ssl_name = { 0, NULL };
+     *     conf->upstream_ssl_trusted_certificate = { 0, NULL };
+     *     conf->upstream_ssl_crl = { 0, NULL };
+     *     conf->upstream_ssl_certificate = { 0, NULL };
+     *     conf->upstream_ssl_certificate_key = { 0, NULL };
+     */
+
+    conf->upstream_ssl_verify = NGX_CONF_UNSET;
+    conf->upstream_ssl_verify_depth = NGX_CONF_UNSET_UINT;
+    conf->upstream_ssl_server_name = NGX_CONF_UNSET;
+    conf->upstream_ssl_session_reuse = NGX_CONF_UNSET;
+#endif
 
     return conf;
 }
@@ -388,6 +521,35 @@ ngx_stream_xmpp_cm_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_uint_value(conf->starttls, prev->starttls,
                               NGX_XMPP_CM_TLS_OFF);
     ngx_conf_merge_value(conf->compression, prev->compression, 0);
+    ngx_conf_merge_uint_value(conf->upstream_tls, prev->upstream_tls,
+                              NGX_XMPP_CM_UPSTREAM_TLS_OFF);
+
+#if (NGX_SSL)
+    ngx_conf_merge_bitmask_value(conf->upstream_ssl_protocols,
+                                 prev->upstream_ssl_protocols,
+                                 (NGX_CONF_BITMASK_SET|NGX_SSL_TLSv1_2
+                                  |NGX_SSL_TLSv1_3));
+    ngx_conf_merge_str_value(conf->upstream_ssl_ciphers,
+                             prev->upstream_ssl_ciphers, "DEFAULT");
+    ngx_conf_merge_value(conf->upstream_ssl_verify,
+                         prev->upstream_ssl_verify, 0);
+    ngx_conf_merge_uint_value(conf->upstream_ssl_verify_depth,
+                              prev->upstream_ssl_verify_depth, 1);
+    ngx_conf_merge_str_value(conf->upstream_ssl_name,
+                             prev->upstream_ssl_name, "");
+    ngx_conf_merge_value(conf->upstream_ssl_server_name,
+                         prev->upstream_ssl_server_name, 0);
+    ngx_conf_merge_str_value(conf->upstream_ssl_trusted_certificate,
+                             prev->upstream_ssl_trusted_certificate, "");
+    ngx_conf_merge_str_value(conf->upstream_ssl_crl, prev->upstream_ssl_crl,
+                             "");
+    ngx_conf_merge_str_value(conf->upstream_ssl_certificate,
+                             prev->upstream_ssl_certificate, "");
+    ngx_conf_merge_str_value(conf->upstream_ssl_certificate_key,
+                             prev->upstream_ssl_certificate_key, "");
+    ngx_conf_merge_value(conf->upstream_ssl_session_reuse,
+                         prev->upstream_ssl_session_reuse, 1);
+#endif
 
 #if !(NGX_STREAM_SSL)
     if (conf->starttls != NGX_XMPP_CM_TLS_OFF) {
@@ -485,6 +647,19 @@ ngx_stream_xmpp_cm_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_ERROR;
     }
 
+    if (conf->upstream_tls != NGX_XMPP_CM_UPSTREAM_TLS_OFF) {
+#if (NGX_SSL)
+        if (ngx_xmpp_cm_upstream_ssl_conf(cf, conf) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+#else
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"xmpp_cm_upstream_tls\" needs nginx built with "
+                      "OpenSSL");
+        return NGX_CONF_ERROR;
+#endif
+    }
+
     return NGX_CONF_OK;
 }
 
@@ -527,6 +702,7 @@ ngx_stream_xmpp_cm_postconfiguration(ngx_conf_t *cf)
 
             if (a->upstream != b->upstream
                 || a->connections != b->connections
+                || a->upstream_tls != b->upstream_tls
                 || a->secret.len != b->secret.len
                 || ngx_strncmp(a->secret.data, b->secret.data, a->secret.len)
                    != 0)
@@ -534,8 +710,9 @@ ngx_stream_xmpp_cm_postconfiguration(ngx_conf_t *cf)
                 ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
                               "\"xmpp_cm_name\" \"%V\" is used in %V:%ui and "
                               "%V:%ui with a different \"xmpp_cm_pass\", "
-                              "\"xmpp_cm_secret\" or "
-                              "\"xmpp_cm_connections\"; give each its own "
+                              "\"xmpp_cm_secret\", "
+                              "\"xmpp_cm_connections\" or "
+                              "\"xmpp_cm_upstream_tls\"; give each its own "
                               "name", &a->name, &b->conf_file, b->conf_line,
                               &a->conf_file, a->conf_line);
                 return NGX_ERROR;

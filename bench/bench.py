@@ -14,6 +14,11 @@ Scenarios:
   ramp      at --lat-sessions, rising offered rates: the peak sustained rate
   latency   at half the CM's peak, the same offered load on every target:
             end-to-end latency p50/p99/max
+  nagle     at --nagle-rates, the far ends keep Nagle on as Openfire does
+            (xmpp.socket.tcp-nodelay=false): direct (clients straight to
+            fakexmpp --nagle, the "directly to Openfire" case), cm-nagle
+            (the CM -> fakeof --nagle) and cm (fakeof with TCP_NODELAY, the
+            xmpp.socket.tcp-nodelay=true case), in the same run
 """
 import argparse
 import datetime
@@ -190,11 +195,13 @@ class NginxTarget(Target):
 class CmTarget(NginxTarget):
     name = "cm"
     measured = "worker"
+    far_args = ()
 
     def start(self, n_users):
         self.far = Proc("fakeof", [os.path.join(BENCH, "fakeof"), "--listen",
                                    "127.0.0.1:0", "--domain", DOMAIN,
-                                   "--secret", SECRET], stdout_ready=True)
+                                   "--secret", SECRET] + list(self.far_args),
+                        stdout_ready=True)
         body = ("        xmpp_cm_pass 127.0.0.1:%d;\n"
                 "        xmpp_cm_domain %s;\n"
                 "        xmpp_cm_secret %s;\n"
@@ -217,6 +224,37 @@ class CmTarget(NginxTarget):
             if line.startswith("{"):
                 stats = json.loads(line)
         return {"far_stats": stats, "log_issues": issues}
+
+
+class CmNagleTarget(CmTarget):
+    """The CM in front of an Openfire that keeps Nagle on (its default)."""
+    name = "cm-nagle"
+    far_args = ("--nagle",)
+
+
+class DirectTarget(Target):
+    """Clients straight to fakexmpp with Nagle on: "directly to Openfire"."""
+    name = "direct"
+    measured = "far"
+
+    def start(self, n_users):
+        self.far = Proc("fakexmpp-direct", [os.path.join(BENCH, "fakexmpp"),
+                                            "--listen", "127.0.0.1:0",
+                                            "--domain", DOMAIN, "--nagle"],
+                        stdout_ready=True)
+        self.port = self.far.port
+        return self
+
+    def watch(self):
+        return [("far", self.far.pid)]
+
+    def stop(self):
+        out = self.far.stop()
+        stats = {}
+        for line in out.splitlines():
+            if line.startswith("{"):
+                stats = json.loads(line)
+        return {"far_stats": stats}
 
 
 class RelayTarget(NginxTarget):
@@ -428,7 +466,7 @@ def fmt(v, f="%.1f"):
 
 
 def main():
-    global WORK, have_jd_reason, PIN
+    global WORK, have_jd_reason, PIN, MODULE_SO
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-pin", action="store_true",
@@ -445,6 +483,12 @@ def main():
     ap.add_argument("--lat-rates", default="5000",
                     help="fixed offered rates (msg/s) of extra latency rows "
                          "for cm and relay, comma-separated; '' for none")
+    ap.add_argument("--nagle-rates", default="1000,5000",
+                    help="offered rates (msg/s) of the Nagle rows: direct, "
+                         "cm-nagle and cm at --lat-sessions; '' for none")
+    ap.add_argument("--module", default=MODULE_SO,
+                    help="the module to load (e.g. one built from another "
+                         "commit, for a before/after)")
     ap.add_argument("--window", type=int, default=2000)
     ap.add_argument("--targets", default="cm,relay,jabberd2")
     ap.add_argument("--jabberd2-max", type=int, default=5000)
@@ -459,10 +503,14 @@ def main():
         args.lat_sessions = 100
         args.lat_duration = 0.5
         args.lat_rates = ""
+        if "--nagle-rates" not in sys.argv:
+            args.nagle_rates = "1000"
         if "--targets" not in sys.argv:
             args.targets = "cm,relay"
     args.ramp = [float(x) for x in args.ramp.split(",") if x]
     args.lat_rates = [float(x) for x in args.lat_rates.split(",") if x]
+    args.nagle_rates = [float(x) for x in args.nagle_rates.split(",") if x]
+    MODULE_SO = os.path.abspath(args.module)
     PIN = not args.no_pin and len(os.sched_getaffinity(0)) >= 2 and \
         {0, 1} <= os.sched_getaffinity(0)
     if PIN:
@@ -496,10 +544,11 @@ def main():
                    "ramp_duration": args.ramp_duration,
                    "lat_sessions": args.lat_sessions,
                    "lat_duration": args.lat_duration, "window": args.window,
+                   "nagle_rates": args.nagle_rates, "module": MODULE_SO,
                    "pinned": PIN,
                    "targets": targets},
         "scale": [], "skipped": [], "ramp": {}, "latency": {},
-        "latency_at": {}, "errors": [],
+        "latency_at": {}, "nagle": {}, "errors": [],
     }
     if "jabberd2" in targets and not have_jd:
         res["jabberd2_unavailable"] = have_jd_reason
@@ -519,7 +568,8 @@ def main():
                     log("bench: error: %s N=%d: %s" % (tn, n, e))
                     stop_all()
         # peak and latency at half the CM's peak
-        for tn in [t for t in ("cm", "relay") if t in targets]:
+        for tn in [t for t in ("cm", "relay")
+                   if t in targets and args.ramp]:
             log("bench: ramp %s" % tn)
             try:
                 res["ramp"][tn] = ramp_run(classes[tn], args.lat_sessions, args)
@@ -553,6 +603,19 @@ def main():
                 except Exception as e:
                     res["errors"].append("latency %s at %d: %s"
                                          % (tn, rate, e))
+                    stop_all()
+        # Openfire's Nagle against direct clients, in the same run
+        nagle = {"direct": DirectTarget, "cm-nagle": CmNagleTarget,
+                 "cm": CmTarget}
+        for rate in args.nagle_rates if "cm" in targets else ():
+            row = res["nagle"].setdefault(str(int(rate)), {})
+            for tn, tcls in nagle.items():
+                log("bench: nagle latency %s at %d msg/s" % (tn, rate))
+                try:
+                    row[tn] = ramp_run(tcls, args.lat_sessions, args,
+                                       half_rate=rate)
+                except Exception as e:
+                    res["errors"].append("nagle %s at %d: %s" % (tn, rate, e))
                     stop_all()
     finally:
         stop_all()
@@ -604,6 +667,13 @@ def summarize(res, targets):
     lat = res.get("latency", {})
     if "cm" in lat and "relay" in lat:
         s["added_p99_us"] = lat["cm"]["lat_p99_us"] - lat["relay"]["lat_p99_us"]
+    s["nagle_ratio_cm_direct"] = {}
+    for rate, row in res.get("nagle", {}).items():
+        d, c = row.get("direct"), row.get("cm-nagle")
+        if d and c and d["lat_p50_us"] and d["lat_p99_us"]:
+            s["nagle_ratio_cm_direct"][rate] = {
+                "p50": c["lat_p50_us"] / d["lat_p50_us"],
+                "p99": c["lat_p99_us"] / d["lat_p99_us"]}
     cm = by.get("cm", {})
     if cm:
         big = max(cm)
@@ -671,6 +741,22 @@ def print_table(res):
                     "%.0f"),
                 fmt(row["cm"]["lat_p99_us"] - row["relay"]["lat_p99_us"],
                     "%.0f")))
+    for rate, row in sorted(res.get("nagle", {}).items(),
+                            key=lambda x: int(x[0])):
+        print("latency at %s msg/s (%d sessions), Nagle on at the far end "
+              "unless noted:" % (rate, res["params"]["lat_sessions"]))
+        for tn, r in row.items():
+            print("  %-9s p50 %s us  p90 %s us  p99 %s us  max %s us  "
+                  "(%d/%d delivered)%s" % (
+                      tn, fmt(r["lat_p50_us"], "%.0f"),
+                      fmt(r["lat_p90_us"], "%.0f"),
+                      fmt(r["lat_p99_us"], "%.0f"),
+                      fmt(r["lat_max_us"], "%.0f"), r["received"], r["sent"],
+                      "  [fakeof TCP_NODELAY]" if tn == "cm" else ""))
+        q = res.get("summary", {}).get("nagle_ratio_cm_direct", {}).get(rate)
+        if q:
+            print("  cm-nagle / direct: p50 %.2f, p99 %.2f" % (q["p50"],
+                                                               q["p99"]))
     s = res.get("summary", {})
     print("targets (goals, not assertions):")
     for n, v in sorted(s.get("cpu_ratio_cm_relay", {}).items(), key=lambda x: int(x[0])):

@@ -706,14 +706,18 @@ ep_watch(int ep, int op, int fd, int out, void *ptr)
     epoll_ctl(ep, op, fd, &ev);
 }
 
+/* --nagle of the fake servers: Nagle stays on for accepted sockets, as
+ * Openfire leaves it (xmpp.socket.tcp-nodelay defaults to false) */
+static int  keep_nagle;
+
 /* one pending connection of the listener lfd, nonblocking and with
- * TCP_NODELAY; -1 when there is none */
+ * TCP_NODELAY unless keep_nagle; -1 when there is none */
 static inline int
 accept_one(int lfd)
 {
     int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK);
 
-    if (fd >= 0) {
+    if (fd >= 0 && !keep_nagle) {
         set_nodelay(fd);
     }
     return fd;

@@ -4,6 +4,10 @@
  * but slow).  One process, epoll, nonblocking.
  *
  *   fakeof --listen 127.0.0.1:PORT --domain localhost --secret cmsecret
+ *          [--nagle]
+ *
+ * --nagle leaves Nagle on for the CM sockets, as Openfire does unless
+ * xmpp.socket.tcp-nodelay=true; without it they have TCP_NODELAY.
  *
  * CM socket: stream open -> header with id + <stream:features/>;
  * <handshake> checked against sha1(id + secret) -> <handshake></handshake>
@@ -475,9 +479,11 @@ main(int argc, char **argv)
             domain = argv[++i];
         } else if (!strcmp(argv[i], "--secret") && i + 1 < argc) {
             secret = argv[++i];
+        } else if (!strcmp(argv[i], "--nagle")) {
+            keep_nagle = 1;
         } else {
             fprintf(stderr, "usage: fakeof --listen H:P --domain D "
-                    "--secret S\n");
+                    "--secret S [--nagle]\n");
             return 2;
         }
     }

@@ -247,8 +247,11 @@ main(int argc, char **argv)
             listen_addr = argv[++i];
         } else if (!strcmp(argv[i], "--domain") && i + 1 < argc) {
             domain = argv[++i];
+        } else if (!strcmp(argv[i], "--nagle")) {
+            keep_nagle = 1;
         } else {
-            fprintf(stderr, "usage: fakexmpp --listen H:P --domain D\n");
+            fprintf(stderr, "usage: fakexmpp --listen H:P --domain D "
+                    "[--nagle]\n");
             return 2;
         }
     }

@@ -53,6 +53,12 @@ typedef struct ngx_xmpp_cm_node_s     ngx_xmpp_cm_node_t;
 #define NGX_XMPP_CM_TLS_OPTIONAL  1
 #define NGX_XMPP_CM_TLS_REQUIRED  2
 
+/* xmpp_cm_upstream_tls: the link to Openfire */
+
+#define NGX_XMPP_CM_UPSTREAM_TLS_OFF       0
+#define NGX_XMPP_CM_UPSTREAM_TLS_STARTTLS  1
+#define NGX_XMPP_CM_UPSTREAM_TLS_DIRECT    2
+
 
 typedef struct {
     ngx_stream_upstream_srv_conf_t  *upstream;
@@ -78,6 +84,22 @@ typedef struct {
     size_t                           upstream_low;
     ngx_uint_t                       starttls;
     ngx_flag_t                       compression;
+    ngx_uint_t                       upstream_tls;
+
+#if (NGX_SSL)
+    ngx_ssl_t                       *upstream_ssl;
+    ngx_uint_t                       upstream_ssl_protocols;
+    ngx_str_t                        upstream_ssl_ciphers;
+    ngx_flag_t                       upstream_ssl_verify;
+    ngx_uint_t                       upstream_ssl_verify_depth;
+    ngx_str_t                        upstream_ssl_name;
+    ngx_flag_t                       upstream_ssl_server_name;
+    ngx_str_t                        upstream_ssl_trusted_certificate;
+    ngx_str_t                        upstream_ssl_crl;
+    ngx_str_t                        upstream_ssl_certificate;
+    ngx_str_t                        upstream_ssl_certificate_key;
+    ngx_flag_t                       upstream_ssl_session_reuse;
+#endif
 
 #if (NGX_STREAM_SSL)
     ngx_ssl_t                       *ssl;          /* for STARTTLS */
@@ -294,8 +316,9 @@ size_t ngx_xmpp_cm_strip_server_ns(u_char *dst, u_char *p, size_t len,
 #define NGX_XMPP_CM_SOCK_IDLE        0
 #define NGX_XMPP_CM_SOCK_CONNECTING  1
 #define NGX_XMPP_CM_SOCK_OPENING     2
-#define NGX_XMPP_CM_SOCK_HANDSHAKE   3
-#define NGX_XMPP_CM_SOCK_READY       4
+#define NGX_XMPP_CM_SOCK_TLS         3   /* <starttls/> sent, or handshake */
+#define NGX_XMPP_CM_SOCK_HANDSHAKE   4
+#define NGX_XMPP_CM_SOCK_READY       5
 
 
 struct ngx_xmpp_cm_sock_s {
@@ -315,6 +338,13 @@ struct ngx_xmpp_cm_sock_s {
     u_char                           resbuf[32];
     u_char                           sid[64];
     size_t                           sid_len;
+    const char                      *fail;         /* why it is closed */
+#if (NGX_SSL)
+    ngx_ssl_session_t               *ssl_session;  /* for reconnects */
+#endif
+    unsigned                         tls:1;        /* TLS is up */
+    unsigned                         proceed:1;    /* <proceed/> came */
+    unsigned                         tls_wanted:1; /* <required/> TLS */
     unsigned                         throttled:1;
     unsigned                         rejected:1;
     unsigned                         done:1;
@@ -407,6 +437,10 @@ ngx_int_t ngx_xmpp_cm_tls_conf(ngx_conf_t *cf,
     ngx_stream_xmpp_cm_srv_conf_t *conf, ngx_stream_ssl_conf_t *sscf);
 ngx_int_t ngx_xmpp_cm_tls_start(ngx_connection_t *c,
     ngx_stream_xmpp_cm_srv_conf_t *conf, ngx_connection_handler_pt handler);
+#endif
+#if (NGX_SSL)
+ngx_int_t ngx_xmpp_cm_upstream_ssl_conf(ngx_conf_t *cf,
+    ngx_stream_xmpp_cm_srv_conf_t *conf);
 #endif
 
 

@@ -326,3 +326,115 @@ ngx_xmpp_cm_tls_start(ngx_connection_t *c,
 }
 
 #endif
+
+
+#if (NGX_SSL)
+
+/*
+ * TLS to Openfire (xmpp_cm_upstream_tls): a client context built as the
+ * stream proxy builds proxy_ssl's, from the xmpp_cm_upstream_ssl_*
+ * directives.  The name to verify defaults to the XMPP domain: that is
+ * the identity Openfire's certificates carry (RFC 6120, 13.7.2.1).
+ */
+
+ngx_int_t
+ngx_xmpp_cm_upstream_ssl_conf(ngx_conf_t *cf,
+    ngx_stream_xmpp_cm_srv_conf_t *conf)
+{
+    u_char              *p;
+    ngx_str_t           *name;
+    ngx_ssl_t           *ssl;
+    ngx_pool_cleanup_t  *cln;
+
+    name = conf->upstream_ssl_name.len ? &conf->upstream_ssl_name
+                                       : conf->domains->elts;
+
+    /* null-terminated, for SSL_set_tlsext_host_name() */
+
+    p = ngx_pnalloc(cf->pool, name->len + 1);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    (void) ngx_cpystrn(p, name->data, name->len + 1);
+    conf->upstream_ssl_name.len = name->len;
+    conf->upstream_ssl_name.data = p;
+
+    ssl = ngx_pcalloc(cf->pool, sizeof(ngx_ssl_t));
+    if (ssl == NULL) {
+        return NGX_ERROR;
+    }
+
+    ssl->log = cf->log;
+
+    if (ngx_ssl_create(ssl, conf->upstream_ssl_protocols, NULL) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    cln = ngx_pool_cleanup_add(cf->pool, 0);
+    if (cln == NULL) {
+        ngx_ssl_cleanup_ctx(ssl);
+        return NGX_ERROR;
+    }
+
+    cln->handler = ngx_ssl_cleanup_ctx;
+    cln->data = ssl;
+
+    if (ngx_ssl_ciphers(cf, ssl, &conf->upstream_ssl_ciphers, 0) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (conf->upstream_ssl_certificate.len) {
+
+        if (conf->upstream_ssl_certificate_key.len == 0) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "no \"xmpp_cm_upstream_ssl_certificate_key\" is "
+                          "defined for certificate \"%V\"",
+                          &conf->upstream_ssl_certificate);
+            return NGX_ERROR;
+        }
+
+        if (ngx_ssl_certificate(cf, ssl, &conf->upstream_ssl_certificate,
+                                &conf->upstream_ssl_certificate_key, NULL)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    if (conf->upstream_ssl_verify) {
+        if (conf->upstream_ssl_trusted_certificate.len == 0) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "no \"xmpp_cm_upstream_ssl_trusted_certificate\" "
+                          "for \"xmpp_cm_upstream_ssl_verify\" in %V:%ui "
+                          "(the CA that signed Openfire's certificate, "
+                          "in PEM)", &conf->conf_file, conf->conf_line);
+            return NGX_ERROR;
+        }
+
+        if (ngx_ssl_trusted_certificate(cf, ssl,
+                                        &conf->upstream_ssl_trusted_certificate,
+                                        conf->upstream_ssl_verify_depth)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        if (ngx_ssl_crl(cf, ssl, &conf->upstream_ssl_crl) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    if (ngx_ssl_client_session_cache(cf, ssl,
+                                     conf->upstream_ssl_session_reuse)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    conf->upstream_ssl = ssl;
+
+    return NGX_OK;
+}
+
+#endif

@@ -42,6 +42,15 @@ static void ngx_xmpp_cm_pool_configure(ngx_xmpp_cm_pool_t *pool,
     ngx_xmpp_cm_node_t *cfg);
 static void ngx_xmpp_cm_pool_up(ngx_xmpp_cm_pool_t *pool);
 static void ngx_xmpp_cm_sock_unthrottle(ngx_xmpp_cm_sock_t *sock);
+static ngx_int_t ngx_xmpp_cm_sock_header(ngx_xmpp_cm_sock_t *sock);
+static void ngx_xmpp_cm_sock_quickack(ngx_xmpp_cm_sock_t *sock);
+#if (NGX_SSL)
+static ngx_int_t ngx_xmpp_cm_sock_starttls(ngx_xmpp_cm_sock_t *sock,
+    ngx_xmpp_cm_node_t *features);
+static void ngx_xmpp_cm_sock_tls(ngx_xmpp_cm_sock_t *sock);
+static void ngx_xmpp_cm_sock_tls_done(ngx_connection_t *c);
+static void ngx_xmpp_cm_sock_save_session(ngx_connection_t *c);
+#endif
 
 
 static u_char  ngx_xmpp_cm_upstream_buf[NGX_XMPP_CM_UPSTREAM_READ];
@@ -280,7 +289,6 @@ ngx_xmpp_cm_pool_failover(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock)
 static void
 ngx_xmpp_cm_sock_connect(ngx_xmpp_cm_sock_t *sock)
 {
-    u_char                          *p, hdr[512];
     ngx_int_t                        rc;
     ngx_connection_t                *c;
     ngx_xmpp_cm_pool_t              *pool;
@@ -308,6 +316,9 @@ ngx_xmpp_cm_sock_connect(ngx_xmpp_cm_sock_t *sock)
     sock->sid_len = 0;
     sock->rejected = 0;
     sock->done = 0;
+    sock->proceed = 0;
+    sock->tls = 0;
+    sock->fail = NULL;
 
     pc = &sock->pc;
     ngx_memzero(pc, sizeof(ngx_peer_connection_t));
@@ -351,14 +362,7 @@ ngx_xmpp_cm_sock_connect(ngx_xmpp_cm_sock_t *sock)
         goto failed;
     }
 
-    /* the literal stream: prefix and double quotes (protocol section 2) */
-
-    p = ngx_snprintf(hdr, sizeof(hdr),
-                     "<stream:stream xmlns:stream=\"" NGX_XMPP_NS_STREAMS
-                     "\" xmlns=\"" NGX_XMPP_NS_CM "\" to=\"%V/%V\""
-                     " version=\"1.0\">", &pool->name, &sock->resource);
-
-    if (ngx_xmpp_cm_queue_append(&sock->out, hdr, p - hdr) != NGX_OK) {
+    if (ngx_xmpp_cm_sock_header(sock) != NGX_OK) {
         goto failed;
     }
 
@@ -375,6 +379,43 @@ ngx_xmpp_cm_sock_connect(ngx_xmpp_cm_sock_t *sock)
 failed:
 
     ngx_xmpp_cm_sock_close(sock, NGX_LOG_ERR, "out of memory");
+}
+
+
+/*
+ * The literal stream: prefix and double quotes (protocol section 2).  Sent
+ * at connect, and again over TLS after STARTTLS (section 3.4).
+ */
+
+static ngx_int_t
+ngx_xmpp_cm_sock_header(ngx_xmpp_cm_sock_t *sock)
+{
+    u_char              *p;
+    size_t               len;
+    ngx_xmpp_cm_pool_t  *pool;
+
+    static u_char  start[] = "<stream:stream xmlns:stream=\""
+                             NGX_XMPP_NS_STREAMS "\" xmlns=\""
+                             NGX_XMPP_NS_CM "\" to=\"";
+    static u_char  end[] = "\" version=\"1.0\">";
+
+    pool = sock->pool;
+
+    len = sizeof(start) - 1 + pool->name.len + 1 + sock->resource.len
+          + sizeof(end) - 1;
+
+    p = ngx_xmpp_cm_queue_alloc(&sock->out, len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(p, start, sizeof(start) - 1);
+    p = ngx_cpymem(p, pool->name.data, pool->name.len);
+    *p++ = '/';
+    p = ngx_cpymem(p, sock->resource.data, sock->resource.len);
+    (void) ngx_cpymem(p, end, sizeof(end) - 1);
+
+    return NGX_OK;
 }
 
 
@@ -402,6 +443,15 @@ ngx_xmpp_cm_sock_close(ngx_xmpp_cm_sock_t *sock, ngx_uint_t level,
             sock->xml = NULL;
         }
 
+#if (NGX_SSL)
+        if (sock->c->ssl) {
+            /* no close_notify exchange: the socket goes now */
+            sock->c->ssl->no_wait_shutdown = 1;
+            sock->c->ssl->no_send_shutdown = 1;
+            (void) ngx_ssl_shutdown(sock->c);
+        }
+#endif
+
         if (sock->c->pool) {
             ngx_destroy_pool(sock->c->pool);
         }
@@ -420,7 +470,11 @@ ngx_xmpp_cm_sock_close(ngx_xmpp_cm_sock_t *sock, ngx_uint_t level,
         pool->ready--;
     }
 
-    /* unsent routes move to a live socket of the same CM name */
+    /*
+     * Unsent routes move to a live socket of the same CM name; a socket
+     * that never got ready holds only its own stream opening (a header
+     * still queued behind a TLS handshake, <starttls/>, the handshake).
+     */
 
     other = NULL;
 
@@ -430,7 +484,7 @@ ngx_xmpp_cm_sock_close(ngx_xmpp_cm_sock_t *sock, ngx_uint_t level,
 
     dropped = sock->out.size;
 
-    if (other && sock->out.size) {
+    if (other && was_ready && sock->out.size) {
         ngx_xmpp_cm_queue_move(&other->out, &sock->out, &dropped);
 
         if (other->c && !other->c->write->posted) {
@@ -555,6 +609,15 @@ ngx_xmpp_cm_sock_write_handler(ngx_event_t *wev)
         if (sock->pc.sockaddr->sa_family != AF_UNIX) {
             (void) ngx_tcp_nodelay(c);
         }
+
+#if (NGX_SSL)
+        if (sock->pool->conf->upstream_tls == NGX_XMPP_CM_UPSTREAM_TLS_DIRECT)
+        {
+            /* Direct TLS (Openfire's port 5263): the header goes after it */
+            ngx_xmpp_cm_sock_tls(sock);
+            return;
+        }
+#endif
     }
 
     rc = ngx_xmpp_cm_queue_send(c, &sock->out);
@@ -582,6 +645,7 @@ ngx_xmpp_cm_sock_read_handler(ngx_event_t *rev)
 {
     ssize_t              n;
     ngx_int_t            rc;
+    ngx_uint_t           got;
     ngx_connection_t    *c;
     ngx_xmpp_cm_sock_t  *sock;
     ngx_xmpp_cm_pool_t  *pool;
@@ -608,6 +672,8 @@ ngx_xmpp_cm_sock_read_handler(ngx_event_t *rev)
         return;
     }
 
+    got = 0;
+
     while (rev->ready) {
         n = c->recv(c, ngx_xmpp_cm_upstream_buf, NGX_XMPP_CM_UPSTREAM_READ);
 
@@ -624,6 +690,19 @@ ngx_xmpp_cm_sock_read_handler(ngx_event_t *rev)
                                        "stream rejected by Openfire (no id "
                                        "in its header: address in use or "
                                        "no xmpp.multiplex.defaultSecret set)");
+            } else if (sock->tls && sock->state == NGX_XMPP_CM_SOCK_OPENING)
+            {
+                /* TLS 1.3: a refused client certificate shows only here */
+                ngx_xmpp_cm_sock_close(sock, NGX_LOG_ERR,
+                                       "connection closed by Openfire "
+                                       "right after TLS: it may want a "
+                                       "client certificate "
+                                       "(xmpp.multiplex.cert.policy; set "
+                                       "xmpp_cm_upstream_ssl_certificate), "
+                                       "or it is 4.8.0 to 4.9.0 and "
+                                       "STARTTLS hit OF-2899 (use port 5263 "
+                                       "with \"xmpp_cm_upstream_tls "
+                                       "direct\")");
             } else {
                 ngx_xmpp_cm_sock_close(sock, NGX_LOG_WARN,
                                        "connection closed by Openfire");
@@ -633,8 +712,23 @@ ngx_xmpp_cm_sock_read_handler(ngx_event_t *rev)
         }
 
         pool->log.action = "reading from Openfire";
+        got = 1;
 
         rc = ngx_xmpp_cm_xml_feed(sock->xml, ngx_xmpp_cm_upstream_buf, n);
+
+#if (NGX_SSL)
+        if (sock->proceed) {
+            /* the rest of that read, if any, is never taken as TLS */
+            sock->proceed = 0;
+            ngx_xmpp_cm_sock_tls(sock);
+            return;
+        }
+#endif
+
+        if (sock->fail) {
+            ngx_xmpp_cm_sock_close(sock, NGX_LOG_ERR, sock->fail);
+            return;
+        }
 
         if (rc != NGX_OK || sock->done) {
             if (sock->xml->error) {
@@ -653,6 +747,10 @@ ngx_xmpp_cm_sock_read_handler(ngx_event_t *rev)
         if (sock->state == NGX_XMPP_CM_SOCK_IDLE) {
             return;
         }
+    }
+
+    if (got) {
+        ngx_xmpp_cm_sock_quickack(sock);
     }
 
     if (ngx_handle_read_event(rev, 0) != NGX_OK) {
@@ -721,6 +819,13 @@ ngx_xmpp_cm_sock_open(void *data, ngx_str_t *name, ngx_str_t *ns,
         return NGX_OK;
     }
 
+    if (pool->conf->upstream_tls == NGX_XMPP_CM_UPSTREAM_TLS_STARTTLS
+        && !sock->tls)
+    {
+        /* the features decide: <starttls/>, or no handshake at all */
+        return NGX_OK;
+    }
+
     ngx_sha1_init(&sha1);
     ngx_sha1_update(&sha1, sock->sid, sock->sid_len);
     ngx_sha1_update(&sha1, pool->conf->secret.data, pool->conf->secret.len);
@@ -769,6 +874,19 @@ ngx_xmpp_cm_sock_stream_error(ngx_xmpp_cm_sock_t *sock,
             cond = n->name;
             break;
         }
+    }
+
+    /* "TLS is mandatory, but was not established." (policy required) */
+
+    if (ngx_xmpp_cm_str_is(&cond, "not-authorized") && sock->tls_wanted) {
+        ngx_log_error(NGX_LOG_ERR, &pool->log, 0,
+                      "xmpp_cm: Openfire %V requires TLS on the "
+                      "connection-manager link (xmpp.multiplex.tls.policy "
+                      "is required): set \"xmpp_cm_upstream_tls starttls\" "
+                      "in %V:%ui, or \"direct\" with its port 5263",
+                      sock->pc.name, &pool->conf->conf_file,
+                      pool->conf->conf_line);
+        return;
     }
 
     if (ngx_xmpp_cm_str_is(&cond, "not-authorized")
@@ -892,8 +1010,39 @@ ngx_xmpp_cm_sock_element(void *data, ngx_xmpp_cm_elem_t *e)
     }
 
     if (ngx_xmpp_cm_str_is(&root->name, "features")) {
+        child = ngx_xmpp_cm_node_child(root, "starttls");
+        sock->tls_wanted = !sock->tls && child
+                           && ngx_xmpp_cm_node_child(child, "required");
+#if (NGX_SSL)
+        if (pool->conf->upstream_tls == NGX_XMPP_CM_UPSTREAM_TLS_STARTTLS
+            && !sock->tls && sock->sid_len
+            && sock->state == NGX_XMPP_CM_SOCK_OPENING)
+        {
+            return ngx_xmpp_cm_sock_starttls(sock, root);
+        }
+#endif
         return NGX_OK;
     }
+
+#if (NGX_SSL)
+    if (ngx_xmpp_cm_str_is(&root->ns, NGX_XMPP_NS_TLS)
+        && sock->state == NGX_XMPP_CM_SOCK_TLS && !sock->tls)
+    {
+        if (ngx_xmpp_cm_str_is(&root->name, "proceed")) {
+            sock->proceed = 1;
+            return NGX_DONE;
+        }
+
+        ngx_log_error(NGX_LOG_ERR, &pool->log, 0,
+                      "xmpp_cm: Openfire %V answered <%V/> to STARTTLS on "
+                      "%V/%V: its TLS setup failed; check the certificate "
+                      "in Openfire's identity store and its log",
+                      sock->pc.name, &root->name, &pool->name,
+                      &sock->resource);
+        sock->fail = "STARTTLS refused by Openfire";
+        return NGX_DONE;
+    }
+#endif
 
     ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
                   "xmpp_cm: ignored <%V> from Openfire", &root->name);
@@ -1101,6 +1250,36 @@ ngx_xmpp_cm_sock_block(ngx_xmpp_cm_sock_t *sock, ngx_xmpp_cm_session_t *s)
 }
 
 
+/*
+ * Openfire leaves Nagle on for CM sockets (xmpp.socket.tcp-nodelay is
+ * false): its next write waits for our ACK of the last one, which Linux
+ * delays up to 40 ms once the link looks interactive.  TCP_QUICKACK sends
+ * that ACK now; Linux clears it again, so it is set after every read.
+ */
+
+static void
+ngx_xmpp_cm_sock_quickack(ngx_xmpp_cm_sock_t *sock)
+{
+#if (NGX_LINUX) && defined(TCP_QUICKACK)
+    int  one;
+
+    if (sock->pc.sockaddr->sa_family == AF_UNIX || sock->c == NULL) {
+        return;
+    }
+
+    one = 1;
+
+    if (setsockopt(sock->c->fd, IPPROTO_TCP, TCP_QUICKACK,
+                   (const void *) &one, sizeof(int))
+        == -1)
+    {
+        ngx_log_debug1(NGX_LOG_DEBUG_STREAM, &sock->pool->log, ngx_errno,
+                       "xmpp_cm: TCP_QUICKACK on %V failed", sock->pc.name);
+    }
+#endif
+}
+
+
 static void
 ngx_xmpp_cm_sock_unthrottle(ngx_xmpp_cm_sock_t *sock)
 {
@@ -1177,7 +1356,11 @@ ngx_xmpp_cm_pool_exit(ngx_xmpp_cm_pool_t *pool)
             (void) ngx_xmpp_cm_queue_send(sock->c, &sock->out);
         }
 
-        (void) ngx_xmpp_cm_queue_send(sock->c, &sock->out);
+        if (sock->state != NGX_XMPP_CM_SOCK_TLS) {
+            /* not into a TLS handshake under way */
+            (void) ngx_xmpp_cm_queue_send(sock->c, &sock->out);
+        }
+
         ngx_xmpp_cm_sock_close(sock, NGX_LOG_INFO, "worker exiting");
     }
 
@@ -1185,4 +1368,273 @@ ngx_xmpp_cm_pool_exit(ngx_xmpp_cm_pool_t *pool)
         ngx_free(pool->features.data);
         ngx_str_null(&pool->features);
     }
+
+#if (NGX_SSL)
+    for (i = 0; i < pool->nsocks; i++) {
+        if (pool->socks[i].ssl_session) {
+            ngx_ssl_free_session(pool->socks[i].ssl_session);
+            pool->socks[i].ssl_session = NULL;
+        }
+    }
+#endif
 }
+
+
+#if (NGX_SSL)
+
+/*
+ * xmpp_cm_upstream_tls starttls: TLS is required.  The handshake digest is
+ * never sent in clear text, since whoever sees it can test secrets offline
+ * (it is sha1(id + secret)); a server that offers no <starttls/> gets
+ * nothing and the socket backs off.
+ */
+
+static ngx_int_t
+ngx_xmpp_cm_sock_starttls(ngx_xmpp_cm_sock_t *sock,
+    ngx_xmpp_cm_node_t *features)
+{
+    ngx_xmpp_cm_pool_t  *pool;
+    ngx_xmpp_cm_node_t  *n;
+
+    static u_char  starttls[] = "<starttls xmlns=\"" NGX_XMPP_NS_TLS "\"/>";
+
+    pool = sock->pool;
+    n = ngx_xmpp_cm_node_child(features, "starttls");
+
+    if (n == NULL || !ngx_xmpp_cm_str_is(&n->ns, NGX_XMPP_NS_TLS)) {
+        ngx_log_error(NGX_LOG_ERR, &pool->log, 0,
+                      "xmpp_cm: Openfire %V offers no STARTTLS on its "
+                      "connection-manager port, and \"xmpp_cm_upstream_tls "
+                      "starttls\" in %V:%ui requires it: the handshake is "
+                      "not sent; give Openfire a certificate and set its "
+                      "xmpp.multiplex.tls.policy to optional or required, "
+                      "or connect to its Direct-TLS port (5263) with "
+                      "\"xmpp_cm_upstream_tls direct\"",
+                      sock->pc.name, &pool->conf->conf_file,
+                      pool->conf->conf_line);
+        sock->fail = "no STARTTLS offered, handshake not sent";
+        return NGX_DONE;
+    }
+
+    if (ngx_xmpp_cm_sock_write(sock, starttls, sizeof(starttls) - 1)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    sock->state = NGX_XMPP_CM_SOCK_TLS;
+    pool->log.action = "starting TLS with Openfire";
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_xmpp_cm_sock_tls(ngx_xmpp_cm_sock_t *sock)
+{
+    ngx_int_t                       rc;
+    ngx_connection_t               *c;
+    ngx_xmpp_cm_pool_t             *pool;
+    ngx_stream_xmpp_cm_srv_conf_t  *conf;
+
+    c = sock->c;
+    pool = sock->pool;
+    conf = pool->conf;
+
+    sock->state = NGX_XMPP_CM_SOCK_TLS;
+    pool->log.action = "TLS handshaking with Openfire";
+
+    if (ngx_ssl_create_connection(conf->upstream_ssl, c, NGX_SSL_CLIENT)
+        != NGX_OK)
+    {
+        ngx_xmpp_cm_sock_close(sock, NGX_LOG_ERR, "TLS setup failed");
+        return;
+    }
+
+#ifdef SSL_CTRL_SET_TLSEXT_HOSTNAME
+
+    /* RFC 6066: no IP literals as server names */
+
+    if (conf->upstream_ssl_server_name
+        && ngx_inet_addr(conf->upstream_ssl_name.data,
+                         conf->upstream_ssl_name.len) == INADDR_NONE
+        && ngx_strlchr(conf->upstream_ssl_name.data,
+                       conf->upstream_ssl_name.data
+                       + conf->upstream_ssl_name.len, ':') == NULL
+        && SSL_set_tlsext_host_name(c->ssl->connection,
+                                    (char *) conf->upstream_ssl_name.data)
+           == 0)
+    {
+        ngx_ssl_error(NGX_LOG_ERR, &pool->log, 0,
+                      "SSL_set_tlsext_host_name(\"%V\") failed",
+                      &conf->upstream_ssl_name);
+        ngx_xmpp_cm_sock_close(sock, NGX_LOG_ERR, "TLS setup failed");
+        return;
+    }
+
+#endif
+
+    if (conf->upstream_ssl_session_reuse) {
+        c->ssl->save_session = ngx_xmpp_cm_sock_save_session;
+
+        if (sock->ssl_session
+            && ngx_ssl_set_session(c, sock->ssl_session) != NGX_OK)
+        {
+            ngx_xmpp_cm_sock_close(sock, NGX_LOG_ERR, "TLS setup failed");
+            return;
+        }
+    }
+
+    ngx_add_timer(c->read, conf->connect_timeout);
+
+    rc = ngx_ssl_handshake(c);
+
+    if (rc == NGX_AGAIN) {
+        c->ssl->handler = ngx_xmpp_cm_sock_tls_done;
+        return;
+    }
+
+    ngx_xmpp_cm_sock_tls_done(c);
+}
+
+
+static void
+ngx_xmpp_cm_sock_tls_done(ngx_connection_t *c)
+{
+    long                            rc;
+    ngx_xmpp_cm_sock_t             *sock;
+    ngx_xmpp_cm_pool_t             *pool;
+    ngx_stream_xmpp_cm_srv_conf_t  *conf;
+
+    sock = c->data;
+    pool = sock->pool;
+    conf = pool->conf;
+
+    if (!c->ssl->handshaked) {
+        if (c->read->timedout || c->write->timedout) {
+            ngx_xmpp_cm_sock_close(sock, NGX_LOG_ERR,
+                                   "TLS handshake timed out "
+                                   "(xmpp_cm_connect_timeout)");
+            return;
+        }
+
+        ngx_log_error(NGX_LOG_ERR, &pool->log, 0,
+                      "xmpp_cm: TLS handshake with Openfire %V failed (the "
+                      "line before says why): check that %s, that "
+                      "\"xmpp_cm_upstream_ssl_protocols\" and "
+                      "\"_ciphers\" in %V:%ui overlap Openfire's, and, "
+                      "if Openfire wants a client certificate "
+                      "(xmpp.multiplex.cert.policy), "
+                      "\"xmpp_cm_upstream_ssl_certificate\"",
+                      sock->pc.name,
+                      conf->upstream_tls == NGX_XMPP_CM_UPSTREAM_TLS_DIRECT
+                      ? "this port is Openfire's Direct-TLS CM port "
+                        "(xmpp.multiplex.ssl.port, 5263)"
+                      : "Openfire is not 4.8.0 to 4.9.0 (OF-2899: STARTTLS "
+                        "on the CM link kills the socket; use port 5263 "
+                        "with \"xmpp_cm_upstream_tls direct\")",
+                      &conf->conf_file, conf->conf_line);
+        ngx_xmpp_cm_sock_close(sock, NGX_LOG_ERR, "TLS handshake failed");
+        return;
+    }
+
+    if (conf->upstream_ssl_verify) {
+        rc = SSL_get_verify_result(c->ssl->connection);
+
+        if (rc != X509_V_OK) {
+            ngx_log_error(NGX_LOG_ERR, &pool->log, 0,
+                          "xmpp_cm: Openfire %V's certificate did not "
+                          "verify: (%l:%s); put the CA that signed it in "
+                          "\"xmpp_cm_upstream_ssl_trusted_certificate\" "
+                          "(%V:%ui), or raise "
+                          "\"xmpp_cm_upstream_ssl_verify_depth\" for a "
+                          "longer chain; the handshake is not sent",
+                          sock->pc.name, rc,
+                          X509_verify_cert_error_string(rc),
+                          &conf->conf_file, conf->conf_line);
+            goto failed;
+        }
+
+        if (ngx_ssl_check_host(c, &conf->upstream_ssl_name) != NGX_OK) {
+            ngx_log_error(NGX_LOG_ERR, &pool->log, 0,
+                          "xmpp_cm: Openfire %V's certificate does not "
+                          "match \"%V\"; set \"xmpp_cm_upstream_ssl_name\" "
+                          "(%V:%ui) to a name it carries, or give Openfire "
+                          "a certificate for \"%V\"; the handshake is not "
+                          "sent", sock->pc.name, &conf->upstream_ssl_name,
+                          &conf->conf_file, conf->conf_line,
+                          &conf->upstream_ssl_name);
+            goto failed;
+        }
+    }
+
+    ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
+                  "xmpp_cm: TLS to Openfire %V on %V/%V: %s, %s%s",
+                  sock->pc.name, &pool->name, &sock->resource,
+                  SSL_get_version(c->ssl->connection),
+                  SSL_get_cipher_name(c->ssl->connection),
+                  SSL_session_reused(c->ssl->connection) ? ", reused" : "");
+
+    sock->tls = 1;
+    sock->state = NGX_XMPP_CM_SOCK_OPENING;
+    pool->log.action = "opening a stream to Openfire";
+
+    c->read->handler = ngx_xmpp_cm_sock_read_handler;
+    c->write->handler = ngx_xmpp_cm_sock_write_handler;
+
+    if (conf->upstream_tls == NGX_XMPP_CM_UPSTREAM_TLS_STARTTLS) {
+        /* a new stream over TLS: a new header and a fresh parser */
+
+        if (ngx_xmpp_cm_xml_reset(sock->xml) != NGX_OK
+            || ngx_xmpp_cm_sock_header(sock) != NGX_OK)
+        {
+            ngx_xmpp_cm_sock_close(sock, NGX_LOG_ERR, "out of memory");
+            return;
+        }
+    }
+
+    /* direct TLS: the header queued at connect goes out now */
+
+    ngx_xmpp_cm_sock_write_handler(c->write);
+
+    if (sock->state != NGX_XMPP_CM_SOCK_IDLE) {
+        ngx_xmpp_cm_sock_read_handler(c->read);
+    }
+
+    return;
+
+failed:
+
+    if (sock->ssl_session) {
+        ngx_ssl_free_session(sock->ssl_session);
+        sock->ssl_session = NULL;
+    }
+
+    ngx_xmpp_cm_sock_close(sock, NGX_LOG_ERR,
+                           "Openfire's certificate was refused");
+}
+
+
+/* TLS session reuse across reconnects (xmpp_cm_upstream_ssl_session_reuse) */
+
+static void
+ngx_xmpp_cm_sock_save_session(ngx_connection_t *c)
+{
+    ngx_ssl_session_t   *session;
+    ngx_xmpp_cm_sock_t  *sock;
+
+    sock = c->data;
+
+    session = ngx_ssl_get_session(c);
+    if (session == NULL) {
+        return;
+    }
+
+    if (sock->ssl_session) {
+        ngx_ssl_free_session(sock->ssl_session);
+    }
+
+    sock->ssl_session = session;
+}
+
+#endif

@@ -55,5 +55,13 @@ def test_bench_quick_writes_results(module_path, tmp_path):
         assert r["msg_received"] > 0, r
     assert "cm" in res["ramp"] and "peak_rate" in res["ramp"]["cm"]
     assert "cpu_ratio_cm_relay" in res["summary"]
+    # the Nagle rows: direct, the CM before a Nagle-on far end, and with
+    # TCP_NODELAY, all in this run, every message delivered
+    row = res["nagle"]["1000"]
+    assert set(row) == {"direct", "cm-nagle", "cm"}, row.keys()
+    for tn, r in row.items():
+        assert r["sent"] > 0 and r["received"] == r["sent"], (tn, r)
+        assert r["lat_p50_us"] and r["lat_p99_us"], (tn, r)
+    assert "1000" in res["summary"]["nagle_ratio_cm_direct"]
     assert p.returncode == 0, text[-3000:]
     assert "login/s" in text and "us/msg" in text

@@ -29,6 +29,8 @@ import random
 import re
 import secrets
 import signal
+import socket
+import ssl
 import sys
 import time
 import uuid
@@ -442,8 +444,14 @@ class CMConnection(asyncio.Protocol):
 
     _ids = itertools.count(1)
 
-    def __init__(self, server):
+    def __init__(self, server, direct=False):
         self.server = server
+        self.direct = direct         # the Direct-TLS listener (5263)
+        self.tls = direct            # TLS is up
+        self.tls_pending = False     # <proceed/> sent, handshake to come
+        self.restarted = False       # the stream restarts after STARTTLS
+        self.early = []              # decrypted before start_tls returned
+        self.nodelay = None          # TCP_NODELAY as the socket has it
         self.id = next(self._ids)
         self.transport = None
         self.peer = ""
@@ -466,6 +474,15 @@ class CMConnection(asyncio.Protocol):
         self.transport = transport
         p = transport.get_extra_info("peername") or ("?", 0)
         self.peer = "%s:%s" % (p[0], p[1])
+        # asyncio turns Nagle off; Openfire leaves it on for CM sockets
+        # (xmpp.socket.tcp-nodelay defaults to false)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET,
+                                                socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY,
+                            1 if self.server.nodelay else 0)
+            self.nodelay = bool(sock.getsockopt(socket.IPPROTO_TCP,
+                                                socket.TCP_NODELAY))
         self.server.on_connect(self)
 
     def data_received(self, data):
@@ -487,7 +504,8 @@ class CMConnection(asyncio.Protocol):
         return {"id": self.id, "cm": self.cm, "resource": self.resource,
                 "authenticated": self.authenticated, "peer": self.peer,
                 "registered": self.server.registry.get(self.address) is self,
-                "stream_id": self.stream_id}
+                "stream_id": self.stream_id, "tls": self.tls,
+                "direct": self.direct, "nodelay": self.nodelay}
 
 
 # ----------------------------------------------------------------- server
@@ -512,6 +530,18 @@ class Openfire:
         self.blocked_ips = set()
         self.socket_order = args.socket_order
         self.chm_size = 16
+        self.nodelay = args.nodelay
+        self.tls_policy = args.tls_policy
+        self.tls_ctx = None
+        if args.tls_cert:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            ctx.load_cert_chain(args.tls_cert, args.tls_key or None)
+            if args.tls_client_ca:
+                # xmpp.multiplex.cert.policy needed
+                ctx.verify_mode = ssl.CERT_REQUIRED
+                ctx.load_verify_locations(args.tls_client_ca)
+            self.tls_ctx = ctx
 
         self.conns = set()           # every open CM connection
         self.registry = {}           # "name/resource" -> CMConnection
@@ -623,6 +653,11 @@ class Openfire:
     def on_data(self, conn, data):
         if conn.closed:
             return
+        if conn.tls_pending:
+            # only TLS application data gets here: the plaintext reader
+            # was paused at <proceed/>
+            conn.early.append(data)
+            return
         conn.last_read = time.monotonic()
         try:
             text = conn.decoder.decode(data)
@@ -634,7 +669,8 @@ class Openfire:
             return
         frags, err = conn.splitter.feed(text)
         for kind, frag in frags:
-            if conn.closed:
+            if conn.closed or conn.tls_pending:
+                # what follows <starttls/> in the same read is dropped
                 return
             self.event(conn, "in", frag)
             if kind == "ws":
@@ -669,6 +705,13 @@ class Openfire:
         ns, name = split_tag(el.tag)
         if ns == NS_STREAM:
             raise Crash("stream error from the CM")          # row 19
+        if self.tls_policy == "required" and not conn.tls and \
+                not (name == "starttls" and ns == NS_TLS):
+            # StanzaHandler.process -> closeNeverEncryptedConnection
+            self.fail(conn, "not-authorized",
+                      "TLS is mandatory, but was not established.",
+                      end=not self.old)
+            return
         if name == "handshake":
             self.on_handshake(conn, el)
         elif name == "iq":
@@ -676,19 +719,86 @@ class Openfire:
         elif name == "route":
             self.on_route(conn, el)
         elif name == "starttls" and ns == NS_TLS:
-            # this stand-in has no TLS: as if the handshake failed
-            conn.send('<failure xmlns="%s"/>' % NS_TLS)
-            self.close_conn(conn)
+            self.on_starttls(conn)
         elif name == "compress":
             conn.send("<failure xmlns='http://jabber.org/protocol/compress'>"
                       "<setup-failed/></failure>")
         else:
             raise Crash("top-level <%s>" % name)              # row 18
 
+    # ---------------------------------------------------------- TLS
+    def starttls_feature(self, conn):
+        """<starttls/> in the CM stream's features: policy not disabled
+        and (4.8+, OF-2632) a certificate in the identity store.  The
+        Direct-TLS listener advertises it too (its policy is directTLS)."""
+        if self.tls_policy == "disabled" or \
+                (not self.old and self.tls_ctx is None):
+            return ""
+        req = "<required/>" if self.tls_policy == "required" and \
+            not conn.direct else ""
+        return '<starttls xmlns="%s">%s</starttls>' % (NS_TLS, req)
+
+    def on_starttls(self, conn):
+        if self.tls_policy == "disabled" or conn.tls:
+            self.fail(conn, "not-authorized", end=not self.old)
+            return
+        if self.tls_ctx is None:
+            # no certificate: as if the handshake failed
+            conn.send('<failure xmlns="%s"/>' % NS_TLS)
+            self.close_conn(conn)
+            return
+        conn.send('<proceed xmlns="%s"/>' % NS_TLS)
+        conn.tls_pending = True
+        conn.transport.pause_reading()
+        asyncio.ensure_future(self.upgrade(conn))
+
+    async def upgrade(self, conn):
+        loop = asyncio.get_running_loop()
+        try:
+            tr = await loop.start_tls(conn.transport, conn, self.tls_ctx,
+                                      server_side=True,
+                                      ssl_handshake_timeout=10)
+        except (OSError, ssl.SSLError, ConnectionError,
+                asyncio.TimeoutError) as e:
+            log.info("socket %s: TLS handshake failed: %s", conn.id, e)
+            self.event(conn, "tls-failed", str(e))
+            conn.transport.abort()
+            self.cleanup(conn)
+            return
+        if conn.closed:
+            tr.abort()
+            return
+        conn.transport = tr
+        conn.tls = True
+        conn.tls_pending = False
+        # a new stream: the CM sends a new header (section 3.4)
+        conn.opened = False
+        conn.restarted = True
+        conn.splitter = Splitter()
+        conn.decoder = codecs.getincrementaldecoder("utf-8")()
+        self.event(conn, "tls", "")
+        early, conn.early = conn.early, []
+        for data in early:
+            self.on_data(conn, data)
+
+    def on_restart(self, conn, frag):
+        """The header after STARTTLS: getStreamHeader(), from the XMPP
+        domain, the same id, with xml:lang; features list only compression
+        (never enabled here)."""
+        conn.opened = True
+        conn.send("<?xml version='1.0' encoding='UTF-8'?><stream:stream "
+                  'xmlns:stream="%s" xmlns="%s" from="%s" id="%s" '
+                  'xml:lang="en" version="1.0">' % (
+                      NS_STREAM, NS_CM, esc_attr(self.domain),
+                      conn.stream_id))
+        conn.send("<stream:features></stream:features>")
+
     # ---------------------------------------------------------- stream open
     def on_header(self, conn, frag):
+        if conn.restarted and not conn.opened:
+            return self.on_restart(conn, frag)
         if conn.opened:
-            return          # stream restarts (TLS, zlib) are not supported
+            return          # stream restarts (zlib) are not supported
         try:
             parser = ET.XMLPullParser(events=("start-ns", "start"))
             parser.feed(frag + "</stream:stream>")
@@ -746,13 +856,15 @@ class Openfire:
                       'xmlns:stream="%s" xmlns="%s" from="%s" id="%s" '
                       'version="1.0" >' % (NS_STREAM, NS_CM, esc_attr(to),
                                            sid))
-            conn.send("<stream:features><starttls xmlns=\"%s\"></starttls>"
-                      "</stream:features>" % NS_TLS)
+            conn.send("<stream:features>%s</stream:features>"
+                      % self.starttls_feature(conn))
         else:
+            feat = self.starttls_feature(conn)
             conn.send('<?xml version="1.0" encoding="UTF-8"?><stream:stream '
                       'xmlns:stream="%s" xmlns="%s" version="1.0" from="%s" '
                       'id="%s">' % (NS_STREAM, NS_CM, esc_attr(to), sid),
-                      "<stream:features/>")
+                      "<stream:features>%s</stream:features>" % feat
+                      if feat else "<stream:features/>")
 
     def on_handshake(self, conn, el):
         digest = (el.text or "").strip()
@@ -1578,6 +1690,12 @@ class Openfire:
                 raise ValueError("socket_order: registration|chm")
             self.socket_order = value
             self.rebuild_names()
+        elif key == "tls_policy":
+            if value not in ("disabled", "optional", "required"):
+                raise ValueError("tls_policy: disabled|optional|required")
+            self.tls_policy = value
+        elif key == "nodelay":
+            self.nodelay = bool(value)
         elif key == "users":
             for u, pw in dict(value).items():
                 self.users[u.lower()] = pw
@@ -1609,6 +1727,14 @@ async def amain(args):
     chost, cport = hostport(args.control)
     srv = await loop.create_server(lambda: CMConnection(of), host, port,
                                    reuse_address=True)
+    tls_srv = None
+    if args.tls_listen:
+        if of.tls_ctx is None:
+            raise SystemExit("--tls-listen needs --tls-cert")
+        thost, tport = hostport(args.tls_listen)
+        tls_srv = await loop.create_server(
+            lambda: CMConnection(of, direct=True), thost, tport,
+            ssl=of.tls_ctx, reuse_address=True)
     ctl = await asyncio.start_server(of.control_client, chost, cport,
                                      limit=64 * 1024 * 1024,
                                      reuse_address=True)
@@ -1623,6 +1749,8 @@ async def amain(args):
     await of.stopped.wait()
     srv.close()
     ctl.close()
+    if tls_srv is not None:
+        tls_srv.close()
     # let the final writes drain
     deadline = time.monotonic() + 1.0
     while any(not c.transport.is_closing() for c in list(of.conns)) and \
@@ -1648,6 +1776,19 @@ def main(argv=None):
                     default="mutual")
     ap.add_argument("--socket-order", choices=("registration", "chm"),
                     default="registration")
+    ap.add_argument("--tls-cert", help="PEM certificate (chain): STARTTLS "
+                    "on the CM port (xmpp.multiplex.tls.*)")
+    ap.add_argument("--tls-key", help="PEM key of --tls-cert")
+    ap.add_argument("--tls-policy", choices=("disabled", "optional",
+                                             "required"),
+                    default="optional", help="xmpp.multiplex.tls.policy")
+    ap.add_argument("--tls-listen", help="HOST:PORT of a Direct-TLS CM "
+                    "listener (xmpp.multiplex.ssl.port, 5263)")
+    ap.add_argument("--tls-client-ca", help="require a client certificate "
+                    "signed by this CA (xmpp.multiplex.cert.policy needed)")
+    ap.add_argument("--nodelay", action="store_true",
+                    help="TCP_NODELAY on CM sockets (xmpp.socket.tcp-nodelay"
+                    "=true); Openfire's default, and this one's, is Nagle on")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(stream=sys.stderr,
