@@ -22,6 +22,8 @@ static void ngx_xmpp_cm_session_remember(ngx_xmpp_cm_pool_t *pool,
 static void ngx_xmpp_cm_bounce(ngx_xmpp_cm_pool_t *pool,
     ngx_xmpp_cm_xml_t *x, ngx_xmpp_cm_session_t *s, ngx_str_t *id,
     ngx_xmpp_cm_node_t *c);
+static void ngx_xmpp_cm_session_iq_result(ngx_xmpp_cm_sock_t *sock,
+    ngx_xmpp_cm_node_t *iq);
 
 
 ngx_xmpp_cm_session_t *
@@ -537,6 +539,10 @@ ngx_xmpp_cm_session_iq(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
             return;
         }
 
+        /* RFC 6120 8.2.3 (Openfire ignores it): closed, known or not */
+
+        ngx_xmpp_cm_session_iq_result(sock, iq);
+
         if (s == NULL) {
             return;
         }
@@ -615,6 +621,53 @@ ngx_xmpp_cm_session_iq(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
                       "for stream %V (%V): the message is lost", id,
                       cond ? cond : &iq->name);
     }
+}
+
+
+/* <iq type="result"> for an IQ set from Openfire: id kept, to/from swapped */
+
+static void
+ngx_xmpp_cm_session_iq_result(ngx_xmpp_cm_sock_t *sock,
+    ngx_xmpp_cm_node_t *iq)
+{
+    u_char     *buf, *p;
+    size_t      len;
+    ngx_str_t  *id, *from, *to;
+
+    id = ngx_xmpp_cm_node_attr(iq, "id");
+    from = ngx_xmpp_cm_node_attr(iq, "from");
+    to = ngx_xmpp_cm_node_attr(iq, "to");
+
+    if (id == NULL) {
+        return;
+    }
+
+    len = sizeof("<iq type=\"result\" id=\"\" to=\"\" from=\"\"/>") - 1
+          + ngx_xmpp_cm_escape(NULL, id->data, id->len)
+          + (from ? ngx_xmpp_cm_escape(NULL, from->data, from->len) : 0)
+          + (to ? ngx_xmpp_cm_escape(NULL, to->data, to->len) : 0);
+
+    buf = ngx_pnalloc(sock->xml->tmp, len);
+    if (buf == NULL) {
+        return;
+    }
+
+    p = ngx_cpymem(buf, "<iq type=\"result\" id=\"", 22);
+    p += ngx_xmpp_cm_escape(p, id->data, id->len);
+
+    if (from) {
+        p = ngx_cpymem(p, "\" to=\"", 6);
+        p += ngx_xmpp_cm_escape(p, from->data, from->len);
+    }
+
+    if (to) {
+        p = ngx_cpymem(p, "\" from=\"", 8);
+        p += ngx_xmpp_cm_escape(p, to->data, to->len);
+    }
+
+    p = ngx_cpymem(p, "\"/>", 3);
+
+    (void) ngx_xmpp_cm_sock_write(sock, buf, p - buf);
 }
 
 
