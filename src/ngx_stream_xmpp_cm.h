@@ -372,6 +372,8 @@ struct ngx_xmpp_cm_session_s {
     ngx_event_t                     *close_ev;   /* during the close delay */
     ngx_queue_t                      blocked;
     unsigned                         is_blocked:1;
+    unsigned                         routing:1;   /* in a route's loop */
+    unsigned                         gone:1;      /* client left in it */
 };
 
 

@@ -151,9 +151,13 @@ ngx_xmpp_cm_session_forget(ngx_xmpp_cm_session_t *s)
 
 
 /*
- * The client went away.  For xmpp_cm_close_delay the session stays open
- * on Openfire and messages routed to it go back with <failed> (stored
- * offline); then <close/> goes out on the socket the session used.
+ * The client went away: <close/> goes out on the socket the session used,
+ * at once by default, so that Openfire stops routing to it (a bare-JID
+ * message would otherwise go to this resource and end up offline).  With
+ * xmpp_cm_close_delay the session stays open on Openfire for that long,
+ * and messages routed to it go back with <failed> (stored offline).
+ * While a route is being delivered the close waits for its end, so that
+ * the stanzas after the one that ended the stream go back first.
  */
 
 void
@@ -164,6 +168,11 @@ ngx_xmpp_cm_session_client_gone(ngx_xmpp_cm_session_t *s, ngx_uint_t now)
     if (s->is_blocked) {
         ngx_queue_remove(&s->blocked);
         s->is_blocked = 0;
+    }
+
+    if (s->routing) {
+        s->gone = 1;
+        return;
     }
 
     if (now || s->pool->conf->close_delay == 0 || s->pool->exiting) {
@@ -348,13 +357,28 @@ ngx_xmpp_cm_session_route(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
             return;
         }
 
-        for (c = route->child; c; c = c->next) {
-            ngx_xmpp_cm_client_deliver(cl, sock->xml, c);
+        /*
+         * A payload may end the client's stream (a stream error, a client
+         * that does not read): what follows it goes back as for a closed
+         * stream, and only then is the session closed.
+         */
 
-            if (s->client == NULL) {
-                /* the payload ended the session (a stream error) */
-                break;
+        s->routing = 1;
+
+        for (c = route->child; c; c = c->next) {
+            if (s->client) {
+                ngx_xmpp_cm_client_deliver(s->client, sock->xml, c);
+
+            } else {
+                ngx_xmpp_cm_bounce(pool, sock->xml, s, id, c);
             }
+        }
+
+        s->routing = 0;
+
+        if (s->gone) {
+            s->gone = 0;
+            ngx_xmpp_cm_session_client_gone(s, 0);
         }
 
         return;

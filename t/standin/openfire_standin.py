@@ -53,6 +53,8 @@ NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
 NS_DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
 NS_REGISTER = "jabber:iq:register"
 NS_IQAUTH = "jabber:iq:auth"
+# RoutingTableImpl.getShowValue: lower is preferred
+SHOW_ORDER = {"chat": 1, None: 2, "away": 3, "xa": 4, "dnd": 5}
 NS_DELAY = "urn:xmpp:delay"
 NS_XML = "http://www.w3.org/XML/1998/namespace"
 
@@ -402,6 +404,7 @@ class ClientSession:
     """Openfire's LocalClientSession for one CM-hosted client."""
 
     _avail_seq = itertools.count(1)
+    _activity = itertools.count(1)
 
     def __init__(self, cm, streamid, host, prebind):
         self.cm = cm
@@ -416,6 +419,8 @@ class ClientSession:
         self.available = False
         self.avail_seq = 0
         self.priority = 0
+        self.show = None                 # <show> of the last presence
+        self.last_active = 0             # order of the last client stanza
         self.presence = None             # last available presence (no 'to')
         self.offline_done = False
         self.sasl = None                 # SASL exchange in progress
@@ -1070,6 +1075,8 @@ class Openfire:
     def on_client_stanza(self, s, el):
         name = local(el)
         el.set("from", s.address)       # anti-spoofing overwrite
+        # LocalSession.incrementClientPacketCount: the last active date
+        s.last_active = next(ClientSession._activity)
         if not s.bound:
             if name == "iq":
                 return self.preauth_iq(s, el)
@@ -1252,7 +1259,15 @@ class Openfire:
         targets = [t for t in self.available_sessions(node)
                    if t.priority >= 0]
         if targets:
-            best = max(targets, key=lambda t: (t.priority, t.avail_seq))
+            # RoutingTableImpl.routeToBareJID (4.1.6): highest priority,
+            # then show (chat, none, away, xa, dnd), then the most recent
+            # activity, which is usually a resource that has just left
+            top = max(t.priority for t in targets)
+            targets = [t for t in targets if t.priority == top]
+            best_show = min(SHOW_ORDER.get(t.show, 5) for t in targets)
+            targets = [t for t in targets
+                       if SHOW_ORDER.get(t.show, 5) == best_show]
+            best = max(targets, key=lambda t: t.last_active)
             self.deliver(best, msg)
         else:
             self.store_offline(msg)                 # row 30
@@ -1304,6 +1319,8 @@ class Openfire:
                 s.available = True
                 if initial:
                     s.avail_seq = next(ClientSession._avail_seq)
+                sh = child_named(pres, "show")
+                s.show = (sh.text or "").strip() if sh is not None else None
                 pr = child_named(pres, "priority")
                 try:
                     s.priority = int((pr.text or "0").strip()) if pr is not \
