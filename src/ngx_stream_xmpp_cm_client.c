@@ -1131,6 +1131,13 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
     success = ngx_xmpp_cm_str_is(&n->ns, NGX_XMPP_NS_SASL)
               && ngx_xmpp_cm_str_is(&n->name, "success");
 
+    if (success && (cl->authenticated || !cl->sasl_started)) {
+        ngx_log_error(NGX_LOG_ERR, cl->c->log, 0,
+                      "xmpp_cm: SASL success from Openfire outside SASL "
+                      "negotiation on stream %V dropped", &cl->streamid);
+        return;
+    }
+
     if (n->has_xmlns && !ngx_xmpp_cm_str_is(&n->xmlns, NGX_XMPP_NS_CLIENT)
         && !success && !ngx_xmpp_cm_str_is(&n->ns, NGX_XMPP_NS_SASL))
     {
@@ -1233,9 +1240,32 @@ ngx_xmpp_cm_client_variable(ngx_stream_session_t *s, ngx_uint_t which,
 void
 ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_client_t *cl, ngx_str_t *text)
 {
-    u_char  *p, *end;
+    u_char      *p, *end;
+    ngx_uint_t   success;
 
     if (cl->closing) {
+        return;
+    }
+
+    /*
+     * Written as is into the client's stream, so it must be one or more
+     * complete elements: anything else would break the stream.  It is
+     * Openfire's fault, and not parseable: logged and dropped, never
+     * handed back (broken XML would break the shared Openfire socket).
+     */
+
+    if (ngx_xmpp_cm_xml_fragment(cl->c->log, text->data, text->len, 0,
+                                 NGX_XMPP_CM_OPENFIRE_MAX,
+                                 NGX_MAX_UINT32_VALUE, NULL, NULL)
+        != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_ERR, cl->c->log, 0,
+                      "xmpp_cm: text route from Openfire for stream %V is "
+                      "not complete elements, dropped: \"%*s\"",
+                      &cl->streamid, ngx_min(text->len, 64), text->data);
+        if (cl->pool) {
+            cl->pool->dropped++;
+        }
         return;
     }
 
@@ -1254,6 +1284,16 @@ ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_client_t *cl, ngx_str_t *text)
         return;
     }
 
+    success = (end - p > 8 && ngx_strncmp(p, "<success", 8) == 0
+               && (p[8] == ' ' || p[8] == '/' || p[8] == '>'));
+
+    if (success && (cl->authenticated || !cl->sasl_started)) {
+        ngx_log_error(NGX_LOG_ERR, cl->c->log, 0,
+                      "xmpp_cm: SASL success from Openfire outside SASL "
+                      "negotiation on stream %V dropped", &cl->streamid);
+        return;
+    }
+
     if (ngx_xmpp_cm_client_full(cl, text->len)) {
         ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
                       "xmpp_cm: SASL data for a client that is not reading "
@@ -1263,9 +1303,7 @@ ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_client_t *cl, ngx_str_t *text)
 
     ngx_xmpp_cm_client_send(cl, p, end - p);
 
-    if (end - p > 8 && ngx_strncmp(p, "<success", 8) == 0
-        && (p[8] == ' ' || p[8] == '/' || p[8] == '>'))
-    {
+    if (success) {
         ngx_xmpp_cm_client_success(cl);
     }
 }
