@@ -1149,24 +1149,47 @@ class Openfire:
         self.deliver(s, r)
 
     def iq_auth_handler(self, s, iq, child):
-        """XEP-0078 (only with --iq-auth, like the Non-SASL plugin)."""
+        """XEP-0078 as the Non-SASL Authentication plugin's IQAuthHandler
+        does it (only with --iq-auth: the plugin registers the handler).
+        get: the fields (username echoed; password and digest, as the
+        default provider supports both; resource), no 'to' before auth.
+        set: plaintext password or digest = hex(sha1(streamid+password));
+        no resource: not-acceptable; bad credentials: not-authorized
+        (both with the query copied); success: the session is
+        authenticated and bound at once (a conflicting session is kicked)
+        and the result goes to the new full JID."""
         if not self.iq_auth:
             return self.iq_error(s, iq, "feature-not-implemented", child)
         if iq.get("type") == "get":
             r = iq_reply(iq, "result")
+            r.attrib.pop("to", None)
             q = ET.SubElement(r, "{%s}query" % NS_IQAUTH)
-            for f in ("username", "password", "resource"):
+            u = ET.SubElement(q, "{%s}username" % NS_IQAUTH)
+            u.text = (child.findtext("{%s}username" % NS_IQAUTH) or None)
+            for f in ("password", "digest", "resource"):
                 ET.SubElement(q, "{%s}%s" % (NS_IQAUTH, f))
             return self.deliver(s, r)
         vals = {local(c): (c.text or "").strip() for c in child}
         user = vals.get("username", "").lower()
+        if s.authenticated or not user:
+            return self.iq_error(s, iq, "not-authorized", child)
         if not vals.get("resource"):
             return self.iq_error(s, iq, "not-acceptable", child)
-        if s.authenticated or not user or \
-                self.users.get(user) != vals.get("password"):
+        pw = self.users.get(user)
+        if pw is None:
+            ok = False
+        elif "password" in vals:
+            ok = vals["password"] == pw
+        elif "digest" in vals:
+            ok = vals["digest"].lower() == hashlib.sha1(
+                (s.streamid + pw).encode()).hexdigest()
+        else:
+            ok = False
+        if not ok:
             return self.iq_error(s, iq, "not-authorized", child)
         s.authenticated = True
         self.bind(s, user, vals["resource"])
+        iq.set("from", s.jid)
         self.deliver(s, iq_reply(iq, "result"))
 
     def register_handler(self, s, iq, child):
