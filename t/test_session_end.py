@@ -127,3 +127,29 @@ def test_message_for_ending_stream_not_written(standin, nginx, raw):
     assert ids == ["big2", "big3", "big4", "big5"], ids
     closes = sb.close_iqs_for(sid)
     assert max(evs.index(x) for x in failed) < evs.index(closes[0])
+
+
+def test_route_after_client_left_handed_back(standin, nginx, raw):
+    """With the default (no close delay) the <close/> goes out as the
+    client's stream ends; a message Openfire routed before it processed
+    the close comes back in <failed/> like for any closed stream, and the
+    id is not taken for a ghost (no second <close/>)."""
+    sb = standin()
+    ngx = nginx(standin=sb)
+    c = raw(ngx.port)
+    c.login("alice", "alicepw", resource="gone")
+    sid = c.stream_id
+    cm = cm_of(sb, sid)
+    c.send("</stream:stream>")
+    c.wait_eof(5)
+    wait_until(lambda: sb.close_iqs_for(sid), 5, what="close IQ at once")
+    sb.call("send_route", cm=cm, streamid=sid, escaped=False,
+            payload='<message to="alice@localhost/gone" from="bob@localhost/'
+                    'b" type="chat" id="late2"><body>late</body></message>')
+    wait_until(lambda: sb.inbound(r"<failed>.*late2", sid), 5,
+               what="<failed> for the late message")
+    # a ghost <close/> would be queued right after the <failed/> on the
+    # same socket (same write); a login of another client adds a margin
+    d = raw(ngx.port)
+    d.login("bob", "bobpw", resource="b")
+    assert len(sb.close_iqs_for(sid)) == 1, sb.close_iqs_for(sid)
