@@ -49,6 +49,7 @@ struct ngx_xmpp_cm_client_s {
     unsigned                         authenticated:1;
     unsigned                         tls_pending:1;
     unsigned                         sasl_started:1;
+    unsigned                         sasl_pending:1;  /* until the result */
     unsigned                         zlib_pending:1;
     unsigned                         header_sent:1;
     unsigned                         blocked:1;
@@ -902,6 +903,7 @@ ngx_xmpp_cm_client_element(void *data, ngx_xmpp_cm_elem_t *e)
         if (ngx_xmpp_cm_str_is(&e->ns, NGX_XMPP_NS_SASL)) {
             /* RFC 6120 5.3.1: TLS comes before SASL, never during it */
             cl->sasl_started = 1;
+            cl->sasl_pending = 1;
 
         } else if (!cl->authenticated && ngx_xmpp_cm_str_is(&e->name, "iq"))
         {
@@ -1152,7 +1154,7 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
     success = ngx_xmpp_cm_str_is(&n->ns, NGX_XMPP_NS_SASL)
               && ngx_xmpp_cm_str_is(&n->name, "success");
 
-    if (success && (cl->authenticated || !cl->sasl_started)) {
+    if (success && (cl->authenticated || !cl->sasl_pending)) {
         ngx_log_error(NGX_LOG_ERR, cl->c->log, 0,
                       "xmpp_cm: SASL success from Openfire outside SASL "
                       "negotiation on stream %V dropped", &cl->streamid);
@@ -1194,6 +1196,12 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
 
     if (!cl->c->write->posted) {
         ngx_post_event(cl->c->write, &ngx_posted_events);
+    }
+
+    if (ngx_xmpp_cm_str_is(&n->ns, NGX_XMPP_NS_SASL)
+        && ngx_xmpp_cm_str_is(&n->name, "failure"))
+    {
+        cl->sasl_pending = 0;
     }
 
     if (success) {
@@ -1469,7 +1477,7 @@ ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_client_t *cl, ngx_str_t *text)
     success = (end - p > 8 && ngx_strncmp(p, "<success", 8) == 0
                && (p[8] == ' ' || p[8] == '/' || p[8] == '>'));
 
-    if (success && (cl->authenticated || !cl->sasl_started)) {
+    if (success && (cl->authenticated || !cl->sasl_pending)) {
         ngx_log_error(NGX_LOG_ERR, cl->c->log, 0,
                       "xmpp_cm: SASL success from Openfire outside SASL "
                       "negotiation on stream %V dropped", &cl->streamid);
@@ -1484,6 +1492,12 @@ ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_client_t *cl, ngx_str_t *text)
     }
 
     ngx_xmpp_cm_client_send(cl, p, end - p);
+
+    if (end - p > 8 && ngx_strncmp(p, "<failure", 8) == 0
+        && (p[8] == ' ' || p[8] == '/' || p[8] == '>'))
+    {
+        cl->sasl_pending = 0;
+    }
 
     if (success) {
         ngx_xmpp_cm_client_success(cl);
@@ -1519,6 +1533,7 @@ ngx_xmpp_cm_client_authenticated(ngx_xmpp_cm_client_t *cl)
     }
 
     cl->authenticated = 1;
+    cl->sasl_pending = 0;
     cl->c->log->action = "in an authenticated XMPP stream";
 
     cl->xml->max_size = cl->conf->max_stanza;

@@ -68,3 +68,25 @@ def test_stray_success_after_bind_ignored(standin, nginx, raw, version,
     assert not any(e.tag == q(NS_SASL, "success")
                    for e in c.reader.stanzas), c.text
     assert ngx.log_lines(r"\[error\].*success"), ngx.log()
+
+
+@pytest.mark.parametrize("version,escaped", [("4.1", False), ("4.8", True)],
+                         ids=["inline", "escaped"])
+def test_stray_success_after_sasl_failure_ignored(standin, nginx, raw,
+                                                  version, escaped):
+    """After a SASL <failure/> the negotiation is over: a <success/> that
+    follows without a new <auth/> is not the client's, and a later
+    correct login still works."""
+    sb = standin(version=version)
+    ngx = nginx(standin=sb)
+    c = raw(ngx.port)
+    c.open()
+    r = c.auth_plain("alice", "wrong")
+    assert r.tag == q(NS_SASL, "failure"), tostr(r)
+    sb.call("send_route", cm=sb.session(c.stream_id)["cm"],
+            streamid=c.stream_id, escaped=escaped,
+            payload='<success xmlns="%s"/>' % NS_SASL)
+    assert c.login("alice", "alicepw", resource="r2") == "alice@localhost/r2"
+    assert len([e for e in c.all_elements()
+                if e.tag == q(NS_SASL, "success")]) == 1, c.text
+    assert ngx.log_lines(r"\[error\].*success"), ngx.log()
