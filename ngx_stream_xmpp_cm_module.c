@@ -505,7 +505,7 @@ ngx_stream_xmpp_cm_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
                               600000);
     ngx_conf_merge_msec_value(conf->stanza_timeout, prev->stanza_timeout,
                               60000);
-    ngx_conf_merge_msec_value(conf->close_delay, prev->close_delay, 1000);
+    ngx_conf_merge_msec_value(conf->close_delay, prev->close_delay, 0);
     ngx_conf_merge_size_value(conf->max_stanza, prev->max_stanza,
                               256 * 1024);
     ngx_conf_merge_size_value(conf->preauth_max_stanza,

@@ -279,6 +279,9 @@ ngx_int_t ngx_xmpp_cm_xml_reset(ngx_xmpp_cm_xml_t *x);
 void ngx_xmpp_cm_xml_free(ngx_xmpp_cm_xml_t *x);
 void ngx_xmpp_cm_xml_release_parked(void);
 ngx_int_t ngx_xmpp_cm_xml_feed(ngx_xmpp_cm_xml_t *x, u_char *buf, size_t n);
+ngx_int_t ngx_xmpp_cm_xml_fragment(ngx_log_t *log, u_char *p, size_t len,
+    ngx_uint_t tree, size_t max_size, ngx_uint_t max_depth,
+    ngx_xmpp_cm_elem_pt element, void *data);
 size_t ngx_xmpp_cm_xml_copy(ngx_xmpp_cm_xml_t *x, u_char *dst,
     XML_Index start, XML_Index end);
 void ngx_xmpp_cm_xml_pieces(ngx_xmpp_cm_xml_t *x, XML_Index start,
@@ -406,6 +409,8 @@ struct ngx_xmpp_cm_session_s {
     ngx_event_t                     *close_ev;   /* during the close delay */
     ngx_queue_t                      blocked;
     unsigned                         is_blocked:1;
+    unsigned                         routing:1;   /* in a route's loop */
+    unsigned                         gone:1;      /* client left in it */
 };
 
 

@@ -15,6 +15,15 @@
 
 #define NGX_XMPP_CM_CLIENT_READ    16384
 #define NGX_XMPP_CM_LINGER         5000
+#define NGX_XMPP_NS_IQAUTH         "jabber:iq:auth"
+
+
+/* XEP-0078: the client's jabber:iq:auth set waiting for Openfire */
+
+typedef struct {
+    ngx_str_t                        id;
+    ngx_str_t                        jid;     /* username@domain/resource */
+} ngx_xmpp_cm_iq_auth_t;
 
 
 
@@ -31,6 +40,7 @@ struct ngx_xmpp_cm_client_s {
     ngx_str_t                        domain;
     ngx_str_t                        streamid;
     ngx_str_t                        jid;
+    ngx_xmpp_cm_iq_auth_t           *iq_auth;     /* heap, while pending */
     ngx_msec_t                       partial_since;
     XML_Index                        partial_base;
     ngx_msec_t                       auth_deadline;
@@ -40,6 +50,7 @@ struct ngx_xmpp_cm_client_s {
     unsigned                         authenticated:1;
     unsigned                         tls_pending:1;
     unsigned                         sasl_started:1;
+    unsigned                         sasl_pending:1;  /* until the result */
     unsigned                         zlib_pending:1;
     unsigned                         header_sent:1;
     unsigned                         blocked:1;
@@ -72,6 +83,13 @@ static void ngx_xmpp_cm_client_send(ngx_xmpp_cm_client_t *cl, u_char *p,
     size_t len);
 static void ngx_xmpp_cm_client_header(ngx_xmpp_cm_client_t *cl);
 static void ngx_xmpp_cm_client_success(ngx_xmpp_cm_client_t *cl);
+static void ngx_xmpp_cm_client_authenticated(ngx_xmpp_cm_client_t *cl);
+static void ngx_xmpp_cm_client_iq_auth(ngx_xmpp_cm_client_t *cl,
+    ngx_xmpp_cm_elem_t *e);
+static ngx_int_t ngx_xmpp_cm_client_iq_auth_set(void *data,
+    ngx_xmpp_cm_elem_t *e);
+static void ngx_xmpp_cm_client_iq_auth_result(ngx_xmpp_cm_client_t *cl,
+    ngx_xmpp_cm_node_t *iq);
 static ngx_uint_t ngx_xmpp_cm_client_tls(ngx_xmpp_cm_client_t *cl);
 static void ngx_xmpp_cm_client_timer(ngx_xmpp_cm_client_t *cl);
 static void ngx_xmpp_cm_client_out(ngx_xmpp_cm_client_t *cl, u_char *p,
@@ -1082,6 +1100,11 @@ ngx_xmpp_cm_client_element(void *data, ngx_xmpp_cm_elem_t *e)
         if (ngx_xmpp_cm_str_is(&e->ns, NGX_XMPP_NS_SASL)) {
             /* RFC 6120 5.3.1: TLS comes before SASL, never during it */
             cl->sasl_started = 1;
+            cl->sasl_pending = 1;
+
+        } else if (!cl->authenticated && ngx_xmpp_cm_str_is(&e->name, "iq"))
+        {
+            ngx_xmpp_cm_client_iq_auth(cl, e);
         }
 
         rc = ngx_xmpp_cm_client_forward(cl, e);
@@ -1337,6 +1360,13 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
     success = ngx_xmpp_cm_str_is(&n->ns, NGX_XMPP_NS_SASL)
               && ngx_xmpp_cm_str_is(&n->name, "success");
 
+    if (success && (cl->authenticated || !cl->sasl_pending)) {
+        ngx_log_error(NGX_LOG_ERR, cl->c->log, 0,
+                      "xmpp_cm: SASL success from Openfire outside SASL "
+                      "negotiation on stream %V dropped", &cl->streamid);
+        return;
+    }
+
     if (n->has_xmlns && !ngx_xmpp_cm_str_is(&n->xmlns, NGX_XMPP_NS_CLIENT)
         && !success && !ngx_xmpp_cm_str_is(&n->ns, NGX_XMPP_NS_SASL))
     {
@@ -1374,8 +1404,17 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
         ngx_post_event(cl->c->write, &ngx_posted_events);
     }
 
+    if (ngx_xmpp_cm_str_is(&n->ns, NGX_XMPP_NS_SASL)
+        && ngx_xmpp_cm_str_is(&n->name, "failure"))
+    {
+        cl->sasl_pending = 0;
+    }
+
     if (success) {
         ngx_xmpp_cm_client_success(cl);
+
+    } else if (cl->iq_auth && ngx_xmpp_cm_str_is(&n->name, "iq")) {
+        ngx_xmpp_cm_client_iq_auth_result(cl, n);
 
     } else if (cl->jid.len == 0 && ngx_xmpp_cm_str_is(&n->name, "iq")) {
         ngx_xmpp_cm_client_bound(cl, n);
@@ -1384,6 +1423,164 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
     if (cl->iq_pending && ngx_xmpp_cm_str_is(&n->name, "iq")) {
         ngx_xmpp_cm_client_replied(cl, n);
     }
+}
+
+
+/*
+ * XEP-0078 (Openfire's Non-SASL Authentication plugin): a jabber:iq:auth
+ * set before authentication.  Its id and the JID it asks for are kept
+ * until Openfire answers that id; a result authenticates and binds the
+ * stream at once (no restart).  The stanza was checked by the client's
+ * framer already; it is read again as a tree.
+ */
+
+static void
+ngx_xmpp_cm_client_iq_auth(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
+{
+    u_char  *buf;
+    size_t   len;
+
+    len = ngx_xmpp_cm_xml_copy(cl->xml, NULL, e->start, e->end);
+
+    buf = ngx_alloc(len, cl->c->log);
+    if (buf == NULL) {
+        return;
+    }
+
+    (void) ngx_xmpp_cm_xml_copy(cl->xml, buf, e->start, e->end);
+
+    (void) ngx_xmpp_cm_xml_fragment(cl->c->log, buf, len, 1, len,
+                                    cl->conf->max_depth,
+                                    ngx_xmpp_cm_client_iq_auth_set, cl);
+    ngx_free(buf);
+}
+
+
+static ngx_int_t
+ngx_xmpp_cm_client_iq_auth_set(void *data, ngx_xmpp_cm_elem_t *e)
+{
+    ngx_xmpp_cm_client_t *cl = data;
+
+    u_char                 *p;
+    ngx_str_t              *type, *id, user, res;
+    ngx_xmpp_cm_node_t     *query, *n;
+    ngx_xmpp_cm_iq_auth_t  *a;
+
+    if (e->root == NULL) {
+        return NGX_OK;
+    }
+
+    type = ngx_xmpp_cm_node_attr(e->root, "type");
+    id = ngx_xmpp_cm_node_attr(e->root, "id");
+    query = ngx_xmpp_cm_node_child(e->root, "query");
+
+    if (type == NULL || !ngx_xmpp_cm_str_is(type, "set")
+        || id == NULL || id->len == 0 || id->len > 3071
+        || query == NULL || !ngx_xmpp_cm_str_is(&query->ns, NGX_XMPP_NS_IQAUTH))
+    {
+        return NGX_OK;
+    }
+
+    /* Openfire refuses a set without both (not-authorized, not-acceptable) */
+
+    ngx_str_null(&user);
+    ngx_str_null(&res);
+
+    n = ngx_xmpp_cm_node_child(query, "username");
+    if (n) {
+        user = n->text;
+    }
+
+    n = ngx_xmpp_cm_node_child(query, "resource");
+    if (n) {
+        res = n->text;
+    }
+
+    if (user.len == 0 || user.len > 1023 || res.len == 0 || res.len > 1023) {
+        return NGX_OK;
+    }
+
+    a = ngx_alloc(sizeof(ngx_xmpp_cm_iq_auth_t) + id->len + user.len + 1
+                  + cl->domain.len + 1 + res.len, cl->c->log);
+    if (a == NULL) {
+        return NGX_OK;
+    }
+
+    p = (u_char *) (a + 1);
+
+    a->id.data = p;
+    a->id.len = id->len;
+    p = ngx_cpymem(p, id->data, id->len);
+
+    /* Openfire lower-cases the username */
+
+    a->jid.data = p;
+    ngx_strlow(p, user.data, user.len);
+    p += user.len;
+    *p++ = '@';
+    p = ngx_cpymem(p, cl->domain.data, cl->domain.len);
+    *p++ = '/';
+    p = ngx_cpymem(p, res.data, res.len);
+    a->jid.len = p - a->jid.data;
+
+    if (cl->iq_auth) {
+        ngx_free(cl->iq_auth);
+    }
+
+    cl->iq_auth = a;
+
+    return NGX_OK;
+}
+
+
+/*
+ * Openfire's answer to the pending jabber:iq:auth set: a result
+ * authenticates and binds.  IQAuthHandler addresses it to the new full
+ * JID, which then names the stream (else the JID asked for does); a
+ * result to the pre-bind address (no '@') answers another IQ that reused
+ * the id, and an error leaves the stream unauthenticated.
+ */
+
+static void
+ngx_xmpp_cm_client_iq_auth_result(ngx_xmpp_cm_client_t *cl,
+    ngx_xmpp_cm_node_t *iq)
+{
+    ngx_str_t              *id, *type, *to, *jid;
+    ngx_xmpp_cm_iq_auth_t  *a;
+
+    a = cl->iq_auth;
+    id = ngx_xmpp_cm_node_attr(iq, "id");
+    type = ngx_xmpp_cm_node_attr(iq, "type");
+    to = ngx_xmpp_cm_node_attr(iq, "to");
+
+    if (id == NULL || type == NULL || id->len != a->id.len
+        || ngx_strncmp(id->data, a->id.data, id->len) != 0)
+    {
+        return;
+    }
+
+    cl->iq_auth = NULL;
+
+    jid = to ? to : &a->jid;
+
+    if (ngx_xmpp_cm_str_is(type, "result") && !cl->authenticated
+        && jid->len && jid->len <= 3071
+        && ngx_strlchr(jid->data, jid->data + jid->len, '@'))
+    {
+        cl->jid.data = ngx_pstrdup(cl->c->pool, jid);
+
+        if (cl->jid.data) {
+            cl->jid.len = jid->len;
+            ngx_xmpp_cm_client_authenticated(cl);
+
+            ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                          "xmpp_cm: client stream %V authenticated (legacy "
+                          "jabber:iq:auth) and bound as %V",
+                          &cl->streamid, &cl->jid);
+        }
+    }
+
+    ngx_free(a);
 }
 
 
@@ -1443,9 +1640,32 @@ ngx_xmpp_cm_client_variable(ngx_stream_session_t *s, ngx_uint_t which,
 void
 ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_client_t *cl, ngx_str_t *text)
 {
-    u_char  *p, *end;
+    u_char      *p, *end;
+    ngx_uint_t   success;
 
     if (cl->closing) {
+        return;
+    }
+
+    /*
+     * Written as is into the client's stream, so it must be one or more
+     * complete elements: anything else would break the stream.  It is
+     * Openfire's fault, and not parseable: logged and dropped, never
+     * handed back (broken XML would break the shared Openfire socket).
+     */
+
+    if (ngx_xmpp_cm_xml_fragment(cl->c->log, text->data, text->len, 0,
+                                 NGX_XMPP_CM_OPENFIRE_MAX,
+                                 NGX_MAX_UINT32_VALUE, NULL, NULL)
+        != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_ERR, cl->c->log, 0,
+                      "xmpp_cm: text route from Openfire for stream %V is "
+                      "not complete elements, dropped: \"%*s\"",
+                      &cl->streamid, ngx_min(text->len, 64), text->data);
+        if (cl->pool) {
+            cl->pool->dropped++;
+        }
         return;
     }
 
@@ -1464,6 +1684,16 @@ ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_client_t *cl, ngx_str_t *text)
         return;
     }
 
+    success = (end - p > 8 && ngx_strncmp(p, "<success", 8) == 0
+               && (p[8] == ' ' || p[8] == '/' || p[8] == '>'));
+
+    if (success && (cl->authenticated || !cl->sasl_pending)) {
+        ngx_log_error(NGX_LOG_ERR, cl->c->log, 0,
+                      "xmpp_cm: SASL success from Openfire outside SASL "
+                      "negotiation on stream %V dropped", &cl->streamid);
+        return;
+    }
+
     if (ngx_xmpp_cm_client_full(cl, text->len)) {
         ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
                       "xmpp_cm: SASL data for a client that is not reading "
@@ -1473,9 +1703,13 @@ ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_client_t *cl, ngx_str_t *text)
 
     ngx_xmpp_cm_client_send(cl, p, end - p);
 
-    if (end - p > 8 && ngx_strncmp(p, "<success", 8) == 0
+    if (end - p > 8 && ngx_strncmp(p, "<failure", 8) == 0
         && (p[8] == ' ' || p[8] == '/' || p[8] == '>'))
     {
+        cl->sasl_pending = 0;
+    }
+
+    if (success) {
         ngx_xmpp_cm_client_success(cl);
     }
 }
@@ -1489,15 +1723,32 @@ ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_client_t *cl, ngx_str_t *text)
 static void
 ngx_xmpp_cm_client_success(ngx_xmpp_cm_client_t *cl)
 {
-    cl->authenticated = 1;
+    /* the restarted stream gets a header of its own (RFC 6120 4.3.3) */
     cl->header_sent = 0;
     cl->partial_since = 0;
-    cl->c->log->action = "in an authenticated XMPP stream";
 
     if (ngx_xmpp_cm_xml_reset(cl->xml) != NGX_OK) {
         ngx_xmpp_cm_client_end(cl, "internal-server-error", NULL, NULL, 0);
         return;
     }
+
+    ngx_xmpp_cm_client_authenticated(cl);
+}
+
+
+/* SASL success or a legacy jabber:iq:auth result */
+
+static void
+ngx_xmpp_cm_client_authenticated(ngx_xmpp_cm_client_t *cl)
+{
+    if (cl->iq_auth) {
+        ngx_free(cl->iq_auth);
+        cl->iq_auth = NULL;
+    }
+
+    cl->authenticated = 1;
+    cl->sasl_pending = 0;
+    cl->c->log->action = "in an authenticated XMPP stream";
 
     cl->xml->max_size = cl->conf->max_stanza;
 
@@ -1840,6 +2091,10 @@ ngx_xmpp_cm_client_cleanup(void *data)
     if (cl->session) {
         ngx_xmpp_cm_session_client_gone(cl->session, 0);
         cl->session = NULL;
+    }
+
+    if (cl->iq_auth) {
+        ngx_free(cl->iq_auth);
     }
 
     ngx_queue_remove(&cl->link);

@@ -22,6 +22,8 @@ static void ngx_xmpp_cm_session_remember(ngx_xmpp_cm_pool_t *pool,
 static void ngx_xmpp_cm_bounce(ngx_xmpp_cm_pool_t *pool,
     ngx_xmpp_cm_xml_t *x, ngx_xmpp_cm_session_t *s, ngx_str_t *id,
     ngx_xmpp_cm_node_t *c);
+static void ngx_xmpp_cm_session_iq_result(ngx_xmpp_cm_sock_t *sock,
+    ngx_xmpp_cm_node_t *iq);
 
 
 ngx_xmpp_cm_session_t *
@@ -149,9 +151,13 @@ ngx_xmpp_cm_session_forget(ngx_xmpp_cm_session_t *s)
 
 
 /*
- * The client went away.  For xmpp_cm_close_delay the session stays open
- * on Openfire and messages routed to it go back with <failed> (stored
- * offline); then <close/> goes out on the socket the session used.
+ * The client went away: <close/> goes out on the socket the session used,
+ * at once by default, so that Openfire stops routing to it (a bare-JID
+ * message would otherwise go to this resource and end up offline).  With
+ * xmpp_cm_close_delay the session stays open on Openfire for that long,
+ * and messages routed to it go back with <failed> (stored offline).
+ * While a route is being delivered the close waits for its end, so that
+ * the stanzas after the one that ended the stream go back first.
  */
 
 void
@@ -162,6 +168,11 @@ ngx_xmpp_cm_session_client_gone(ngx_xmpp_cm_session_t *s, ngx_uint_t now)
     if (s->is_blocked) {
         ngx_queue_remove(&s->blocked);
         s->is_blocked = 0;
+    }
+
+    if (s->routing) {
+        s->gone = 1;
+        return;
     }
 
     if (now || s->pool->conf->close_delay == 0 || s->pool->exiting) {
@@ -346,13 +357,28 @@ ngx_xmpp_cm_session_route(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
             return;
         }
 
-        for (c = route->child; c; c = c->next) {
-            ngx_xmpp_cm_client_deliver(cl, sock->xml, c);
+        /*
+         * A payload may end the client's stream (a stream error, a client
+         * that does not read): what follows it goes back as for a closed
+         * stream, and only then is the session closed.
+         */
 
-            if (s->client == NULL) {
-                /* the payload ended the session (a stream error) */
-                break;
+        s->routing = 1;
+
+        for (c = route->child; c; c = c->next) {
+            if (s->client) {
+                ngx_xmpp_cm_client_deliver(s->client, sock->xml, c);
+
+            } else {
+                ngx_xmpp_cm_bounce(pool, sock->xml, s, id, c);
             }
+        }
+
+        s->routing = 0;
+
+        if (s->gone) {
+            s->gone = 0;
+            ngx_xmpp_cm_session_client_gone(s, 0);
         }
 
         return;
@@ -537,6 +563,10 @@ ngx_xmpp_cm_session_iq(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
             return;
         }
 
+        /* RFC 6120 8.2.3 (Openfire ignores it): closed, known or not */
+
+        ngx_xmpp_cm_session_iq_result(sock, iq);
+
         if (s == NULL) {
             return;
         }
@@ -615,6 +645,53 @@ ngx_xmpp_cm_session_iq(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
                       "for stream %V (%V): the message is lost", id,
                       cond ? cond : &iq->name);
     }
+}
+
+
+/* <iq type="result"> for an IQ set from Openfire: id kept, to/from swapped */
+
+static void
+ngx_xmpp_cm_session_iq_result(ngx_xmpp_cm_sock_t *sock,
+    ngx_xmpp_cm_node_t *iq)
+{
+    u_char     *buf, *p;
+    size_t      len;
+    ngx_str_t  *id, *from, *to;
+
+    id = ngx_xmpp_cm_node_attr(iq, "id");
+    from = ngx_xmpp_cm_node_attr(iq, "from");
+    to = ngx_xmpp_cm_node_attr(iq, "to");
+
+    if (id == NULL) {
+        return;
+    }
+
+    len = sizeof("<iq type=\"result\" id=\"\" to=\"\" from=\"\"/>") - 1
+          + ngx_xmpp_cm_escape(NULL, id->data, id->len)
+          + (from ? ngx_xmpp_cm_escape(NULL, from->data, from->len) : 0)
+          + (to ? ngx_xmpp_cm_escape(NULL, to->data, to->len) : 0);
+
+    buf = ngx_pnalloc(sock->xml->tmp, len);
+    if (buf == NULL) {
+        return;
+    }
+
+    p = ngx_cpymem(buf, "<iq type=\"result\" id=\"", 22);
+    p += ngx_xmpp_cm_escape(p, id->data, id->len);
+
+    if (from) {
+        p = ngx_cpymem(p, "\" to=\"", 6);
+        p += ngx_xmpp_cm_escape(p, from->data, from->len);
+    }
+
+    if (to) {
+        p = ngx_cpymem(p, "\" from=\"", 8);
+        p += ngx_xmpp_cm_escape(p, to->data, to->len);
+    }
+
+    p = ngx_cpymem(p, "\"/>", 3);
+
+    (void) ngx_xmpp_cm_sock_write(sock, buf, p - buf);
 }
 
 

@@ -81,6 +81,18 @@ static void XMLCALL ngx_xmpp_cm_xml_pi(void *data, const XML_Char *target,
     const XML_Char *pidata);
 static void XMLCALL ngx_xmpp_cm_xml_comment(void *data,
     const XML_Char *text);
+static ngx_int_t ngx_xmpp_cm_fragment_open(void *data, ngx_str_t *name,
+    ngx_str_t *ns, const XML_Char **attrs);
+static ngx_int_t ngx_xmpp_cm_fragment_element(void *data,
+    ngx_xmpp_cm_elem_t *e);
+static ngx_int_t ngx_xmpp_cm_fragment_close(void *data);
+
+
+typedef struct {
+    ngx_xmpp_cm_elem_pt     element;
+    void                   *data;
+    ngx_uint_t              n;
+} ngx_xmpp_cm_fragment_t;
 
 
 ngx_xmpp_cm_xml_t *
@@ -1190,6 +1202,101 @@ static void XMLCALL
 ngx_xmpp_cm_xml_comment(void *data, const XML_Char *text)
 {
     ngx_xmpp_cm_xml_fail(data, "restricted-xml", "comments not allowed");
+}
+
+
+/*
+ * Bytes that are not a stream but a piece of one: one or more complete
+ * elements, as they would stand between stanzas of an open client stream.
+ * A framer of its own takes a parser at that point (a parked one, or a
+ * fresh one entered into the synthetic root) and is fed the bytes once.
+ * With tree == 0 the client rules apply (restricted XML, no text between
+ * elements, prefixes declared in the element); with tree == 1 (bytes
+ * already checked) element() also gets each element's tree.  NGX_OK if
+ * the bytes are exactly that, NGX_DECLINED if not, NGX_ERROR if out of
+ * memory.
+ */
+
+ngx_int_t
+ngx_xmpp_cm_xml_fragment(ngx_log_t *log, u_char *p, size_t len,
+    ngx_uint_t tree, size_t max_size, ngx_uint_t max_depth,
+    ngx_xmpp_cm_elem_pt element, void *data)
+{
+    ngx_int_t               rc;
+    ngx_xmpp_cm_xml_t       x;
+    ngx_xmpp_cm_fragment_t  f;
+
+    f.element = element;
+    f.data = data;
+    f.n = 0;
+
+    ngx_memzero(&x, sizeof(ngx_xmpp_cm_xml_t));
+
+    x.log = log;
+    x.data = &f;
+    x.open = ngx_xmpp_cm_fragment_open;
+    x.element = ngx_xmpp_cm_fragment_element;
+    x.close = ngx_xmpp_cm_fragment_close;
+    x.max_size = max_size;
+    x.max_depth = max_depth;
+    x.tree = tree ? 1 : 0;
+    x.client = tree ? 0 : 1;
+    x.opened = 1;
+    x.depth = 1;
+    x.parkable = 1;
+
+    if (tree) {
+        x.tmp = ngx_create_pool(4096, log);
+        if (x.tmp == NULL) {
+            return NGX_ERROR;
+        }
+    }
+
+    rc = ngx_xmpp_cm_xml_feed(&x, p, len);
+
+    if (rc == NGX_OK) {
+        rc = (f.n && x.depth == 1 && !x.in_stanza && x.pend_len == 0)
+             ? NGX_OK : NGX_DECLINED;
+
+    } else if (rc != NGX_ERROR || x.error == NULL
+               || ngx_strcmp(x.error, "internal-server-error") != 0)
+    {
+        rc = NGX_DECLINED;
+    }
+
+    ngx_xmpp_cm_xml_free(&x);
+
+    return rc;
+}
+
+
+static ngx_int_t
+ngx_xmpp_cm_fragment_open(void *data, ngx_str_t *name, ngx_str_t *ns,
+    const XML_Char **attrs)
+{
+    /* the root is open already: this cannot be called */
+
+    return NGX_ERROR;
+}
+
+
+static ngx_int_t
+ngx_xmpp_cm_fragment_element(void *data, ngx_xmpp_cm_elem_t *e)
+{
+    ngx_xmpp_cm_fragment_t *f = data;
+
+    f->n++;
+
+    return f->element ? f->element(f->data, e) : NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_xmpp_cm_fragment_close(void *data)
+{
+    /* </stream:stream> is not an element */
+
+    return NGX_DECLINED;
 }
 
 

@@ -1228,7 +1228,9 @@ def test_iq_auth_and_inband_register(sb, cms):
     c.route("ia", '<iq xmlns="jabber:client" type="set" id="a1"><query xmlns='
                   '"jabber:iq:auth"><username>carol</username><password>'
                   'carolpw</password><resource>old</resource></query></iq>')
-    c.expect(R % ("ia", '<iq type="result" id="a1" to="localhost/ia"/>'))
+    # IQAuthHandler.login: the result goes to the new full JID
+    c.expect(R % ("ia", '<iq type="result" id="a1" '
+                        'to="carol@localhost/old"/>'))
     st = [s for s in sb.state()["sessions"] if s["streamid"] == "ia"][0]
     assert st["jid"] == "carol@localhost/old" and st["authenticated"]
 

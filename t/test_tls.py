@@ -873,6 +873,9 @@ def test_one_server_starttls_and_direct_tls(standin, nginx, certs):
         assert starttls_el(feats) is None
         assert c.login("alice", "alicepw", resource="st") == \
             "alice@localhost/st"
+        # checked while connected: a client that leaves is closed at once
+        wait_until(lambda: sb.sessions(user="alice", bound=True), 5,
+                   what="alice bound at the stand-in")
     finally:
         c.close()
     d = TlsRaw(tls_port, client_ctx(certs, ["xmpp-client"]), direct=True)
@@ -883,11 +886,10 @@ def test_one_server_starttls_and_direct_tls(standin, nginx, certs):
         assert starttls_el(feats) is None, tostr(feats)
         assert_no_external_or_plus(feats)
         assert d.login("bob", "bobpw", resource="dt") == "bob@localhost/dt"
+        wait_until(lambda: sb.sessions(user="bob", bound=True), 5,
+                   what="bob bound at the stand-in")
     finally:
         d.close()
-    wait_until(lambda: sb.sessions(user="alice", bound=True) and
-               sb.sessions(user="bob", bound=True), 5,
-               what="both sessions bound at the stand-in")
 
 
 def _varcert_body(certs, sb, port, tls_port, cert_var):

@@ -55,6 +55,8 @@ NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
 NS_DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
 NS_REGISTER = "jabber:iq:register"
 NS_IQAUTH = "jabber:iq:auth"
+# RoutingTableImpl.getShowValue: lower is preferred
+SHOW_ORDER = {"chat": 1, None: 2, "away": 3, "xa": 4, "dnd": 5}
 NS_DELAY = "urn:xmpp:delay"
 NS_XML = "http://www.w3.org/XML/1998/namespace"
 
@@ -404,6 +406,7 @@ class ClientSession:
     """Openfire's LocalClientSession for one CM-hosted client."""
 
     _avail_seq = itertools.count(1)
+    _activity = itertools.count(1)
 
     def __init__(self, cm, streamid, host, prebind):
         self.cm = cm
@@ -418,6 +421,8 @@ class ClientSession:
         self.available = False
         self.avail_seq = 0
         self.priority = 0
+        self.show = None                 # <show> of the last presence
+        self.last_active = 0             # order of the last client stanza
         self.presence = None             # last available presence (no 'to')
         self.offline_done = False
         self.sasl = None                 # SASL exchange in progress
@@ -1182,6 +1187,8 @@ class Openfire:
     def on_client_stanza(self, s, el):
         name = local(el)
         el.set("from", s.address)       # anti-spoofing overwrite
+        # LocalSession.incrementClientPacketCount: the last active date
+        s.last_active = next(ClientSession._activity)
         if not s.bound:
             if name == "iq":
                 return self.preauth_iq(s, el)
@@ -1254,24 +1261,47 @@ class Openfire:
         self.deliver(s, r)
 
     def iq_auth_handler(self, s, iq, child):
-        """XEP-0078 (only with --iq-auth, like the Non-SASL plugin)."""
+        """XEP-0078 as the Non-SASL Authentication plugin's IQAuthHandler
+        does it (only with --iq-auth: the plugin registers the handler).
+        get: the fields (username echoed; password and digest, as the
+        default provider supports both; resource), no 'to' before auth.
+        set: plaintext password or digest = hex(sha1(streamid+password));
+        no resource: not-acceptable; bad credentials: not-authorized
+        (both with the query copied); success: the session is
+        authenticated and bound at once (a conflicting session is kicked)
+        and the result goes to the new full JID."""
         if not self.iq_auth:
             return self.iq_error(s, iq, "feature-not-implemented", child)
         if iq.get("type") == "get":
             r = iq_reply(iq, "result")
+            r.attrib.pop("to", None)
             q = ET.SubElement(r, "{%s}query" % NS_IQAUTH)
-            for f in ("username", "password", "resource"):
+            u = ET.SubElement(q, "{%s}username" % NS_IQAUTH)
+            u.text = (child.findtext("{%s}username" % NS_IQAUTH) or None)
+            for f in ("password", "digest", "resource"):
                 ET.SubElement(q, "{%s}%s" % (NS_IQAUTH, f))
             return self.deliver(s, r)
         vals = {local(c): (c.text or "").strip() for c in child}
         user = vals.get("username", "").lower()
+        if s.authenticated or not user:
+            return self.iq_error(s, iq, "not-authorized", child)
         if not vals.get("resource"):
             return self.iq_error(s, iq, "not-acceptable", child)
-        if s.authenticated or not user or \
-                self.users.get(user) != vals.get("password"):
+        pw = self.users.get(user)
+        if pw is None:
+            ok = False
+        elif "password" in vals:
+            ok = vals["password"] == pw
+        elif "digest" in vals:
+            ok = vals["digest"].lower() == hashlib.sha1(
+                (s.streamid + pw).encode()).hexdigest()
+        else:
+            ok = False
+        if not ok:
             return self.iq_error(s, iq, "not-authorized", child)
         s.authenticated = True
         self.bind(s, user, vals["resource"])
+        iq.set("from", s.jid)
         self.deliver(s, iq_reply(iq, "result"))
 
     def register_handler(self, s, iq, child):
@@ -1364,7 +1394,15 @@ class Openfire:
         targets = [t for t in self.available_sessions(node)
                    if t.priority >= 0]
         if targets:
-            best = max(targets, key=lambda t: (t.priority, t.avail_seq))
+            # RoutingTableImpl.routeToBareJID (4.1.6): highest priority,
+            # then show (chat, none, away, xa, dnd), then the most recent
+            # activity, which is usually a resource that has just left
+            top = max(t.priority for t in targets)
+            targets = [t for t in targets if t.priority == top]
+            best_show = min(SHOW_ORDER.get(t.show, 5) for t in targets)
+            targets = [t for t in targets
+                       if SHOW_ORDER.get(t.show, 5) == best_show]
+            best = max(targets, key=lambda t: t.last_active)
             self.deliver(best, msg)
         else:
             self.store_offline(msg)                 # row 30
@@ -1416,6 +1454,8 @@ class Openfire:
                 s.available = True
                 if initial:
                     s.avail_seq = next(ClientSession._avail_seq)
+                sh = child_named(pres, "show")
+                s.show = (sh.text or "").strip() if sh is not None else None
                 pr = child_named(pres, "priority")
                 try:
                     s.priority = int((pr.text or "0").strip()) if pr is not \
