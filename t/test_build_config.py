@@ -129,3 +129,36 @@ def test_static_build(tmp_path):
                        timeout=30)
     out = p.stdout.decode("utf-8", "replace")
     assert p.returncode == 0, out
+
+
+@pytest.mark.parametrize("cert_cb", ["with", "without"])
+def test_tls_compiles_without_cert_cb_error(tmp_path, module_path, cert_cb):
+    """ngx_stream_xmpp_cm_tls.c compiles with -Wall -Wextra -Werror both
+    where OpenSSL has SSL_R_CERT_CB_ERROR (certificates with variables)
+    and where it has not: a wrapper <openssl/ssl.h> found first includes
+    the real one and undefines the macro."""
+    ngx = os.path.join(ROOT, "build", "nginx")
+    with open(os.path.join(ngx, "objs", "Makefile"), errors="replace") as f:
+        makefile = f.read()
+    cflags = re.search(r"^CFLAGS\s*=(.*)$", makefile, re.M).group(1).split()
+    incs = re.search(r"^ALL_INCS\s*=((?:.*\\\n)*.*)$", makefile, re.M)
+    incs = incs.group(1).replace("\\\n", " ").split()
+    wrap = tmp_path / "openssl"
+    wrap.mkdir()
+    (wrap / "ssl.h").write_text("#include_next <openssl/ssl.h>\n"
+                                "#undef SSL_R_CERT_CB_ERROR\n")
+    cmd = ["cc", "-fsyntax-only"] + cflags
+    if cert_cb == "without":
+        cmd += ["-I", str(tmp_path)]
+    cmd += incs + ["-I", os.path.join(ROOT, "src"),
+                   os.path.join(ROOT, "src", "ngx_stream_xmpp_cm_tls.c")]
+    p = subprocess.run(cmd, cwd=ngx, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, timeout=120)
+    out = p.stdout.decode("utf-8", "replace")
+    assert p.returncode == 0, out
+    # the wrapper really took the other branch
+    p = subprocess.run(cmd[:1] + ["-E", "-dM"] + cmd[2:], cwd=ngx,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       timeout=120)
+    defined = b"#define SSL_R_CERT_CB_ERROR" in p.stdout
+    assert defined == (cert_cb == "with"), p.stdout[-2000:]
