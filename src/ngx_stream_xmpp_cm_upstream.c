@@ -799,7 +799,8 @@ ngx_xmpp_cm_sock_element(void *data, ngx_xmpp_cm_elem_t *e)
 {
     ngx_xmpp_cm_sock_t *sock = data;
 
-    u_char               buf[256], *p;
+    u_char              *p;
+    size_t               len;
     ngx_str_t           *id;
     ngx_xmpp_cm_pool_t  *pool;
     ngx_xmpp_cm_node_t  *root, *child;
@@ -828,14 +829,20 @@ ngx_xmpp_cm_sock_element(void *data, ngx_xmpp_cm_elem_t *e)
         if (child && ngx_xmpp_cm_str_is(&child->name, "configuration")) {
             ngx_xmpp_cm_pool_configure(pool, child);
 
-            if (id && id->len && id->len < 64) {
-                p = ngx_cpymem(buf, "<iq type=\"result\" id=\"", 22);
-                p += ngx_xmpp_cm_escape(p, id->data, id->len);
-                p = ngx_cpymem(p, "\"/>", 3);
+            if (id && id->len) {
+                /* escaping may make the id six times as long */
 
-                if (ngx_xmpp_cm_sock_write(sock, buf, p - buf) != NGX_OK) {
+                len = sizeof("<iq type=\"result\" id=\"\"/>") - 1
+                      + ngx_xmpp_cm_escape(NULL, id->data, id->len);
+
+                p = ngx_xmpp_cm_sock_alloc(sock, len);
+                if (p == NULL) {
                     return NGX_ERROR;
                 }
+
+                p = ngx_cpymem(p, "<iq type=\"result\" id=\"", 22);
+                p += ngx_xmpp_cm_escape(p, id->data, id->len);
+                ngx_memcpy(p, "\"/>", 3);
             }
 
             if (!pool->configured) {
