@@ -361,19 +361,60 @@ ngx_xmpp_cm_route_session_iq(ngx_xmpp_cm_pool_t *pool,
     ngx_xmpp_cm_sock_t *sock, ngx_str_t *id, ngx_uint_t type,
     ngx_str_t *addr, u_char *payload, size_t plen)
 {
-    u_char  *p, buf[512];
-    size_t   len;
+    u_char  *p, seq[NGX_INT_T_LEN];
+    size_t   len, slen;
 
     if (!ngx_xmpp_cm_session_id_ok(id)) {
         /* an empty or odd session id would kill the shared socket */
         return NGX_ERROR;
     }
 
-    p = ngx_snprintf(buf, sizeof(buf) - 200,
-                     "<iq type=\"set\" id=\"c%ui\" to=\"%V\" from=\"%V/%V\">"
-                     "<session xmlns=\"" NGX_XMPP_NS_CMPROTO "\" id=\"%V\">",
-                     ++pool->iq_seq, &pool->domain, &pool->name,
-                     &sock->resource, id);
+    /* every length is counted first: nothing is ever cut */
+
+    slen = ngx_sprintf(seq, "%ui", ++pool->iq_seq) - seq;
+
+    len = sizeof("<iq type=\"set\" id=\"c\" to=\"\" from=\"/\">"
+                 "<session xmlns=\"" NGX_XMPP_NS_CMPROTO "\" id=\"\">"
+                 "</session></iq>") - 1
+          + slen + pool->domain.len + pool->name.len + sock->resource.len
+          + id->len;
+
+    switch (type) {
+
+    case NGX_XMPP_CM_IQ_CREATE:
+        if (addr && addr->len) {
+            len += sizeof("<create><host name=\"\" address=\"\"/>"
+                          "</create>") - 1 + 2 * addr->len;
+        } else {
+            len += sizeof("<create/>") - 1;
+        }
+        break;
+
+    case NGX_XMPP_CM_IQ_CLOSE:
+        len += sizeof("<close/>") - 1;
+        break;
+
+    default: /* NGX_XMPP_CM_IQ_FAILED */
+        if (plen == 0) {
+            return NGX_ERROR;
+        }
+
+        len += sizeof("<failed></failed>") - 1 + plen;
+
+        if (len > NGX_XMPP_CM_OPENFIRE_MAX - 16) {
+            return NGX_DECLINED;
+        }
+    }
+
+    p = ngx_xmpp_cm_sock_alloc(sock, len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_sprintf(p, "<iq type=\"set\" id=\"c%*s\" to=\"%V\" "
+                    "from=\"%V/%V\"><session xmlns=\"" NGX_XMPP_NS_CMPROTO
+                    "\" id=\"%V\">", slen, seq, &pool->domain, &pool->name,
+                    &sock->resource, id);
 
     switch (type) {
 
@@ -382,41 +423,23 @@ ngx_xmpp_cm_route_session_iq(ngx_xmpp_cm_pool_t *pool,
             p = ngx_sprintf(p, "<create><host name=\"%V\" address=\"%V\"/>"
                             "</create>", addr, addr);
         } else {
-            p = ngx_cpymem(p, "<create/>", 9);
+            p = ngx_cpymem(p, "<create/>", sizeof("<create/>") - 1);
         }
         break;
 
     case NGX_XMPP_CM_IQ_CLOSE:
-        p = ngx_cpymem(p, "<close/>", 8);
+        p = ngx_cpymem(p, "<close/>", sizeof("<close/>") - 1);
         break;
 
     default: /* NGX_XMPP_CM_IQ_FAILED */
-        if (plen == 0) {
-            return NGX_ERROR;
-        }
-
-        len = (p - buf) + plen + sizeof("<failed></failed></session></iq>");
-
-        if (len > NGX_XMPP_CM_OPENFIRE_MAX - 16) {
-            return NGX_DECLINED;
-        }
-
-        if (ngx_xmpp_cm_sock_write(sock, buf, p - buf) != NGX_OK
-            || ngx_xmpp_cm_sock_write(sock, (u_char *) "<failed>", 8)
-               != NGX_OK
-            || ngx_xmpp_cm_sock_write(sock, payload, plen) != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-
-        return ngx_xmpp_cm_sock_write(sock,
-                                      (u_char *) "</failed></session></iq>",
-                                      sizeof("</failed></session></iq>") - 1);
+        p = ngx_cpymem(p, "<failed>", sizeof("<failed>") - 1);
+        p = ngx_cpymem(p, payload, plen);
+        p = ngx_cpymem(p, "</failed>", sizeof("</failed>") - 1);
     }
 
-    p = ngx_cpymem(p, "</session></iq>", sizeof("</session></iq>") - 1);
+    ngx_memcpy(p, "</session></iq>", sizeof("</session></iq>") - 1);
 
-    return ngx_xmpp_cm_sock_write(sock, buf, p - buf);
+    return NGX_OK;
 }
 
 

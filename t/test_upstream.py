@@ -225,3 +225,26 @@ def test_configuration_iq_id_escaping_to_six_times_its_length(standin, nginx,
     c.login("alice", "alicepw")
     assert ngx.running()
 
+
+def test_longest_domain_and_name_log_in(standin, nginx, raw):
+    """The longest xmpp_cm_domain (200) and xmpp_cm_name (100) that nginx -t
+    accepts: session create IQ, features, bind and a message round trip
+    all stay well-formed (the create IQ was cut by a 512-byte buffer)."""
+    domain = ".".join(["d" * 49, "e" * 50, "f" * 49, "g" * 49])
+    name = ".".join(["n" * 49, "m" * 50])
+    assert len(domain) == 200 and len(name) == 100
+    sb = standin(domain=domain)
+    ngx = nginx(standin=sb, domain=domain, name=name, connections=1)
+    a = raw(ngx.port)
+    jid = a.login("alice", "alicepw", resource="long", to=domain)
+    assert jid == "alice@%s/long" % domain, jid
+    creates = [x for x in sb.inbound(r"<create\b") if "<iq" in x]
+    assert creates, sb.inbound()
+    assert creates[0].rstrip().endswith("</session></iq>"), creates[0]
+    b = raw(ngx.port)
+    b.login("bob", "bobpw", resource="long", to=domain)
+    b.send("<message to='alice@%s/long' id='l1'><body>over a long "
+           "domain</body></message>" % domain)
+    m = a.next_element(match=lambda e: e.tag.endswith("message"),
+                       what="message over the long domain")
+    assert m.get("id") == "l1"
