@@ -39,6 +39,10 @@
 
 #define NGX_XMPP_CM_ID_LEN            40
 
+/* the longest xmpp_cm_domain and xmpp_cm_name that nginx -t accepts */
+#define NGX_XMPP_CM_DOMAIN_MAX        200
+#define NGX_XMPP_CM_CM_NAME_MAX       100
+
 
 typedef struct ngx_xmpp_cm_pool_s     ngx_xmpp_cm_pool_t;
 typedef struct ngx_xmpp_cm_sock_s     ngx_xmpp_cm_sock_t;
@@ -308,7 +312,7 @@ struct ngx_xmpp_cm_sock_s {
     ngx_event_t                      keepalive;
     ngx_queue_t                      blocked;      /* client sessions */
     ngx_str_t                        resource;
-    u_char                           resbuf[32];
+    u_char                           resbuf[2 * NGX_INT_T_LEN + 2];
     u_char                           sid[64];
     size_t                           sid_len;
     unsigned                         throttled:1;

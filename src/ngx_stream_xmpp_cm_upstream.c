@@ -73,7 +73,8 @@ ngx_xmpp_cm_pool_init(ngx_cycle_t *cycle, ngx_stream_xmpp_cm_srv_conf_t *conf)
 
     /* NAME-PID-RANDOM: one CM name per worker process and generation */
 
-    p = ngx_pnalloc(cycle->pool, conf->name.len + NGX_INT64_LEN + 8);
+    p = ngx_pnalloc(cycle->pool, conf->name.len + sizeof("--") - 1
+                                 + NGX_INT64_LEN + 2 * sizeof(rnd));
     if (p == NULL) {
         return NGX_ERROR;
     }
@@ -280,7 +281,8 @@ ngx_xmpp_cm_pool_failover(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock)
 static void
 ngx_xmpp_cm_sock_connect(ngx_xmpp_cm_sock_t *sock)
 {
-    u_char                          *p, hdr[512];
+    u_char                          *p;
+    size_t                           len;
     ngx_int_t                        rc;
     ngx_connection_t                *c;
     ngx_xmpp_cm_pool_t              *pool;
@@ -353,14 +355,18 @@ ngx_xmpp_cm_sock_connect(ngx_xmpp_cm_sock_t *sock)
 
     /* the literal stream: prefix and double quotes (protocol section 2) */
 
-    p = ngx_snprintf(hdr, sizeof(hdr),
-                     "<stream:stream xmlns:stream=\"" NGX_XMPP_NS_STREAMS
-                     "\" xmlns=\"" NGX_XMPP_NS_CM "\" to=\"%V/%V\""
-                     " version=\"1.0\">", &pool->name, &sock->resource);
+    len = sizeof("<stream:stream xmlns:stream=\"" NGX_XMPP_NS_STREAMS
+                 "\" xmlns=\"" NGX_XMPP_NS_CM "\" to=\"/\" version=\"1.0\">")
+          - 1 + pool->name.len + sock->resource.len;
 
-    if (ngx_xmpp_cm_queue_append(&sock->out, hdr, p - hdr) != NGX_OK) {
+    p = ngx_xmpp_cm_queue_alloc(&sock->out, len);
+    if (p == NULL) {
         goto failed;
     }
+
+    (void) ngx_sprintf(p, "<stream:stream xmlns:stream=\"" NGX_XMPP_NS_STREAMS
+                       "\" xmlns=\"" NGX_XMPP_NS_CM "\" to=\"%V/%V\""
+                       " version=\"1.0\">", &pool->name, &sock->resource);
 
     sock->state = NGX_XMPP_CM_SOCK_CONNECTING;
 
@@ -961,11 +967,19 @@ ngx_xmpp_cm_pool_configure(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_node_t *cfg)
     ngx_str_t           *m;
     ngx_xmpp_cm_node_t  *n, *mech;
 
-    size = 256;
+    /* an upper bound: every mechanism, escaped, and every feature */
+
+    size = sizeof("<mechanisms xmlns=\"" NGX_XMPP_NS_SASL "\">"
+                  "</mechanisms>"
+                  "<auth xmlns=\"http://jabber.org/features/iq-auth\"/>"
+                  "<register xmlns=\"http://jabber.org/features/"
+                  "iq-register\"/>");
 
     for (n = cfg->child; n; n = n->next) {
         for (mech = n->child; mech; mech = mech->next) {
-            size += mech->text.len * 6 + 32;
+            size += sizeof("<mechanism></mechanism>") - 1
+                    + ngx_xmpp_cm_escape(NULL, mech->text.data,
+                                         mech->text.len);
         }
     }
 
