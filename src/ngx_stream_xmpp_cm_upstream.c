@@ -977,9 +977,12 @@ ngx_xmpp_cm_pool_configure(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_node_t *cfg)
 
     for (n = cfg->child; n; n = n->next) {
         for (mech = n->child; mech; mech = mech->next) {
-            size += sizeof("<mechanism></mechanism>") - 1
-                    + ngx_xmpp_cm_escape(NULL, mech->text.data,
-                                         mech->text.len);
+            size += sizeof("<mechanism></mechanism>") - 1;
+
+            if (mech->text.len) {
+                size += ngx_xmpp_cm_escape(NULL, mech->text.data,
+                                           mech->text.len);
+            }
         }
     }
 
