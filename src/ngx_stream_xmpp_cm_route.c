@@ -458,56 +458,87 @@ ngx_xmpp_cm_server_ns(ngx_str_t *ns)
 }
 
 
+#define ngx_xmpp_cm_space(ch)                                                \
+    ((ch) == ' ' || (ch) == '\t' || (ch) == '\r' || (ch) == '\n')
+
+
+/*
+ * The payload's start tag as expat accepted it is read attribute by
+ * attribute: "<" name, then white space, a name, "=" (white space around
+ * it allowed) and a value in either quote, which holds no quote of its
+ * kind.  Only an attribute named "xmlns" is removed, never text inside a
+ * value (an id holding xmlns="jabber:server" or a '>').
+ */
+
 size_t
 ngx_xmpp_cm_strip_server_ns(u_char *dst, u_char *p, size_t len,
     ngx_xmpp_cm_node_t *n)
 {
-    u_char  *a, *v, *end, *tag_end, q;
+    u_char  *a, *v, *name, *end, q;
+    size_t   nlen;
 
     end = p + len;
-    a = NULL;
-    v = NULL;
 
     if (!n->has_xmlns || !ngx_xmpp_cm_server_ns(&n->xmlns)) {
         goto copy;
     }
 
-    tag_end = ngx_strlchr(p, end, '>');
-    if (tag_end == NULL) {
-        goto copy;
-    }
-
-    /* a: the white space before "xmlns", v: just past its quoted value */
-
-    for (a = p; a + 7 < tag_end; a++) {
-        if ((a[0] == ' ' || a[0] == '\t' || a[0] == '\n' || a[0] == '\r')
-            && ngx_strncmp(a + 1, "xmlns", 5) == 0
-            && (a[6] == '=' || a[6] == ' '))
-        {
-            break;
+    for (v = p + 1; v < end && !ngx_xmpp_cm_space(*v); v++) {
+        if (*v == '>' || *v == '/') {
+            goto copy;
         }
     }
 
-    if (a + 7 >= tag_end) {
-        goto copy;
+    /* a: the white space before an attribute, v: just past its value */
+
+    for ( ;; ) {
+        a = v;
+
+        while (v < end && ngx_xmpp_cm_space(*v)) {
+            v++;
+        }
+
+        if (v == a || v == end || *v == '>' || *v == '/') {
+            goto copy;
+        }
+
+        name = v;
+
+        while (v < end && *v != '=' && !ngx_xmpp_cm_space(*v)) {
+            v++;
+        }
+
+        nlen = v - name;
+
+        while (v < end && ngx_xmpp_cm_space(*v)) {
+            v++;
+        }
+
+        if (v == end || *v++ != '=') {
+            goto copy;
+        }
+
+        while (v < end && ngx_xmpp_cm_space(*v)) {
+            v++;
+        }
+
+        if (v == end || (*v != '"' && *v != '\'')) {
+            goto copy;
+        }
+
+        q = *v;
+        v = ngx_strlchr(v + 1, end, q);
+
+        if (v == NULL) {
+            goto copy;
+        }
+
+        v++;
+
+        if (nlen == 5 && ngx_strncmp(name, "xmlns", 5) == 0) {
+            break;
+        }
     }
-
-    for (v = a + 6; v < tag_end && *v != '"' && *v != '\''; v++) {
-        /* void */
-    }
-
-    if (v == tag_end) {
-        goto copy;
-    }
-
-    q = *v;
-    v = ngx_strlchr(v + 1, tag_end, q);
-
-    if (v == NULL) {
-        goto copy;
-    }
-
-    v++;
 
     if (dst) {
         dst = ngx_cpymem(dst, p, a - p);

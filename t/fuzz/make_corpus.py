@@ -108,6 +108,11 @@ UP_48 = [
     # item 15: overflowed a 256-byte stack buffer in the IQ result)
     '<iq type="set" id="%s"><configuration xmlns="http://jabber.org/protocol/connectionmanager"><mechanisms xmlns="urn:ietf:params:xml:ns:xmpp-sasl"><mechanism>PLAIN</mechanism></mechanisms></configuration></iq>'
     % ("&quot;" * 63),
+    # server namespace after other attributes whose values hold its text,
+    # a '>' or the other quote (issue 9, item 20)
+    '<handshake/><route streamid="r1a"><message id="m xmlns=&quot;jabber:server&quot; 1" xmlns="jabber:server" to="alice@localhost/y"><body>xmlns="jabber:server"</body></message></route>'
+    "<route streamid='r1b'><message id='q xmlns=\"jabber:server\"' xmlns = 'jabber:server'/></route>"
+    '<route streamid="r1c"><presence id="a>b" xmlns="jabber:server"/></route>',
 ]
 
 
