@@ -38,6 +38,7 @@
                                        - NGX_XMPP_CM_ROUTE_OVERHEAD)
 
 #define NGX_XMPP_CM_ID_LEN            40
+#define NGX_XMPP_CM_CLOSED_RING       256     /* closed ids remembered */
 
 /* the longest xmpp_cm_domain and xmpp_cm_name that nginx -t accepts */
 #define NGX_XMPP_CM_DOMAIN_MAX        200

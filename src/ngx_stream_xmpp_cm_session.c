@@ -11,7 +11,6 @@
 #include <openssl/rand.h>
 
 
-#define NGX_XMPP_CM_CLOSED_RING  256
 #define NGX_XMPP_CM_GHOSTS_MAX   200000
 
 

@@ -97,7 +97,8 @@ ngx_xmpp_cm_pool_init(ngx_cycle_t *cycle, ngx_stream_xmpp_cm_srv_conf_t *conf)
         return NGX_ERROR;
     }
 
-    pool->closed = ngx_pcalloc(cycle->pool, 256 * NGX_XMPP_CM_ID_LEN);
+    pool->closed = ngx_pcalloc(cycle->pool,
+                               NGX_XMPP_CM_CLOSED_RING * NGX_XMPP_CM_ID_LEN);
     if (pool->closed == NULL) {
         return NGX_ERROR;
     }
