@@ -807,7 +807,7 @@ ngx_stream_xmpp_cm_label_ok(ngx_str_t *s, ngx_uint_t dots)
     size_t  i;
     u_char  ch;
 
-    if (s->len == 0 || s->len > 200) {
+    if (s->len == 0 || s->len > NGX_XMPP_CM_DOMAIN_MAX) {
         return 0;
     }
 
@@ -882,7 +882,9 @@ ngx_stream_xmpp_cm_name(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     value = cf->args->elts;
 
-    if (!ngx_stream_xmpp_cm_label_ok(&value[1], 1) || value[1].len > 100) {
+    if (!ngx_stream_xmpp_cm_label_ok(&value[1], 1)
+        || value[1].len > NGX_XMPP_CM_CM_NAME_MAX)
+    {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid \"xmpp_cm_name\" \"%V\": use up to 100 "
                            "letters, digits, '-' and '.' (it becomes a JID "

@@ -38,6 +38,11 @@
                                        - NGX_XMPP_CM_ROUTE_OVERHEAD)
 
 #define NGX_XMPP_CM_ID_LEN            40
+#define NGX_XMPP_CM_CLOSED_RING       256     /* closed ids remembered */
+
+/* the longest xmpp_cm_domain and xmpp_cm_name that nginx -t accepts */
+#define NGX_XMPP_CM_DOMAIN_MAX        200
+#define NGX_XMPP_CM_CM_NAME_MAX       100
 
 
 typedef struct ngx_xmpp_cm_pool_s     ngx_xmpp_cm_pool_t;
@@ -338,7 +343,7 @@ struct ngx_xmpp_cm_sock_s {
     ngx_event_t                      keepalive;
     ngx_queue_t                      blocked;      /* client sessions */
     ngx_str_t                        resource;
-    u_char                           resbuf[32];
+    u_char                           resbuf[2 * NGX_INT_T_LEN + 2];
     u_char                           sid[64];
     size_t                           sid_len;
     const char                      *fail;         /* why it is closed */

@@ -742,10 +742,23 @@ ngx_xmpp_cm_client_open(void *data, ngx_str_t *name, ngx_str_t *ns,
 }
 
 
+/*
+ * The longest stream header: every part is bounded (a session id, a
+ * configured domain, an xml:lang that fits cl->lang).
+ */
+
+#define NGX_XMPP_CM_HEADER_MAX                                               \
+    (sizeof("<?xml version='1.0'?><stream:stream xmlns=\"" NGX_XMPP_NS_CLIENT \
+            "\" xmlns:stream=\"" NGX_XMPP_NS_STREAMS "\" id=\"\" from=\"\""  \
+            " version=\"1.0\" xml:lang=\"\">")                               \
+     + NGX_XMPP_CM_ID_LEN + NGX_XMPP_CM_DOMAIN_MAX                         \
+     + sizeof(((ngx_xmpp_cm_client_t *) 0)->lang))
+
+
 static void
 ngx_xmpp_cm_client_header(ngx_xmpp_cm_client_t *cl)
 {
-    u_char              *p, buf[512];
+    u_char              *p, buf[NGX_XMPP_CM_HEADER_MAX];
     ngx_str_t           *domain, id;
     ngx_xmpp_cm_pool_t  *pool;
 
@@ -784,6 +797,14 @@ ngx_xmpp_cm_client_header(ngx_xmpp_cm_client_t *cl)
                      " version=\"1.0\" xml:lang=\"%s\">",
                      id.len ? " id=\"" : "", &id, id.len ? "\"" : "",
                      domain, cl->lang[0] ? cl->lang : (u_char *) "en");
+
+    if (p == buf + sizeof(buf)) {
+        /* cannot happen with the bounds above; never send a cut header */
+        ngx_log_error(NGX_LOG_ALERT, cl->c->log, 0,
+                      "xmpp_cm: stream header too long");
+        cl->c->error = 1;
+        return;
+    }
 
     ngx_xmpp_cm_client_send(cl, buf, p - buf);
     cl->header_sent = 1;
@@ -1773,7 +1794,8 @@ void
 ngx_xmpp_cm_client_end(ngx_xmpp_cm_client_t *cl, char *cond, char *text,
     u_char *raw, size_t rawlen)
 {
-    u_char      *p, buf[512];
+    u_char      *p, *buf;
+    size_t       len;
     ngx_event_t *rev;
 
     if (cl->closing) {
@@ -1796,18 +1818,28 @@ ngx_xmpp_cm_client_end(ngx_xmpp_cm_client_t *cl, char *cond, char *text,
         ngx_xmpp_cm_client_send(cl, raw, rawlen);
 
     } else if (cond) {
-        p = ngx_snprintf(buf, sizeof(buf) - 64,
-                         "<stream:error><%s xmlns=\"" NGX_XMPP_NS_XSTREAMS
-                         "\"/>", cond);
+        len = sizeof("<stream:error>< xmlns=\"" NGX_XMPP_NS_XSTREAMS "\"/>"
+                     "</stream:error>") - 1 + ngx_strlen(cond);
 
         if (text) {
-            p = ngx_snprintf(p, buf + sizeof(buf) - 64 - p,
-                             "<text xmlns=\"" NGX_XMPP_NS_XSTREAMS "\">%s"
-                             "</text>", text);
+            len += sizeof("<text xmlns=\"" NGX_XMPP_NS_XSTREAMS "\"></text>")
+                   - 1 + ngx_strlen(text);
         }
 
-        p = ngx_cpymem(p, "</stream:error>", 15);
-        ngx_xmpp_cm_client_send(cl, buf, p - buf);
+        buf = ngx_pnalloc(cl->c->pool, len);
+
+        if (buf) {
+            p = ngx_sprintf(buf, "<stream:error><%s xmlns=\""
+                            NGX_XMPP_NS_XSTREAMS "\"/>", cond);
+
+            if (text) {
+                p = ngx_sprintf(p, "<text xmlns=\"" NGX_XMPP_NS_XSTREAMS
+                                "\">%s</text>", text);
+            }
+
+            p = ngx_cpymem(p, "</stream:error>", 15);
+            ngx_xmpp_cm_client_send(cl, buf, p - buf);
+        }
 
         ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
                       "xmpp_cm: client stream %V ended: %s",

@@ -361,19 +361,60 @@ ngx_xmpp_cm_route_session_iq(ngx_xmpp_cm_pool_t *pool,
     ngx_xmpp_cm_sock_t *sock, ngx_str_t *id, ngx_uint_t type,
     ngx_str_t *addr, u_char *payload, size_t plen)
 {
-    u_char  *p, buf[512];
-    size_t   len;
+    u_char  *p, seq[NGX_INT_T_LEN];
+    size_t   len, slen;
 
     if (!ngx_xmpp_cm_session_id_ok(id)) {
         /* an empty or odd session id would kill the shared socket */
         return NGX_ERROR;
     }
 
-    p = ngx_snprintf(buf, sizeof(buf) - 200,
-                     "<iq type=\"set\" id=\"c%ui\" to=\"%V\" from=\"%V/%V\">"
-                     "<session xmlns=\"" NGX_XMPP_NS_CMPROTO "\" id=\"%V\">",
-                     ++pool->iq_seq, &pool->domain, &pool->name,
-                     &sock->resource, id);
+    /* every length is counted first: nothing is ever cut */
+
+    slen = ngx_sprintf(seq, "%ui", ++pool->iq_seq) - seq;
+
+    len = sizeof("<iq type=\"set\" id=\"c\" to=\"\" from=\"/\">"
+                 "<session xmlns=\"" NGX_XMPP_NS_CMPROTO "\" id=\"\">"
+                 "</session></iq>") - 1
+          + slen + pool->domain.len + pool->name.len + sock->resource.len
+          + id->len;
+
+    switch (type) {
+
+    case NGX_XMPP_CM_IQ_CREATE:
+        if (addr && addr->len) {
+            len += sizeof("<create><host name=\"\" address=\"\"/>"
+                          "</create>") - 1 + 2 * addr->len;
+        } else {
+            len += sizeof("<create/>") - 1;
+        }
+        break;
+
+    case NGX_XMPP_CM_IQ_CLOSE:
+        len += sizeof("<close/>") - 1;
+        break;
+
+    default: /* NGX_XMPP_CM_IQ_FAILED */
+        if (plen == 0) {
+            return NGX_ERROR;
+        }
+
+        len += sizeof("<failed></failed>") - 1 + plen;
+
+        if (len > NGX_XMPP_CM_OPENFIRE_MAX - 16) {
+            return NGX_DECLINED;
+        }
+    }
+
+    p = ngx_xmpp_cm_sock_alloc(sock, len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_sprintf(p, "<iq type=\"set\" id=\"c%*s\" to=\"%V\" "
+                    "from=\"%V/%V\"><session xmlns=\"" NGX_XMPP_NS_CMPROTO
+                    "\" id=\"%V\">", slen, seq, &pool->domain, &pool->name,
+                    &sock->resource, id);
 
     switch (type) {
 
@@ -382,41 +423,23 @@ ngx_xmpp_cm_route_session_iq(ngx_xmpp_cm_pool_t *pool,
             p = ngx_sprintf(p, "<create><host name=\"%V\" address=\"%V\"/>"
                             "</create>", addr, addr);
         } else {
-            p = ngx_cpymem(p, "<create/>", 9);
+            p = ngx_cpymem(p, "<create/>", sizeof("<create/>") - 1);
         }
         break;
 
     case NGX_XMPP_CM_IQ_CLOSE:
-        p = ngx_cpymem(p, "<close/>", 8);
+        p = ngx_cpymem(p, "<close/>", sizeof("<close/>") - 1);
         break;
 
     default: /* NGX_XMPP_CM_IQ_FAILED */
-        if (plen == 0) {
-            return NGX_ERROR;
-        }
-
-        len = (p - buf) + plen + sizeof("<failed></failed></session></iq>");
-
-        if (len > NGX_XMPP_CM_OPENFIRE_MAX - 16) {
-            return NGX_DECLINED;
-        }
-
-        if (ngx_xmpp_cm_sock_write(sock, buf, p - buf) != NGX_OK
-            || ngx_xmpp_cm_sock_write(sock, (u_char *) "<failed>", 8)
-               != NGX_OK
-            || ngx_xmpp_cm_sock_write(sock, payload, plen) != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-
-        return ngx_xmpp_cm_sock_write(sock,
-                                      (u_char *) "</failed></session></iq>",
-                                      sizeof("</failed></session></iq>") - 1);
+        p = ngx_cpymem(p, "<failed>", sizeof("<failed>") - 1);
+        p = ngx_cpymem(p, payload, plen);
+        p = ngx_cpymem(p, "</failed>", sizeof("</failed>") - 1);
     }
 
-    p = ngx_cpymem(p, "</session></iq>", sizeof("</session></iq>") - 1);
+    ngx_memcpy(p, "</session></iq>", sizeof("</session></iq>") - 1);
 
-    return ngx_xmpp_cm_sock_write(sock, buf, p - buf);
+    return NGX_OK;
 }
 
 
@@ -435,56 +458,87 @@ ngx_xmpp_cm_server_ns(ngx_str_t *ns)
 }
 
 
+#define ngx_xmpp_cm_space(ch)                                                \
+    ((ch) == ' ' || (ch) == '\t' || (ch) == '\r' || (ch) == '\n')
+
+
+/*
+ * The payload's start tag as expat accepted it is read attribute by
+ * attribute: "<" name, then white space, a name, "=" (white space around
+ * it allowed) and a value in either quote, which holds no quote of its
+ * kind.  Only an attribute named "xmlns" is removed, never text inside a
+ * value (an id holding xmlns="jabber:server" or a '>').
+ */
+
 size_t
 ngx_xmpp_cm_strip_server_ns(u_char *dst, u_char *p, size_t len,
     ngx_xmpp_cm_node_t *n)
 {
-    u_char  *a, *v, *end, *tag_end, q;
+    u_char  *a, *v, *name, *end, q;
+    size_t   nlen;
 
     end = p + len;
-    a = NULL;
-    v = NULL;
 
     if (!n->has_xmlns || !ngx_xmpp_cm_server_ns(&n->xmlns)) {
         goto copy;
     }
 
-    tag_end = ngx_strlchr(p, end, '>');
-    if (tag_end == NULL) {
-        goto copy;
-    }
-
-    /* a: the white space before "xmlns", v: just past its quoted value */
-
-    for (a = p; a + 7 < tag_end; a++) {
-        if ((a[0] == ' ' || a[0] == '\t' || a[0] == '\n' || a[0] == '\r')
-            && ngx_strncmp(a + 1, "xmlns", 5) == 0
-            && (a[6] == '=' || a[6] == ' '))
-        {
-            break;
+    for (v = p + 1; v < end && !ngx_xmpp_cm_space(*v); v++) {
+        if (*v == '>' || *v == '/') {
+            goto copy;
         }
     }
 
-    if (a + 7 >= tag_end) {
-        goto copy;
+    /* a: the white space before an attribute, v: just past its value */
+
+    for ( ;; ) {
+        a = v;
+
+        while (v < end && ngx_xmpp_cm_space(*v)) {
+            v++;
+        }
+
+        if (v == a || v == end || *v == '>' || *v == '/') {
+            goto copy;
+        }
+
+        name = v;
+
+        while (v < end && *v != '=' && !ngx_xmpp_cm_space(*v)) {
+            v++;
+        }
+
+        nlen = v - name;
+
+        while (v < end && ngx_xmpp_cm_space(*v)) {
+            v++;
+        }
+
+        if (v == end || *v++ != '=') {
+            goto copy;
+        }
+
+        while (v < end && ngx_xmpp_cm_space(*v)) {
+            v++;
+        }
+
+        if (v == end || (*v != '"' && *v != '\'')) {
+            goto copy;
+        }
+
+        q = *v;
+        v = ngx_strlchr(v + 1, end, q);
+
+        if (v == NULL) {
+            goto copy;
+        }
+
+        v++;
+
+        if (nlen == 5 && ngx_strncmp(name, "xmlns", 5) == 0) {
+            break;
+        }
     }
-
-    for (v = a + 6; v < tag_end && *v != '"' && *v != '\''; v++) {
-        /* void */
-    }
-
-    if (v == tag_end) {
-        goto copy;
-    }
-
-    q = *v;
-    v = ngx_strlchr(v + 1, tag_end, q);
-
-    if (v == NULL) {
-        goto copy;
-    }
-
-    v++;
 
     if (dst) {
         dst = ngx_cpymem(dst, p, a - p);

@@ -11,7 +11,6 @@
 #include <openssl/rand.h>
 
 
-#define NGX_XMPP_CM_CLOSED_RING  256
 #define NGX_XMPP_CM_GHOSTS_MAX   200000
 
 
@@ -475,8 +474,13 @@ ngx_xmpp_cm_bounce(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_xml_t *x,
         from = ngx_xmpp_cm_node_attr(c, "from");
         to = ngx_xmpp_cm_node_attr(c, "to");
 
-        len = 256 + (iqid ? iqid->len * 6 : 0) + (from ? from->len * 6 : 0)
-              + (to ? to->len * 6 : 0);
+        len = sizeof("<iq xmlns=\"jabber:client\" type=\"error\""
+                     " id=\"\" to=\"\" from=\"\"><error type=\"cancel\">"
+                     "<service-unavailable xmlns=\"" NGX_XMPP_NS_STANZAS
+                     "\"/></error></iq>") - 1
+              + (iqid ? ngx_xmpp_cm_escape(NULL, iqid->data, iqid->len) : 0)
+              + (from ? ngx_xmpp_cm_escape(NULL, from->data, from->len) : 0)
+              + (to ? ngx_xmpp_cm_escape(NULL, to->data, to->len) : 0);
 
         buf = ngx_pnalloc(x->tmp, len);
         if (buf == NULL) {

@@ -20,6 +20,8 @@
 static ngx_int_t ngx_xmpp_cm_tls_certificates(ngx_conf_t *cf,
     ngx_stream_xmpp_cm_srv_conf_t *conf, ngx_stream_ssl_conf_t *sscf);
 #ifdef SSL_R_CERT_CB_ERROR
+static ngx_int_t ngx_xmpp_cm_tls_cert_values(ngx_conf_t *cf,
+    ngx_stream_xmpp_cm_srv_conf_t *conf, ngx_stream_ssl_conf_t *sscf);
 static int ngx_xmpp_cm_tls_cert_cb(ngx_ssl_conn_t *ssl_conn, void *arg);
 #endif
 
@@ -157,10 +159,8 @@ static ngx_int_t
 ngx_xmpp_cm_tls_certificates(ngx_conf_t *cf,
     ngx_stream_xmpp_cm_srv_conf_t *conf, ngx_stream_ssl_conf_t *sscf)
 {
-    ngx_str_t                           *cert, *key;
-    ngx_uint_t                           i, nelts;
-    ngx_stream_complex_value_t          *cv;
-    ngx_stream_compile_complex_value_t   ccv;
+    ngx_str_t   *cert, *key;
+    ngx_uint_t   i, nelts;
 
     cert = sscf->certificates->elts;
     key = sscf->certificate_keys->elts;
@@ -183,7 +183,35 @@ variables:
 
 #ifdef SSL_R_CERT_CB_ERROR
 
-    /* loaded per handshake, e.g. by $ssl_server_name (SNI) */
+    return ngx_xmpp_cm_tls_cert_values(cf, conf, sscf);
+
+#else
+
+    ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                  "variables in \"ssl_certificate\" are not supported with "
+                  "\"xmpp_cm_starttls\" on this platform");
+    return NGX_ERROR;
+
+#endif
+}
+
+
+#ifdef SSL_R_CERT_CB_ERROR
+
+/* loaded per handshake, e.g. by $ssl_server_name (SNI) */
+
+static ngx_int_t
+ngx_xmpp_cm_tls_cert_values(ngx_conf_t *cf,
+    ngx_stream_xmpp_cm_srv_conf_t *conf, ngx_stream_ssl_conf_t *sscf)
+{
+    ngx_str_t                           *cert, *key;
+    ngx_uint_t                           i, nelts;
+    ngx_stream_complex_value_t          *cv;
+    ngx_stream_compile_complex_value_t   ccv;
+
+    cert = sscf->certificates->elts;
+    key = sscf->certificate_keys->elts;
+    nelts = sscf->certificates->nelts;
 
     conf->cert_values = ngx_array_create(cf->pool, nelts,
                                          sizeof(ngx_stream_complex_value_t));
@@ -235,19 +263,8 @@ variables:
     SSL_CTX_set_cert_cb(conf->own_ssl.ctx, ngx_xmpp_cm_tls_cert_cb, conf);
 
     return NGX_OK;
-
-#else
-
-    ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                  "variables in \"ssl_certificate\" are not supported with "
-                  "\"xmpp_cm_starttls\" on this platform");
-    return NGX_ERROR;
-
-#endif
 }
 
-
-#ifdef SSL_R_CERT_CB_ERROR
 
 static int
 ngx_xmpp_cm_tls_cert_cb(ngx_ssl_conn_t *ssl_conn, void *arg)

@@ -82,7 +82,8 @@ ngx_xmpp_cm_pool_init(ngx_cycle_t *cycle, ngx_stream_xmpp_cm_srv_conf_t *conf)
 
     /* NAME-PID-RANDOM: one CM name per worker process and generation */
 
-    p = ngx_pnalloc(cycle->pool, conf->name.len + NGX_INT64_LEN + 8);
+    p = ngx_pnalloc(cycle->pool, conf->name.len + sizeof("--") - 1
+                                 + NGX_INT64_LEN + 2 * sizeof(rnd));
     if (p == NULL) {
         return NGX_ERROR;
     }
@@ -105,7 +106,8 @@ ngx_xmpp_cm_pool_init(ngx_cycle_t *cycle, ngx_stream_xmpp_cm_srv_conf_t *conf)
         return NGX_ERROR;
     }
 
-    pool->closed = ngx_pcalloc(cycle->pool, 256 * NGX_XMPP_CM_ID_LEN);
+    pool->closed = ngx_pcalloc(cycle->pool,
+                               NGX_XMPP_CM_CLOSED_RING * NGX_XMPP_CM_ID_LEN);
     if (pool->closed == NULL) {
         return NGX_ERROR;
     }
@@ -917,7 +919,8 @@ ngx_xmpp_cm_sock_element(void *data, ngx_xmpp_cm_elem_t *e)
 {
     ngx_xmpp_cm_sock_t *sock = data;
 
-    u_char               buf[256], *p;
+    u_char              *p;
+    size_t               len;
     ngx_str_t           *id;
     ngx_xmpp_cm_pool_t  *pool;
     ngx_xmpp_cm_node_t  *root, *child;
@@ -946,14 +949,20 @@ ngx_xmpp_cm_sock_element(void *data, ngx_xmpp_cm_elem_t *e)
         if (child && ngx_xmpp_cm_str_is(&child->name, "configuration")) {
             ngx_xmpp_cm_pool_configure(pool, child);
 
-            if (id && id->len && id->len < 64) {
-                p = ngx_cpymem(buf, "<iq type=\"result\" id=\"", 22);
-                p += ngx_xmpp_cm_escape(p, id->data, id->len);
-                p = ngx_cpymem(p, "\"/>", 3);
+            if (id && id->len) {
+                /* escaping may make the id six times as long */
 
-                if (ngx_xmpp_cm_sock_write(sock, buf, p - buf) != NGX_OK) {
+                len = sizeof("<iq type=\"result\" id=\"\"/>") - 1
+                      + ngx_xmpp_cm_escape(NULL, id->data, id->len);
+
+                p = ngx_xmpp_cm_sock_alloc(sock, len);
+                if (p == NULL) {
                     return NGX_ERROR;
                 }
+
+                p = ngx_cpymem(p, "<iq type=\"result\" id=\"", 22);
+                p += ngx_xmpp_cm_escape(p, id->data, id->len);
+                ngx_memcpy(p, "\"/>", 3);
             }
 
             if (!pool->configured) {
@@ -1103,11 +1112,22 @@ ngx_xmpp_cm_pool_configure(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_node_t *cfg)
     ngx_str_t           *m;
     ngx_xmpp_cm_node_t  *n, *mech;
 
-    size = 256;
+    /* an upper bound: every mechanism, escaped, and every feature */
+
+    size = sizeof("<mechanisms xmlns=\"" NGX_XMPP_NS_SASL "\">"
+                  "</mechanisms>"
+                  "<auth xmlns=\"http://jabber.org/features/iq-auth\"/>"
+                  "<register xmlns=\"http://jabber.org/features/"
+                  "iq-register\"/>");
 
     for (n = cfg->child; n; n = n->next) {
         for (mech = n->child; mech; mech = mech->next) {
-            size += mech->text.len * 6 + 32;
+            size += sizeof("<mechanism></mechanism>") - 1;
+
+            if (mech->text.len) {
+                size += ngx_xmpp_cm_escape(NULL, mech->text.data,
+                                           mech->text.len);
+            }
         }
     }
 

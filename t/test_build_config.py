@@ -132,3 +132,111 @@ def test_static_build(tmp_path):
                        timeout=30)
     out = p.stdout.decode("utf-8", "replace")
     assert p.returncode == 0, out
+
+
+@pytest.mark.parametrize("cert_cb", ["with", "without"])
+def test_tls_compiles_without_cert_cb_error(tmp_path, module_path, cert_cb):
+    """ngx_stream_xmpp_cm_tls.c compiles with -Wall -Wextra -Werror both
+    where OpenSSL has SSL_R_CERT_CB_ERROR (certificates with variables)
+    and where it has not: a wrapper <openssl/ssl.h> found first includes
+    the real one and undefines the macro."""
+    ngx = os.path.join(ROOT, "build", "nginx")
+    with open(os.path.join(ngx, "objs", "Makefile"), errors="replace") as f:
+        makefile = f.read()
+    cflags = re.search(r"^CFLAGS\s*=(.*)$", makefile, re.M).group(1).split()
+    incs = re.search(r"^ALL_INCS\s*=((?:.*\\\n)*.*)$", makefile, re.M)
+    incs = incs.group(1).replace("\\\n", " ").split()
+    wrap = tmp_path / "openssl"
+    wrap.mkdir()
+    (wrap / "ssl.h").write_text("#include_next <openssl/ssl.h>\n"
+                                "#undef SSL_R_CERT_CB_ERROR\n")
+    cmd = ["cc", "-fsyntax-only"] + cflags
+    if cert_cb == "without":
+        cmd += ["-I", str(tmp_path)]
+    cmd += incs + ["-I", os.path.join(ROOT, "src"),
+                   os.path.join(ROOT, "src", "ngx_stream_xmpp_cm_tls.c")]
+    p = subprocess.run(cmd, cwd=ngx, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, timeout=120)
+    out = p.stdout.decode("utf-8", "replace")
+    assert p.returncode == 0, out
+    # the wrapper really took the other branch
+    p = subprocess.run(cmd[:1] + ["-E", "-dM"] + cmd[2:], cwd=ngx,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       timeout=120)
+    defined = b"#define SSL_R_CERT_CB_ERROR" in p.stdout
+    assert defined == (cert_cb == "with"), p.stdout[-2000:]
+
+
+@pytest.mark.slow
+def test_static_analysis_clean():
+    """scripts/analyze.sh (cppcheck, scan-build, the buffer rules) has no
+    finding that scripts/analyze.supp does not list with a reason."""
+    p = subprocess.run(["bash", os.path.join(ROOT, "scripts", "analyze.sh")],
+                       cwd=ROOT, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       timeout=900)
+    out = p.stdout.decode("utf-8", "replace")
+    assert p.returncode == 0, out[-6000:]
+    assert re.search(r"^analyze: \d+ findings, \d+ suppressed, 0 not",
+                     out, re.M), out[-3000:]
+
+
+def test_buffer_rules_catch_issue9_defects(tmp_path):
+    """The project's rules in scripts/analyze.py flag the two defects of
+    issue 9 (items 15-16) as they were: a fixed stack buffer filled with
+    escaped text, an unchecked snprintf into 512 bytes, a length counted
+    by hand; the counted and allocated forms pass."""
+    src = tmp_path / "defects.c"
+    src.write_text(r'''
+static ngx_int_t
+ngx_xmpp_cm_sock_element(void *data, ngx_xmpp_cm_elem_t *e)
+{
+    u_char  buf[256], *p;
+
+    p = ngx_cpymem(buf, "<iq type=\"result\" id=\"", 22);
+    p += ngx_xmpp_cm_escape(p, id->data, id->len);
+}
+
+
+ngx_int_t
+ngx_xmpp_cm_route_session_iq(ngx_xmpp_cm_pool_t *pool)
+{
+    u_char  *p, buf[512];
+
+    p = ngx_snprintf(buf, sizeof(buf) - 200, "<iq ...>");
+}
+
+
+static void
+ngx_xmpp_cm_bounce(ngx_xmpp_cm_pool_t *pool)
+{
+    len = 256 + (iqid ? iqid->len * 6 : 0);
+}
+
+
+static void
+ngx_xmpp_cm_counted(ngx_xmpp_cm_pool_t *pool)
+{
+    u_char  *p;
+    size_t   len;
+
+    len = sizeof("<iq id=\"\"/>") - 1 + ngx_xmpp_cm_escape(NULL, s, n);
+    p = ngx_pnalloc(pool, len);
+}
+''')
+    empty = tmp_path / "empty.xml"
+    empty.write_text("<results><errors/></results>")
+    supp = tmp_path / "supp"
+    supp.write_text("")
+    p = subprocess.run(["/usr/bin/python3",
+                        os.path.join(ROOT, "scripts", "analyze.py"),
+                        str(supp), str(empty), str(tmp_path / "none"),
+                        str(src)], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, timeout=60)
+    out = p.stdout.decode()
+    assert p.returncode == 1, out
+    found = sorted(re.findall(r"^FINDING .*\((lint:\w+):[^:]*:(\w+)", out,
+                              re.M))
+    assert found == [("lint:buffer", "ngx_xmpp_cm_route_session_iq"),
+                     ("lint:buffer", "ngx_xmpp_cm_sock_element"),
+                     ("lint:count", "ngx_xmpp_cm_bounce")], out

@@ -1,5 +1,6 @@
 """Scenario 3: the per-worker upstream pool (Openfire CM sockets)."""
 import hashlib
+import html
 import re
 import time
 
@@ -199,3 +200,51 @@ def test_silent_upstream_detected_and_replaced(standin, nginx, raw):
                - before, 5, what="fresh sockets")
     d = raw(ngx.port)
     d.login("bob", "bobpw", resource="after")
+
+
+def test_configuration_iq_id_escaping_to_six_times_its_length(standin, nginx,
+                                                              raw):
+    """A configuration IQ whose 63-byte id is all double quotes: the CM's
+    result carries the id escaped (378 bytes, once a 256-byte stack
+    buffer), the worker lives on and still logs clients in."""
+    sb = standin()
+    ngx = nginx(standin=sb, connections=1)
+    name = sb.cm_sockets("cm1-")[0]["cm"]
+    iq_id = '"' * 63
+    sb.call("send_raw", cm=name, xml=(
+        '<iq type="set" id="%s"><configuration xmlns="http://jabber.org/'
+        'protocol/connectionmanager"><mechanisms xmlns="urn:ietf:params:'
+        'xml:ns:xmpp-sasl"><mechanism>PLAIN</mechanism></mechanisms>'
+        '</configuration></iq>' % ("&quot;" * 63)))
+    results = wait_until(
+        lambda: [x for x in sb.inbound(r"^\s*<iq\b")
+                 if html.unescape(attr(x, "id") or "") == iq_id], 5,
+        what="result of the configuration IQ with the quoted id")
+    assert attr(results[0], "type") == "result", results[0]
+    c = raw(ngx.port)
+    c.login("alice", "alicepw")
+    assert ngx.running()
+
+
+def test_longest_domain_and_name_log_in(standin, nginx, raw):
+    """The longest xmpp_cm_domain (200) and xmpp_cm_name (100) that nginx -t
+    accepts: session create IQ, features, bind and a message round trip
+    all stay well-formed (the create IQ was cut by a 512-byte buffer)."""
+    domain = ".".join(["d" * 49, "e" * 50, "f" * 49, "g" * 49])
+    name = ".".join(["n" * 49, "m" * 50])
+    assert len(domain) == 200 and len(name) == 100
+    sb = standin(domain=domain)
+    ngx = nginx(standin=sb, domain=domain, name=name, connections=1)
+    a = raw(ngx.port)
+    jid = a.login("alice", "alicepw", resource="long", to=domain)
+    assert jid == "alice@%s/long" % domain, jid
+    creates = [x for x in sb.inbound(r"<create\b") if "<iq" in x]
+    assert creates, sb.inbound()
+    assert creates[0].rstrip().endswith("</session></iq>"), creates[0]
+    b = raw(ngx.port)
+    b.login("bob", "bobpw", resource="long", to=domain)
+    b.send("<message to='alice@%s/long' id='l1'><body>over a long "
+           "domain</body></message>" % domain)
+    m = a.next_element(match=lambda e: e.tag.endswith("message"),
+                       what="message over the long domain")
+    assert m.get("id") == "l1"

@@ -104,6 +104,15 @@ UP_48 = [
     '<stream:error><system-shutdown xmlns="urn:ietf:params:xml:ns:xmpp-streams"/></stream:error>',
     '<handshake/><iq type="set" id="cfg"><configuration xmlns="http://jabber.org/protocol/connectionmanager"><starttls xmlns="urn:ietf:params:xml:ns:xmpp-tls"><required/></starttls><mechanisms xmlns="urn:ietf:params:xml:ns:xmpp-sasl"><mechanism>PLAIN</mechanism><mechanism>SCRAM-SHA-1-PLUS</mechanism><mechanism>&lt;X&amp;"</mechanism></mechanisms><auth xmlns="http://jabber.org/features/iq-auth"/><compression/></configuration></iq>'
     '<route streamid="r1s"><iq type="result" id="bind1"><bind xmlns="urn:ietf:params:xml:ns:xmpp-bind"><jid>alice@localhost/res</jid></bind></iq></route></stream:stream>',
+    # a configuration IQ whose id escapes to six times its length (issue 9,
+    # item 15: overflowed a 256-byte stack buffer in the IQ result)
+    '<iq type="set" id="%s"><configuration xmlns="http://jabber.org/protocol/connectionmanager"><mechanisms xmlns="urn:ietf:params:xml:ns:xmpp-sasl"><mechanism>PLAIN</mechanism></mechanisms></configuration></iq>'
+    % ("&quot;" * 63),
+    # server namespace after other attributes whose values hold its text,
+    # a '>' or the other quote (issue 9, item 20)
+    '<handshake/><route streamid="r1a"><message id="m xmlns=&quot;jabber:server&quot; 1" xmlns="jabber:server" to="alice@localhost/y"><body>xmlns="jabber:server"</body></message></route>'
+    "<route streamid='r1b'><message id='q xmlns=\"jabber:server\"' xmlns = 'jabber:server'/></route>"
+    '<route streamid="r1c"><presence id="a>b" xmlns="jabber:server"/></route>',
 ]
 
 
