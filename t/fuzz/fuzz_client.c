@@ -197,7 +197,7 @@ fc_element(void *data, ngx_xmpp_cm_elem_t *e)
         return NGX_OK;
     }
 
-    rc = ngx_xmpp_cm_route_client(&fc->session, fc->x, e);
+    rc = ngx_xmpp_cm_route_client(&fc->session, fc->x, e, NULL);
 
     if (rc == NGX_DECLINED) {
         /* too large once quoted: the client gets policy-violation */
