@@ -210,12 +210,20 @@ def test_stream_header_domain_normalised(standin, nginx, raw):
     """Header to='localhost.' (RFC 7622 3.2) and a U-label for a domain
     configured as an A-label are served (item 6)."""
     sb = standin()
-    ngx = nginx(standin=sb, domain="localhost xn--bcher-kva.example")
-    for to, served in (("localhost.", "localhost"),
-                       ("LOCALHOST", "localhost"),
-                       ("b\u00fccher.example", "xn--bcher-kva.example"),
-                       ("B\u00fcCHER.example.", "xn--bcher-kva.example"),
-                       ("XN--BCHER-KVA.example", "xn--bcher-kva.example")):
+    more = {"\u4f8b\u3048.example": "xn--r8jz45g.example",
+            "ma\u00f1ana-\u00f1u.example": "xn--maana-u-5zae.example",
+            "\u00fcn\u00ef-\u00e7\u00f6d\u00e9-stra\u00dfe.x":
+            "xn--n-d-strae-n1a5fza8e2ezd.x",
+            "\U0001f600x.x": "xn--x-iv3s.x",
+            "x." + "\u00f1" * 20: "x.xn--idaaaaaaaaaaaaaaaaaaaa"}
+    ngx = nginx(standin=sb, domain="localhost xn--bcher-kva.example "
+                + " ".join(more.values()))
+    for to, served in list(more.items()) + [
+            ("localhost.", "localhost"),
+            ("LOCALHOST", "localhost"),
+            ("b\u00fccher.example", "xn--bcher-kva.example"),
+            ("B\u00fcCHER.example.", "xn--bcher-kva.example"),
+            ("XN--BCHER-KVA.example", "xn--bcher-kva.example")]:
         c = raw(ngx.port)
         h, f = c.open(to=to)
         assert h.get("from") == served, (to, h)
