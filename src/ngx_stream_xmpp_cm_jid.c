@@ -428,7 +428,8 @@ ngx_xmpp_cm_jid_domain(u_char *p, size_t len, u_char *dst, size_t *dlen)
 ngx_int_t
 ngx_xmpp_cm_jid_parse(u_char *p, size_t len, ngx_xmpp_cm_jid_t *j)
 {
-    u_char  *slash, *at, *end, *s;
+    u_char  *slash, *at, *end;
+    size_t   i;
 
     ngx_memzero(j, sizeof(ngx_xmpp_cm_jid_t));
 
@@ -471,14 +472,14 @@ ngx_xmpp_cm_jid_parse(u_char *p, size_t len, ngx_xmpp_cm_jid_t *j)
         return NGX_DECLINED;
     }
 
-    for (s = j->local.data; s < j->local.data + j->local.len; s++) {
-        if (*s >= 'A' && *s <= 'Z') {
+    for (i = 0; i < j->local.len; i++) {
+        if (j->local.data[i] >= 'A' && j->local.data[i] <= 'Z') {
             j->fold = 1;
         }
     }
 
-    for (s = j->domain.data; s < j->domain.data + j->domain.len; s++) {
-        if (*s >= 'A' && *s <= 'Z') {
+    for (i = 0; i < j->domain.len; i++) {
+        if (j->domain.data[i] >= 'A' && j->domain.data[i] <= 'Z') {
             j->fold = 1;
         }
     }

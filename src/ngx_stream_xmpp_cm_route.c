@@ -467,6 +467,10 @@ ngx_xmpp_cm_stanza_error(ngx_xmpp_cm_xml_t *x, ngx_xmpp_cm_elem_t *e,
     i = e->start;
 
     for (k = 0; k < 2; k++) {
+        if (pc[k].len == 0) {
+            continue;
+        }
+
         for (p = pc[k].data, end = p + pc[k].len; p < end; p++, i++) {
             ch = *p;
 
