@@ -958,7 +958,7 @@ ngx_xmpp_cm_xml_end(void *data, const XML_Char *name)
 
     rc = x->element(x->data, &x->st->elem);
 
-    if (x->client) {
+    if (x->client && x->st) {
         /* a folded 'to' or 'from' lives as long as its stanza */
         ngx_xmpp_cm_stanza_done(&x->st->elem);
     }
