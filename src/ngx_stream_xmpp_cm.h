@@ -182,15 +182,33 @@ struct ngx_xmpp_cm_node_s {
 
 /* a complete top-level element (stanza) and its raw bytes */
 
+#define NGX_XMPP_CM_SHOW_MAX  4
+
 typedef struct {
     ngx_str_t                        name;
     ngx_str_t                        ns;
     unsigned                         has_xmlns:1;
     ngx_xmpp_cm_node_t              *root;         /* tree mode only */
-    const XML_Char                 **attrs;        /* in start() only */
     ngx_str_t                        cond;         /* of a <stream:error> */
     XML_Index                        start;
     XML_Index                        end;
+
+    /* client mode: what the checks of ngx_stream_xmpp_cm_jid.c need */
+    const XML_Char                 **attrs;        /* start callback only */
+    XML_Index                        body;         /* past the start tag */
+    XML_Index                        body_end;     /* at the end tag */
+    XML_Index                        show_start;   /* a presence's <show> */
+    XML_Index                        show_end;
+    const char                      *reject;       /* stanza error */
+    ngx_str_t                        to;           /* folded, to route */
+    ngx_str_t                        from;
+    u_char                          *fold;         /* holds both */
+    u_char                           show[NGX_XMPP_CM_SHOW_MAX];
+    size_t                           show_len;     /* > MAX: too long */
+    unsigned                         nshow:2;      /* 0, 1, 2 or more */
+    unsigned                         in_show:1;
+    unsigned                         has_lang:1;
+    unsigned                         is_error:1;
 } ngx_xmpp_cm_elem_t;
 
 
@@ -309,14 +327,38 @@ size_t ngx_xmpp_cm_sanitize(ngx_xmpp_cm_xml_t *x, u_char *dst,
     XML_Index start, XML_Index end, ngx_uint_t add_xmlns);
 size_t ngx_xmpp_cm_escape(u_char *dst, u_char *src, size_t len);
 ngx_int_t ngx_xmpp_cm_route_client(ngx_xmpp_cm_session_t *s,
-    ngx_xmpp_cm_xml_t *x, ngx_xmpp_cm_elem_t *e);
+    ngx_xmpp_cm_xml_t *x, ngx_xmpp_cm_elem_t *e, u_char *lang);
 ngx_int_t ngx_xmpp_cm_route_raw(ngx_xmpp_cm_pool_t *pool,
     ngx_xmpp_cm_sock_t *sock, ngx_str_t *id, u_char *p, size_t len);
 ngx_int_t ngx_xmpp_cm_route_session_iq(ngx_xmpp_cm_pool_t *pool,
     ngx_xmpp_cm_sock_t *sock, ngx_str_t *id, ngx_uint_t type,
     ngx_str_t *addr, u_char *payload, size_t len);
+size_t ngx_xmpp_cm_stanza_error(ngx_xmpp_cm_xml_t *x, ngx_xmpp_cm_elem_t *e,
+    ngx_str_t *to, u_char *dst);
 size_t ngx_xmpp_cm_strip_server_ns(u_char *dst, u_char *p, size_t len,
     ngx_xmpp_cm_node_t *n);
+
+
+/* JIDs and stanza checks (ngx_stream_xmpp_cm_jid.c) */
+
+typedef struct {
+    ngx_str_t                        local;
+    ngx_str_t                        domain;       /* without a final dot */
+    ngx_str_t                        resource;
+    unsigned                         has_local:1;
+    unsigned                         has_resource:1;
+    unsigned                         fold:1;       /* stringprep changes it */
+} ngx_xmpp_cm_jid_t;
+
+
+ngx_int_t ngx_xmpp_cm_jid_parse(u_char *p, size_t len, ngx_xmpp_cm_jid_t *j);
+size_t ngx_xmpp_cm_jid_fold(ngx_xmpp_cm_jid_t *j, u_char *dst);
+ngx_int_t ngx_xmpp_cm_jid_domain(u_char *p, size_t len, u_char *dst,
+    size_t *dlen);
+ngx_int_t ngx_xmpp_cm_jid_domain_eq(ngx_str_t *given, ngx_str_t *conf);
+void ngx_xmpp_cm_stanza_check(ngx_xmpp_cm_elem_t *e, ngx_log_t *log);
+ngx_int_t ngx_xmpp_cm_stanza_show_ok(ngx_xmpp_cm_elem_t *e);
+void ngx_xmpp_cm_stanza_done(ngx_xmpp_cm_elem_t *e);
 
 
 /* upstream pool (ngx_stream_xmpp_cm_upstream.c) */

@@ -79,6 +79,10 @@ static ngx_int_t ngx_xmpp_cm_client_start(void *data,
 static ngx_int_t ngx_xmpp_cm_client_element(void *data,
     ngx_xmpp_cm_elem_t *e);
 static ngx_int_t ngx_xmpp_cm_client_close(void *data);
+static ngx_int_t ngx_xmpp_cm_client_reject(ngx_xmpp_cm_client_t *cl,
+    ngx_xmpp_cm_elem_t *e);
+static ngx_uint_t ngx_xmpp_cm_client_full(ngx_xmpp_cm_client_t *cl,
+    size_t len);
 static void ngx_xmpp_cm_client_send(ngx_xmpp_cm_client_t *cl, u_char *p,
     size_t len);
 static void ngx_xmpp_cm_client_header(ngx_xmpp_cm_client_t *cl);
@@ -641,9 +645,7 @@ ngx_xmpp_cm_client_open(void *data, ngx_str_t *name, ngx_str_t *ns,
 
     if (ngx_xmpp_cm_client_attr(attrs, "", "to", &v)) {
         for (n = 0; n < cl->conf->domains->nelts; n++) {
-            if (v.len == domain[n].len
-                && ngx_strncasecmp(v.data, domain[n].data, v.len) == 0)
-            {
+            if (ngx_xmpp_cm_jid_domain_eq(&v, &domain[n])) {
                 cl->domain = domain[n];
                 break;
             }
@@ -665,7 +667,8 @@ ngx_xmpp_cm_client_open(void *data, ngx_str_t *name, ngx_str_t *ns,
         return NGX_DONE;
     }
 
-    ngx_memcpy(cl->lang, "en", 3);
+    /* empty: the header had none (the reply's header says "en") */
+    cl->lang[0] = '\0';
 
     if (ngx_xmpp_cm_client_attr(attrs,
                                 "http://www.w3.org/XML/1998/namespace",
@@ -882,7 +885,7 @@ ngx_xmpp_cm_client_forward(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
         return NGX_DONE;
     }
 
-    rc = ngx_xmpp_cm_route_client(cl->session, cl->xml, e);
+    rc = ngx_xmpp_cm_route_client(cl->session, cl->xml, e, cl->lang);
 
     if (rc == NGX_DECLINED) {
         ngx_xmpp_cm_client_end(cl, "policy-violation", "stanza too large",
@@ -902,6 +905,55 @@ ngx_xmpp_cm_client_forward(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
         cl->blocked = 1;
         ngx_xmpp_cm_sock_block(sock, cl->session);
     }
+
+    return NGX_OK;
+}
+
+
+/*
+ * A stanza the CM answers with a stanza error instead of routing it
+ * (ngx_xmpp_cm_stanza_check); an error is never answered with an error.
+ */
+
+static ngx_int_t
+ngx_xmpp_cm_client_reject(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
+{
+    u_char  *p;
+    size_t   len;
+
+    if (e->reject == NULL) {
+        /* RFC 6121 4.7.2.1: at most one <show/> */
+        e->reject = "bad-request";
+    }
+
+    if (e->is_error) {
+        ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                      "xmpp_cm: dropped an error <%V> with a%s",
+                      &e->name,
+                      ngx_strcmp(e->reject, "jid-malformed") == 0
+                      ? " malformed JID" : "n invalid child");
+        return NGX_OK;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                  "xmpp_cm: client's <%V> refused: %s", &e->name, e->reject);
+
+    len = ngx_xmpp_cm_stanza_error(cl->xml, e, &cl->jid, NULL);
+
+    if (ngx_xmpp_cm_client_full(cl, len)) {
+        return NGX_DONE;
+    }
+
+    p = ngx_alloc(len, cl->c->log);
+    if (p == NULL) {
+        ngx_xmpp_cm_client_end(cl, "internal-server-error", NULL, NULL, 0);
+        return NGX_DONE;
+    }
+
+    (void) ngx_xmpp_cm_stanza_error(cl->xml, e, &cl->jid, p);
+
+    ngx_xmpp_cm_client_send(cl, p, len);
+    ngx_free(p);
 
     return NGX_OK;
 }
@@ -1019,6 +1071,11 @@ ngx_xmpp_cm_client_start(void *data, ngx_xmpp_cm_elem_t *e)
             break;
         }
 
+        if (ngx_xmpp_cm_str_is(&e->ns, NGX_XMPP_NS_CLIENT)) {
+            /* what Openfire leaves to the CM: JIDs, types (jid.c) */
+            ngx_xmpp_cm_stanza_check(e, cl->c->log);
+        }
+
         if (ngx_xmpp_cm_str_is(&e->name, "auth")) {
             cl->mech_refused = !ngx_xmpp_cm_client_offered(cl, e->attrs);
 
@@ -1126,6 +1183,10 @@ ngx_xmpp_cm_client_element(void *data, ngx_xmpp_cm_elem_t *e)
         } else if (!cl->authenticated && ngx_xmpp_cm_str_is(&e->name, "iq"))
         {
             ngx_xmpp_cm_client_iq_auth(cl, e);
+        }
+
+        if (e->reject || e->nshow > 1) {
+            return ngx_xmpp_cm_client_reject(cl, e);
         }
 
         rc = ngx_xmpp_cm_client_forward(cl, e);

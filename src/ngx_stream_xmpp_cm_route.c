@@ -27,7 +27,8 @@ enum {
     sw_sq,
     sw_dq,
     sw_cdata_open,
-    sw_cdata
+    sw_cdata,
+    sw_skip
 };
 
 
@@ -38,6 +39,16 @@ typedef struct {
     ngx_uint_t  add_xmlns;
     size_t      len;
     u_char     *dst;
+
+    /* the stanza's start tag: xml:lang to add, 'to'/'from' to replace */
+    u_char     *lang;
+    ngx_str_t  *to;
+    ngx_str_t  *from;
+    u_char      quote;
+    u_char      aname[4];
+    size_t      alen;
+    unsigned    top:1;
+    unsigned    anext:1;
 } ngx_xmpp_cm_scan_t;
 
 
@@ -48,6 +59,66 @@ typedef struct {
         }                                                                    \
         (sc)->len += n;                                                      \
     } while (0)
+
+
+/* the names of the stanza's own attributes, as far as "from" */
+
+static ngx_inline void
+ngx_xmpp_cm_scan_name(ngx_xmpp_cm_scan_t *sc, u_char ch)
+{
+    if (ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n' || ch == '='
+        || ch == '/')
+    {
+        sc->anext = 1;
+        return;
+    }
+
+    if (sc->anext) {
+        sc->anext = 0;
+        sc->alen = 0;
+    }
+
+    if (sc->alen < sizeof(sc->aname)) {
+        sc->aname[sc->alen] = ch;
+    }
+
+    sc->alen++;
+}
+
+
+/* at the opening quote of an attribute value of the stanza itself */
+
+static void
+ngx_xmpp_cm_scan_value(ngx_xmpp_cm_scan_t *sc, u_char quote)
+{
+    size_t      n;
+    ngx_str_t  *v;
+
+    if (sc->to && sc->alen == 2 && ngx_strncmp(sc->aname, "to", 2) == 0) {
+        v = sc->to;
+
+    } else if (sc->from && sc->alen == 4
+               && ngx_strncmp(sc->aname, "from", 4) == 0)
+    {
+        v = sc->from;
+
+    } else {
+        return;
+    }
+
+    /* the value is replaced: the folded JID, escaped */
+
+    n = ngx_xmpp_cm_escape(sc->dst, v->data, v->len);
+
+    if (sc->dst) {
+        sc->dst += n;
+    }
+
+    sc->len += n;
+
+    sc->quote = quote;
+    sc->state = sw_skip;
+}
 
 
 static void
@@ -86,16 +157,27 @@ ngx_xmpp_cm_scan(ngx_xmpp_cm_scan_t *sc, u_char *p, size_t n)
 
             ngx_xmpp_cm_emit(sc, "<", 1);
             ngx_xmpp_cm_emit(sc, &ch, 1);
-            sc->state = sc->add_xmlns ? sw_name : sw_tag;
+            sc->state = (sc->add_xmlns || sc->lang) ? sw_name : sw_tag;
+            sc->anext = 1;
             break;
 
         case sw_name:
             if (ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n'
                 || ch == '/' || ch == '>')
             {
-                ngx_xmpp_cm_emit(sc, NGX_XMPP_CM_XMLNS_CLIENT,
-                                 sizeof(NGX_XMPP_CM_XMLNS_CLIENT) - 1);
+                if (sc->add_xmlns) {
+                    ngx_xmpp_cm_emit(sc, NGX_XMPP_CM_XMLNS_CLIENT,
+                                     sizeof(NGX_XMPP_CM_XMLNS_CLIENT) - 1);
+                }
+
+                if (sc->lang) {
+                    ngx_xmpp_cm_emit(sc, " xml:lang=\"", 11);
+                    ngx_xmpp_cm_emit(sc, sc->lang, ngx_strlen(sc->lang));
+                    ngx_xmpp_cm_emit(sc, "\"", 1);
+                }
+
                 sc->add_xmlns = 0;
+                sc->lang = NULL;
                 sc->state = sw_tag;
                 p--;
                 break;
@@ -105,20 +187,31 @@ ngx_xmpp_cm_scan(ngx_xmpp_cm_scan_t *sc, u_char *p, size_t n)
             break;
 
         case sw_tag:
-            if (ch == '\'') {
+            if (ch == '\'' || ch == '"') {
                 ngx_xmpp_cm_emit(sc, "\"", 1);
-                sc->state = sw_sq;
+                sc->state = (ch == '"') ? sw_dq : sw_sq;
 
-            } else if (ch == '"') {
-                ngx_xmpp_cm_emit(sc, "\"", 1);
-                sc->state = sw_dq;
+                if (sc->top) {
+                    ngx_xmpp_cm_scan_value(sc, ch);
+                }
 
             } else {
                 if (ch == '>') {
                     sc->state = sw_text;
+                    sc->top = 0;
+
+                } else if (sc->top) {
+                    ngx_xmpp_cm_scan_name(sc, ch);
                 }
 
                 ngx_xmpp_cm_emit(sc, &ch, 1);
+            }
+            break;
+
+        case sw_skip:
+            if (ch == sc->quote) {
+                ngx_xmpp_cm_emit(sc, "\"", 1);
+                sc->state = sw_tag;
             }
             break;
 
@@ -218,6 +311,51 @@ ngx_xmpp_cm_sanitize(ngx_xmpp_cm_xml_t *x, u_char *dst, XML_Index start,
 }
 
 
+/*
+ * A client's stanza for its route: ngx_xmpp_cm_sanitize() plus the
+ * stream's xml:lang where the stanza has none (RFC 6120 8.1.5), the
+ * folded 'to' and 'from', and without a <show> Openfire would choke on
+ * (protocol notes, section 16).
+ */
+
+static size_t
+ngx_xmpp_cm_sanitize_stanza(ngx_xmpp_cm_xml_t *x, u_char *dst,
+    ngx_xmpp_cm_elem_t *e, u_char *lang)
+{
+    ngx_str_t           p1, p2;
+    XML_Index           cut, resume;
+    ngx_xmpp_cm_scan_t  sc;
+
+    ngx_memzero(&sc, sizeof(ngx_xmpp_cm_scan_t));
+    sc.dst = dst;
+    sc.add_xmlns = !e->has_xmlns;
+    sc.lang = lang;
+    sc.to = e->to.len ? &e->to : NULL;
+    sc.from = e->from.len ? &e->from : NULL;
+    sc.top = 1;
+
+    cut = e->end;
+    resume = e->end;
+
+    if (e->nshow == 1 && !ngx_xmpp_cm_stanza_show_ok(e)) {
+        cut = e->show_start;
+        resume = e->show_end;
+    }
+
+    ngx_xmpp_cm_xml_pieces(x, e->start, cut, &p1, &p2);
+    ngx_xmpp_cm_scan(&sc, p1.data, p1.len);
+    ngx_xmpp_cm_scan(&sc, p2.data, p2.len);
+
+    if (resume < e->end) {
+        ngx_xmpp_cm_xml_pieces(x, resume, e->end, &p1, &p2);
+        ngx_xmpp_cm_scan(&sc, p1.data, p1.len);
+        ngx_xmpp_cm_scan(&sc, p2.data, p2.len);
+    }
+
+    return sc.len;
+}
+
+
 /* XML-escapes an attribute value or text; with dst == NULL counts */
 
 size_t
@@ -266,6 +404,187 @@ ngx_xmpp_cm_escape(u_char *dst, u_char *src, size_t len)
 }
 
 
+/*
+ * The stanza error the CM answers a client's stanza with (RFC 6120 8.3):
+ * the stanza's start tag without its 'from' and 'type', its 'to' as
+ * 'from', to=JID (the client's, once bound) and type="error"; then its
+ * children and <error type="modify"><e->reject/></error>.  These are the
+ * client's own bytes going back to it: no quoting fix-ups.  The stanza's
+ * namespace declarations stay, so its children mean what they meant.
+ * With dst == NULL only counts.
+ */
+
+#define ngx_xmpp_cm_put(s, n)                                                \
+    do {                                                                     \
+        if (dst) {                                                           \
+            dst = ngx_cpymem(dst, s, n);                                     \
+        }                                                                    \
+        len += n;                                                            \
+    } while (0)
+
+#define ngx_xmpp_cm_put_raw(a, b)                                            \
+    do {                                                                     \
+        n = ngx_xmpp_cm_xml_copy(x, dst, a, b);                              \
+        if (dst) {                                                           \
+            dst += n;                                                        \
+        }                                                                    \
+        len += n;                                                            \
+    } while (0)
+
+#define ngx_xmpp_cm_is_space(ch)                                             \
+    ((ch) == ' ' || (ch) == '\t' || (ch) == '\r' || (ch) == '\n')
+
+
+size_t
+ngx_xmpp_cm_stanza_error(ngx_xmpp_cm_xml_t *x, ngx_xmpp_cm_elem_t *e,
+    ngx_str_t *to, u_char *dst)
+{
+    u_char      ch, q, aname[4], *p, *end;
+    size_t      len, alen, n;
+    ngx_str_t   pc[2];
+    ngx_uint_t  k, state, keep;
+    XML_Index   i, nstart, nend, qend;
+
+    enum {
+        st_name = 0,
+        st_space,
+        st_attr,
+        st_eq,
+        st_value,
+        st_done
+    };
+
+    len = 0;
+    alen = 0;
+    q = 0;
+    keep = 1;
+    nstart = e->start;
+    nend = e->start;
+    qend = e->body;
+    state = st_name;
+
+    ngx_xmpp_cm_xml_pieces(x, e->start, e->body, &pc[0], &pc[1]);
+    i = e->start;
+
+    for (k = 0; k < 2; k++) {
+        if (pc[k].len == 0) {
+            continue;
+        }
+
+        for (p = pc[k].data, end = p + pc[k].len; p < end; p++, i++) {
+            ch = *p;
+
+            switch (state) {
+
+            case st_name:
+                if (ngx_xmpp_cm_is_space(ch) || ch == '/' || ch == '>') {
+                    qend = i;
+                    state = ngx_xmpp_cm_is_space(ch) ? st_space : st_done;
+                    break;
+                }
+
+                ngx_xmpp_cm_put(&ch, 1);
+                break;
+
+            case st_space:
+                if (ch == '/' || ch == '>') {
+                    state = st_done;
+                    break;
+                }
+
+                if (ngx_xmpp_cm_is_space(ch)) {
+                    break;
+                }
+
+                nstart = i;
+                alen = 0;
+                state = st_attr;
+
+                /* fall through */
+
+            case st_attr:
+                if (ngx_xmpp_cm_is_space(ch) || ch == '=') {
+                    nend = i;
+                    state = st_eq;
+                    break;
+                }
+
+                if (alen < sizeof(aname)) {
+                    aname[alen] = ch;
+                }
+
+                alen++;
+                break;
+
+            case st_eq:
+                if (ch != '\'' && ch != '"') {
+                    break;
+                }
+
+                q = ch;
+                state = st_value;
+                keep = 1;
+
+                if (alen == 2 && ngx_strncmp(aname, "to", 2) == 0) {
+                    ngx_xmpp_cm_put(" from=", 6);
+
+                } else if ((alen == 4 && ngx_strncmp(aname, "from", 4) == 0)
+                           || (alen == 4
+                               && ngx_strncmp(aname, "type", 4) == 0))
+                {
+                    keep = 0;
+                    break;
+
+                } else {
+                    ngx_xmpp_cm_put(" ", 1);
+                    ngx_xmpp_cm_put_raw(nstart, nend);
+                    ngx_xmpp_cm_put("=", 1);
+                }
+
+                ngx_xmpp_cm_put(&ch, 1);
+                break;
+
+            case st_value:
+                if (keep) {
+                    ngx_xmpp_cm_put(&ch, 1);
+                }
+
+                if (ch == q) {
+                    state = st_space;
+                }
+
+                break;
+
+            default: /* st_done: "/>" or ">" */
+                break;
+            }
+        }
+    }
+
+    if (to->len) {
+        ngx_xmpp_cm_put(" to=\"", 5);
+        n = ngx_xmpp_cm_escape(dst, to->data, to->len);
+        if (dst) {
+            dst += n;
+        }
+        len += n;
+        ngx_xmpp_cm_put("\"", 1);
+    }
+
+    ngx_xmpp_cm_put(" type=\"error\">", 14);
+    ngx_xmpp_cm_put_raw(e->body, e->body_end);
+    ngx_xmpp_cm_put("<error type=\"modify\"><", 22);
+    ngx_xmpp_cm_put(e->reject, ngx_strlen(e->reject));
+    ngx_xmpp_cm_put(" xmlns=\"" NGX_XMPP_NS_STANZAS "\"/></error></",
+                    sizeof(" xmlns=\"" NGX_XMPP_NS_STANZAS "\"/></error></")
+                    - 1);
+    ngx_xmpp_cm_put_raw(e->start + 1, qend);
+    ngx_xmpp_cm_put(">", 1);
+
+    return len;
+}
+
+
 static size_t
 ngx_xmpp_cm_route_head(ngx_xmpp_cm_pool_t *pool, ngx_str_t *id, u_char *dst)
 {
@@ -287,11 +606,10 @@ ngx_xmpp_cm_route_head(ngx_xmpp_cm_pool_t *pool, ngx_str_t *id, u_char *dst)
 
 ngx_int_t
 ngx_xmpp_cm_route_client(ngx_xmpp_cm_session_t *s, ngx_xmpp_cm_xml_t *x,
-    ngx_xmpp_cm_elem_t *e)
+    ngx_xmpp_cm_elem_t *e, u_char *lang)
 {
     u_char              *p;
     size_t               body, head, len;
-    ngx_uint_t           add;
     ngx_xmpp_cm_sock_t  *sock;
 
     sock = ngx_xmpp_cm_session_sock(s);
@@ -299,8 +617,14 @@ ngx_xmpp_cm_route_client(ngx_xmpp_cm_session_t *s, ngx_xmpp_cm_xml_t *x,
         return NGX_ERROR;
     }
 
-    add = !e->has_xmlns;
-    body = ngx_xmpp_cm_sanitize(x, NULL, e->start, e->end, add);
+    if (lang == NULL || lang[0] == '\0' || e->has_lang
+        || !ngx_xmpp_cm_str_is(&e->ns, NGX_XMPP_NS_CLIENT))
+    {
+        /* SASL elements carry no language */
+        lang = NULL;
+    }
+
+    body = ngx_xmpp_cm_sanitize_stanza(x, NULL, e, lang);
     head = ngx_xmpp_cm_route_head(s->pool, &s->node.str, NULL);
     len = head + body + sizeof("</route>") - 1;
 
@@ -314,7 +638,7 @@ ngx_xmpp_cm_route_client(ngx_xmpp_cm_session_t *s, ngx_xmpp_cm_xml_t *x,
     }
 
     p += ngx_xmpp_cm_route_head(s->pool, &s->node.str, p);
-    p += ngx_xmpp_cm_sanitize(x, p, e->start, e->end, add);
+    p += ngx_xmpp_cm_sanitize_stanza(x, p, e, lang);
     ngx_memcpy(p, "</route>", sizeof("</route>") - 1);
 
     return NGX_OK;

@@ -254,6 +254,7 @@ static void
 ngx_xmpp_cm_parser_free(ngx_xmpp_cm_xml_t *x)
 {
     XML_ParserFree(x->parser);
+    ngx_xmpp_cm_stanza_done(&x->st->elem);
     ngx_free(x->st);
     x->parser = NULL;
     x->st = NULL;
@@ -270,6 +271,7 @@ ngx_xmpp_cm_xml_release_parked(void)
     while (ngx_xmpp_cm_nparked) {
         pk = &ngx_xmpp_cm_parked[--ngx_xmpp_cm_nparked];
         XML_ParserFree(pk->parser);
+        ngx_xmpp_cm_stanza_done(&pk->st->elem);
         ngx_free(pk->st);
     }
 }
@@ -793,6 +795,16 @@ ngx_xmpp_cm_xml_start(void *data, const XML_Char *name,
         x->st->elem.cond.len = 0;
         x->st->elem.cond.data = x->st->cond;
 
+        if (x->client) {
+            ngx_xmpp_cm_stanza_done(&x->st->elem);
+            x->st->elem.body = x->last_start_end;
+            x->st->elem.reject = NULL;
+            x->st->elem.nshow = 0;
+            x->st->elem.in_show = 0;
+            x->st->elem.has_lang = 0;
+            x->st->elem.is_error = 0;
+        }
+
         /* refuse an unwanted stanza at its start tag, not at its end */
 
         if (x->start) {
@@ -811,6 +823,22 @@ ngx_xmpp_cm_xml_start(void *data, const XML_Char *name,
     if ((size_t) (x->last_start_end - x->st->elem.start) > x->max_size) {
         ngx_xmpp_cm_xml_fail(x, "policy-violation", "stanza too large");
         return;
+    }
+
+    if (x->client && x->depth == 3
+        && ngx_xmpp_cm_str_is(&local, "show")
+        && ngx_xmpp_cm_str_is(&x->st->elem.name, "presence"))
+    {
+        /* Openfire reads the first <show> of any namespace (dom4j) */
+
+        if (x->st->elem.nshow++ == 0) {
+            x->st->elem.show_start = idx;
+            x->st->elem.show_len = 0;
+            x->st->elem.in_show = 1;
+
+        } else {
+            x->st->elem.nshow = 2;
+        }
     }
 
     if (x->client
@@ -957,6 +985,16 @@ ngx_xmpp_cm_xml_end(void *data, const XML_Char *name)
         x->cur = x->cur->parent;
     }
 
+    if (x->client) {
+        if (x->depth == 2) {
+            x->st->elem.body_end = cnt ? idx : end;
+
+        } else if (x->depth == 3 && x->st->elem.in_show) {
+            x->st->elem.show_end = end;
+            x->st->elem.in_show = 0;
+        }
+    }
+
     x->depth--;
 
     if (x->depth != 1) {
@@ -973,6 +1011,11 @@ ngx_xmpp_cm_xml_end(void *data, const XML_Char *name)
     x->mark = end;
 
     rc = x->element(x->data, &x->st->elem);
+
+    if (x->client && x->st) {
+        /* a folded 'to' or 'from' lives as long as its stanza */
+        ngx_xmpp_cm_stanza_done(&x->st->elem);
+    }
 
     if (x->tree) {
         x->st->elem.root = NULL;
@@ -1033,6 +1076,20 @@ ngx_xmpp_cm_xml_text(void *data, const XML_Char *s, int len)
 
     if ((size_t) (idx - x->st->elem.start) > x->max_size) {
         ngx_xmpp_cm_xml_fail(x, "policy-violation", "stanza too large");
+        return;
+    }
+
+    if (x->client && x->depth == 3 && x->st->elem.in_show) {
+        /* the value of a presence's <show>: "chat", "dnd", ... */
+
+        if (x->st->elem.show_len + len <= NGX_XMPP_CM_SHOW_MAX) {
+            ngx_memcpy(x->st->elem.show + x->st->elem.show_len, s, len);
+            x->st->elem.show_len += len;
+
+        } else {
+            x->st->elem.show_len = NGX_XMPP_CM_SHOW_MAX + 1;
+        }
+
         return;
     }
 

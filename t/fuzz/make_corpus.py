@@ -49,6 +49,16 @@ POST = [
     "<m:message xmlns:m='jabber:client' to='bob@localhost'><m:body>prefixed</m:body></m:message>",
     "<iq type='get' id='ping1' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>",
     "<message to='bob@localhost'><body>\u00e9\u4e2d\U0001F600 &#x263A; &#9731;</body></message>",
+    # what jid.c checks: malformed JIDs, types, <show/>, folding
+    "<message to='a@b@localhost' id='j1'><body>x</body></message>",
+    "<iq to='@localhost' type='error' id='j2'/>",
+    "<presence xmlns:x='urn:x' to='x@@[::1]' x:a='&lt;'><x:y/></presence>",
+    "<message to='BOB@LocalHost./R' from = \"Al&#73;ce@b\u00fccher.example.\"><body/></message>",
+    "<presence><show/><status>s</status></presence>",
+    "<presence><show>away</show><show>dnd</show></presence>",
+    "<presence type='bogus'><show>bogus</show></presence>",
+    "<iq id='t'><ping xmlns='urn:xmpp:ping'/></iq>",
+    "<message to='n@[2001:db8::1]/\u00e9@/x' type='headline'/>",
 ]
 END = "</stream:stream>"
 

@@ -155,17 +155,20 @@ def child_named(el, name):
     return None
 
 
-def split_jid(j):
+def split_jid(j, fold=True):
     """'node@domain/res' -> (node|None, domain, res|None), node and domain
-    lower-cased."""
+    lower-cased.  fold=False keeps them as they are: Openfire routes a
+    stanza from a CM without stringprep (skipJIDValidation, section 16),
+    so 'BOB@LocalHost.' is not bob@localhost there."""
     res = None
     if "/" in j:
         j, res = j.split("/", 1)
     node = None
     if "@" in j:
         node, j = j.split("@", 1)
-        node = node.lower()
-    return node, j.lower(), res
+        if fold:
+            node = node.lower()
+    return node, j.lower() if fold else j, res
 
 
 def stream_error_xml(cond, text=None):
@@ -178,6 +181,18 @@ def stream_error_xml(cond, text=None):
             '</stream:error>' % (NS_STREAM, cond, NS_STREAMS, t))
 
 
+# stanza types Tinder's enums know (anything else throws in Openfire)
+CM_STANZA_TYPES = {
+    "message": ("normal", "chat", "groupchat", "headline", "error"),
+    "presence": ("unavailable", "subscribe", "subscribed", "unsubscribe",
+                 "unsubscribed", "probe", "error"),
+    "iq": ("get", "set", "result", "error"),
+}
+
+# Presence.Show values; anything else (even empty) throws in getShow()
+SHOW_VALUES = ("chat", "away", "xa", "dnd")
+
+
 def error_el(cond, app=None):
     """<error code type><cond xmlns=stanzas/>[<app xmlns=cm#errors/>]</error>"""
     code, typ = STANZA_ERRORS[cond]
@@ -186,6 +201,13 @@ def error_el(cond, app=None):
     if app:
         ET.SubElement(e, "{%s}%s" % (NS_CMP_ERR, app))
     return e
+
+
+def bad_show(presence):
+    if presence is None:
+        return False
+    show = child_named(presence, "show")
+    return show is not None and (show.text or "") not in SHOW_VALUES
 
 
 def iq_reply(iq, typ, child=None):
@@ -1051,10 +1073,35 @@ class Openfire:
         if name in ("auth", "response"):
             self.on_sasl(s, payload)
         elif name in ("iq", "message", "presence"):
-            self.on_client_stanza(s, payload)
+            if not self.cm_stanza_fault(conn, route, s, payload):
+                self.on_client_stanza(s, payload)
         else:                                                 # row 17
             self.send_random(conn.cm, self.route_error(
                 route, "bad-request", "unknown-stanza"))
+
+    def cm_stanza_fault(self, conn, route, s, el):
+        """What Openfire 4.1.6 does with a routed stanza its own client
+        reader would have cleaned or refused (section 16), where that is
+        not simply a lost stanza: a 'to' or 'from' with an empty localpart
+        throws (route error internal-server-error), so does a message or
+        IQ type it does not know; an unknown presence type closes the
+        session.  True when the stanza went no further."""
+        name = local(el)
+        for a in ("to", "from"):
+            v = el.get(a)
+            if v is not None and v.startswith("@"):
+                self.send_random(conn.cm, self.route_error(
+                    route, "internal-server-error"))
+                return True
+        typ = el.get("type")
+        if typ is None or typ in CM_STANZA_TYPES[name]:
+            return False
+        if name == "presence":
+            self.server_close(s)
+        else:
+            self.send_random(conn.cm, self.route_error(
+                route, "internal-server-error"))
+        return True
 
     # ---------------------------------------------------------- SASL
     def on_sasl(self, s, el):
@@ -1214,7 +1261,7 @@ class Openfire:
         """True for no 'to', the domain, or (bound) the user's bare JID."""
         if to is None:
             return True
-        node, dom, res = split_jid(to)
+        node, dom, res = split_jid(to, False)
         if dom != self.domain or res is not None:
             return False
         return node is None or (s is not None and s.bound and node == s.user)
@@ -1328,7 +1375,7 @@ class Openfire:
         typ = iq.get("type")
         if self.to_server(to, s):
             return self.server_iq(s, iq)
-        node, dom, res = split_jid(to)
+        node, dom, res = split_jid(to, False)
         if dom == self.domain and node is not None and res is not None:
             t = self.resources.get(node, {}).get(res)
             if t is not None:
@@ -1381,7 +1428,7 @@ class Openfire:
         to = msg.get("to")
         if not to:
             return
-        node, dom, res = split_jid(to)
+        node, dom, res = split_jid(to, False)
         if dom != self.domain or node is None or node not in self.users:
             return                                  # row 31: dropped
         typ = msg.get("type") or "normal"
@@ -1393,6 +1440,12 @@ class Openfire:
             return
         targets = [t for t in self.available_sessions(node)
                    if t.priority >= 0]
+        if any(bad_show(t.presence) for t in targets):
+            # routeToBareJID: IllegalArgumentException "No enum constant
+            # ...Presence.Show", caught: the message is stored offline
+            log.warning("invalid <show> of a %s resource: message stored "
+                        "offline", node)
+            return self.store_offline(msg)
         if targets:
             # RoutingTableImpl.routeToBareJID (4.1.6): highest priority,
             # then show (chat, none, away, xa, dnd), then the most recent
@@ -1409,7 +1462,7 @@ class Openfire:
 
     def store_offline(self, msg):
         to = msg.get("to") or ""
-        node, dom, _ = split_jid(to)
+        node, dom, _ = split_jid(to, False)
         if dom != self.domain or node not in self.users:
             return
         if (msg.get("type") or "normal") not in ("chat", "normal"):
@@ -1474,7 +1527,7 @@ class Openfire:
                 s.presence = None
                 self.broadcast_presence(s, pres)
             return
-        node, dom, res = split_jid(to)
+        node, dom, res = split_jid(to, False)
         if dom != self.domain or node not in self.users:
             return
         if typ == "probe":
