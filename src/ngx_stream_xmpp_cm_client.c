@@ -357,10 +357,12 @@ ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
 
 /*
  * The client shut its side (shutdown(SHUT_WR), or a close): what it sent
- * is routed already.  If IQ requests it sent are not answered yet, the
- * connection stays open for their replies (it may be only half-closed),
- * for at most the linger time; then, or with the last reply, the stream
- * ends as if the client had closed it.  NGX_OK: close now.
+ * is routed already.  A half-closed client still reads, so what is queued
+ * for it goes out, then </stream:stream> (RFC 6120 4.4), then the linger
+ * closes; a reply that came in just before the EOF was read is not lost.
+ * If IQ requests it sent are not answered yet, their replies are awaited
+ * first, for at most the linger time.  NGX_OK: close now; NGX_AGAIN: stop
+ * reading, the write side goes on.
  */
 
 static ngx_int_t
@@ -368,8 +370,28 @@ ngx_xmpp_cm_client_eof(ngx_xmpp_cm_client_t *cl)
 {
     ngx_event_t  *rev;
 
-    if (cl->closing || cl->iq_pending == 0 || cl->session == NULL) {
+    rev = cl->c->read;
+
+    if (cl->closing) {
+        if (cl->out.size == 0 || cl->lingering) {
+            return NGX_OK;
+        }
+
+        /*
+         * the write handler lingers once the rest is out; the timer set
+         * by ngx_xmpp_cm_client_end() bounds it
+         */
+
+        goto stop;
+    }
+
+    if (cl->session == NULL) {
         return NGX_OK;
+    }
+
+    if (cl->iq_pending == 0) {
+        ngx_xmpp_cm_client_end(cl, NULL, NULL, (u_char *) "", 0);
+        goto stop;
     }
 
     ngx_log_debug1(NGX_LOG_DEBUG_STREAM, cl->c->log, 0,
@@ -378,7 +400,13 @@ ngx_xmpp_cm_client_eof(ngx_xmpp_cm_client_t *cl)
 
     cl->half_closed = 1;
 
-    rev = cl->c->read;
+    if (rev->timer_set) {
+        ngx_del_timer(rev);
+    }
+
+    ngx_add_timer(rev, NGX_XMPP_CM_LINGER);
+
+stop:
 
     if ((ngx_event_flags & NGX_USE_LEVEL_EVENT) && rev->active) {
         /* a level-triggered EOF would be reported again and again */
@@ -387,12 +415,6 @@ ngx_xmpp_cm_client_eof(ngx_xmpp_cm_client_t *cl)
             return NGX_OK;
         }
     }
-
-    if (rev->timer_set) {
-        ngx_del_timer(rev);
-    }
-
-    ngx_add_timer(rev, NGX_XMPP_CM_LINGER);
 
     return NGX_AGAIN;
 }
