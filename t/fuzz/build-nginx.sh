@@ -92,7 +92,8 @@ fi
 # --------------------------------------------------------------- make
 jobs=${JOBS:-2}
 (cd "$out/nginx" && make -f objs/Makefile -j"$jobs" > "$out/make.log" 2>&1) || {
-    grep -E 'error|undefined' -A3 "$out/make.log" | head -60 >&2; exit 1; }
+    grep -E 'error:|undefined reference' -A3 "$out/make.log" | head -60 >&2
+    exit 1; }
 
 objs=$(cd "$out/nginx" && find objs -name '*.o' ! -path objs/src/core/nginx.o \
        | sort)
