@@ -13,11 +13,7 @@ bin="$top/build/fuzz/bin"
 mkdir -p "$bin"
 
 # every object of the nginx build, main() renamed so libFuzzer's is used
-objs=$(cd "$ngx" && find objs -name '*.o' ! -path objs/src/core/nginx.o | sort)
-objcopy --redefine-sym main=ngx_nginx_main "$ngx/objs/src/core/nginx.o" \
-    "$bin/nginx_nomain.o"
-rm -f "$bin/libngx.a"
-(cd "$ngx" && ar rcs "$bin/libngx.a" $objs "$bin/nginx_nomain.o")
+lib="$top/build/fuzz/libngx.a"
 
 cflags="-g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -Wall -Wno-unused-parameter
         -Wno-unused-function -Werror
@@ -32,6 +28,6 @@ for t in fuzz_client fuzz_upstream fuzz_route; do
     [ -f "$here/$t.c" ] || continue
     # shellcheck disable=SC2086
     clang-14 $cflags -o "$bin/$t" "$here/$t.c" "$here/fuzz_common.c" \
-        "$bin/libngx.a" $libs -lm
+        "$lib" $libs -lm
 done
 echo "built fuzz targets in $bin"
