@@ -22,13 +22,7 @@ libs=$(sed -n 's/^\t\(-l[^\\]*\)\\$/\1/p' "$ngx/objs/Makefile" | head -1)
 [ -n "$libs" ] || libs="-lpthread -lexpat -lssl -lcrypto -lz"
 
 srcs=(t/unit/unit.c t/unit/test_route.c t/unit/test_xml.c
-      t/unit/test_session_id.c t/unit/test_features.c)
-defs=
-# the JID checks exist once src/ngx_stream_xmpp_cm_jid.c does
-if [ -f src/ngx_stream_xmpp_cm_jid.c ]; then
-    srcs+=(t/unit/test_jid.c)
-    defs=-DUNIT_JID=1
-fi
+      t/unit/test_session_id.c t/unit/test_features.c t/unit/test_jid.c)
 
 inc=(-I "$ngx/src/core" -I "$ngx/src/event" -I "$ngx/src/event/modules"
      -I "$ngx/src/os/unix" -I "$ngx/objs" -I "$ngx/src/stream" -I src
@@ -37,7 +31,7 @@ inc=(-I "$ngx/src/core" -I "$ngx/src/event" -I "$ngx/src/event/modules"
 gcc -g -O1 -Wall -Wno-unused-parameter -Werror "${inc[@]}" \
     -c -o "$out/fuzz_common.o" t/fuzz/fuzz_common.c
 # shellcheck disable=SC2086
-gcc -g -O1 -Wall -Wextra -Werror -Wno-unused-parameter $defs "${inc[@]}" \
+gcc -g -O1 -Wall -Wextra -Werror -Wno-unused-parameter "${inc[@]}" \
     -o "$out/unit" "${srcs[@]}" "$out/fuzz_common.o" "$out/libngx.a" \
     $libs -lcrypt -lm
 

@@ -164,7 +164,7 @@ ur_route_client(unit_stanzas_t *us, ngx_xmpp_cm_elem_t *e)
 {
     ur_client_t  *uc = us->ctx;
 
-    uc->rc = unit_route_client(&uc->session, us->x, e);
+    uc->rc = ngx_xmpp_cm_route_client(&uc->session, us->x, e, NULL);
 
     return NGX_OK;
 }

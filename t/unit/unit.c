@@ -273,9 +273,7 @@ main(int argc, char **argv)
     unit_suite_xml();
     unit_suite_session_id();
     unit_suite_features();
-#if (UNIT_JID)
     unit_suite_jid();
-#endif
 
     printf("%lu passed, %lu failed\n", (unsigned long) unit_passed,
            (unsigned long) unit_failed);

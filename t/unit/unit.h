@@ -133,18 +133,6 @@ ngx_int_t unit_framer_feed(unit_stanzas_t *us, const char *s, size_t step);
 void unit_framer_close(unit_stanzas_t *us);
 
 
-/*
- * The stanza checks (src/ngx_stream_xmpp_cm_jid.c, built when that file
- * exists) came with the stream's xml:lang as an argument of route_client.
- */
-
-#if (UNIT_JID)
-#define unit_route_client(s, x, e)  ngx_xmpp_cm_route_client(s, x, e, NULL)
-#else
-#define unit_route_client(s, x, e)  ngx_xmpp_cm_route_client(s, x, e)
-#endif
-
-
 void unit_suite_route(void);
 void unit_suite_xml(void);
 void unit_suite_session_id(void);
