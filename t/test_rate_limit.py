@@ -11,6 +11,7 @@ machine, 50 ms read slices).
 import re
 import threading
 import time
+import zlib
 
 import pytest
 
@@ -286,6 +287,38 @@ def test_preauth_rate(standin, nginx, raw):
     post = time.monotonic() - t1
     print("80 KB after authentication: %.2fs" % post)
     assert post < 2.0
+
+
+def test_compressed_stream_counts_socket_bytes(standin, nginx, raw):
+    """With XEP-0138 the bytes counted are those read from the socket,
+    still compressed: 160 KB of messages that compress to a few KB go
+    through at once at 4k/s (they would take 40 s counted inflated)."""
+    from test_compression import HEADER, ZClient
+    _, ngx = cm(standin, nginx, "xmpp_cm_limit_rate 4k burst=8k;\n"
+                                "xmpp_cm_compression on;")
+    [b] = logged_in(raw, ngx, ("bob", "b"))
+    z = ZClient(ngx.port)
+    z.login(b"alice", b"alicepw")
+    z.start_zlib()
+    z.send(HEADER)
+    z.until(rb"</stream:features>")
+    z.bind(b"z")
+    n = 20
+    t0 = time.monotonic()
+    wire = 0
+    for i in range(n):
+        data = msg(i, body="a" * 8000)
+        packed = z.deflate.compress(data) + z.deflate.flush(zlib.Z_SYNC_FLUSH)
+        wire += len(packed)
+        z.s.sendall(packed)
+    for i in range(n):
+        el = b.next_element(10, is_msg("a"), "message %d" % i)
+        assert el.get("id") == "a%d" % i
+    elapsed = time.monotonic() - t0
+    inflated = n * len(msg(0, body="a" * 8000))
+    print("%d bytes (%d on the wire) in %.2fs" % (inflated, wire, elapsed))
+    assert wire < 8192
+    assert elapsed < inflated / 4096 / 8
 
 
 def conf_body(extra):
