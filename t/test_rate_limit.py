@@ -17,6 +17,8 @@ import pytest
 
 from conftest import server_block
 from lib.raw import NS_BIND, NS_CLIENT, NS_SASL, q
+from test_compression import HEADER, ZClient
+from test_tls import TlsRaw, certs, client_ctx, tls_lines  # noqa: F401
 
 BODY = "r" * 4000
 
@@ -42,10 +44,11 @@ def is_msg(prefix):
                       and (e.get("id") or "").startswith(prefix))
 
 
-def cm(standin, nginx, extra):
+def cm(standin, nginx, extra, listen_extra=""):
     """A CM with one Openfire socket (every client shares it)."""
     sb = standin()
-    ngx = nginx(standin=sb, connections=1, log_level="info", extra=extra)
+    ngx = nginx(standin=sb, connections=1, log_level="info", extra=extra,
+                listen_extra=listen_extra)
     return sb, ngx
 
 
@@ -289,11 +292,44 @@ def test_preauth_rate(standin, nginx, raw):
     assert post < 2.0
 
 
+def test_tls_flood_delayed_not_dropped(standin, nginx, certs):
+    """Over TLS the bytes counted are the decrypted ones c->recv returns
+    (as nginx's own rate limits); what OpenSSL has decrypted but the CM
+    has not read yet is picked up when the delay ends (epoll would not
+    report it)."""
+    rate, burst = 64 * 1024, 8192
+    _, ngx = cm(standin, nginx, tls_lines(certs, None)
+                + "\nxmpp_cm_limit_rate 64k burst=8k;", listen_extra=" ssl")
+    clients = []
+    try:
+        for user, res in (("bob", "b"), ("alice", "a")):
+            c = TlsRaw(ngx.port, client_ctx(certs), direct=True,
+                       timeout=10)
+            clients.append(c)
+            c.login(user, user + "pw", resource=res)
+        b, a = clients
+        n = 48
+        data = b"".join(msg(i) for i in range(n))
+        t0 = time.monotonic()
+        th = sender(a, data)
+        for i in range(n):
+            el = b.next_element(30, is_msg("a"), "message %d" % i)
+            assert el.get("id") == "a%d" % i
+        elapsed = time.monotonic() - t0
+        th.join(10)
+        lo, hi = bounds(len(data), rate, burst)
+        print("%d bytes over TLS in %.2fs (band %.2f-%.2fs)"
+              % (len(data), elapsed, lo, hi))
+        assert lo <= elapsed <= hi
+    finally:
+        for c in clients:
+            c.close()
+
+
 def test_compressed_stream_counts_socket_bytes(standin, nginx, raw):
     """With XEP-0138 the bytes counted are those read from the socket,
     still compressed: 160 KB of messages that compress to a few KB go
     through at once at 4k/s (they would take 40 s counted inflated)."""
-    from test_compression import HEADER, ZClient
     _, ngx = cm(standin, nginx, "xmpp_cm_limit_rate 4k burst=8k;\n"
                                 "xmpp_cm_compression on;")
     [b] = logged_in(raw, ngx, ("bob", "b"))
