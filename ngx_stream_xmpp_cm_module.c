@@ -1080,7 +1080,7 @@ ngx_stream_xmpp_cm_limit_rate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     if (n == NGX_ERROR || n > NGX_XMPP_CM_RATE_MAX) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid rate \"%V\" in \"%V\" (a size in bytes "
-                           "per second up to 1g, 0 for off)",
+                           "per second up to 1024m, 0 for off)",
                            &value[1], &cmd->name);
         return NGX_CONF_ERROR;
     }
@@ -1106,7 +1106,7 @@ ngx_stream_xmpp_cm_limit_rate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     if (n == NGX_ERROR || n > NGX_XMPP_CM_RATE_MAX) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid burst \"%V\" in \"%V\" (a size up to "
-                           "1g)", &s, &cmd->name);
+                           "1024m)", &s, &cmd->name);
         return NGX_CONF_ERROR;
     }
 
