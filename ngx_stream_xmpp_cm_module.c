@@ -28,6 +28,8 @@ static char *ngx_stream_xmpp_cm_msec_pair(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_stream_xmpp_cm_size_pair(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_stream_xmpp_cm_limit_rate(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static ngx_int_t ngx_stream_xmpp_cm_init_process(ngx_cycle_t *cycle);
 static void ngx_stream_xmpp_cm_exit_process(ngx_cycle_t *cycle);
 
@@ -215,6 +217,20 @@ static ngx_command_t  ngx_stream_xmpp_cm_commands[] = {
       ngx_stream_xmpp_cm_size_pair,
       NGX_STREAM_SRV_CONF_OFFSET,
       offsetof(ngx_stream_xmpp_cm_srv_conf_t, upstream_high),
+      NULL },
+
+    { ngx_string("xmpp_cm_limit_rate"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE12,
+      ngx_stream_xmpp_cm_limit_rate,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, limit_rate),
+      NULL },
+
+    { ngx_string("xmpp_cm_preauth_limit_rate"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE12,
+      ngx_stream_xmpp_cm_limit_rate,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, preauth_limit_rate),
       NULL },
 
     { ngx_string("xmpp_cm_upstream_tls"),
@@ -452,6 +468,10 @@ ngx_stream_xmpp_cm_create_srv_conf(ngx_conf_t *cf)
     conf->client_output_limit = NGX_CONF_UNSET_SIZE;
     conf->upstream_high = NGX_CONF_UNSET_SIZE;
     conf->upstream_low = NGX_CONF_UNSET_SIZE;
+    conf->limit_rate = NGX_CONF_UNSET_SIZE;
+    conf->limit_burst = NGX_CONF_UNSET_SIZE;
+    conf->preauth_limit_rate = NGX_CONF_UNSET_SIZE;
+    conf->preauth_limit_burst = NGX_CONF_UNSET_SIZE;
     conf->starttls = NGX_CONF_UNSET_UINT;
     conf->compression = NGX_CONF_UNSET;
     conf->upstream_tls = NGX_CONF_UNSET_UINT;
@@ -518,6 +538,41 @@ ngx_stream_xmpp_cm_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
                               1024 * 1024);
     ngx_conf_merge_size_value(conf->upstream_low, prev->upstream_low,
                               256 * 1024);
+
+    /*
+     * A rate and its burst go together: a server that sets the rate does
+     * not inherit the burst.  The burst defaults to one second at the
+     * rate; before authentication the rate and burst default to those
+     * after it.
+     */
+
+    if (conf->limit_rate == NGX_CONF_UNSET_SIZE) {
+        conf->limit_rate = prev->limit_rate;
+        conf->limit_burst = prev->limit_burst;
+    }
+
+    if (conf->limit_rate == NGX_CONF_UNSET_SIZE) {
+        conf->limit_rate = 0;
+    }
+
+    if (conf->limit_burst == NGX_CONF_UNSET_SIZE) {
+        conf->limit_burst = conf->limit_rate;
+    }
+
+    if (conf->preauth_limit_rate == NGX_CONF_UNSET_SIZE) {
+        conf->preauth_limit_rate = prev->preauth_limit_rate;
+        conf->preauth_limit_burst = prev->preauth_limit_burst;
+    }
+
+    if (conf->preauth_limit_rate == NGX_CONF_UNSET_SIZE) {
+        conf->preauth_limit_rate = conf->limit_rate;
+        conf->preauth_limit_burst = conf->limit_burst;
+    }
+
+    if (conf->preauth_limit_burst == NGX_CONF_UNSET_SIZE) {
+        conf->preauth_limit_burst = conf->preauth_limit_rate;
+    }
+
     ngx_conf_merge_uint_value(conf->starttls, prev->starttls,
                               NGX_XMPP_CM_TLS_OFF);
     ngx_conf_merge_value(conf->compression, prev->compression, 0);
@@ -995,6 +1050,69 @@ ngx_stream_xmpp_cm_size_pair(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
         v[i] = (size_t) n;
     }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * xmpp_cm_limit_rate rate [burst=size]: two size_t at cmd->offset, the
+ * rate (bytes per second, 0: off) and the burst (unset: the rate).
+ */
+
+static char *
+ngx_stream_xmpp_cm_limit_rate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    char  *p = conf;
+
+    size_t      *v;
+    ssize_t      n;
+    ngx_str_t   *value, s;
+
+    v = (size_t *) (p + cmd->offset);
+
+    if (v[0] != NGX_CONF_UNSET_SIZE) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    n = ngx_parse_size(&value[1]);
+
+    if (n == NGX_ERROR || n > NGX_XMPP_CM_RATE_MAX) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid rate \"%V\" in \"%V\" (a size in bytes "
+                           "per second up to 1024m, 0 for off)",
+                           &value[1], &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    v[0] = (size_t) n;
+
+    if (cf->args->nelts == 2) {
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_strncmp(value[2].data, "burst=", 6) != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\" in \"%V\"",
+                           &value[2], &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    s.len = value[2].len - 6;
+    s.data = value[2].data + 6;
+
+    n = s.len ? ngx_parse_size(&s) : NGX_ERROR;
+
+    if (n == NGX_ERROR || n > NGX_XMPP_CM_RATE_MAX) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid burst \"%V\" in \"%V\" (a size up to "
+                           "1024m)", &s, &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    v[1] = (size_t) n;
 
     return NGX_CONF_OK;
 }

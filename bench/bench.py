@@ -40,6 +40,7 @@ ROOT = os.path.dirname(BENCH)
 NGINX = "/usr/sbin/nginx"
 STREAM_SO = "/usr/lib/nginx/modules/ngx_stream_module.so"
 MODULE_SO = os.path.join(ROOT, "build", "ngx_stream_xmpp_cm_module.so")
+CM_EXTRA = ""
 FD_LIMIT = 20000
 SECRET = "cmsecret"
 DOMAIN = "localhost"
@@ -206,6 +207,8 @@ class CmTarget(NginxTarget):
                 "        xmpp_cm_domain %s;\n"
                 "        xmpp_cm_secret %s;\n"
                 "        xmpp_cm_name bench;\n") % (self.far.port, DOMAIN, SECRET)
+        if CM_EXTRA:
+            body += "        %s\n" % CM_EXTRA
         self.start_nginx(body, "load_module %s;" % MODULE_SO)
         errlog = os.path.join(self.prefix, "error.log")
         wait_for(lambda: read(errlog).count("connected to Openfire") >= 4, 15,
@@ -466,7 +469,7 @@ def fmt(v, f="%.1f"):
 
 
 def main():
-    global WORK, have_jd_reason, PIN, MODULE_SO
+    global WORK, have_jd_reason, PIN, MODULE_SO, CM_EXTRA
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-pin", action="store_true",
@@ -489,6 +492,9 @@ def main():
     ap.add_argument("--module", default=MODULE_SO,
                     help="the module to load (e.g. one built from another "
                          "commit, for a before/after)")
+    ap.add_argument("--cm-extra", default="",
+                    help="directives added to the CM's server block, e.g. "
+                         "'xmpp_cm_limit_rate 1m;'")
     ap.add_argument("--window", type=int, default=2000)
     ap.add_argument("--targets", default="cm,relay,jabberd2")
     ap.add_argument("--jabberd2-max", type=int, default=5000)
@@ -511,6 +517,7 @@ def main():
     args.lat_rates = [float(x) for x in args.lat_rates.split(",") if x]
     args.nagle_rates = [float(x) for x in args.nagle_rates.split(",") if x]
     MODULE_SO = os.path.abspath(args.module)
+    CM_EXTRA = args.cm_extra
     PIN = not args.no_pin and len(os.sched_getaffinity(0)) >= 2 and \
         {0, 1} <= os.sched_getaffinity(0)
     if PIN:
@@ -545,6 +552,7 @@ def main():
                    "lat_sessions": args.lat_sessions,
                    "lat_duration": args.lat_duration, "window": args.window,
                    "nagle_rates": args.nagle_rates, "module": MODULE_SO,
+                   "cm_extra": CM_EXTRA,
                    "pinned": PIN,
                    "targets": targets},
         "scale": [], "skipped": [], "ramp": {}, "latency": {},

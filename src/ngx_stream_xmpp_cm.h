@@ -44,6 +44,9 @@
 #define NGX_XMPP_CM_DOMAIN_MAX        200
 #define NGX_XMPP_CM_CM_NAME_MAX       100
 
+/* xmpp_cm_limit_rate: the largest rate and burst (bytes) */
+#define NGX_XMPP_CM_RATE_MAX          (1024 * 1024 * 1024)
+
 
 typedef struct ngx_xmpp_cm_pool_s     ngx_xmpp_cm_pool_t;
 typedef struct ngx_xmpp_cm_sock_s     ngx_xmpp_cm_sock_t;
@@ -87,6 +90,10 @@ typedef struct {
     size_t                           client_output_limit;
     size_t                           upstream_high;
     size_t                           upstream_low;
+    size_t                           limit_rate;   /* bytes/s, 0: off */
+    size_t                           limit_burst;
+    size_t                           preauth_limit_rate;
+    size_t                           preauth_limit_burst;
     ngx_uint_t                       starttls;
     ngx_flag_t                       compression;
     ngx_uint_t                       upstream_tls;

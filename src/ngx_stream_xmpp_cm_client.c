@@ -44,6 +44,8 @@ struct ngx_xmpp_cm_client_s {
     ngx_msec_t                       partial_since;
     XML_Index                        partial_base;
     ngx_msec_t                       auth_deadline;
+    ngx_msec_t                       rate_last;   /* xmpp_cm_limit_rate */
+    off_t                            rate_credit; /* bytes * 1000 */
     ngx_queue_t                      link;
     u_char                           lang[36];
 
@@ -59,6 +61,7 @@ struct ngx_xmpp_cm_client_s {
     unsigned                         mech_refused:1;
     unsigned                         iq_request:1;
     unsigned                         half_closed:1;
+    unsigned                         rate_logged:1;
 
     ngx_uint_t                       iq_pending;   /* IQ get/set unanswered */
 };
@@ -96,6 +99,8 @@ static void ngx_xmpp_cm_client_iq_auth_result(ngx_xmpp_cm_client_t *cl,
     ngx_xmpp_cm_node_t *iq);
 static ngx_uint_t ngx_xmpp_cm_client_tls(ngx_xmpp_cm_client_t *cl);
 static void ngx_xmpp_cm_client_timer(ngx_xmpp_cm_client_t *cl);
+static size_t ngx_xmpp_cm_client_rate(ngx_xmpp_cm_client_t *cl, size_t rate,
+    size_t size);
 static void ngx_xmpp_cm_client_out(ngx_xmpp_cm_client_t *cl, u_char *p,
     size_t len, ngx_uint_t flush);
 static ngx_int_t ngx_xmpp_cm_client_input(ngx_xmpp_cm_client_t *cl,
@@ -185,6 +190,9 @@ ngx_stream_xmpp_cm_handler(ngx_stream_session_t *s)
     cl->auth_deadline = ngx_current_msec + conf->auth_timeout;
     ngx_add_timer(c->read, conf->auth_timeout);
 
+    /* the rate limit's bucket starts full (clamped at the first read) */
+    cl->rate_credit = NGX_MAX_OFF_T_VALUE;
+
     /* bytes a preread phase module already took from the socket */
 
     if (c->buffer && c->buffer->pos < c->buffer->last) {
@@ -205,6 +213,7 @@ ngx_stream_xmpp_cm_handler(ngx_stream_session_t *s)
 static void
 ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
 {
+    size_t                 size, rate;
     ssize_t                n;
     ngx_connection_t      *c;
     ngx_stream_session_t  *s;
@@ -235,6 +244,27 @@ ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
                                "the connection manager is shutting down",
                                NULL, 0);
         return;
+    }
+
+    if (rev->timedout && rev->delayed) {
+
+        /*
+         * The end of a delay by xmpp_cm_limit_rate, not a timeout: the
+         * time the client was delayed by us does not count against its
+         * stanza, but the authentication deadline still holds.
+         */
+
+        rev->delayed = 0;
+
+        if (cl->partial_since) {
+            cl->partial_since += ngx_current_msec - cl->rate_last;
+        }
+
+        if (cl->authenticated
+            || (ngx_msec_int_t) (cl->auth_deadline - ngx_current_msec) > 0)
+        {
+            rev->timedout = 0;
+        }
     }
 
     if (rev->timedout) {
@@ -301,7 +331,26 @@ ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
             break;
         }
 
-        n = c->recv(c, ngx_xmpp_cm_client_buf, NGX_XMPP_CM_CLIENT_READ);
+        if (rev->delayed) {
+            /* by xmpp_cm_limit_rate: its timer ends the delay */
+            break;
+        }
+
+        size = NGX_XMPP_CM_CLIENT_READ;
+        rate = cl->closing ? 0
+               : cl->authenticated ? cl->conf->limit_rate
+               : cl->conf->preauth_limit_rate;
+
+        if (rate) {
+            size = ngx_xmpp_cm_client_rate(cl, rate, size);
+
+            if (size == 0) {
+                /* delayed: the timer is set */
+                break;
+            }
+        }
+
+        n = c->recv(c, ngx_xmpp_cm_client_buf, size);
 
         if (n == NGX_AGAIN) {
             break;
@@ -319,6 +368,10 @@ ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
         }
 
         s->received += n;
+
+        if (rate) {
+            cl->rate_credit -= (off_t) n * 1000;
+        }
 
         if (cl->closing) {
             /* draining: nothing more is read into the stream */
@@ -347,7 +400,7 @@ ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
         return;
     }
 
-    if (cl->closing || cl->tls_pending) {
+    if (cl->closing || cl->tls_pending || rev->delayed) {
         return;
     }
 
@@ -500,6 +553,79 @@ ngx_xmpp_cm_client_timer(ngx_xmpp_cm_client_t *cl)
     } else if (rev->timer_set) {
         ngx_del_timer(rev);
     }
+}
+
+
+/*
+ * xmpp_cm_limit_rate (or xmpp_cm_preauth_limit_rate): a token bucket of
+ * burst bytes, filled at rate bytes per second and counted in thousandths
+ * of a byte (a millisecond at the rate is rate thousandths), so that no
+ * refill is lost to rounding.  The bytes counted are those c->recv()
+ * returns: decrypted over TLS, still compressed with XEP-0138.  Returns
+ * how much may be read now, at most size; 0 when the read is delayed:
+ * rev->delayed is set, with the read timer at the time the bucket holds a
+ * slice (50 ms at the rate, at least 1 byte) again.  A slice is the least
+ * read after a delay, so a flooding client costs 20 wake-ups a second,
+ * not one per byte; the bucket holds at least one.
+ */
+
+static size_t
+ngx_xmpp_cm_client_rate(ngx_xmpp_cm_client_t *cl, size_t rate, size_t size)
+{
+    off_t         cap, slice, credit;
+    size_t        burst;
+    ngx_msec_t    elapsed, delay;
+    ngx_event_t  *rev;
+
+    rev = cl->c->read;
+
+    burst = cl->authenticated ? cl->conf->limit_burst
+                              : cl->conf->preauth_limit_burst;
+
+    slice = (off_t) ngx_max(rate / 20, 1) * 1000;
+    cap = ngx_max((off_t) burst * 1000, slice);
+
+    elapsed = ngx_current_msec - cl->rate_last;
+    cl->rate_last = ngx_current_msec;
+
+    credit = cl->rate_credit;
+
+    if (credit >= cap || (off_t) elapsed >= (cap - credit) / (off_t) rate) {
+        credit = cap;
+
+    } else {
+        credit += (off_t) elapsed * rate;
+    }
+
+    cl->rate_credit = credit;
+
+    if (credit >= slice) {
+        return ngx_min(size, (size_t) (credit / 1000));
+    }
+
+    delay = (ngx_msec_t) ((slice - credit + rate - 1) / rate);
+
+    if (!cl->rate_logged) {
+        cl->rate_logged = 1;
+        ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                      "xmpp_cm: client over %s %uz bytes/s, "
+                      "its reads are delayed",
+                      cl->authenticated ? "xmpp_cm_limit_rate"
+                                        : "xmpp_cm_preauth_limit_rate",
+                      rate);
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_STREAM, cl->c->log, 0,
+                   "xmpp_cm: client read delayed %M ms", delay);
+
+    if (rev->timer_set) {
+        ngx_del_timer(rev);
+    }
+
+    rev->delayed = 1;
+    ngx_add_timer(rev, delay);
+
+    return 0;
 }
 
 
@@ -1856,6 +1982,11 @@ ngx_xmpp_cm_client_authenticated(ngx_xmpp_cm_client_t *cl)
 
     cl->xml->max_size = cl->conf->max_stanza;
 
+    if (cl->c->read->delayed) {
+        /* xmpp_cm_limit_rate's timer: the idle timer follows the delay */
+        return;
+    }
+
     if (cl->c->read->timer_set) {
         ngx_del_timer(cl->c->read);
     }
@@ -1942,6 +2073,7 @@ ngx_xmpp_cm_client_end(ngx_xmpp_cm_client_t *cl, char *cond, char *text,
     }
 
     rev = cl->c->read;
+    rev->delayed = 0;
 
     if (rev->timer_set) {
         ngx_del_timer(rev);
