@@ -158,6 +158,7 @@ ngx_stream_xmpp_cm_handler(ngx_stream_session_t *s)
 
     cln->handler = ngx_xmpp_cm_client_cleanup;
     cln->data = cl;
+    ngx_xmpp_cm_metrics_stream_opened(cl->pool);
 
     if (!ngx_xmpp_cm_clients_init) {
         ngx_queue_init(&ngx_xmpp_cm_clients);
@@ -875,6 +876,7 @@ ngx_xmpp_cm_client_forward(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
         return NGX_DONE;
     }
 
+    ngx_xmpp_cm_count_relay(cl->pool, TO_OPENFIRE, e->end - e->start);
     sock = cl->session->sock;
 
     if (sock && sock->throttled) {
@@ -1400,6 +1402,8 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
         (void) ngx_xmpp_cm_xml_copy(x, p, n->start, n->end);
     }
 
+    ngx_xmpp_cm_count_relay(cl->pool, TO_CLIENT, len);
+
     if (!cl->c->write->posted) {
         ngx_post_event(cl->c->write, &ngx_posted_events);
     }
@@ -1407,6 +1411,7 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
     if (ngx_xmpp_cm_str_is(&n->ns, NGX_XMPP_NS_SASL)
         && ngx_xmpp_cm_str_is(&n->name, "failure"))
     {
+        ngx_xmpp_cm_count(cl->pool, LOGIN_FAILURE);
         cl->sasl_pending = 0;
     }
 
@@ -1560,6 +1565,7 @@ ngx_xmpp_cm_client_iq_auth_result(ngx_xmpp_cm_client_t *cl,
     }
 
     cl->iq_auth = NULL;
+    ngx_xmpp_cm_metrics_iq_auth(cl->pool, type);
 
     jid = to ? to : &a->jid;
 
@@ -1665,6 +1671,7 @@ ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_client_t *cl, ngx_str_t *text)
                       &cl->streamid, ngx_min(text->len, 64), text->data);
         if (cl->pool) {
             cl->pool->dropped++;
+            ngx_xmpp_cm_count(cl->pool, DROP_UNPARSEABLE);
         }
         return;
     }
@@ -1706,6 +1713,7 @@ ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_client_t *cl, ngx_str_t *text)
     if (end - p > 8 && ngx_strncmp(p, "<failure", 8) == 0
         && (p[8] == ' ' || p[8] == '/' || p[8] == '>'))
     {
+        ngx_xmpp_cm_count(cl->pool, LOGIN_FAILURE);
         cl->sasl_pending = 0;
     }
 
@@ -1746,6 +1754,7 @@ ngx_xmpp_cm_client_authenticated(ngx_xmpp_cm_client_t *cl)
         cl->iq_auth = NULL;
     }
 
+    ngx_xmpp_cm_metrics_authenticated(cl->pool, cl->authenticated);
     cl->authenticated = 1;
     cl->sasl_pending = 0;
     cl->c->log->action = "in an authenticated XMPP stream";
@@ -1796,6 +1805,7 @@ ngx_xmpp_cm_client_end(ngx_xmpp_cm_client_t *cl, char *cond, char *text,
         ngx_xmpp_cm_client_send(cl, raw, rawlen);
 
     } else if (cond) {
+        ngx_xmpp_cm_metrics_stream_error(cl->pool, cond);
         p = ngx_snprintf(buf, sizeof(buf) - 64,
                          "<stream:error><%s xmlns=\"" NGX_XMPP_NS_XSTREAMS
                          "\"/>", cond);
@@ -2097,6 +2107,7 @@ ngx_xmpp_cm_client_cleanup(void *data)
         ngx_free(cl->iq_auth);
     }
 
+    ngx_xmpp_cm_metrics_stream_closed(cl->pool, cl->authenticated);
     ngx_queue_remove(&cl->link);
     ngx_xmpp_cm_queue_free(&cl->out);
     ngx_xmpp_cm_xml_free(cl->xml);
