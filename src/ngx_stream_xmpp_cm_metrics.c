@@ -127,7 +127,7 @@ static ngx_xmpp_cm_metrics_family_t  ngx_xmpp_cm_metrics_families[] = {
 
     { "xmpp_cm_streams", "gauge",
       "Client streams now: authenticating (connected, not authenticated "
-      "yet, no matter if a stream header came), bound (authenticated), detached (a session on Openfire with "
+      "yet), bound (authenticated), detached (a session on Openfire with "
       "no client connection, e.g. during xmpp_cm_close_delay).",
       "state", NGX_XMPP_CM_M_AUTHENTICATING, 3,
       ngx_xmpp_cm_metrics_states },
@@ -248,8 +248,10 @@ ngx_xmpp_cm_metrics_conf(ngx_conf_t *cf, ngx_stream_xmpp_cm_main_conf_t *cmcf)
     size = sizeof(ngx_xmpp_cm_metrics_sh_t)
            + names * sizeof(ngx_xmpp_cm_metrics_name_t)
            + slots * sizeof(ngx_atomic_t)
-           + (slots + 1) * names * sizeof(ngx_xmpp_cm_metrics_t)
-           + 16 * ngx_pagesize;
+           + (slots + 1) * names * sizeof(ngx_xmpp_cm_metrics_t);
+
+    /* the slab pool's page descriptors and its own header */
+    size += size / 32 + 16 * ngx_pagesize;
 
     size = ngx_align(size, ngx_pagesize);
 
@@ -346,6 +348,9 @@ ngx_xmpp_cm_metrics_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
         p = ngx_slab_calloc(ctx->shpool, size);
         if (p == NULL) {
+            ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
+                          "xmpp_cm: the metrics zone is too small for %ui "
+                          "slots", ctx->cmcf->metrics_slots);
             return NGX_ERROR;
         }
 

@@ -246,3 +246,33 @@ server {
     assert status == 200 and text == ""
     status, _, _ = scrape(mport, method="POST")
     assert status == 405
+
+
+def test_slots_directive(nginx_t, tmp_path):
+    """xmpp_cm_metrics_slots: checked by nginx -t; with room for 2 workers
+    the zone still serves both."""
+    body = """
+xmpp_cm_metrics_slots %s;
+server {
+    listen 127.0.0.1:%d;
+    xmpp_cm_pass 127.0.0.1:%d;
+    xmpp_cm_domain localhost;
+    xmpp_cm_secret s;
+}
+"""
+    rc, out = nginx_t(body % ("1", free_port(), free_port()))
+    assert rc != 0 and 'invalid "xmpp_cm_metrics_slots" "1"' in out, out
+    rc, out = nginx_t(body % ("2;\nxmpp_cm_metrics_slots 3", free_port(),
+                              free_port()))
+    assert rc != 0 and "is duplicate" in out, out
+    rc, out = nginx_t(body % ("2", free_port(), free_port()))
+    assert rc == 0, out
+
+
+def test_two_workers_in_two_slots(standin, nginx, raw):
+    sb = standin()
+    ngx = start(nginx, sb, workers=2, stream_extra="xmpp_cm_metrics_slots 2;")
+    m = ngx.metrics
+    assert m.get("xmpp_cm_workers", upstream="up") == 2
+    assert m.value("xmpp_cm_upstream_sockets", state="ready") == 4
+    assert not ngx.log_lines(r"metrics slots are taken")
