@@ -276,3 +276,32 @@ def test_two_workers_in_two_slots(standin, nginx, raw):
     assert m.get("xmpp_cm_workers", upstream="up") == 2
     assert m.value("xmpp_cm_upstream_sockets", state="ready") == 4
     assert not ngx.log_lines(r"metrics slots are taken")
+
+
+def test_killed_worker_gauges_gone_counters_kept(standin, nginx, raw):
+    """A worker killed without exiting (SIGKILL): its gauges leave the
+    sums at once, its counters stay (folded in by the worker that takes
+    its slot)."""
+    import os
+    sb = standin()
+    ngx = start(nginx, sb, extra=FAST)
+    ngx.allowed_bad.append(r"exited on signal 9")
+    m = ngx.metrics
+    c = raw(ngx.port)
+    c.login("alice", "alicepw", resource="a")
+    assert m.get("xmpp_cm_streams", state="bound") == 1
+    [old] = ngx.worker_pids()
+    os.kill(old, signal.SIGKILL)
+    wait_until(lambda: ngx.worker_pids() and ngx.worker_pids() != [old],
+               10, what="a new worker")
+    wait_until(lambda: m.get("xmpp_cm_upstream_sockets",
+                             state="ready") == 2, 10,
+               what="the new worker's sockets")
+    assert m.value("xmpp_cm_streams", state="bound") == 0
+    assert m.value("xmpp_cm_workers", upstream="up") == 1
+    assert m.value("xmpp_cm_logins_total", result="success") == 1
+    assert m.value("xmpp_cm_streams_opened_total") == 1
+    d = raw(ngx.port)
+    d.login("bob", "bobpw", resource="b")
+    assert m.get("xmpp_cm_logins_total", result="success") == 2
+    assert m.value("xmpp_cm_streams", state="bound") == 1
