@@ -163,8 +163,8 @@ static ngx_xmpp_cm_metrics_family_t  ngx_xmpp_cm_metrics_families[] = {
       ngx_xmpp_cm_metrics_directions },
 
     { "xmpp_cm_bytes_total", "counter",
-      "Bytes of the elements relayed (as the client sent or received "
-      "them, before compression), by direction.",
+      "Size in bytes of the elements relayed, as the CM framed them "
+      "(before compression and TLS, without the route), by direction.",
       "direction", NGX_XMPP_CM_M_BYTES_TO_OPENFIRE, 2,
       ngx_xmpp_cm_metrics_directions },
 
