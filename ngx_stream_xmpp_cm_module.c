@@ -322,6 +322,13 @@ static ngx_command_t  ngx_stream_xmpp_cm_commands[] = {
 
 #endif
 
+    { ngx_string("xmpp_cm_metrics_slots"),
+      NGX_STREAM_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_xmpp_cm_metrics_slots,
+      NGX_STREAM_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
       ngx_null_command
 };
 
@@ -775,6 +782,10 @@ ngx_stream_xmpp_cm_postconfiguration(ngx_conf_t *cf)
         }
     }
 
+    if (cmcf->servers.nelts && ngx_xmpp_cm_metrics_conf(cf, cmcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     return NGX_OK;
 }
 
@@ -1188,4 +1199,5 @@ ngx_stream_xmpp_cm_exit_process(ngx_cycle_t *cycle)
     ngx_xmpp_cm_client_shutdown_all();
     ngx_xmpp_cm_queue_release_free();
     ngx_xmpp_cm_xml_release_parked();
+    ngx_xmpp_cm_metrics_exit(cycle);
 }

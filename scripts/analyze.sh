@@ -46,7 +46,8 @@ mkdir -p "$out"
 
 srcs=("$top"/src/*.c "$top/ngx_stream_xmpp_cm_module.c")
 incs=(-I src/core -I src/event -I src/event/modules -I src/os/unix -I objs
-      -I src/stream -I "$top/src")
+      -I src/stream -I src/http -I src/http/modules
+      -I src/http/v2 -I "$top/src")
 
 # cppcheck: the one configuration nginx's headers define (objs/), style
 # ids that contradict nginx's style are suppressed in analyze.supp

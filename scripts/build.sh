@@ -82,7 +82,7 @@ SRC
         && make -f objs/Makefile -j2 > "$out/make-static.log" 2>&1) || {
         tail -n 30 "$out/make-static.log" "$out/configure-static.log" >&2
         exit 1; }
-    # the static binary must know the directives
+    # the static binary must know the directives (the metrics one too)
     t="$out/static-check"
     mkdir -p "$t/logs"
     cat > "$t/nginx.conf" <<CONF
@@ -95,6 +95,12 @@ stream {
         xmpp_cm_pass 127.0.0.1:5262;
         xmpp_cm_domain localhost;
         xmpp_cm_secret check;
+    }
+}
+http {
+    server {
+        listen 127.0.0.1:2;
+        location = /metrics { xmpp_cm_metrics; }
     }
 }
 CONF

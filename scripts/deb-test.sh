@@ -34,6 +34,7 @@ missing=()
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 "$py" -c 'import slixmpp' 2>/dev/null || missing+=(python3-slixmpp)
 "$py" -c 'import pytest' 2>/dev/null || missing+=(python3-pytest)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "deb-test.sh: installing ${missing[*]}" >&2
     $sudo apt-get update
@@ -109,12 +110,19 @@ stream {
         xmpp_cm_secret check;
     }
 }
+http {
+    access_log off;
+    server {
+        listen 127.0.0.1:9145;
+        location = /metrics { xmpp_cm_metrics; }
+    }
+}
 CONF
 /usr/sbin/nginx -t -q -c "$tmp/xmpp.conf" || {
     echo "deb-test.sh: nginx -t fails with the xmpp_cm directives" >&2
     exit 1; }
 echo "deb-test.sh: nginx -t passes with /etc/nginx/nginx.conf and with" \
-     "xmpp_cm_* directives, modules loaded from $enabled"
+     "xmpp_cm_* directives (stream and http), modules loaded from $enabled"
 
 # part of the suite, Debian's nginx loading the installed module through
 # the package's snippet
@@ -125,7 +133,9 @@ if [ $# -eq 0 ]; then
         t/test_tls.py::test_direct_tls_alpn_xmpp_client \
         t/test_tls.py::test_sni_two_domains_two_certificates \
         t/test_tls.py::test_nginx_t_starttls_valid \
-        t/test_compression.py::test_compressed_session_chats_both_ways
+        t/test_compression.py::test_compressed_session_chats_both_ways \
+        t/test_metrics.py::test_bound_streams_over_two_workers \
+        t/test_metrics.py::test_promtool_accepts_output
 fi
 PYTHONDONTWRITEBYTECODE=1 XMPP_CM_MODULE="$so" \
     XMPP_CM_MODULES_ENABLED="$enabled" \

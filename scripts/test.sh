@@ -22,6 +22,8 @@ command -v make >/dev/null 2>&1 || missing+=(make)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 [ -f /usr/include/strophe.h ] || missing+=(libstrophe-dev)
+# t/test_metrics.py: promtool check metrics
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ -x "$py" ]; then
     "$py" -c 'import slixmpp' 2>/dev/null || missing+=(python3-slixmpp)
     "$py" -c 'import pytest' 2>/dev/null || missing+=(python3-pytest)
@@ -37,7 +39,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     $sudo apt-get install -y \
         nginx nginx-dev libnginx-mod-stream libexpat1-dev libssl-dev \
         libpcre2-dev zlib1g-dev python3-slixmpp python3-pytest gcc make \
-        openssl pkg-config libstrophe-dev
+        openssl pkg-config libstrophe-dev prometheus
 fi
 
 bash scripts/build.sh

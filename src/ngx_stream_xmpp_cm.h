@@ -131,10 +131,91 @@ typedef struct {
 
 typedef struct {
     ngx_array_t                      servers;  /* srv_conf_t * with a pass */
+    ngx_shm_zone_t                  *metrics_zone;
+    ngx_uint_t                       metrics_slots;
 } ngx_stream_xmpp_cm_main_conf_t;
 
 
 extern ngx_module_t  ngx_stream_xmpp_cm_module;
+
+
+/* metrics (ngx_stream_xmpp_cm_metrics.c), scraped over HTTP */
+
+enum {
+    /* gauges */
+    NGX_XMPP_CM_M_AUTHENTICATING = 0,
+    NGX_XMPP_CM_M_BOUND,
+    NGX_XMPP_CM_M_DETACHED,
+    NGX_XMPP_CM_M_SOCK_CONNECTING,
+    NGX_XMPP_CM_M_SOCK_HANDSHAKE,
+    NGX_XMPP_CM_M_SOCK_READY,
+
+    /* counters */
+    NGX_XMPP_CM_M_OPENED,
+    NGX_XMPP_CM_M_RECONNECTS,
+    NGX_XMPP_CM_M_HANDSHAKE_FAILURES,
+    NGX_XMPP_CM_M_STANZAS_TO_OPENFIRE,
+    NGX_XMPP_CM_M_STANZAS_TO_CLIENT,
+    NGX_XMPP_CM_M_BYTES_TO_OPENFIRE,
+    NGX_XMPP_CM_M_BYTES_TO_CLIENT,
+    NGX_XMPP_CM_M_FAILED_RETURNED,
+    NGX_XMPP_CM_M_LOGIN_SUCCESS,
+    NGX_XMPP_CM_M_LOGIN_FAILURE,
+    NGX_XMPP_CM_M_FLOW_PAUSES,
+    NGX_XMPP_CM_M_DROP_BAD_ROUTE,
+    NGX_XMPP_CM_M_DROP_NO_SOCKET,
+    NGX_XMPP_CM_M_DROP_CLOSED_STREAM,
+    NGX_XMPP_CM_M_DROP_TOO_LARGE,
+    NGX_XMPP_CM_M_DROP_UNPARSEABLE,
+    NGX_XMPP_CM_M_STREAM_ERROR            /* one per condition, then "other" */
+};
+
+#define NGX_XMPP_CM_M_GAUGES     NGX_XMPP_CM_M_OPENED
+#define NGX_XMPP_CM_M_CONDS      26
+#define NGX_XMPP_CM_M_N          ngx_align(NGX_XMPP_CM_M_STREAM_ERROR        \
+                                           + NGX_XMPP_CM_M_CONDS, 8)
+
+
+/* one worker's values for one CM name: written by that worker only */
+
+typedef struct {
+    uint64_t                         v[NGX_XMPP_CM_M_N];
+} ngx_xmpp_cm_metrics_t;
+
+
+#define ngx_xmpp_cm_count(pool, m)                                           \
+    (pool)->metrics->v[NGX_XMPP_CM_M_##m]++
+
+#define ngx_xmpp_cm_uncount(pool, m)                                         \
+    (pool)->metrics->v[NGX_XMPP_CM_M_##m]--
+
+#define ngx_xmpp_cm_count_relay(pool, dir, n)                                \
+    do {                                                                     \
+        (pool)->metrics->v[NGX_XMPP_CM_M_STANZAS_##dir]++;                  \
+        (pool)->metrics->v[NGX_XMPP_CM_M_BYTES_##dir] += (n);               \
+    } while (0)
+
+
+ngx_int_t ngx_xmpp_cm_metrics_conf(ngx_conf_t *cf,
+    ngx_stream_xmpp_cm_main_conf_t *cmcf);
+char *ngx_xmpp_cm_metrics_slots(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_xmpp_cm_metrics_t *ngx_xmpp_cm_metrics_record(ngx_cycle_t *cycle,
+    ngx_str_t *name);
+void ngx_xmpp_cm_metrics_exit(ngx_cycle_t *cycle);
+void ngx_xmpp_cm_metrics_socks(ngx_xmpp_cm_pool_t *pool);
+void ngx_xmpp_cm_metrics_sock_closed(ngx_xmpp_cm_sock_t *sock);
+void ngx_xmpp_cm_metrics_stream_error(ngx_xmpp_cm_pool_t *pool, char *cond);
+void ngx_xmpp_cm_metrics_stream_opened(ngx_xmpp_cm_pool_t *pool);
+void ngx_xmpp_cm_metrics_authenticated(ngx_xmpp_cm_pool_t *pool,
+    ngx_uint_t was);
+void ngx_xmpp_cm_metrics_stream_closed(ngx_xmpp_cm_pool_t *pool,
+    ngx_uint_t authenticated);
+void ngx_xmpp_cm_metrics_iq_auth(ngx_xmpp_cm_pool_t *pool, ngx_str_t *type);
+void ngx_xmpp_cm_metrics_returned(ngx_xmpp_cm_pool_t *pool, ngx_int_t rc);
+void ngx_xmpp_cm_metrics_detached(ngx_xmpp_cm_session_t *s, ngx_uint_t gone);
+ngx_int_t ngx_xmpp_cm_metrics_render(ngx_cycle_t *cycle, ngx_pool_t *pool,
+    ngx_str_t *out);
 
 
 /* output queues of blocks (ngx_stream_xmpp_cm_buf.c) */
@@ -435,6 +516,7 @@ struct ngx_xmpp_cm_pool_s {
     ngx_uint_t                       closed_next;
 
     ngx_uint_t                       dropped;
+    ngx_xmpp_cm_metrics_t           *metrics;      /* this worker's slot */
     unsigned                         configured:1;
     unsigned                         exiting:1;
     unsigned                         was_up:1;

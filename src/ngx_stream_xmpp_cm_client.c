@@ -167,6 +167,7 @@ ngx_stream_xmpp_cm_handler(ngx_stream_session_t *s)
 
     cln->handler = ngx_xmpp_cm_client_cleanup;
     cln->data = cl;
+    ngx_xmpp_cm_metrics_stream_opened(cl->pool);
 
     if (!ngx_xmpp_cm_clients_init) {
         ngx_queue_init(&ngx_xmpp_cm_clients);
@@ -1047,6 +1048,7 @@ ngx_xmpp_cm_client_forward(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
         return NGX_DONE;
     }
 
+    ngx_xmpp_cm_count_relay(cl->pool, TO_OPENFIRE, e->end - e->start);
     sock = cl->session->sock;
 
     if (sock && sock->throttled) {
@@ -1630,6 +1632,8 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
         (void) ngx_xmpp_cm_xml_copy(x, p, n->start, n->end);
     }
 
+    ngx_xmpp_cm_count_relay(cl->pool, TO_CLIENT, len);
+
     if (!cl->c->write->posted) {
         ngx_post_event(cl->c->write, &ngx_posted_events);
     }
@@ -1637,6 +1641,7 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
     if (ngx_xmpp_cm_str_is(&n->ns, NGX_XMPP_NS_SASL)
         && ngx_xmpp_cm_str_is(&n->name, "failure"))
     {
+        ngx_xmpp_cm_count(cl->pool, LOGIN_FAILURE);
         cl->sasl_pending = 0;
     }
 
@@ -1790,6 +1795,7 @@ ngx_xmpp_cm_client_iq_auth_result(ngx_xmpp_cm_client_t *cl,
     }
 
     cl->iq_auth = NULL;
+    ngx_xmpp_cm_metrics_iq_auth(cl->pool, type);
 
     jid = to ? to : &a->jid;
 
@@ -1895,6 +1901,7 @@ ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_client_t *cl, ngx_str_t *text)
                       &cl->streamid, ngx_min(text->len, 64), text->data);
         if (cl->pool) {
             cl->pool->dropped++;
+            ngx_xmpp_cm_count(cl->pool, DROP_UNPARSEABLE);
         }
         return;
     }
@@ -1936,6 +1943,7 @@ ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_client_t *cl, ngx_str_t *text)
     if (end - p > 8 && ngx_strncmp(p, "<failure", 8) == 0
         && (p[8] == ' ' || p[8] == '/' || p[8] == '>'))
     {
+        ngx_xmpp_cm_count(cl->pool, LOGIN_FAILURE);
         cl->sasl_pending = 0;
     }
 
@@ -1976,6 +1984,7 @@ ngx_xmpp_cm_client_authenticated(ngx_xmpp_cm_client_t *cl)
         cl->iq_auth = NULL;
     }
 
+    ngx_xmpp_cm_metrics_authenticated(cl->pool, cl->authenticated);
     cl->authenticated = 1;
     cl->sasl_pending = 0;
     cl->c->log->action = "in an authenticated XMPP stream";
@@ -2032,6 +2041,8 @@ ngx_xmpp_cm_client_end(ngx_xmpp_cm_client_t *cl, char *cond, char *text,
         ngx_xmpp_cm_client_send(cl, raw, rawlen);
 
     } else if (cond) {
+        ngx_xmpp_cm_metrics_stream_error(cl->pool, cond);
+
         len = sizeof("<stream:error>< xmlns=\"" NGX_XMPP_NS_XSTREAMS "\"/>"
                      "</stream:error>") - 1 + ngx_strlen(cond);
 
@@ -2344,6 +2355,7 @@ ngx_xmpp_cm_client_cleanup(void *data)
         ngx_free(cl->iq_auth);
     }
 
+    ngx_xmpp_cm_metrics_stream_closed(cl->pool, cl->authenticated);
     ngx_queue_remove(&cl->link);
     ngx_xmpp_cm_queue_free(&cl->out);
     ngx_xmpp_cm_xml_free(cl->xml);

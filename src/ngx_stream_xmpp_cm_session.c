@@ -71,6 +71,7 @@ ngx_xmpp_cm_session_create(ngx_xmpp_cm_pool_t *pool,
 
     ngx_rbtree_insert(&pool->sessions, &s->node.node);
     pool->nsessions++;
+    ngx_xmpp_cm_count(pool, OPENED);
 
     return s;
 }
@@ -142,6 +143,7 @@ ngx_xmpp_cm_session_forget(ngx_xmpp_cm_session_t *s)
         s->is_blocked = 0;
     }
 
+    ngx_xmpp_cm_metrics_detached(s, 0);
     ngx_rbtree_delete(&s->pool->sessions, &s->node.node);
     s->pool->nsessions--;
 
@@ -162,6 +164,7 @@ ngx_xmpp_cm_session_forget(ngx_xmpp_cm_session_t *s)
 void
 ngx_xmpp_cm_session_client_gone(ngx_xmpp_cm_session_t *s, ngx_uint_t now)
 {
+    ngx_xmpp_cm_metrics_detached(s, 1);
     s->client = NULL;
 
     if (s->is_blocked) {
@@ -314,6 +317,7 @@ ngx_xmpp_cm_session_route(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
         ngx_log_error(NGX_LOG_WARN, &pool->log, 0,
                       "xmpp_cm: route without a usable streamid dropped");
         pool->dropped++;
+        ngx_xmpp_cm_count(pool, DROP_BAD_ROUTE);
         return;
     }
 
@@ -436,6 +440,7 @@ ngx_xmpp_cm_bounce(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_xml_t *x,
 
     if (sock == NULL) {
         pool->dropped++;
+        ngx_xmpp_cm_count(pool, DROP_NO_SOCKET);
         ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
                       "xmpp_cm: <%V> for closed stream %V dropped: no "
                       "Openfire socket", &c->name, id);
@@ -456,6 +461,7 @@ ngx_xmpp_cm_bounce(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_xml_t *x,
         rc = ngx_xmpp_cm_route_session_iq(pool, sock, id,
                                           NGX_XMPP_CM_IQ_FAILED, NULL,
                                           buf, len);
+        ngx_xmpp_cm_metrics_returned(pool, rc);
 
         ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
                       "xmpp_cm: message for closed stream %V %s", id,
@@ -522,6 +528,7 @@ ngx_xmpp_cm_bounce(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_xml_t *x,
     }
 
     pool->dropped++;
+    ngx_xmpp_cm_count(pool, DROP_CLOSED_STREAM);
 
     /*
      * The unavailable presence Openfire routes to a session it is closing,

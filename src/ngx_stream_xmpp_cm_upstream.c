@@ -72,6 +72,7 @@ ngx_xmpp_cm_pool_init(ngx_cycle_t *cycle, ngx_stream_xmpp_cm_srv_conf_t *conf)
 
     conf->pool = pool;
     pool->conf = conf;
+    pool->metrics = ngx_xmpp_cm_metrics_record(cycle, &conf->name);
     pool->log = *cycle->log;
 
     if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
@@ -369,6 +370,7 @@ ngx_xmpp_cm_sock_connect(ngx_xmpp_cm_sock_t *sock)
     }
 
     sock->state = NGX_XMPP_CM_SOCK_CONNECTING;
+    ngx_xmpp_cm_metrics_socks(pool);
 
     ngx_add_timer(c->read, pool->conf->connect_timeout);
 
@@ -432,6 +434,7 @@ ngx_xmpp_cm_sock_close(ngx_xmpp_cm_sock_t *sock, ngx_uint_t level,
 
     pool = sock->pool;
     was_ready = (sock->state == NGX_XMPP_CM_SOCK_READY);
+    ngx_xmpp_cm_metrics_sock_closed(sock);
 
     if (sock->state != NGX_XMPP_CM_SOCK_IDLE) {
         ngx_log_error(level, &pool->log, 0,
@@ -467,6 +470,7 @@ ngx_xmpp_cm_sock_close(ngx_xmpp_cm_sock_t *sock, ngx_uint_t level,
     }
 
     sock->state = NGX_XMPP_CM_SOCK_IDLE;
+    ngx_xmpp_cm_metrics_socks(pool);
 
     if (was_ready) {
         pool->ready--;
@@ -541,6 +545,7 @@ ngx_xmpp_cm_sock_reconnect_handler(ngx_event_t *ev)
     ngx_xmpp_cm_sock_t  *sock = ev->data;
 
     if (sock->state == NGX_XMPP_CM_SOCK_IDLE && !sock->pool->exiting) {
+        ngx_xmpp_cm_count(sock->pool, RECONNECTS);
         ngx_xmpp_cm_sock_connect(sock);
     }
 }
@@ -604,6 +609,7 @@ ngx_xmpp_cm_sock_write_handler(ngx_event_t *wev)
         }
 
         sock->state = NGX_XMPP_CM_SOCK_OPENING;
+        ngx_xmpp_cm_metrics_socks(sock->pool);
         sock->pool->log.action = "opening a stream to Openfire";
 
         /* many sessions' small stanzas: no Nagle delay on the shared link */
@@ -843,6 +849,7 @@ ngx_xmpp_cm_sock_open(void *data, ngx_str_t *name, ngx_str_t *ns,
     }
 
     sock->state = NGX_XMPP_CM_SOCK_HANDSHAKE;
+    ngx_xmpp_cm_metrics_socks(pool);
     pool->log.action = "authenticating to Openfire";
 
     return NGX_OK;
@@ -993,6 +1000,7 @@ ngx_xmpp_cm_sock_element(void *data, ngx_xmpp_cm_elem_t *e)
         }
 
         sock->state = NGX_XMPP_CM_SOCK_READY;
+        ngx_xmpp_cm_metrics_socks(pool);
         sock->failures = 0;
         pool->ready++;
         pool->log.action = NULL;
@@ -1264,6 +1272,7 @@ void
 ngx_xmpp_cm_sock_block(ngx_xmpp_cm_sock_t *sock, ngx_xmpp_cm_session_t *s)
 {
     if (!s->is_blocked) {
+        ngx_xmpp_cm_count(sock->pool, FLOW_PAUSES);
         s->is_blocked = 1;
         ngx_queue_insert_tail(&sock->blocked, &s->blocked);
     }
@@ -1443,6 +1452,7 @@ ngx_xmpp_cm_sock_starttls(ngx_xmpp_cm_sock_t *sock,
     }
 
     sock->state = NGX_XMPP_CM_SOCK_TLS;
+    ngx_xmpp_cm_metrics_socks(pool);
     pool->log.action = "starting TLS with Openfire";
 
     return NGX_OK;
@@ -1462,6 +1472,7 @@ ngx_xmpp_cm_sock_tls(ngx_xmpp_cm_sock_t *sock)
     conf = pool->conf;
 
     sock->state = NGX_XMPP_CM_SOCK_TLS;
+    ngx_xmpp_cm_metrics_socks(pool);
     pool->log.action = "TLS handshaking with Openfire";
 
     if (ngx_ssl_create_connection(conf->upstream_ssl, c, NGX_SSL_CLIENT)
@@ -1597,6 +1608,7 @@ ngx_xmpp_cm_sock_tls_done(ngx_connection_t *c)
 
     sock->tls = 1;
     sock->state = NGX_XMPP_CM_SOCK_OPENING;
+    ngx_xmpp_cm_metrics_socks(pool);
     pool->log.action = "opening a stream to Openfire";
 
     c->read->handler = ngx_xmpp_cm_sock_read_handler;
