@@ -65,3 +65,41 @@ def test_example_config_passes_nginx_t(tmp_path, module_path):
     rc, out = nginx_lib.nginx_t(str(tmp_path), conf)
     assert rc == 0 and "test is successful" in out, out
     assert "[emerg]" not in out and "[alert]" not in out, out
+
+
+README = os.path.join(os.path.dirname(DOC), os.pardir, "README")
+
+
+def readme_config():
+    """The README's nginx side: the indented block from its load_module
+    lines to the end of its stream {} block."""
+    with open(README) as f:
+        text = f.read()
+    m = re.search(r"\n((?:    load_module .*\n)+(?:    .*\n|\n)*?    }\n)",
+                  text)
+    assert m, "no nginx configuration in the README"
+    return "\n".join(line[4:] for line in m.group(1).splitlines())
+
+
+def test_readme_config_passes_nginx_t(tmp_path, module_path):
+    conf = readme_config()
+    loads = [line for line in conf.splitlines()
+             if line.startswith("load_module ")]
+    assert len(loads) == 2, loads
+    for line in loads:
+        conf = conf.replace(line, "")
+    for directive in ("xmpp_cm_pass", "xmpp_cm_secret", "listen 5223 ssl",
+                      "xmpp_cm_starttls    required", "limit_conn "):
+        assert directive in conf, directive
+    certs = tmp_path / "ssl"
+    certs.mkdir()
+    make_certs(str(certs))
+    conf = conf.replace("/etc/ssl/xmpp/", str(certs) + "/") \
+               .replace("/var/log/nginx/", str(tmp_path) + "/") \
+               .replace("10.0.0.10:5262", "127.0.0.1:5262")
+    if not nginx_lib.STATIC:
+        conf = nginx_lib.load_modules(str(tmp_path), module_path) + "\n" \
+            + conf
+    rc, out = nginx_lib.nginx_t(str(tmp_path), conf)
+    assert rc == 0 and "test is successful" in out, out
+    assert "[emerg]" not in out and "[alert]" not in out, out
