@@ -108,6 +108,7 @@ fuzz_pool_init(fuzz_pool_t *fp)
     fp->conf.pool = &fp->pool;
 
     fp->pool.conf = &fp->conf;
+    fp->pool.metrics = &fp->metrics;
     fp->pool.log = fuzz_log;
     ngx_str_set(&fp->pool.name, "cm1-4242-a1b2c3");
     ngx_str_set(&fp->pool.domain, "localhost");

@@ -64,7 +64,9 @@ typedef struct {
     ngx_xmpp_cm_pool_t              pool;
     ngx_xmpp_cm_sock_t              socks[2];
     ngx_str_t                       domain;
-    u_char                          closed[256 * NGX_XMPP_CM_ID_LEN];
+    u_char                          closed[NGX_XMPP_CM_CLOSED_RING
+                                           * NGX_XMPP_CM_ID_LEN];
+    ngx_xmpp_cm_metrics_t           metrics;      /* the worker's record */
 } fuzz_pool_t;
 
 void fuzz_pool_init(fuzz_pool_t *fp);
