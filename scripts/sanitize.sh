@@ -16,9 +16,9 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 py=/usr/bin/python3
 
+# what the suite needs (TLS clients, promtool, ...), as for scripts/test.sh
+bash scripts/deps.sh
 need=()
-"$py" -c 'import slixmpp' 2>/dev/null || need+=(python3-slixmpp)
-"$py" -c 'import pytest' 2>/dev/null || need+=(python3-pytest)
 if [ "${XMPP_CM_VALGRIND:-}" = 1 ]; then
     command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
 fi

@@ -8,39 +8,7 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 
 py=/usr/bin/python3
-missing=()
-[ -x /usr/sbin/nginx ] || missing+=(nginx)
-[ -f /usr/share/nginx/src/conf_flags ] || missing+=(nginx-dev)
-[ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || missing+=(libnginx-mod-stream)
-[ -f /usr/include/expat.h ] || missing+=(libexpat1-dev)
-[ -f /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
-[ -f /usr/include/pcre2.h ] || missing+=(libpcre2-dev)
-[ -f /usr/include/zlib.h ] || missing+=(zlib1g-dev)
-command -v cc >/dev/null 2>&1 || missing+=(gcc)
-command -v make >/dev/null 2>&1 || missing+=(make)
-# TLS tests: certificates made with the openssl CLI, a libstrophe client
-command -v openssl >/dev/null 2>&1 || missing+=(openssl)
-command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
-[ -f /usr/include/strophe.h ] || missing+=(libstrophe-dev)
-# t/test_metrics.py: promtool check metrics
-command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
-if [ -x "$py" ]; then
-    "$py" -c 'import slixmpp' 2>/dev/null || missing+=(python3-slixmpp)
-    "$py" -c 'import pytest' 2>/dev/null || missing+=(python3-pytest)
-else
-    missing+=(python3 python3-slixmpp python3-pytest)
-fi
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "test.sh: installing ${missing[*]}" >&2
-    sudo=
-    [ "$(id -u)" -eq 0 ] || sudo=sudo
-    export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get update
-    $sudo apt-get install -y \
-        nginx nginx-dev libnginx-mod-stream libexpat1-dev libssl-dev \
-        libpcre2-dev zlib1g-dev python3-slixmpp python3-pytest gcc make \
-        openssl pkg-config libstrophe-dev prometheus
-fi
+bash scripts/deps.sh
 
 bash scripts/build.sh
 rc=0

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build nginx (full source, stream only) with the module compiled in, with
-# clang-14 and sanitizers (or plain gcc for the unit tests).  Used by
+# Build nginx (full source) with the module compiled in, with clang-14 and
+# sanitizers (or plain gcc for the unit tests): stream only, but for the
+# test-suite binary also http, where the metrics handler lives.  Used by
 # scripts/sanitize.sh, scripts/fuzz.sh and scripts/unit.sh.
 #
 #   t/fuzz/build-nginx.sh asan   -> build/asan/nginx/objs/nginx
@@ -62,8 +63,9 @@ fi
 # fails at teardown; t/fuzz/ubsan.supp lists known, reported sites.
 san="-fsanitize=address,undefined"
 cc=clang-14
+http=--without-http
 case "$mode" in
-asan) ccopt="$san -fno-omit-frame-pointer -g -O1"; ldopt="$san" ;;
+asan) ccopt="$san -fno-omit-frame-pointer -g -O1"; ldopt="$san"; http= ;;
 fuzz) ccopt="$san -fsanitize=fuzzer-no-link -fno-omit-frame-pointer -g -O1"
       ldopt="$san -fsanitize=fuzzer-no-link" ;;
 unit) cc=gcc; ccopt="-g -O1"; ldopt= ;;
@@ -73,7 +75,7 @@ ccopt="$ccopt ${CFLAGS_EXTRA:-}"
 
 mkdir -p "$out"
 stamp="$out/.configured"
-want="$mode $ccopt $ver $(md5sum < "$top/config")"
+want="$mode $ccopt $ver ${http:-http} $(md5sum < "$top/config")"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] \
    || [ ! -f "$out/nginx/objs/Makefile" ]; then
     rm -rf "$out/nginx"
@@ -81,7 +83,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] \
     rm -rf "$out/nginx/objs"
     (cd "$out/nginx" && ./configure --prefix="$out/prefix" \
         --error-log-path=stderr --with-debug --with-threads \
-        --without-http --with-stream --with-stream_ssl_module \
+        $http --with-stream --with-stream_ssl_module \
         --with-stream_realip_module --with-stream_ssl_preread_module \
         --with-cc="$cc" --with-cc-opt="$ccopt" --with-ld-opt="$ldopt" \
         --add-module="$top" > "$out/configure.log" 2>&1) || {
