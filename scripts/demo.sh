@@ -302,12 +302,13 @@ start() {
         --listen "127.0.0.1:$of_port" --control "127.0.0.1:$of_cport" \
         --domain "$domain" --secret "$secret" --users "$users" \
         > "$dir/standin.log" 2>&1 < /dev/null &
-    echo $! > "$dir/standin.pid"
+    pid=$!
+    echo "$pid" > "$dir/standin.pid"
     for ((i = 0; ; i++)); do
         line=$(grep -m1 '^READY ' "$dir/standin.log" 2>/dev/null || true)
         [ -n "$line" ] && break
-        if ! alive "$dir/standin.pid" openfire_standin >/dev/null \
-           || [ "$i" -ge 150 ]; then
+        # kill -0, not alive(): until the exec its cmdline is this shell's
+        if ! kill -0 "$pid" 2>/dev/null || [ "$i" -ge 150 ]; then
             tail -20 "$dir/standin.log" >&2
             stop
             die "the Openfire stand-in did not start (log above)"
