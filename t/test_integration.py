@@ -61,6 +61,10 @@ def test_access_log_names_stream_and_jid(standin, nginx, raw, tmp_path):
     sid = c.stream_id
     c.send("</stream:stream>")
     c.wait_eof(5)
+    # The CM has written </stream:stream> and lingers until the client
+    # closes (or for 5 s): close as a client does, so the session ends and
+    # is logged now rather than when the linger timer fires.
+    c.close()
     wait_until(lambda: log.exists() and sid in log.read_text(), 5,
                what="access log line")
     line = [l for l in log.read_text().splitlines() if sid in l][0]
