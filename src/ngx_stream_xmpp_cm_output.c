@@ -31,7 +31,7 @@
 
 typedef struct {
     ngx_chain_t                     *bufs;     /* links with their bufs */
-    ngx_chain_t                     *blocks;   /* free 8 KiB blocks */
+    ngx_buf_t                       *blocks;   /* free 8 KiB blocks */
     ngx_uint_t                       nblocks;
 } ngx_xmpp_cm_output_free_t;
 
@@ -49,24 +49,24 @@ static ngx_xmpp_cm_output_free_t  ngx_xmpp_cm_output_free_lists;
 #define ngx_xmpp_cm_output_tag  ((ngx_buf_tag_t) &ngx_stream_xmpp_cm_module)
 
 
-/* a block: its ngx_buf_t, then the memory it describes */
+/*
+ * A block: its ngx_buf_t, then the memory it describes.  Free blocks are
+ * linked through their shadow pointer, which only the bufs carved from a
+ * block use (pointing to it).
+ */
 
 static ngx_buf_t *
 ngx_xmpp_cm_block_get(size_t size)
 {
     ngx_buf_t                  *b;
-    ngx_chain_t                *cl;
     ngx_xmpp_cm_output_free_t  *fl;
 
     fl = &ngx_xmpp_cm_output_free_lists;
 
     if (size <= NGX_XMPP_CM_BLOCK && fl->blocks) {
-        cl = fl->blocks;
-        fl->blocks = cl->next;
+        b = fl->blocks;
+        fl->blocks = b->shadow;
         fl->nblocks--;
-
-        b = cl->buf;
-        ngx_free_chain(ngx_cycle->pool, cl);
 
         return b;
     }
@@ -94,7 +94,6 @@ ngx_xmpp_cm_block_get(size_t size)
 static void
 ngx_xmpp_cm_block_put(ngx_buf_t *b)
 {
-    ngx_chain_t                *cl;
     ngx_xmpp_cm_output_free_t  *fl;
 
     fl = &ngx_xmpp_cm_output_free_lists;
@@ -102,15 +101,10 @@ ngx_xmpp_cm_block_put(ngx_buf_t *b)
     if (b->end - b->start == NGX_XMPP_CM_BLOCK
         && fl->nblocks < NGX_XMPP_CM_FREE_MAX)
     {
-        cl = ngx_alloc_chain_link(ngx_cycle->pool);
-
-        if (cl) {
-            cl->buf = b;
-            cl->next = fl->blocks;
-            fl->blocks = cl;
-            fl->nblocks++;
-            return;
-        }
+        b->shadow = fl->blocks;
+        fl->blocks = b;
+        fl->nblocks++;
+        return;
     }
 
     ngx_free(b);
@@ -435,13 +429,15 @@ ngx_xmpp_cm_output_free(ngx_xmpp_cm_output_t *o)
 void
 ngx_xmpp_cm_output_release(void)
 {
-    ngx_chain_t                *cl;
+    ngx_buf_t                  *b;
     ngx_xmpp_cm_output_free_t  *fl;
 
     fl = &ngx_xmpp_cm_output_free_lists;
 
-    for (cl = fl->blocks; cl; cl = cl->next) {
-        ngx_free(cl->buf);
+    while (fl->blocks) {
+        b = fl->blocks;
+        fl->blocks = b->shadow;
+        ngx_free(b);
     }
 
     fl->blocks = NULL;
