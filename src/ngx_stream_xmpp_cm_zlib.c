@@ -4,8 +4,9 @@
  *
  * Output is deflated when it is queued, with a sync flush per stanza, and
  * handed to the caller chunk by chunk, so the client's output chain holds
- * compressed bytes and the send path is the same as without compression.  Input is inflated into a buffer shared by the
- * worker and fed to the framer chunk by chunk.
+ * compressed bytes and the send path is the same as without compression.
+ * Input is inflated into a buffer shared by the worker and fed to the
+ * framer chunk by chunk.
  *
  * Memory per session: the deflate side uses a 1 KiB window and memLevel 2
  * (zlib's formula: (1 << (10 + 2)) + (1 << (2 + 9)) = 6 KiB, plus its
