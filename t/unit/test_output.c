@@ -196,6 +196,8 @@ UNIT_TEST(output_send_over_a_socket)
     ngx_uint_t                  i;
     ngx_buf_t                  *b;
     ngx_event_t                 wev;
+    ngx_iovec_t                 vec;
+    struct iovec                iovs[64];
     ngx_connection_t            c;
     ngx_xmpp_cm_output_t        o, to;
     ngx_xmpp_cm_output_sent_t   st;
@@ -250,6 +252,18 @@ UNIT_TEST(output_send_over_a_socket)
     total += 20000;
 
     CHECK_INT(o.size, total);
+
+    /*
+     * 201 bufs, one iovec per block: 81 stanzas of 101 bytes fill 8 KiB
+     * blocks, so three blocks, and the large one
+     */
+
+    vec.iovs = iovs;
+    vec.nalloc = 64;
+    (void) ngx_output_chain_to_iovec(&vec, o.out, 1024 * 1024, &fuzz_log);
+    CHECK_INT(uo_links(&o), UO_N + 1);
+    CHECK_INT(vec.count, 4);
+    CHECK_INT(vec.size, total);
 
     rc = ngx_xmpp_cm_output_send(&c, &o);
     CHECK_INT(rc, NGX_AGAIN);
@@ -310,6 +324,39 @@ done:
 }
 
 
+/* an idle output holds no block: it goes back and is taken again */
+
+UNIT_TEST(output_idle_holds_no_block)
+{
+    u_char                *block;
+    ngx_buf_t             *b;
+    ngx_xmpp_cm_output_t   o;
+
+    ngx_memzero(&o, sizeof(o));
+
+    b = uo_stanza(&o, 1, 16);
+    CHECK(b != NULL);
+    if (b == NULL) {
+        return;
+    }
+
+    block = b->shadow->start;
+
+    /* written to the end */
+
+    (void) ngx_chain_update_sent(o.out, 16);
+    o.size -= 16;
+    ngx_xmpp_cm_output_free(&o);
+
+    CHECK(o.out == NULL && o.tail == NULL);
+
+    b = uo_stanza(&o, 2, 16);
+    CHECK(b != NULL && b->start == block);
+
+    ngx_xmpp_cm_output_free(&o);
+}
+
+
 /* a client's byte stream grows its last buf: one link, one iovec */
 
 UNIT_TEST(output_client_bytes_share_a_buf)
@@ -347,5 +394,6 @@ unit_suite_output(void)
     UNIT_RUN(output_classify_after_a_partial_write);
     UNIT_RUN(output_classify_at_a_stanza_boundary);
     UNIT_RUN(output_send_over_a_socket);
+    UNIT_RUN(output_idle_holds_no_block);
     UNIT_RUN(output_client_bytes_share_a_buf);
 }
