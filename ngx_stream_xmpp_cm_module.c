@@ -1197,7 +1197,7 @@ ngx_stream_xmpp_cm_exit_process(ngx_cycle_t *cycle)
     }
 
     ngx_xmpp_cm_client_shutdown_all();
-    ngx_xmpp_cm_queue_release_free();
+    ngx_xmpp_cm_output_release();
     ngx_xmpp_cm_xml_release_parked();
     ngx_xmpp_cm_metrics_exit(cycle);
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build and run the unit tests (t/unit/): the route codec, the framer's
-# limits, the stream id generator, feature building and the JID checks,
-# tested through the module's own functions, without a running nginx.
+# limits, the stream id generator, feature building, the JID checks and
+# the output chains, tested through the module's own functions, without
+# a running nginx.
 #   scripts/unit.sh            all tests
 #   scripts/unit.sh escape     only the tests whose name contains "escape"
 # The binary links the module's objects and nginx's core objects from a
@@ -22,7 +23,8 @@ libs=$(sed -n 's/^\t\(-l[^\\]*\)\\$/\1/p' "$ngx/objs/Makefile" | head -1)
 [ -n "$libs" ] || libs="-lpthread -lexpat -lssl -lcrypto -lz"
 
 srcs=(t/unit/unit.c t/unit/test_route.c t/unit/test_xml.c
-      t/unit/test_session_id.c t/unit/test_features.c t/unit/test_jid.c)
+      t/unit/test_session_id.c t/unit/test_features.c t/unit/test_jid.c
+      t/unit/test_output.c)
 
 inc=(-I "$ngx/src/core" -I "$ngx/src/event" -I "$ngx/src/event/modules"
      -I "$ngx/src/os/unix" -I "$ngx/objs" -I "$ngx/src/stream" -I src

@@ -218,34 +218,43 @@ ngx_int_t ngx_xmpp_cm_metrics_render(ngx_cycle_t *cycle, ngx_pool_t *pool,
     ngx_str_t *out);
 
 
-/* output queues of blocks (ngx_stream_xmpp_cm_buf.c) */
-
-typedef struct ngx_xmpp_cm_block_s  ngx_xmpp_cm_block_t;
-
-struct ngx_xmpp_cm_block_s {
-    ngx_xmpp_cm_block_t             *next;
-    u_char                          *pos;
-    u_char                          *last;
-    u_char                          *end;
-    size_t                           size;
-};
-
+/* output chains (ngx_stream_xmpp_cm_output.c) */
 
 typedef struct {
-    ngx_xmpp_cm_block_t             *head;
-    ngx_xmpp_cm_block_t             *tail;
-    size_t                           size;
-} ngx_xmpp_cm_queue_t;
+    ngx_chain_t                     *out;      /* not yet written, in order */
+    ngx_chain_t                     *tail;
+    size_t                           size;     /* bytes not yet written */
+} ngx_xmpp_cm_output_t;
 
 
-u_char *ngx_xmpp_cm_queue_alloc(ngx_xmpp_cm_queue_t *q, size_t n);
-ngx_int_t ngx_xmpp_cm_queue_append(ngx_xmpp_cm_queue_t *q, u_char *p,
+/* what a socket reset did to a queued stanza */
+
+#define NGX_XMPP_CM_WRITTEN    0               /* written whole */
+#define NGX_XMPP_CM_CUT        1               /* the peer got its head */
+#define NGX_XMPP_CM_UNWRITTEN  2               /* not a byte written */
+
+typedef struct {
+    ngx_uint_t                       written;
+    ngx_uint_t                       cut;
+    ngx_uint_t                       unwritten;
+    size_t                           cut_bytes;       /* not written */
+    size_t                           unwritten_bytes;
+} ngx_xmpp_cm_output_sent_t;
+
+
+ngx_buf_t *ngx_xmpp_cm_output_buf(ngx_xmpp_cm_output_t *o, size_t size,
+    ngx_uint_t stanza);
+ngx_int_t ngx_xmpp_cm_output_append(ngx_xmpp_cm_output_t *o, u_char *p,
     size_t n);
-ngx_int_t ngx_xmpp_cm_queue_send(ngx_connection_t *c, ngx_xmpp_cm_queue_t *q);
-void ngx_xmpp_cm_queue_move(ngx_xmpp_cm_queue_t *to,
-    ngx_xmpp_cm_queue_t *from, size_t *dropped);
-void ngx_xmpp_cm_queue_free(ngx_xmpp_cm_queue_t *q);
-void ngx_xmpp_cm_queue_release_free(void);
+ngx_int_t ngx_xmpp_cm_output_send(ngx_connection_t *c,
+    ngx_xmpp_cm_output_t *o);
+ngx_uint_t ngx_xmpp_cm_output_state(ngx_buf_t *b);
+void ngx_xmpp_cm_output_classify(ngx_xmpp_cm_output_t *o,
+    ngx_xmpp_cm_output_sent_t *st);
+void ngx_xmpp_cm_output_move(ngx_xmpp_cm_output_t *to,
+    ngx_xmpp_cm_output_t *from);
+void ngx_xmpp_cm_output_free(ngx_xmpp_cm_output_t *o);
+void ngx_xmpp_cm_output_release(void);
 
 
 /* XML framing over expat (ngx_stream_xmpp_cm_xml.c) */
@@ -468,7 +477,7 @@ struct ngx_xmpp_cm_sock_s {
     ngx_peer_connection_t            pc;
     ngx_connection_t                *c;
     ngx_xmpp_cm_xml_t               *xml;
-    ngx_xmpp_cm_queue_t              out;
+    ngx_xmpp_cm_output_t             out;          /* a buf per stanza */
     ngx_event_t                      reconnect;
     ngx_event_t                      keepalive;
     ngx_queue_t                      blocked;      /* client sessions */
@@ -529,7 +538,7 @@ void ngx_xmpp_cm_pool_exit(ngx_xmpp_cm_pool_t *pool);
 ngx_xmpp_cm_sock_t *ngx_xmpp_cm_pool_pick(ngx_xmpp_cm_pool_t *pool);
 ngx_int_t ngx_xmpp_cm_sock_write(ngx_xmpp_cm_sock_t *sock, u_char *p,
     size_t len);
-u_char *ngx_xmpp_cm_sock_alloc(ngx_xmpp_cm_sock_t *sock, size_t len);
+ngx_buf_t *ngx_xmpp_cm_sock_buf(ngx_xmpp_cm_sock_t *sock, size_t len);
 void ngx_xmpp_cm_sock_block(ngx_xmpp_cm_sock_t *sock,
     ngx_xmpp_cm_session_t *s);
 
@@ -594,7 +603,7 @@ ngx_xmpp_cm_zlib_t *ngx_xmpp_cm_zlib_create(ngx_pool_t *pool,
     ngx_log_t *log);
 void ngx_xmpp_cm_zlib_free(ngx_xmpp_cm_zlib_t *z);
 ngx_int_t ngx_xmpp_cm_zlib_deflate(ngx_xmpp_cm_zlib_t *z, u_char *p,
-    size_t len, ngx_uint_t flush, ngx_xmpp_cm_queue_t *q);
+    size_t len, ngx_uint_t flush, ngx_xmpp_cm_zlib_pt handler, void *data);
 ngx_int_t ngx_xmpp_cm_zlib_inflate(ngx_xmpp_cm_zlib_t *z, u_char *p,
     size_t len, ngx_xmpp_cm_zlib_pt handler, void *data);
 

@@ -34,7 +34,7 @@ struct ngx_xmpp_cm_client_s {
     ngx_xmpp_cm_pool_t              *pool;
     ngx_xmpp_cm_session_t           *session;
     ngx_xmpp_cm_xml_t               *xml;
-    ngx_xmpp_cm_queue_t              out;
+    ngx_xmpp_cm_output_t             out;
     ngx_xmpp_cm_zlib_t              *zlib;
     XML_Index                        zstart;
     ngx_str_t                        domain;
@@ -103,6 +103,8 @@ static size_t ngx_xmpp_cm_client_rate(ngx_xmpp_cm_client_t *cl, size_t rate,
     size_t size);
 static void ngx_xmpp_cm_client_out(ngx_xmpp_cm_client_t *cl, u_char *p,
     size_t len, ngx_uint_t flush);
+static ngx_int_t ngx_xmpp_cm_client_deflated(void *data, u_char *p,
+    size_t n);
 static ngx_int_t ngx_xmpp_cm_client_input(ngx_xmpp_cm_client_t *cl,
     u_char *buf, size_t n);
 static ngx_int_t ngx_xmpp_cm_client_inflated(void *data, u_char *p,
@@ -1509,10 +1511,11 @@ ngx_xmpp_cm_client_out(ngx_xmpp_cm_client_t *cl, u_char *p, size_t len,
     c = cl->c;
 
     if (cl->zlib && !cl->zlib_pending) {
-        rc = ngx_xmpp_cm_zlib_deflate(cl->zlib, p, len, flush, &cl->out);
+        rc = ngx_xmpp_cm_zlib_deflate(cl->zlib, p, len, flush,
+                                      ngx_xmpp_cm_client_deflated, cl);
 
     } else {
-        rc = ngx_xmpp_cm_queue_append(&cl->out, p, len);
+        rc = ngx_xmpp_cm_output_append(&cl->out, p, len);
     }
 
     if (rc != NGX_OK) {
@@ -1523,6 +1526,15 @@ ngx_xmpp_cm_client_out(ngx_xmpp_cm_client_t *cl, u_char *p, size_t len,
     if (!c->write->posted) {
         ngx_post_event(c->write, &ngx_posted_events);
     }
+}
+
+
+static ngx_int_t
+ngx_xmpp_cm_client_deflated(void *data, u_char *p, size_t n)
+{
+    ngx_xmpp_cm_client_t *cl = data;
+
+    return ngx_xmpp_cm_output_append(&cl->out, p, n);
 }
 
 
@@ -1554,6 +1566,7 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
 {
     u_char                 *p, *tmp;
     size_t                  len, out;
+    ngx_buf_t              *b;
     ngx_str_t               p1, p2;
     ngx_uint_t              success;
     ngx_xmpp_cm_session_t  *s;
@@ -1624,12 +1637,12 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
         ngx_xmpp_cm_client_out(cl, p2.data, p2.len, 1);
 
     } else {
-        p = ngx_xmpp_cm_queue_alloc(&cl->out, len);
-        if (p == NULL) {
+        b = ngx_xmpp_cm_output_buf(&cl->out, len, 0);
+        if (b == NULL) {
             return;
         }
 
-        (void) ngx_xmpp_cm_xml_copy(x, p, n->start, n->end);
+        b->last += ngx_xmpp_cm_xml_copy(x, b->last, n->start, n->end);
     }
 
     ngx_xmpp_cm_count_relay(cl->pool, TO_CLIENT, len);
@@ -2115,7 +2128,7 @@ ngx_xmpp_cm_client_write_handler(ngx_event_t *wev)
         return;
     }
 
-    rc = ngx_xmpp_cm_queue_send(c, &cl->out);
+    rc = ngx_xmpp_cm_output_send(c, &cl->out);
 
     if (rc == NGX_ERROR) {
         ngx_xmpp_cm_client_finalize(cl);
@@ -2221,7 +2234,7 @@ ngx_xmpp_cm_client_tls_done(ngx_connection_t *c)
 void
 ngx_xmpp_cm_client_flush(ngx_xmpp_cm_client_t *cl)
 {
-    (void) ngx_xmpp_cm_queue_send(cl->c, &cl->out);
+    (void) ngx_xmpp_cm_output_send(cl->c, &cl->out);
 }
 
 
@@ -2357,7 +2370,7 @@ ngx_xmpp_cm_client_cleanup(void *data)
 
     ngx_xmpp_cm_metrics_stream_closed(cl->pool, cl->authenticated);
     ngx_queue_remove(&cl->link);
-    ngx_xmpp_cm_queue_free(&cl->out);
+    ngx_xmpp_cm_output_free(&cl->out);
     ngx_xmpp_cm_xml_free(cl->xml);
 
     if (cl->zlib) {

@@ -608,8 +608,8 @@ ngx_int_t
 ngx_xmpp_cm_route_client(ngx_xmpp_cm_session_t *s, ngx_xmpp_cm_xml_t *x,
     ngx_xmpp_cm_elem_t *e, u_char *lang)
 {
-    u_char              *p;
     size_t               body, head, len;
+    ngx_buf_t           *b;
     ngx_xmpp_cm_sock_t  *sock;
 
     sock = ngx_xmpp_cm_session_sock(s);
@@ -632,14 +632,14 @@ ngx_xmpp_cm_route_client(ngx_xmpp_cm_session_t *s, ngx_xmpp_cm_xml_t *x,
         return NGX_DECLINED;
     }
 
-    p = ngx_xmpp_cm_sock_alloc(sock, len);
-    if (p == NULL) {
+    b = ngx_xmpp_cm_sock_buf(sock, len);
+    if (b == NULL) {
         return NGX_ERROR;
     }
 
-    p += ngx_xmpp_cm_route_head(s->pool, &s->node.str, p);
-    p += ngx_xmpp_cm_sanitize_stanza(x, p, e, lang);
-    ngx_memcpy(p, "</route>", sizeof("</route>") - 1);
+    b->last += ngx_xmpp_cm_route_head(s->pool, &s->node.str, b->last);
+    b->last += ngx_xmpp_cm_sanitize_stanza(x, b->last, e, lang);
+    b->last = ngx_cpymem(b->last, "</route>", sizeof("</route>") - 1);
 
     return NGX_OK;
 }
@@ -651,8 +651,8 @@ ngx_int_t
 ngx_xmpp_cm_route_raw(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
     ngx_str_t *id, u_char *data, size_t n)
 {
-    u_char  *p;
-    size_t   len;
+    size_t      len;
+    ngx_buf_t  *b;
 
     len = ngx_xmpp_cm_route_head(pool, id, NULL) + n + sizeof("</route>") - 1;
 
@@ -662,14 +662,14 @@ ngx_xmpp_cm_route_raw(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
         return NGX_DECLINED;
     }
 
-    p = ngx_xmpp_cm_sock_alloc(sock, len);
-    if (p == NULL) {
+    b = ngx_xmpp_cm_sock_buf(sock, len);
+    if (b == NULL) {
         return NGX_ERROR;
     }
 
-    p += ngx_xmpp_cm_route_head(pool, id, p);
-    p = ngx_cpymem(p, data, n);
-    ngx_memcpy(p, "</route>", sizeof("</route>") - 1);
+    b->last += ngx_xmpp_cm_route_head(pool, id, b->last);
+    b->last = ngx_cpymem(b->last, data, n);
+    b->last = ngx_cpymem(b->last, "</route>", sizeof("</route>") - 1);
 
     return NGX_OK;
 }
@@ -685,8 +685,9 @@ ngx_xmpp_cm_route_session_iq(ngx_xmpp_cm_pool_t *pool,
     ngx_xmpp_cm_sock_t *sock, ngx_str_t *id, ngx_uint_t type,
     ngx_str_t *addr, u_char *payload, size_t plen)
 {
-    u_char  *p, seq[NGX_INT_T_LEN];
-    size_t   len, slen;
+    u_char     *p, seq[NGX_INT_T_LEN];
+    size_t      len, slen;
+    ngx_buf_t  *b;
 
     if (!ngx_xmpp_cm_session_id_ok(id)) {
         /* an empty or odd session id would kill the shared socket */
@@ -730,12 +731,12 @@ ngx_xmpp_cm_route_session_iq(ngx_xmpp_cm_pool_t *pool,
         }
     }
 
-    p = ngx_xmpp_cm_sock_alloc(sock, len);
-    if (p == NULL) {
+    b = ngx_xmpp_cm_sock_buf(sock, len);
+    if (b == NULL) {
         return NGX_ERROR;
     }
 
-    p = ngx_sprintf(p, "<iq type=\"set\" id=\"c%*s\" to=\"%V\" "
+    p = ngx_sprintf(b->last, "<iq type=\"set\" id=\"c%*s\" to=\"%V\" "
                     "from=\"%V/%V\"><session xmlns=\"" NGX_XMPP_NS_CMPROTO
                     "\" id=\"%V\">", slen, seq, &pool->domain, &pool->name,
                     &sock->resource, id);
@@ -761,7 +762,7 @@ ngx_xmpp_cm_route_session_iq(ngx_xmpp_cm_pool_t *pool,
         p = ngx_cpymem(p, "</failed>", sizeof("</failed>") - 1);
     }
 
-    ngx_memcpy(p, "</session></iq>", sizeof("</session></iq>") - 1);
+    b->last = ngx_cpymem(p, "</session></iq>", sizeof("</session></iq>") - 1);
 
     return NGX_OK;
 }

@@ -394,8 +394,8 @@ failed:
 static ngx_int_t
 ngx_xmpp_cm_sock_header(ngx_xmpp_cm_sock_t *sock)
 {
-    u_char              *p;
     size_t               len;
+    ngx_buf_t           *b;
     ngx_xmpp_cm_pool_t  *pool;
 
     static u_char  start[] = "<stream:stream xmlns:stream=\""
@@ -408,16 +408,16 @@ ngx_xmpp_cm_sock_header(ngx_xmpp_cm_sock_t *sock)
     len = sizeof(start) - 1 + pool->name.len + 1 + sock->resource.len
           + sizeof(end) - 1;
 
-    p = ngx_xmpp_cm_queue_alloc(&sock->out, len);
-    if (p == NULL) {
+    b = ngx_xmpp_cm_output_buf(&sock->out, len, 1);
+    if (b == NULL) {
         return NGX_ERROR;
     }
 
-    p = ngx_cpymem(p, start, sizeof(start) - 1);
-    p = ngx_cpymem(p, pool->name.data, pool->name.len);
-    *p++ = '/';
-    p = ngx_cpymem(p, sock->resource.data, sock->resource.len);
-    (void) ngx_cpymem(p, end, sizeof(end) - 1);
+    b->last = ngx_cpymem(b->last, start, sizeof(start) - 1);
+    b->last = ngx_cpymem(b->last, pool->name.data, pool->name.len);
+    *b->last++ = '/';
+    b->last = ngx_cpymem(b->last, sock->resource.data, sock->resource.len);
+    b->last = ngx_cpymem(b->last, end, sizeof(end) - 1);
 
     return NGX_OK;
 }
@@ -427,10 +427,11 @@ static void
 ngx_xmpp_cm_sock_close(ngx_xmpp_cm_sock_t *sock, ngx_uint_t level,
     const char *why)
 {
-    size_t               dropped;
-    ngx_uint_t           was_ready;
-    ngx_xmpp_cm_pool_t  *pool;
-    ngx_xmpp_cm_sock_t  *other;
+    size_t                      dropped;
+    ngx_uint_t                  was_ready;
+    ngx_xmpp_cm_pool_t         *pool;
+    ngx_xmpp_cm_sock_t         *other;
+    ngx_xmpp_cm_output_sent_t   st;
 
     pool = sock->pool;
     was_ready = (sock->state == NGX_XMPP_CM_SOCK_READY);
@@ -477,9 +478,11 @@ ngx_xmpp_cm_sock_close(ngx_xmpp_cm_sock_t *sock, ngx_uint_t level,
     }
 
     /*
-     * Unsent routes move to a live socket of the same CM name; a socket
-     * that never got ready holds only its own stream opening (a header
-     * still queued behind a TLS handshake, <starttls/>, the handshake).
+     * Stanzas not written at all move to a live socket of the same CM
+     * name; one cut by the reset is lost (half a stanza cannot be resent).
+     * A socket that never got ready holds only its own stream opening (a
+     * header still queued behind a TLS handshake, <starttls/>, the
+     * handshake).
      */
 
     other = NULL;
@@ -488,12 +491,24 @@ ngx_xmpp_cm_sock_close(ngx_xmpp_cm_sock_t *sock, ngx_uint_t level,
         other = ngx_xmpp_cm_pool_pick(pool);
     }
 
+    ngx_xmpp_cm_output_classify(&sock->out, &st);
+
     dropped = sock->out.size;
 
-    if (other && was_ready && sock->out.size) {
-        ngx_xmpp_cm_queue_move(&other->out, &sock->out, &dropped);
+    if (was_ready && sock->out.out) {
+        ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
+                      "xmpp_cm: stanzas queued on the socket %V/%V: "
+                      "%ui written whole, %ui cut, %ui not written (%s)",
+                      &pool->name, &sock->resource, st.written, st.cut,
+                      st.unwritten, other ? "moved to another socket"
+                                          : "lost");
+    }
 
-        if (other->c && !other->c->write->posted) {
+    if (other && was_ready && st.unwritten) {
+        dropped -= st.unwritten_bytes;
+        ngx_xmpp_cm_output_move(&other->out, &sock->out);
+
+        if (other->c) {
             ngx_post_event(other->c->write, &ngx_posted_events);
         }
     }
@@ -504,7 +519,7 @@ ngx_xmpp_cm_sock_close(ngx_xmpp_cm_sock_t *sock, ngx_uint_t level,
                       "socket %V/%V", dropped, &pool->name, &sock->resource);
     }
 
-    ngx_xmpp_cm_queue_free(&sock->out);
+    ngx_xmpp_cm_output_free(&sock->out);
 
     /* clients paused behind this socket re-pin to another one */
 
@@ -628,7 +643,7 @@ ngx_xmpp_cm_sock_write_handler(ngx_event_t *wev)
 #endif
     }
 
-    rc = ngx_xmpp_cm_queue_send(c, &sock->out);
+    rc = ngx_xmpp_cm_output_send(c, &sock->out);
 
     if (rc == NGX_ERROR) {
         ngx_xmpp_cm_sock_close(sock, NGX_LOG_ERR, "write failed");
@@ -926,8 +941,8 @@ ngx_xmpp_cm_sock_element(void *data, ngx_xmpp_cm_elem_t *e)
 {
     ngx_xmpp_cm_sock_t *sock = data;
 
-    u_char              *p;
     size_t               len;
+    ngx_buf_t           *b;
     ngx_str_t           *id;
     ngx_xmpp_cm_pool_t  *pool;
     ngx_xmpp_cm_node_t  *root, *child;
@@ -962,14 +977,15 @@ ngx_xmpp_cm_sock_element(void *data, ngx_xmpp_cm_elem_t *e)
                 len = sizeof("<iq type=\"result\" id=\"\"/>") - 1
                       + ngx_xmpp_cm_escape(NULL, id->data, id->len);
 
-                p = ngx_xmpp_cm_sock_alloc(sock, len);
-                if (p == NULL) {
+                b = ngx_xmpp_cm_sock_buf(sock, len);
+                if (b == NULL) {
                     return NGX_ERROR;
                 }
 
-                p = ngx_cpymem(p, "<iq type=\"result\" id=\"", 22);
-                p += ngx_xmpp_cm_escape(p, id->data, id->len);
-                ngx_memcpy(p, "\"/>", 3);
+                b->last = ngx_cpymem(b->last, "<iq type=\"result\" id=\"",
+                                     22);
+                b->last += ngx_xmpp_cm_escape(b->last, id->data, id->len);
+                b->last = ngx_cpymem(b->last, "\"/>", 3);
             }
 
             if (!pool->configured) {
@@ -1224,17 +1240,18 @@ ngx_xmpp_cm_pool_pick(ngx_xmpp_cm_pool_t *pool)
 
 
 /*
- * Appends to the socket's queue and posts one write for the event loop
- * pass: many sessions' stanzas go out in one send_chain().
+ * A buf of its own for one stanza of len bytes at the end of the socket's
+ * chain (the caller writes them at b->last), and one posted write for the
+ * event loop pass: many sessions' stanzas go out in one send_chain().
  */
 
-u_char *
-ngx_xmpp_cm_sock_alloc(ngx_xmpp_cm_sock_t *sock, size_t len)
+ngx_buf_t *
+ngx_xmpp_cm_sock_buf(ngx_xmpp_cm_sock_t *sock, size_t len)
 {
-    u_char  *p;
+    ngx_buf_t  *b;
 
-    p = ngx_xmpp_cm_queue_alloc(&sock->out, len);
-    if (p == NULL) {
+    b = ngx_xmpp_cm_output_buf(&sock->out, len, 1);
+    if (b == NULL) {
         return NULL;
     }
 
@@ -1248,21 +1265,21 @@ ngx_xmpp_cm_sock_alloc(ngx_xmpp_cm_sock_t *sock, size_t len)
         sock->throttled = 1;
     }
 
-    return p;
+    return b;
 }
 
 
 ngx_int_t
 ngx_xmpp_cm_sock_write(ngx_xmpp_cm_sock_t *sock, u_char *data, size_t len)
 {
-    u_char  *p;
+    ngx_buf_t  *b;
 
-    p = ngx_xmpp_cm_sock_alloc(sock, len);
-    if (p == NULL) {
+    b = ngx_xmpp_cm_sock_buf(sock, len);
+    if (b == NULL) {
         return NGX_ERROR;
     }
 
-    ngx_memcpy(p, data, len);
+    b->last = ngx_cpymem(b->last, data, len);
 
     return NGX_OK;
 }
@@ -1382,12 +1399,12 @@ ngx_xmpp_cm_pool_exit(ngx_xmpp_cm_pool_t *pool)
             (void) setsockopt(sock->c->fd, SOL_SOCKET, SO_SNDTIMEO,
                               (const void *) &tv, sizeof(tv));
             sock->c->write->ready = 1;
-            (void) ngx_xmpp_cm_queue_send(sock->c, &sock->out);
+            (void) ngx_xmpp_cm_output_send(sock->c, &sock->out);
         }
 
         if (sock->state != NGX_XMPP_CM_SOCK_TLS) {
             /* not into a TLS handshake under way */
-            (void) ngx_xmpp_cm_queue_send(sock->c, &sock->out);
+            (void) ngx_xmpp_cm_output_send(sock->c, &sock->out);
         }
 
         ngx_xmpp_cm_sock_close(sock, NGX_LOG_INFO, "worker exiting");
@@ -1475,7 +1492,13 @@ ngx_xmpp_cm_sock_tls(ngx_xmpp_cm_sock_t *sock)
     ngx_xmpp_cm_metrics_socks(pool);
     pool->log.action = "TLS handshaking with Openfire";
 
-    if (ngx_ssl_create_connection(conf->upstream_ssl, c, NGX_SSL_CLIENT)
+    /*
+     * NGX_SSL_BUFFER, as the stream proxy has it: the stanzas' bufs are
+     * copied into full TLS records, not one SSL_write() per stanza
+     */
+
+    if (ngx_ssl_create_connection(conf->upstream_ssl, c,
+                                  NGX_SSL_BUFFER|NGX_SSL_CLIENT)
         != NGX_OK)
     {
         ngx_xmpp_cm_sock_close(sock, NGX_LOG_ERR, "TLS setup failed");

@@ -2,10 +2,11 @@
 /*
  * XEP-0138 stream compression (zlib) for client streams.
  *
- * Output is deflated when it is queued, with a sync flush per stanza, so
- * the output queue holds compressed bytes and the send path is the same
- * as without compression.  Input is inflated into a buffer shared by the
- * worker and fed to the framer chunk by chunk.
+ * Output is deflated when it is queued, with a sync flush per stanza, and
+ * handed to the caller chunk by chunk, so the client's output chain holds
+ * compressed bytes and the send path is the same as without compression.
+ * Input is inflated into a buffer shared by the worker and fed to the
+ * framer chunk by chunk.
  *
  * Memory per session: the deflate side uses a 1 KiB window and memLevel 2
  * (zlib's formula: (1 << (10 + 2)) + (1 << (2 + 9)) = 6 KiB, plus its
@@ -112,11 +113,11 @@ ngx_xmpp_cm_zlib_free(ngx_xmpp_cm_zlib_t *z)
 }
 
 
-/* deflates into the output queue; flush ends a stanza (Z_SYNC_FLUSH) */
+/* deflates and hands each chunk on; flush ends a stanza (Z_SYNC_FLUSH) */
 
 ngx_int_t
 ngx_xmpp_cm_zlib_deflate(ngx_xmpp_cm_zlib_t *z, u_char *p, size_t len,
-    ngx_uint_t flush, ngx_xmpp_cm_queue_t *q)
+    ngx_uint_t flush, ngx_xmpp_cm_zlib_pt handler, void *data)
 {
     int     rc;
     size_t  n;
@@ -138,9 +139,7 @@ ngx_xmpp_cm_zlib_deflate(ngx_xmpp_cm_zlib_t *z, u_char *p, size_t len,
 
         n = NGX_XMPP_CM_ZLIB_CHUNK - z->out.avail_out;
 
-        if (n && ngx_xmpp_cm_queue_append(q, ngx_xmpp_cm_zlib_obuf, n)
-                 != NGX_OK)
-        {
+        if (n && handler(data, ngx_xmpp_cm_zlib_obuf, n) != NGX_OK) {
             return NGX_ERROR;
         }
 

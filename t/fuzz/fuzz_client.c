@@ -261,7 +261,7 @@ fc_element(void *data, ngx_xmpp_cm_elem_t *e)
     if (rc == NGX_DECLINED) {
         /* too large once quoted: the client gets policy-violation */
         free(orig);
-        ngx_xmpp_cm_queue_free(&fp.socks[0].out);
+        ngx_xmpp_cm_output_free(&fp.socks[0].out);
         return NGX_DONE;
     }
 
@@ -350,8 +350,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     ngx_xmpp_cm_xml_free(fc.x);
     ngx_destroy_pool(pool);
-    ngx_xmpp_cm_queue_free(&fp.socks[0].out);
-    ngx_xmpp_cm_queue_free(&fp.socks[1].out);
+    ngx_xmpp_cm_output_free(&fp.socks[0].out);
+    ngx_xmpp_cm_output_free(&fp.socks[1].out);
     fuzz_events_clear();
 
     return 0;

@@ -51,9 +51,13 @@ fuzz_init(void)
         fuzz_log.log_level = NGX_LOG_STDERR;
     }
 
-    /* ngx_alloc() and the module log to ngx_cycle->log */
+    /*
+     * ngx_alloc() and the module log to ngx_cycle->log; the output chains'
+     * bufs come from ngx_cycle->pool
+     */
 
     fuzz_cycle.log = &fuzz_log;
+    fuzz_cycle.pool = ngx_create_pool(NGX_CYCLE_POOL_SIZE, &fuzz_log);
     ngx_cycle = &fuzz_cycle;
 
     ngx_queue_init(&ngx_posted_events);
@@ -158,32 +162,36 @@ fuzz_begin(fuzz_pool_t *fp, const uint8_t **data, size_t *size,
 
 
 u_char *
-fuzz_queue_take(ngx_xmpp_cm_queue_t *q, size_t *len)
+fuzz_queue_take(ngx_xmpp_cm_output_t *o, size_t *len)
 {
-    u_char               *p, *d;
-    size_t                n;
-    ngx_xmpp_cm_block_t  *b;
+    u_char       *p, *d;
+    size_t        n;
+    ngx_chain_t  *cl;
 
     n = 0;
-    for (b = q->head; b; b = b->next) {
-        n += b->last - b->pos;
+    for (cl = o->out; cl; cl = cl->next) {
+        n += cl->buf->last - cl->buf->pos;
+
+        if (cl->next == NULL && cl != o->tail) {
+            FUZZ_FAIL("the chain's tail is not its last link");
+        }
     }
 
-    if (n != q->size) {
-        FUZZ_FAIL("queue size %zu != sum of blocks %zu", q->size, n);
+    if (n != o->size) {
+        FUZZ_FAIL("output size %zu != sum of bufs %zu", o->size, n);
     }
 
     p = malloc(n + 1);
     d = p;
 
-    for (b = q->head; b; b = b->next) {
-        d = ngx_cpymem(d, b->pos, b->last - b->pos);
+    for (cl = o->out; cl; cl = cl->next) {
+        d = ngx_cpymem(d, cl->buf->pos, cl->buf->last - cl->buf->pos);
     }
 
     *d = '\0';
     *len = n;
 
-    ngx_xmpp_cm_queue_free(q);
+    ngx_xmpp_cm_output_free(o);
 
     return p;
 }

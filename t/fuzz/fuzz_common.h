@@ -79,7 +79,7 @@ void fuzz_pool_init(fuzz_pool_t *fp);
 ngx_int_t fuzz_begin(fuzz_pool_t *fp, const uint8_t **data, size_t *size,
     uint8_t *flags, fuzz_rng_t *rng);
 /* the bytes queued on a socket, as one malloc()ed string (caller frees) */
-u_char *fuzz_queue_take(ngx_xmpp_cm_queue_t *q, size_t *len);
+u_char *fuzz_queue_take(ngx_xmpp_cm_output_t *o, size_t *len);
 
 
 /*

@@ -274,6 +274,7 @@ main(int argc, char **argv)
     unit_suite_session_id();
     unit_suite_features();
     unit_suite_jid();
+    unit_suite_output();
 
     printf("%lu passed, %lu failed\n", (unsigned long) unit_passed,
            (unsigned long) unit_failed);

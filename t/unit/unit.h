@@ -138,6 +138,7 @@ void unit_suite_xml(void);
 void unit_suite_session_id(void);
 void unit_suite_features(void);
 void unit_suite_jid(void);
+void unit_suite_output(void);
 
 
 #endif /* _UNIT_H_INCLUDED_ */

@@ -1,0 +1,446 @@
+
+/*
+ * Output chains: what a client connection or an Openfire socket has queued
+ * and not yet written, as an ngx_chain_t of ngx_buf_t sent with one
+ * c->send_chain() per pass and recycled with ngx_chain_update_chains().
+ *
+ * The bytes live in 8 KiB blocks; several bufs point into one block, and
+ * contiguous bufs go out as one iovec (ngx_output_chain_to_iovec), so many
+ * small bufs cost no extra writev.  A block is a shadow of the bufs carved
+ * from it and goes back to the free list when its last buf (last_shadow)
+ * is written, as ngx_event_pipe recycles its raw bufs.
+ *
+ * On an Openfire socket every routed stanza has a buf of its own, so when
+ * the socket dies each queued stanza is known to be written whole, cut, or
+ * not written at all.  A client's output is a byte stream (deflated, once
+ * compression is on): its bytes are appended to the last buf.
+ *
+ * Nothing between us and the socket keeps a copy of the chain, so the
+ * chain not yet written is both nginx's "out" and its "busy": one list.
+ * Bufs and blocks come from per-worker free lists, so an idle session
+ * holds no output memory and the hot path does not allocate.
+ */
+
+
+#include "ngx_stream_xmpp_cm.h"
+
+
+#define NGX_XMPP_CM_BLOCK     8192
+#define NGX_XMPP_CM_FREE_MAX  512
+
+
+typedef struct {
+    ngx_chain_t                     *bufs;     /* links with their bufs */
+    ngx_buf_t                       *blocks;   /* free 8 KiB blocks */
+    ngx_uint_t                       nblocks;
+} ngx_xmpp_cm_output_free_t;
+
+
+/*
+ * per-worker; moves into the worker context.  The links and bufs come
+ * from the cycle pool and stay for the worker's life (as many as the
+ * busiest moment needed); block memory above NGX_XMPP_CM_FREE_MAX free
+ * blocks goes back to malloc.
+ */
+
+static ngx_xmpp_cm_output_free_t  ngx_xmpp_cm_output_free_lists;
+
+
+#define ngx_xmpp_cm_output_tag  ((ngx_buf_tag_t) &ngx_stream_xmpp_cm_module)
+
+
+/*
+ * A block: its ngx_buf_t, then the memory it describes.  Free blocks are
+ * linked through their shadow pointer, which only the bufs carved from a
+ * block use (pointing to it).
+ */
+
+static ngx_buf_t *
+ngx_xmpp_cm_block_get(size_t size)
+{
+    ngx_buf_t                  *b;
+    ngx_xmpp_cm_output_free_t  *fl;
+
+    fl = &ngx_xmpp_cm_output_free_lists;
+
+    if (size <= NGX_XMPP_CM_BLOCK && fl->blocks) {
+        b = fl->blocks;
+        fl->blocks = b->shadow;
+        fl->nblocks--;
+
+        return b;
+    }
+
+    if (size < NGX_XMPP_CM_BLOCK) {
+        size = NGX_XMPP_CM_BLOCK;
+    }
+
+    b = ngx_alloc(sizeof(ngx_buf_t) + size, ngx_cycle->log);
+    if (b == NULL) {
+        return NULL;
+    }
+
+    ngx_memzero(b, sizeof(ngx_buf_t));
+
+    b->start = (u_char *) (b + 1);
+    b->end = b->start + size;
+    b->pos = b->start;
+    b->last = b->start;
+
+    return b;
+}
+
+
+static void
+ngx_xmpp_cm_block_put(ngx_buf_t *b)
+{
+    ngx_xmpp_cm_output_free_t  *fl;
+
+    fl = &ngx_xmpp_cm_output_free_lists;
+
+    if (b->end - b->start == NGX_XMPP_CM_BLOCK
+        && fl->nblocks < NGX_XMPP_CM_FREE_MAX)
+    {
+        b->shadow = fl->blocks;
+        fl->blocks = b;
+        fl->nblocks++;
+        return;
+    }
+
+    ngx_free(b);
+}
+
+
+/*
+ * A buf at the end of the chain with room for size bytes at b->last; the
+ * caller writes exactly size bytes there and moves b->last.  stanza: a
+ * buf of its own (an Openfire socket); otherwise the last buf grows when
+ * its block has room (a client's byte stream).
+ */
+
+ngx_buf_t *
+ngx_xmpp_cm_output_buf(ngx_xmpp_cm_output_t *o, size_t size,
+    ngx_uint_t stanza)
+{
+    u_char       *p;
+    ngx_buf_t    *b, *block;
+    ngx_uint_t    fresh;
+    ngx_chain_t  *cl;
+
+    block = NULL;
+    p = NULL;
+    fresh = 0;
+
+    if (o->out && !o->tail->buf->last_shadow) {
+        b = o->tail->buf;
+        block = b->shadow;
+
+        if ((size_t) (block->end - b->last) < size) {
+            /* full: it is freed when this buf, its last, is written */
+            b->last_shadow = 1;
+            block = NULL;
+
+        } else if (!stanza && b->end == block->end) {
+            o->size += size;
+            return b;
+
+        } else {
+            p = b->last;
+        }
+    }
+
+    if (block == NULL) {
+        block = ngx_xmpp_cm_block_get(size);
+        if (block == NULL) {
+            return NULL;
+        }
+
+        p = block->start;
+        fresh = 1;
+    }
+
+    cl = ngx_chain_get_free_buf(ngx_cycle->pool,
+                                &ngx_xmpp_cm_output_free_lists.bufs);
+    if (cl == NULL) {
+        if (fresh) {
+            ngx_xmpp_cm_block_put(block);
+        }
+
+        return NULL;
+    }
+
+    b = cl->buf;
+
+    b->start = p;
+    b->pos = p;
+    b->last = p;
+    b->end = stanza ? p + size : block->end;
+    b->shadow = block;
+    b->tag = ngx_xmpp_cm_output_tag;
+    b->temporary = 1;
+    b->last_shadow = 0;
+    b->flush = 0;
+
+    if (o->out) {
+        o->tail->next = cl;
+
+    } else {
+        o->out = cl;
+    }
+
+    o->tail = cl;
+    o->size += size;
+
+    return b;
+}
+
+
+ngx_int_t
+ngx_xmpp_cm_output_append(ngx_xmpp_cm_output_t *o, u_char *data, size_t n)
+{
+    ngx_buf_t  *b;
+
+    if (n == 0) {
+        return NGX_OK;
+    }
+
+    b = ngx_xmpp_cm_output_buf(o, n, 0);
+    if (b == NULL) {
+        return NGX_ERROR;
+    }
+
+    b->last = ngx_cpymem(b->last, data, n);
+
+    return NGX_OK;
+}
+
+
+/*
+ * The written bufs at the head of a chain go back to the free list, and
+ * with the last buf of a block, the block.
+ */
+
+static void
+ngx_xmpp_cm_output_recycle(ngx_chain_t **chain)
+{
+    ngx_chain_t  *cl, *done, *none;
+
+    done = ngx_xmpp_cm_output_free_lists.bufs;
+    none = NULL;
+
+    ngx_chain_update_chains(ngx_cycle->pool,
+                            &ngx_xmpp_cm_output_free_lists.bufs, chain,
+                            &none, ngx_xmpp_cm_output_tag);
+
+    for (cl = ngx_xmpp_cm_output_free_lists.bufs; cl != done; cl = cl->next)
+    {
+        if (cl->buf->last_shadow) {
+            ngx_xmpp_cm_block_put(cl->buf->shadow);
+            cl->buf->last_shadow = 0;
+        }
+
+        cl->buf->shadow = NULL;
+    }
+}
+
+
+/* when the whole chain is written, the block being filled goes too */
+
+static void
+ngx_xmpp_cm_output_update(ngx_xmpp_cm_output_t *o)
+{
+    if (o->out == NULL) {
+        return;
+    }
+
+    if (ngx_buf_size(o->tail->buf) == 0) {
+        o->tail->buf->last_shadow = 1;
+    }
+
+    ngx_xmpp_cm_output_recycle(&o->out);
+
+    if (o->out == NULL) {
+        o->tail = NULL;
+    }
+}
+
+
+/*
+ * Writes as much of the chain as the socket takes with one send_chain()
+ * (writev, or SSL_write for TLS connections).
+ */
+
+ngx_int_t
+ngx_xmpp_cm_output_send(ngx_connection_t *c, ngx_xmpp_cm_output_t *o)
+{
+    off_t         sent;
+    ngx_chain_t  *cl;
+
+    if (o->size == 0) {
+        return NGX_OK;
+    }
+
+    if (o->out) {
+        /* a buffering SSL connection writes its buffer at the end */
+        o->tail->buf->flush = 1;
+    }
+
+    sent = c->sent;
+
+    cl = c->send_chain(c, o->out, 0);
+
+    if (cl == NGX_CHAIN_ERROR) {
+        c->error = 1;
+        return NGX_ERROR;
+    }
+
+    o->size -= (size_t) (c->sent - sent);
+
+    ngx_xmpp_cm_output_update(o);
+
+    return o->size ? NGX_AGAIN : NGX_OK;
+}
+
+
+/* what a socket reset did to one queued stanza */
+
+ngx_uint_t
+ngx_xmpp_cm_output_state(ngx_buf_t *b)
+{
+    if (b->pos == b->last) {
+        return NGX_XMPP_CM_WRITTEN;
+    }
+
+    if (b->pos == b->start) {
+        return NGX_XMPP_CM_UNWRITTEN;
+    }
+
+    return NGX_XMPP_CM_CUT;
+}
+
+
+void
+ngx_xmpp_cm_output_classify(ngx_xmpp_cm_output_t *o,
+    ngx_xmpp_cm_output_sent_t *st)
+{
+    ngx_chain_t  *cl;
+
+    ngx_memzero(st, sizeof(ngx_xmpp_cm_output_sent_t));
+
+    for (cl = o->out; cl; cl = cl->next) {
+
+        switch (ngx_xmpp_cm_output_state(cl->buf)) {
+
+        case NGX_XMPP_CM_WRITTEN:
+            st->written++;
+            break;
+
+        case NGX_XMPP_CM_CUT:
+            st->cut++;
+            st->cut_bytes += ngx_buf_size(cl->buf);
+            break;
+
+        default: /* NGX_XMPP_CM_UNWRITTEN */
+            st->unwritten++;
+            st->unwritten_bytes += ngx_buf_size(cl->buf);
+        }
+    }
+}
+
+
+/*
+ * A dead socket's chain: the stanzas not written at all go to the end of
+ * another socket's chain; the stanzas written whole and the one cut by the
+ * reset (it cannot be resent without a half stanza) are dropped.  Sends go
+ * in order, so the chain is: written, at most one cut, then unwritten.
+ * The blocks travel with their bufs; neither chain fills them further.
+ */
+
+void
+ngx_xmpp_cm_output_move(ngx_xmpp_cm_output_t *to, ngx_xmpp_cm_output_t *from)
+{
+    ngx_chain_t  *cl, *prev, *head;
+
+    if (from->out == NULL) {
+        return;
+    }
+
+    from->tail->buf->last_shadow = 1;
+
+    head = from->out;
+    prev = NULL;
+
+    for (cl = head; cl; cl = cl->next) {
+        if (ngx_xmpp_cm_output_state(cl->buf) == NGX_XMPP_CM_UNWRITTEN) {
+            break;
+        }
+
+        cl->buf->pos = cl->buf->last;
+        prev = cl;
+    }
+
+    if (prev) {
+        /* a dropped buf frees only a block none of the moved ones use */
+        prev->next = NULL;
+        ngx_xmpp_cm_output_recycle(&head);
+    }
+
+    if (cl) {
+        if (to->out) {
+            to->tail->buf->last_shadow = 1;
+            to->tail->next = cl;
+
+        } else {
+            to->out = cl;
+        }
+
+        to->tail = from->tail;
+
+        for ( /* void */ ; cl; cl = cl->next) {
+            to->size += ngx_buf_size(cl->buf);
+        }
+    }
+
+    from->out = NULL;
+    from->tail = NULL;
+    from->size = 0;
+}
+
+
+/* drops what is queued */
+
+void
+ngx_xmpp_cm_output_free(ngx_xmpp_cm_output_t *o)
+{
+    ngx_chain_t  *cl;
+
+    for (cl = o->out; cl; cl = cl->next) {
+        cl->buf->pos = cl->buf->last;
+    }
+
+    ngx_xmpp_cm_output_update(o);
+
+    o->size = 0;
+}
+
+
+/* worker exit: the free blocks go back to malloc, the bufs with the pool */
+
+void
+ngx_xmpp_cm_output_release(void)
+{
+    ngx_buf_t                  *b;
+    ngx_xmpp_cm_output_free_t  *fl;
+
+    fl = &ngx_xmpp_cm_output_free_lists;
+
+    while (fl->blocks) {
+        b = fl->blocks;
+        fl->blocks = b->shadow;
+        ngx_free(b);
+    }
+
+    fl->blocks = NULL;
+    fl->nblocks = 0;
+    fl->bufs = NULL;
+}
