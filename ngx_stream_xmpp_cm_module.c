@@ -24,9 +24,9 @@ static char *ngx_stream_xmpp_cm_name(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_stream_xmpp_cm_secret(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
-static char *ngx_stream_xmpp_cm_msec_pair(ngx_conf_t *cf, ngx_command_t *cmd,
+static char *ngx_stream_xmpp_cm_backoff(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
-static char *ngx_stream_xmpp_cm_size_pair(ngx_conf_t *cf, ngx_command_t *cmd,
+static char *ngx_stream_xmpp_cm_watermarks(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_stream_xmpp_cm_limit_rate(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
@@ -75,6 +75,7 @@ static ngx_conf_bitmask_t  ngx_stream_xmpp_cm_ssl_protocols[] = {
 };
 
 #endif
+
 
 
 static ngx_command_t  ngx_stream_xmpp_cm_commands[] = {
@@ -137,9 +138,9 @@ static ngx_command_t  ngx_stream_xmpp_cm_commands[] = {
 
     { ngx_string("xmpp_cm_reconnect"),
       NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE2,
-      ngx_stream_xmpp_cm_msec_pair,
+      ngx_stream_xmpp_cm_backoff,
       NGX_STREAM_SRV_CONF_OFFSET,
-      offsetof(ngx_stream_xmpp_cm_srv_conf_t, reconnect_min),
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, reconnect),
       NULL },
 
     { ngx_string("xmpp_cm_auth_timeout"),
@@ -214,9 +215,9 @@ static ngx_command_t  ngx_stream_xmpp_cm_commands[] = {
 
     { ngx_string("xmpp_cm_upstream_watermarks"),
       NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE2,
-      ngx_stream_xmpp_cm_size_pair,
+      ngx_stream_xmpp_cm_watermarks,
       NGX_STREAM_SRV_CONF_OFFSET,
-      offsetof(ngx_stream_xmpp_cm_srv_conf_t, upstream_high),
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, upstream_watermarks),
       NULL },
 
     { ngx_string("xmpp_cm_limit_rate"),
@@ -455,6 +456,8 @@ ngx_stream_xmpp_cm_create_srv_conf(ngx_conf_t *cf)
      *     conf->pass = { 0, NULL };
      *     conf->name = { 0, NULL };
      *     conf->secret = { 0, NULL };
+     *     conf->reconnect.max = 0;
+     *     conf->upstream_watermarks.low = 0;
      *     conf->pool = NULL;
      */
 
@@ -463,8 +466,7 @@ ngx_stream_xmpp_cm_create_srv_conf(ngx_conf_t *cf)
     conf->keepalive = NGX_CONF_UNSET_MSEC;
     conf->upstream_timeout = NGX_CONF_UNSET_MSEC;
     conf->connect_timeout = NGX_CONF_UNSET_MSEC;
-    conf->reconnect_min = NGX_CONF_UNSET_MSEC;
-    conf->reconnect_max = NGX_CONF_UNSET_MSEC;
+    conf->reconnect.min = NGX_CONF_UNSET_MSEC;
     conf->auth_timeout = NGX_CONF_UNSET_MSEC;
     conf->idle_timeout = NGX_CONF_UNSET_MSEC;
     conf->stanza_timeout = NGX_CONF_UNSET_MSEC;
@@ -473,12 +475,11 @@ ngx_stream_xmpp_cm_create_srv_conf(ngx_conf_t *cf)
     conf->preauth_max_stanza = NGX_CONF_UNSET_SIZE;
     conf->max_depth = NGX_CONF_UNSET_UINT;
     conf->client_output_limit = NGX_CONF_UNSET_SIZE;
-    conf->upstream_high = NGX_CONF_UNSET_SIZE;
-    conf->upstream_low = NGX_CONF_UNSET_SIZE;
-    conf->limit_rate = NGX_CONF_UNSET_SIZE;
-    conf->limit_burst = NGX_CONF_UNSET_SIZE;
-    conf->preauth_limit_rate = NGX_CONF_UNSET_SIZE;
-    conf->preauth_limit_burst = NGX_CONF_UNSET_SIZE;
+    conf->upstream_watermarks.high = NGX_CONF_UNSET_SIZE;
+    conf->limit_rate.rate = NGX_CONF_UNSET_SIZE;
+    conf->limit_rate.burst = NGX_CONF_UNSET_SIZE;
+    conf->preauth_limit_rate.rate = NGX_CONF_UNSET_SIZE;
+    conf->preauth_limit_rate.burst = NGX_CONF_UNSET_SIZE;
     conf->starttls = NGX_CONF_UNSET_UINT;
     conf->compression = NGX_CONF_UNSET;
     conf->upstream_tls = NGX_CONF_UNSET_UINT;
@@ -524,9 +525,18 @@ ngx_stream_xmpp_cm_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
                               prev->upstream_timeout, 120000);
     ngx_conf_merge_msec_value(conf->connect_timeout,
                               prev->connect_timeout, 10000);
-    ngx_conf_merge_msec_value(conf->reconnect_min, prev->reconnect_min, 1000);
-    ngx_conf_merge_msec_value(conf->reconnect_max, prev->reconnect_max,
-                              60000);
+
+    /* the two values of a pair directive are set and inherited together */
+
+    if (conf->reconnect.min == NGX_CONF_UNSET_MSEC) {
+        conf->reconnect = prev->reconnect;
+    }
+
+    if (conf->reconnect.min == NGX_CONF_UNSET_MSEC) {
+        conf->reconnect.min = 1000;
+        conf->reconnect.max = 60000;
+    }
+
     ngx_conf_merge_msec_value(conf->auth_timeout, prev->auth_timeout, 60000);
     ngx_conf_merge_msec_value(conf->idle_timeout, prev->idle_timeout,
                               600000);
@@ -541,10 +551,15 @@ ngx_stream_xmpp_cm_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_uint_value(conf->max_depth, prev->max_depth, 32);
     ngx_conf_merge_size_value(conf->client_output_limit,
                               prev->client_output_limit, 1024 * 1024);
-    ngx_conf_merge_size_value(conf->upstream_high, prev->upstream_high,
-                              1024 * 1024);
-    ngx_conf_merge_size_value(conf->upstream_low, prev->upstream_low,
-                              256 * 1024);
+
+    if (conf->upstream_watermarks.high == NGX_CONF_UNSET_SIZE) {
+        conf->upstream_watermarks = prev->upstream_watermarks;
+    }
+
+    if (conf->upstream_watermarks.high == NGX_CONF_UNSET_SIZE) {
+        conf->upstream_watermarks.high = 1024 * 1024;
+        conf->upstream_watermarks.low = 256 * 1024;
+    }
 
     /*
      * A rate and its burst go together: a server that sets the rate does
@@ -553,31 +568,28 @@ ngx_stream_xmpp_cm_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
      * after it.
      */
 
-    if (conf->limit_rate == NGX_CONF_UNSET_SIZE) {
+    if (conf->limit_rate.rate == NGX_CONF_UNSET_SIZE) {
         conf->limit_rate = prev->limit_rate;
-        conf->limit_burst = prev->limit_burst;
     }
 
-    if (conf->limit_rate == NGX_CONF_UNSET_SIZE) {
-        conf->limit_rate = 0;
+    if (conf->limit_rate.rate == NGX_CONF_UNSET_SIZE) {
+        conf->limit_rate.rate = 0;
     }
 
-    if (conf->limit_burst == NGX_CONF_UNSET_SIZE) {
-        conf->limit_burst = conf->limit_rate;
+    if (conf->limit_rate.burst == NGX_CONF_UNSET_SIZE) {
+        conf->limit_rate.burst = conf->limit_rate.rate;
     }
 
-    if (conf->preauth_limit_rate == NGX_CONF_UNSET_SIZE) {
+    if (conf->preauth_limit_rate.rate == NGX_CONF_UNSET_SIZE) {
         conf->preauth_limit_rate = prev->preauth_limit_rate;
-        conf->preauth_limit_burst = prev->preauth_limit_burst;
     }
 
-    if (conf->preauth_limit_rate == NGX_CONF_UNSET_SIZE) {
+    if (conf->preauth_limit_rate.rate == NGX_CONF_UNSET_SIZE) {
         conf->preauth_limit_rate = conf->limit_rate;
-        conf->preauth_limit_burst = conf->limit_burst;
     }
 
-    if (conf->preauth_limit_burst == NGX_CONF_UNSET_SIZE) {
-        conf->preauth_limit_burst = conf->preauth_limit_rate;
+    if (conf->preauth_limit_rate.burst == NGX_CONF_UNSET_SIZE) {
+        conf->preauth_limit_rate.burst = conf->preauth_limit_rate.rate;
     }
 
     ngx_conf_merge_uint_value(conf->starttls, prev->starttls,
@@ -646,14 +658,14 @@ ngx_stream_xmpp_cm_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_ERROR;
     }
 
-    if (conf->reconnect_min == 0 || conf->reconnect_min > conf->reconnect_max)
+    if (conf->reconnect.min == 0 || conf->reconnect.min > conf->reconnect.max)
     {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"xmpp_cm_reconnect\" needs 0 < min <= max");
         return NGX_CONF_ERROR;
     }
 
-    if (conf->upstream_low >= conf->upstream_high) {
+    if (conf->upstream_watermarks.low >= conf->upstream_watermarks.high) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"xmpp_cm_upstream_watermarks\" needs "
                            "low < high");
@@ -999,76 +1011,83 @@ ngx_stream_xmpp_cm_secret(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+/* xmpp_cm_reconnect min max */
+
 static char *
-ngx_stream_xmpp_cm_msec_pair(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+ngx_stream_xmpp_cm_backoff(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     char  *p = conf;
 
-    ngx_str_t   *value;
-    ngx_msec_t  *v, t;
-    ngx_uint_t   i;
+    ngx_str_t              *value;
+    ngx_msec_t              t[2];
+    ngx_uint_t              i;
+    ngx_xmpp_cm_backoff_t  *b;
 
-    v = (ngx_msec_t *) (p + cmd->offset);
+    b = (ngx_xmpp_cm_backoff_t *) (p + cmd->offset);
 
-    if (v[0] != NGX_CONF_UNSET_MSEC) {
+    if (b->min != NGX_CONF_UNSET_MSEC) {
         return "is duplicate";
     }
 
     value = cf->args->elts;
 
     for (i = 0; i < 2; i++) {
-        t = ngx_parse_time(&value[i + 1], 0);
-        if (t == (ngx_msec_t) NGX_ERROR) {
+        t[i] = ngx_parse_time(&value[i + 1], 0);
+        if (t[i] == (ngx_msec_t) NGX_ERROR) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid time \"%V\" in \"%V\"",
                                &value[i + 1], &cmd->name);
             return NGX_CONF_ERROR;
         }
-
-        v[i] = t;
     }
+
+    b->min = t[0];
+    b->max = t[1];
 
     return NGX_CONF_OK;
 }
 
 
+/* xmpp_cm_upstream_watermarks high low */
+
 static char *
-ngx_stream_xmpp_cm_size_pair(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+ngx_stream_xmpp_cm_watermarks(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     char  *p = conf;
 
-    size_t      *v;
-    ssize_t      n;
-    ngx_str_t   *value;
-    ngx_uint_t   i;
+    ssize_t                    n[2];
+    ngx_str_t                 *value;
+    ngx_uint_t                 i;
+    ngx_xmpp_cm_watermarks_t  *w;
 
-    v = (size_t *) (p + cmd->offset);
+    w = (ngx_xmpp_cm_watermarks_t *) (p + cmd->offset);
 
-    if (v[0] != NGX_CONF_UNSET_SIZE) {
+    if (w->high != NGX_CONF_UNSET_SIZE) {
         return "is duplicate";
     }
 
     value = cf->args->elts;
 
     for (i = 0; i < 2; i++) {
-        n = ngx_parse_size(&value[i + 1]);
-        if (n == NGX_ERROR) {
+        n[i] = ngx_parse_size(&value[i + 1]);
+        if (n[i] == NGX_ERROR) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid size \"%V\" in \"%V\"",
                                &value[i + 1], &cmd->name);
             return NGX_CONF_ERROR;
         }
-
-        v[i] = (size_t) n;
     }
+
+    w->high = (size_t) n[0];
+    w->low = (size_t) n[1];
 
     return NGX_CONF_OK;
 }
 
 
 /*
- * xmpp_cm_limit_rate rate [burst=size]: two size_t at cmd->offset, the
- * rate (bytes per second, 0: off) and the burst (unset: the rate).
+ * xmpp_cm_limit_rate rate [burst=size]: the rate (bytes per second, 0:
+ * off) and the burst (unset: the rate).
  */
 
 static char *
@@ -1076,13 +1095,13 @@ ngx_stream_xmpp_cm_limit_rate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     char  *p = conf;
 
-    size_t      *v;
-    ssize_t      n;
-    ngx_str_t   *value, s;
+    ssize_t              n;
+    ngx_str_t           *value, s;
+    ngx_xmpp_cm_rate_t  *r;
 
-    v = (size_t *) (p + cmd->offset);
+    r = (ngx_xmpp_cm_rate_t *) (p + cmd->offset);
 
-    if (v[0] != NGX_CONF_UNSET_SIZE) {
+    if (r->rate != NGX_CONF_UNSET_SIZE) {
         return "is duplicate";
     }
 
@@ -1098,7 +1117,7 @@ ngx_stream_xmpp_cm_limit_rate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    v[0] = (size_t) n;
+    r->rate = (size_t) n;
 
     if (cf->args->nelts == 2) {
         return NGX_CONF_OK;
@@ -1123,7 +1142,7 @@ ngx_stream_xmpp_cm_limit_rate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    v[1] = (size_t) n;
+    r->burst = (size_t) n;
 
     return NGX_CONF_OK;
 }

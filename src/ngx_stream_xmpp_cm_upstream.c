@@ -161,14 +161,14 @@ ngx_xmpp_cm_backoff(ngx_xmpp_cm_sock_t *sock)
     ngx_stream_xmpp_cm_srv_conf_t  *conf;
 
     conf = sock->pool->conf;
-    delay = conf->reconnect_min;
+    delay = conf->reconnect.min;
 
-    for (i = 1; i < sock->failures && delay < conf->reconnect_max; i++) {
+    for (i = 1; i < sock->failures && delay < conf->reconnect.max; i++) {
         delay *= 2;
     }
 
-    if (delay > conf->reconnect_max) {
-        delay = conf->reconnect_max;
+    if (delay > conf->reconnect.max) {
+        delay = conf->reconnect.max;
     }
 
     /* full jitter over the upper half spreads the reconnect storm */
@@ -641,7 +641,7 @@ ngx_xmpp_cm_sock_write_handler(ngx_event_t *wev)
     }
 
     if (sock->throttled
-        && sock->out.size <= sock->pool->conf->upstream_low)
+        && sock->out.size <= sock->pool->conf->upstream_watermarks.low)
     {
         ngx_xmpp_cm_sock_unthrottle(sock);
     }
@@ -1244,7 +1244,7 @@ ngx_xmpp_cm_sock_alloc(ngx_xmpp_cm_sock_t *sock, size_t len)
         ngx_post_event(sock->c->write, &ngx_posted_events);
     }
 
-    if (sock->out.size > sock->pool->conf->upstream_high) {
+    if (sock->out.size > sock->pool->conf->upstream_watermarks.high) {
         sock->throttled = 1;
     }
 
