@@ -30,6 +30,10 @@ static char *ngx_stream_xmpp_cm_watermarks(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_stream_xmpp_cm_limit_rate(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static ngx_int_t ngx_stream_xmpp_cm_same_cm(ngx_stream_xmpp_cm_srv_conf_t *a,
+    ngx_stream_xmpp_cm_srv_conf_t *b);
+static ngx_int_t ngx_stream_xmpp_cm_shared_agree(ngx_conf_t *cf,
+    ngx_stream_xmpp_cm_srv_conf_t *a, ngx_stream_xmpp_cm_srv_conf_t *b);
 static ngx_int_t ngx_stream_xmpp_cm_init_process(ngx_cycle_t *cycle);
 static void ngx_stream_xmpp_cm_exit_process(ngx_cycle_t *cycle);
 
@@ -76,6 +80,86 @@ static ngx_conf_bitmask_t  ngx_stream_xmpp_cm_ssl_protocols[] = {
 
 #endif
 
+
+/*
+ * The settings of a CM: servers with the same xmpp_cm_name share one
+ * group of Openfire sockets per worker (ngx_xmpp_cm_pool_t), which reads
+ * them from the first such server's conf.  nginx -t checks that the
+ * others agree.
+ */
+
+#define NGX_XMPP_CM_SHARED_PASS        0
+#define NGX_XMPP_CM_SHARED_SECRET      1
+#define NGX_XMPP_CM_SHARED_DOMAIN      2   /* the first xmpp_cm_domain */
+#define NGX_XMPP_CM_SHARED_NUM         3
+#define NGX_XMPP_CM_SHARED_FLAG        4
+#define NGX_XMPP_CM_SHARED_ENUM        5
+#define NGX_XMPP_CM_SHARED_BITMASK     6
+#define NGX_XMPP_CM_SHARED_STR         7
+#define NGX_XMPP_CM_SHARED_MSEC        8
+#define NGX_XMPP_CM_SHARED_BACKOFF     9
+#define NGX_XMPP_CM_SHARED_WATERMARKS  10
+
+
+typedef struct {
+    ngx_str_t                        name;      /* the directive */
+    ngx_uint_t                       type;
+    size_t                           offset;
+    void                            *values;    /* enum or bitmask names */
+    ngx_uint_t                       tls_only;  /* unused with TLS off */
+} ngx_stream_xmpp_cm_shared_t;
+
+
+#define ngx_stream_xmpp_cm_shared(name, type, field, values, tls_only)        \
+    { ngx_string(name), NGX_XMPP_CM_SHARED_##type,                           \
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, field), values, tls_only }
+
+static ngx_stream_xmpp_cm_shared_t  ngx_stream_xmpp_cm_shared_settings[] = {
+    ngx_stream_xmpp_cm_shared("xmpp_cm_pass", PASS, upstream, NULL, 0),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_secret", SECRET, secret, NULL, 0),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_domain", DOMAIN, domains, NULL, 0),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_connections", NUM, connections,
+                              NULL, 0),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_keepalive", MSEC, keepalive, NULL, 0),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_upstream_timeout", MSEC,
+                              upstream_timeout, NULL, 0),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_connect_timeout", MSEC,
+                              connect_timeout, NULL, 0),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_reconnect", BACKOFF, reconnect,
+                              NULL, 0),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_upstream_watermarks", WATERMARKS,
+                              upstream_watermarks, NULL, 0),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_close_delay", MSEC, close_delay,
+                              NULL, 0),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_upstream_tls", ENUM, upstream_tls,
+                              ngx_stream_xmpp_cm_upstream_tls_values, 0),
+#if (NGX_SSL)
+    ngx_stream_xmpp_cm_shared("xmpp_cm_upstream_ssl_protocols", BITMASK,
+                              upstream_ssl_protocols,
+                              ngx_stream_xmpp_cm_ssl_protocols, 1),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_upstream_ssl_ciphers", STR,
+                              upstream_ssl_ciphers, NULL, 1),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_upstream_ssl_verify", FLAG,
+                              upstream_ssl_verify, NULL, 1),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_upstream_ssl_verify_depth", NUM,
+                              upstream_ssl_verify_depth, NULL, 1),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_upstream_ssl_name", STR,
+                              upstream_ssl_name, NULL, 1),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_upstream_ssl_server_name", FLAG,
+                              upstream_ssl_server_name, NULL, 1),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_upstream_ssl_trusted_certificate",
+                              STR, upstream_ssl_trusted_certificate, NULL, 1),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_upstream_ssl_crl", STR,
+                              upstream_ssl_crl, NULL, 1),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_upstream_ssl_certificate", STR,
+                              upstream_ssl_certificate, NULL, 1),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_upstream_ssl_certificate_key", STR,
+                              upstream_ssl_certificate_key, NULL, 1),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_upstream_ssl_session_reuse", FLAG,
+                              upstream_ssl_session_reuse, NULL, 1),
+#endif
+    { ngx_null_string, 0, 0, NULL, 0 }
+};
 
 
 static ngx_command_t  ngx_stream_xmpp_cm_commands[] = {
@@ -738,8 +822,6 @@ ngx_stream_xmpp_cm_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
 }
 
 
-/* servers sharing a CM name share one pool: their settings must agree */
-
 static ngx_int_t
 ngx_stream_xmpp_cm_postconfiguration(ngx_conf_t *cf)
 {
@@ -765,36 +847,295 @@ ngx_stream_xmpp_cm_postconfiguration(ngx_conf_t *cf)
         }
 #endif
 
+        /* the first server of the CM: the others were checked with it */
+
         for (j = 0; j < i; j++) {
             b = srv[j];
 
-            if (a->name.len != b->name.len
-                || ngx_strncmp(a->name.data, b->name.data, a->name.len) != 0)
-            {
-                continue;
-            }
+            if (ngx_stream_xmpp_cm_same_cm(a, b)) {
+                if (ngx_stream_xmpp_cm_shared_agree(cf, b, a) != NGX_OK) {
+                    return NGX_ERROR;
+                }
 
-            if (a->upstream != b->upstream
-                || a->connections != b->connections
-                || a->upstream_tls != b->upstream_tls
-                || a->secret.len != b->secret.len
-                || ngx_strncmp(a->secret.data, b->secret.data, a->secret.len)
-                   != 0)
-            {
-                ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                              "\"xmpp_cm_name\" \"%V\" is used in %V:%ui and "
-                              "%V:%ui with a different \"xmpp_cm_pass\", "
-                              "\"xmpp_cm_secret\", "
-                              "\"xmpp_cm_connections\" or "
-                              "\"xmpp_cm_upstream_tls\"; give each its own "
-                              "name", &a->name, &b->conf_file, b->conf_line,
-                              &a->conf_file, a->conf_line);
-                return NGX_ERROR;
+                break;
             }
         }
     }
 
     if (cmcf->servers.nelts && ngx_xmpp_cm_metrics_conf(cf, cmcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/* servers with the same xmpp_cm_name share one CM */
+
+static ngx_int_t
+ngx_stream_xmpp_cm_same_cm(ngx_stream_xmpp_cm_srv_conf_t *a,
+    ngx_stream_xmpp_cm_srv_conf_t *b)
+{
+    return a->name.len == b->name.len
+           && ngx_strncmp(a->name.data, b->name.data, a->name.len) == 0;
+}
+
+
+static ngx_int_t
+ngx_stream_xmpp_cm_shared_equal(ngx_stream_xmpp_cm_shared_t *sh,
+    ngx_stream_xmpp_cm_srv_conf_t *a, ngx_stream_xmpp_cm_srv_conf_t *b)
+{
+    char                      *pa, *pb;
+    ngx_str_t                 *sa, *sb;
+    ngx_xmpp_cm_backoff_t     *ba, *bb;
+    ngx_xmpp_cm_watermarks_t  *wa, *wb;
+
+    pa = (char *) a + sh->offset;
+    pb = (char *) b + sh->offset;
+
+    switch (sh->type) {
+
+    case NGX_XMPP_CM_SHARED_PASS:
+        return a->upstream == b->upstream;
+
+    case NGX_XMPP_CM_SHARED_DOMAIN:
+        sa = a->domains->elts;
+        sb = b->domains->elts;
+        break;
+
+    case NGX_XMPP_CM_SHARED_SECRET:
+    case NGX_XMPP_CM_SHARED_STR:
+        sa = (ngx_str_t *) pa;
+        sb = (ngx_str_t *) pb;
+        break;
+
+    case NGX_XMPP_CM_SHARED_FLAG:
+        return *(ngx_flag_t *) pa == *(ngx_flag_t *) pb;
+
+    case NGX_XMPP_CM_SHARED_MSEC:
+        return *(ngx_msec_t *) pa == *(ngx_msec_t *) pb;
+
+    case NGX_XMPP_CM_SHARED_BACKOFF:
+        ba = (ngx_xmpp_cm_backoff_t *) pa;
+        bb = (ngx_xmpp_cm_backoff_t *) pb;
+        return ba->min == bb->min && ba->max == bb->max;
+
+    case NGX_XMPP_CM_SHARED_WATERMARKS:
+        wa = (ngx_xmpp_cm_watermarks_t *) pa;
+        wb = (ngx_xmpp_cm_watermarks_t *) pb;
+        return wa->high == wb->high && wa->low == wb->low;
+
+    default: /* NUM, ENUM, BITMASK */
+        return *(ngx_uint_t *) pa == *(ngx_uint_t *) pb;
+    }
+
+    return sa->len == sb->len && ngx_memcmp(sa->data, sb->data, sa->len) == 0;
+}
+
+
+/* 30s, 1500ms; 1m, 256k, 1000: as they may be written */
+
+static u_char *
+ngx_stream_xmpp_cm_msec_text(u_char *p, ngx_msec_t ms)
+{
+    if (ms == 0) {
+        return ngx_sprintf(p, "0");
+    }
+
+    return (ms % 1000) ? ngx_sprintf(p, "%Mms", ms)
+                       : ngx_sprintf(p, "%Ms", ms / 1000);
+}
+
+
+static u_char *
+ngx_stream_xmpp_cm_size_text(u_char *p, size_t size)
+{
+    if (size && size % (1024 * 1024) == 0) {
+        return ngx_sprintf(p, "%uzm", size / (1024 * 1024));
+    }
+
+    if (size && size % 1024 == 0) {
+        return ngx_sprintf(p, "%uzk", size / 1024);
+    }
+
+    return ngx_sprintf(p, "%uz", size);
+}
+
+
+/* a setting's value for the nginx -t message (the secret is not shown) */
+
+static ngx_int_t
+ngx_stream_xmpp_cm_shared_text(ngx_conf_t *cf, ngx_stream_xmpp_cm_shared_t *sh,
+    ngx_stream_xmpp_cm_srv_conf_t *conf, ngx_str_t *text)
+{
+    char                      *field;
+    u_char                    *p;
+    size_t                     len;
+    ngx_uint_t                 v;
+    ngx_conf_enum_t           *e;
+    ngx_conf_bitmask_t        *m;
+    ngx_xmpp_cm_backoff_t     *b;
+    ngx_xmpp_cm_watermarks_t  *w;
+
+    field = (char *) conf + sh->offset;
+
+    switch (sh->type) {
+
+    case NGX_XMPP_CM_SHARED_PASS:
+        *text = conf->pass;
+        return NGX_OK;
+
+    case NGX_XMPP_CM_SHARED_DOMAIN:
+        *text = *(ngx_str_t *) conf->domains->elts;
+        return NGX_OK;
+
+    case NGX_XMPP_CM_SHARED_STR:
+        *text = *(ngx_str_t *) field;
+        return NGX_OK;
+
+    case NGX_XMPP_CM_SHARED_FLAG:
+        if (*(ngx_flag_t *) field) {
+            ngx_str_set(text, "on");
+
+        } else {
+            ngx_str_set(text, "off");
+        }
+
+        return NGX_OK;
+
+    case NGX_XMPP_CM_SHARED_ENUM:
+        v = *(ngx_uint_t *) field;
+
+        for (e = sh->values; e->name.len; e++) {
+            if (e->value == v) {
+                *text = e->name;
+                return NGX_OK;
+            }
+        }
+
+        break;
+
+    case NGX_XMPP_CM_SHARED_BITMASK:
+        v = *(ngx_uint_t *) field;
+        len = 0;
+
+        for (m = sh->values; m->name.len; m++) {
+            if (v & m->mask) {
+                len += m->name.len + 1;
+            }
+        }
+
+        p = ngx_pnalloc(cf->pool, len);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        text->data = p;
+
+        for (m = sh->values; m->name.len; m++) {
+            if (v & m->mask) {
+                p = ngx_sprintf(p, "%V ", &m->name);
+            }
+        }
+
+        text->len = len ? len - 1 : 0;
+        return NGX_OK;
+
+    default:
+        break;
+    }
+
+    /* numbers: two at most, each with a unit */
+
+    p = ngx_pnalloc(cf->pool, 2 * (NGX_INT64_LEN + sizeof("ms")));
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    text->data = p;
+
+    switch (sh->type) {
+
+    case NGX_XMPP_CM_SHARED_MSEC:
+        p = ngx_stream_xmpp_cm_msec_text(p, *(ngx_msec_t *) field);
+        break;
+
+    case NGX_XMPP_CM_SHARED_BACKOFF:
+        b = (ngx_xmpp_cm_backoff_t *) field;
+        p = ngx_stream_xmpp_cm_msec_text(p, b->min);
+        *p++ = ' ';
+        p = ngx_stream_xmpp_cm_msec_text(p, b->max);
+        break;
+
+    case NGX_XMPP_CM_SHARED_WATERMARKS:
+        w = (ngx_xmpp_cm_watermarks_t *) field;
+        p = ngx_stream_xmpp_cm_size_text(p, w->high);
+        *p++ = ' ';
+        p = ngx_stream_xmpp_cm_size_text(p, w->low);
+        break;
+
+    default: /* NUM, an ENUM value without a name */
+        p = ngx_sprintf(p, "%ui", *(ngx_uint_t *) field);
+        break;
+    }
+
+    text->len = p - text->data;
+
+    return NGX_OK;
+}
+
+
+/*
+ * The servers a (the first of its CM) and b share a CM: each setting in
+ * ngx_stream_xmpp_cm_shared_settings must be the same in both.
+ */
+
+static ngx_int_t
+ngx_stream_xmpp_cm_shared_agree(ngx_conf_t *cf,
+    ngx_stream_xmpp_cm_srv_conf_t *a, ngx_stream_xmpp_cm_srv_conf_t *b)
+{
+    ngx_str_t                     va, vb;
+    ngx_stream_xmpp_cm_shared_t  *sh;
+
+    for (sh = ngx_stream_xmpp_cm_shared_settings; sh->name.len; sh++) {
+
+        /* the xmpp_cm_upstream_tls entry came first: it agrees */
+
+        if (sh->tls_only
+            && a->upstream_tls == NGX_XMPP_CM_UPSTREAM_TLS_OFF)
+        {
+            continue;
+        }
+
+        if (ngx_stream_xmpp_cm_shared_equal(sh, a, b)) {
+            continue;
+        }
+
+        if (sh->type == NGX_XMPP_CM_SHARED_SECRET) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "\"xmpp_cm_name\" \"%V\" is used in %V:%ui and "
+                          "%V:%ui with a different \"%V\"; give each its "
+                          "own name or the same secret", &a->name,
+                          &a->conf_file, a->conf_line, &b->conf_file,
+                          b->conf_line, &sh->name);
+            return NGX_ERROR;
+        }
+
+        if (ngx_stream_xmpp_cm_shared_text(cf, sh, a, &va) != NGX_OK
+            || ngx_stream_xmpp_cm_shared_text(cf, sh, b, &vb) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"xmpp_cm_name\" \"%V\" is used in %V:%ui and %V:%ui "
+                      "with a different %s\"%V\"; give each its own name or "
+                      "the same value (\"%V\" and \"%V\")", &a->name,
+                      &a->conf_file, a->conf_line, &b->conf_file,
+                      b->conf_line,
+                      sh->type == NGX_XMPP_CM_SHARED_DOMAIN
+                      ? "first name in " : "",
+                      &sh->name, &va, &vb);
         return NGX_ERROR;
     }
 
@@ -1172,10 +1513,7 @@ ngx_stream_xmpp_cm_init_process(ngx_cycle_t *cycle)
     for (i = 0; i < cmcf->servers.nelts; i++) {
 
         for (j = 0; j < i; j++) {
-            if (srv[j]->name.len == srv[i]->name.len
-                && ngx_strncmp(srv[j]->name.data, srv[i]->name.data,
-                               srv[i]->name.len) == 0)
-            {
+            if (ngx_stream_xmpp_cm_same_cm(srv[j], srv[i])) {
                 srv[i]->pool = srv[j]->pool;
                 break;
             }
