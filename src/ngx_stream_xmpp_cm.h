@@ -133,7 +133,6 @@ typedef struct {
     ngx_array_t                     *cert_values;  /* complex values */
     ngx_array_t                     *key_values;
     ngx_array_t                     *passwords;
-    ngx_msec_t                       handshake_timeout;
 #endif
 
     ngx_xmpp_cm_pool_t              *pool;         /* per worker */
