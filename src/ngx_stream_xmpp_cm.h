@@ -519,7 +519,6 @@ struct ngx_xmpp_cm_pool_s {
     ngx_uint_t                       nsessions;
 
     ngx_str_t                        features;     /* pre-auth, built */
-    size_t                           features_size;
     unsigned                         cfg_tls_required:1;
     unsigned                         cfg_compression:1;
 

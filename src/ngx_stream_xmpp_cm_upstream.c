@@ -972,9 +972,7 @@ ngx_xmpp_cm_sock_element(void *data, ngx_xmpp_cm_elem_t *e)
                 ngx_memcpy(p, "\"/>", 3);
             }
 
-            if (!pool->configured) {
-                pool->configured = 1;
-            }
+            pool->configured = 1;
 
             if (pool->ready && !pool->was_up) {
                 ngx_xmpp_cm_pool_up(pool);
