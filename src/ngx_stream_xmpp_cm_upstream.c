@@ -387,8 +387,9 @@ failed:
 
 
 /*
- * The literal stream: prefix and double quotes (protocol section 2).  Sent
- * at connect, and again over TLS after STARTTLS (section 3.4).
+ * The literal stream: prefix and double quotes.  Sent at connect, and
+ * again over TLS after STARTTLS (docs/openfire-protocol.md, sections 2
+ * and 3.4).
  */
 
 static ngx_int_t
@@ -941,7 +942,8 @@ ngx_xmpp_cm_sock_element(void *data, ngx_xmpp_cm_elem_t *e)
 
     /*
      * Openfire registers a socket at stream open, before the handshake,
-     * and may route any session of the name to it (4.1.6 row 7).
+     * and may route any session of the name to it
+     * (docs/openfire-protocol.md, section 7, row 7).
      */
 
     if (ngx_xmpp_cm_str_is(&root->name, "route")) {
