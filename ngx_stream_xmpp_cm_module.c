@@ -24,12 +24,16 @@ static char *ngx_stream_xmpp_cm_name(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_stream_xmpp_cm_secret(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
-static char *ngx_stream_xmpp_cm_msec_pair(ngx_conf_t *cf, ngx_command_t *cmd,
+static char *ngx_stream_xmpp_cm_backoff(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
-static char *ngx_stream_xmpp_cm_size_pair(ngx_conf_t *cf, ngx_command_t *cmd,
+static char *ngx_stream_xmpp_cm_watermarks(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_stream_xmpp_cm_limit_rate(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static ngx_int_t ngx_stream_xmpp_cm_same_cm(ngx_stream_xmpp_cm_srv_conf_t *a,
+    ngx_stream_xmpp_cm_srv_conf_t *b);
+static ngx_int_t ngx_stream_xmpp_cm_shared_agree(ngx_conf_t *cf,
+    ngx_stream_xmpp_cm_srv_conf_t *a, ngx_stream_xmpp_cm_srv_conf_t *b);
 static ngx_int_t ngx_stream_xmpp_cm_init_process(ngx_cycle_t *cycle);
 static void ngx_stream_xmpp_cm_exit_process(ngx_cycle_t *cycle);
 
@@ -75,6 +79,87 @@ static ngx_conf_bitmask_t  ngx_stream_xmpp_cm_ssl_protocols[] = {
 };
 
 #endif
+
+
+/*
+ * The settings of a CM: servers with the same xmpp_cm_name share one
+ * group of Openfire sockets per worker (ngx_xmpp_cm_pool_t), which reads
+ * them from the first such server's conf.  nginx -t checks that the
+ * others agree.
+ */
+
+#define NGX_XMPP_CM_SHARED_PASS        0
+#define NGX_XMPP_CM_SHARED_SECRET      1
+#define NGX_XMPP_CM_SHARED_DOMAIN      2   /* the first xmpp_cm_domain */
+#define NGX_XMPP_CM_SHARED_NUM         3
+#define NGX_XMPP_CM_SHARED_FLAG        4
+#define NGX_XMPP_CM_SHARED_ENUM        5
+#define NGX_XMPP_CM_SHARED_BITMASK     6
+#define NGX_XMPP_CM_SHARED_STR         7
+#define NGX_XMPP_CM_SHARED_MSEC        8
+#define NGX_XMPP_CM_SHARED_BACKOFF     9
+#define NGX_XMPP_CM_SHARED_WATERMARKS  10
+
+
+typedef struct {
+    ngx_str_t                        name;      /* the directive */
+    ngx_uint_t                       type;
+    size_t                           offset;
+    void                            *values;    /* enum or bitmask names */
+    ngx_uint_t                       tls_only;  /* unused with TLS off */
+} ngx_stream_xmpp_cm_shared_t;
+
+
+#define ngx_stream_xmpp_cm_shared(name, type, field, values, tls_only)        \
+    { ngx_string(name), NGX_XMPP_CM_SHARED_##type,                           \
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, field), values, tls_only }
+
+static ngx_stream_xmpp_cm_shared_t  ngx_stream_xmpp_cm_shared_settings[] = {
+    ngx_stream_xmpp_cm_shared("xmpp_cm_pass", PASS, upstream, NULL, 0),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_secret", SECRET, secret, NULL, 0),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_domain", DOMAIN, domains, NULL, 0),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_connections", NUM, connections,
+                              NULL, 0),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_keepalive", MSEC, keepalive, NULL, 0),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_upstream_timeout", MSEC,
+                              upstream_timeout, NULL, 0),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_connect_timeout", MSEC,
+                              connect_timeout, NULL, 0),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_reconnect", BACKOFF, reconnect,
+                              NULL, 0),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_upstream_watermarks", WATERMARKS,
+                              upstream_watermarks, NULL, 0),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_close_delay", MSEC, close_delay,
+                              NULL, 0),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_upstream_tls", ENUM, upstream_tls,
+                              ngx_stream_xmpp_cm_upstream_tls_values, 0),
+#if (NGX_SSL)
+    ngx_stream_xmpp_cm_shared("xmpp_cm_upstream_ssl_protocols", BITMASK,
+                              upstream_ssl_protocols,
+                              ngx_stream_xmpp_cm_ssl_protocols, 1),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_upstream_ssl_ciphers", STR,
+                              upstream_ssl_ciphers, NULL, 1),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_upstream_ssl_verify", FLAG,
+                              upstream_ssl_verify, NULL, 1),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_upstream_ssl_verify_depth", NUM,
+                              upstream_ssl_verify_depth, NULL, 1),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_upstream_ssl_name", STR,
+                              upstream_ssl_name, NULL, 1),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_upstream_ssl_server_name", FLAG,
+                              upstream_ssl_server_name, NULL, 1),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_upstream_ssl_trusted_certificate",
+                              STR, upstream_ssl_trusted_certificate, NULL, 1),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_upstream_ssl_crl", STR,
+                              upstream_ssl_crl, NULL, 1),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_upstream_ssl_certificate", STR,
+                              upstream_ssl_certificate, NULL, 1),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_upstream_ssl_certificate_key", STR,
+                              upstream_ssl_certificate_key, NULL, 1),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_upstream_ssl_session_reuse", FLAG,
+                              upstream_ssl_session_reuse, NULL, 1),
+#endif
+    { ngx_null_string, 0, 0, NULL, 0 }
+};
 
 
 static ngx_command_t  ngx_stream_xmpp_cm_commands[] = {
@@ -137,9 +222,9 @@ static ngx_command_t  ngx_stream_xmpp_cm_commands[] = {
 
     { ngx_string("xmpp_cm_reconnect"),
       NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE2,
-      ngx_stream_xmpp_cm_msec_pair,
+      ngx_stream_xmpp_cm_backoff,
       NGX_STREAM_SRV_CONF_OFFSET,
-      offsetof(ngx_stream_xmpp_cm_srv_conf_t, reconnect_min),
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, reconnect),
       NULL },
 
     { ngx_string("xmpp_cm_auth_timeout"),
@@ -214,9 +299,9 @@ static ngx_command_t  ngx_stream_xmpp_cm_commands[] = {
 
     { ngx_string("xmpp_cm_upstream_watermarks"),
       NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE2,
-      ngx_stream_xmpp_cm_size_pair,
+      ngx_stream_xmpp_cm_watermarks,
       NGX_STREAM_SRV_CONF_OFFSET,
-      offsetof(ngx_stream_xmpp_cm_srv_conf_t, upstream_high),
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, upstream_watermarks),
       NULL },
 
     { ngx_string("xmpp_cm_limit_rate"),
@@ -455,6 +540,8 @@ ngx_stream_xmpp_cm_create_srv_conf(ngx_conf_t *cf)
      *     conf->pass = { 0, NULL };
      *     conf->name = { 0, NULL };
      *     conf->secret = { 0, NULL };
+     *     conf->reconnect.max = 0;
+     *     conf->upstream_watermarks.low = 0;
      *     conf->pool = NULL;
      */
 
@@ -463,8 +550,7 @@ ngx_stream_xmpp_cm_create_srv_conf(ngx_conf_t *cf)
     conf->keepalive = NGX_CONF_UNSET_MSEC;
     conf->upstream_timeout = NGX_CONF_UNSET_MSEC;
     conf->connect_timeout = NGX_CONF_UNSET_MSEC;
-    conf->reconnect_min = NGX_CONF_UNSET_MSEC;
-    conf->reconnect_max = NGX_CONF_UNSET_MSEC;
+    conf->reconnect.min = NGX_CONF_UNSET_MSEC;
     conf->auth_timeout = NGX_CONF_UNSET_MSEC;
     conf->idle_timeout = NGX_CONF_UNSET_MSEC;
     conf->stanza_timeout = NGX_CONF_UNSET_MSEC;
@@ -473,12 +559,11 @@ ngx_stream_xmpp_cm_create_srv_conf(ngx_conf_t *cf)
     conf->preauth_max_stanza = NGX_CONF_UNSET_SIZE;
     conf->max_depth = NGX_CONF_UNSET_UINT;
     conf->client_output_limit = NGX_CONF_UNSET_SIZE;
-    conf->upstream_high = NGX_CONF_UNSET_SIZE;
-    conf->upstream_low = NGX_CONF_UNSET_SIZE;
-    conf->limit_rate = NGX_CONF_UNSET_SIZE;
-    conf->limit_burst = NGX_CONF_UNSET_SIZE;
-    conf->preauth_limit_rate = NGX_CONF_UNSET_SIZE;
-    conf->preauth_limit_burst = NGX_CONF_UNSET_SIZE;
+    conf->upstream_watermarks.high = NGX_CONF_UNSET_SIZE;
+    conf->limit_rate.rate = NGX_CONF_UNSET_SIZE;
+    conf->limit_rate.burst = NGX_CONF_UNSET_SIZE;
+    conf->preauth_limit_rate.rate = NGX_CONF_UNSET_SIZE;
+    conf->preauth_limit_rate.burst = NGX_CONF_UNSET_SIZE;
     conf->starttls = NGX_CONF_UNSET_UINT;
     conf->compression = NGX_CONF_UNSET;
     conf->upstream_tls = NGX_CONF_UNSET_UINT;
@@ -524,9 +609,18 @@ ngx_stream_xmpp_cm_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
                               prev->upstream_timeout, 120000);
     ngx_conf_merge_msec_value(conf->connect_timeout,
                               prev->connect_timeout, 10000);
-    ngx_conf_merge_msec_value(conf->reconnect_min, prev->reconnect_min, 1000);
-    ngx_conf_merge_msec_value(conf->reconnect_max, prev->reconnect_max,
-                              60000);
+
+    /* the two values of a pair directive are set and inherited together */
+
+    if (conf->reconnect.min == NGX_CONF_UNSET_MSEC) {
+        conf->reconnect = prev->reconnect;
+    }
+
+    if (conf->reconnect.min == NGX_CONF_UNSET_MSEC) {
+        conf->reconnect.min = 1000;
+        conf->reconnect.max = 60000;
+    }
+
     ngx_conf_merge_msec_value(conf->auth_timeout, prev->auth_timeout, 60000);
     ngx_conf_merge_msec_value(conf->idle_timeout, prev->idle_timeout,
                               600000);
@@ -541,10 +635,15 @@ ngx_stream_xmpp_cm_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_uint_value(conf->max_depth, prev->max_depth, 32);
     ngx_conf_merge_size_value(conf->client_output_limit,
                               prev->client_output_limit, 1024 * 1024);
-    ngx_conf_merge_size_value(conf->upstream_high, prev->upstream_high,
-                              1024 * 1024);
-    ngx_conf_merge_size_value(conf->upstream_low, prev->upstream_low,
-                              256 * 1024);
+
+    if (conf->upstream_watermarks.high == NGX_CONF_UNSET_SIZE) {
+        conf->upstream_watermarks = prev->upstream_watermarks;
+    }
+
+    if (conf->upstream_watermarks.high == NGX_CONF_UNSET_SIZE) {
+        conf->upstream_watermarks.high = 1024 * 1024;
+        conf->upstream_watermarks.low = 256 * 1024;
+    }
 
     /*
      * A rate and its burst go together: a server that sets the rate does
@@ -553,31 +652,28 @@ ngx_stream_xmpp_cm_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
      * after it.
      */
 
-    if (conf->limit_rate == NGX_CONF_UNSET_SIZE) {
+    if (conf->limit_rate.rate == NGX_CONF_UNSET_SIZE) {
         conf->limit_rate = prev->limit_rate;
-        conf->limit_burst = prev->limit_burst;
     }
 
-    if (conf->limit_rate == NGX_CONF_UNSET_SIZE) {
-        conf->limit_rate = 0;
+    if (conf->limit_rate.rate == NGX_CONF_UNSET_SIZE) {
+        conf->limit_rate.rate = 0;
     }
 
-    if (conf->limit_burst == NGX_CONF_UNSET_SIZE) {
-        conf->limit_burst = conf->limit_rate;
+    if (conf->limit_rate.burst == NGX_CONF_UNSET_SIZE) {
+        conf->limit_rate.burst = conf->limit_rate.rate;
     }
 
-    if (conf->preauth_limit_rate == NGX_CONF_UNSET_SIZE) {
+    if (conf->preauth_limit_rate.rate == NGX_CONF_UNSET_SIZE) {
         conf->preauth_limit_rate = prev->preauth_limit_rate;
-        conf->preauth_limit_burst = prev->preauth_limit_burst;
     }
 
-    if (conf->preauth_limit_rate == NGX_CONF_UNSET_SIZE) {
+    if (conf->preauth_limit_rate.rate == NGX_CONF_UNSET_SIZE) {
         conf->preauth_limit_rate = conf->limit_rate;
-        conf->preauth_limit_burst = conf->limit_burst;
     }
 
-    if (conf->preauth_limit_burst == NGX_CONF_UNSET_SIZE) {
-        conf->preauth_limit_burst = conf->preauth_limit_rate;
+    if (conf->preauth_limit_rate.burst == NGX_CONF_UNSET_SIZE) {
+        conf->preauth_limit_rate.burst = conf->preauth_limit_rate.rate;
     }
 
     ngx_conf_merge_uint_value(conf->starttls, prev->starttls,
@@ -646,14 +742,14 @@ ngx_stream_xmpp_cm_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_ERROR;
     }
 
-    if (conf->reconnect_min == 0 || conf->reconnect_min > conf->reconnect_max)
+    if (conf->reconnect.min == 0 || conf->reconnect.min > conf->reconnect.max)
     {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"xmpp_cm_reconnect\" needs 0 < min <= max");
         return NGX_CONF_ERROR;
     }
 
-    if (conf->upstream_low >= conf->upstream_high) {
+    if (conf->upstream_watermarks.low >= conf->upstream_watermarks.high) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"xmpp_cm_upstream_watermarks\" needs "
                            "low < high");
@@ -726,8 +822,6 @@ ngx_stream_xmpp_cm_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
 }
 
 
-/* servers sharing a CM name share one pool: their settings must agree */
-
 static ngx_int_t
 ngx_stream_xmpp_cm_postconfiguration(ngx_conf_t *cf)
 {
@@ -753,36 +847,295 @@ ngx_stream_xmpp_cm_postconfiguration(ngx_conf_t *cf)
         }
 #endif
 
+        /* the first server of the CM: the others were checked with it */
+
         for (j = 0; j < i; j++) {
             b = srv[j];
 
-            if (a->name.len != b->name.len
-                || ngx_strncmp(a->name.data, b->name.data, a->name.len) != 0)
-            {
-                continue;
-            }
+            if (ngx_stream_xmpp_cm_same_cm(a, b)) {
+                if (ngx_stream_xmpp_cm_shared_agree(cf, b, a) != NGX_OK) {
+                    return NGX_ERROR;
+                }
 
-            if (a->upstream != b->upstream
-                || a->connections != b->connections
-                || a->upstream_tls != b->upstream_tls
-                || a->secret.len != b->secret.len
-                || ngx_strncmp(a->secret.data, b->secret.data, a->secret.len)
-                   != 0)
-            {
-                ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                              "\"xmpp_cm_name\" \"%V\" is used in %V:%ui and "
-                              "%V:%ui with a different \"xmpp_cm_pass\", "
-                              "\"xmpp_cm_secret\", "
-                              "\"xmpp_cm_connections\" or "
-                              "\"xmpp_cm_upstream_tls\"; give each its own "
-                              "name", &a->name, &b->conf_file, b->conf_line,
-                              &a->conf_file, a->conf_line);
-                return NGX_ERROR;
+                break;
             }
         }
     }
 
     if (cmcf->servers.nelts && ngx_xmpp_cm_metrics_conf(cf, cmcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/* servers with the same xmpp_cm_name share one CM */
+
+static ngx_int_t
+ngx_stream_xmpp_cm_same_cm(ngx_stream_xmpp_cm_srv_conf_t *a,
+    ngx_stream_xmpp_cm_srv_conf_t *b)
+{
+    return a->name.len == b->name.len
+           && ngx_strncmp(a->name.data, b->name.data, a->name.len) == 0;
+}
+
+
+static ngx_int_t
+ngx_stream_xmpp_cm_shared_equal(ngx_stream_xmpp_cm_shared_t *sh,
+    ngx_stream_xmpp_cm_srv_conf_t *a, ngx_stream_xmpp_cm_srv_conf_t *b)
+{
+    char                      *pa, *pb;
+    ngx_str_t                 *sa, *sb;
+    ngx_xmpp_cm_backoff_t     *ba, *bb;
+    ngx_xmpp_cm_watermarks_t  *wa, *wb;
+
+    pa = (char *) a + sh->offset;
+    pb = (char *) b + sh->offset;
+
+    switch (sh->type) {
+
+    case NGX_XMPP_CM_SHARED_PASS:
+        return a->upstream == b->upstream;
+
+    case NGX_XMPP_CM_SHARED_DOMAIN:
+        sa = a->domains->elts;
+        sb = b->domains->elts;
+        break;
+
+    case NGX_XMPP_CM_SHARED_SECRET:
+    case NGX_XMPP_CM_SHARED_STR:
+        sa = (ngx_str_t *) pa;
+        sb = (ngx_str_t *) pb;
+        break;
+
+    case NGX_XMPP_CM_SHARED_FLAG:
+        return *(ngx_flag_t *) pa == *(ngx_flag_t *) pb;
+
+    case NGX_XMPP_CM_SHARED_MSEC:
+        return *(ngx_msec_t *) pa == *(ngx_msec_t *) pb;
+
+    case NGX_XMPP_CM_SHARED_BACKOFF:
+        ba = (ngx_xmpp_cm_backoff_t *) pa;
+        bb = (ngx_xmpp_cm_backoff_t *) pb;
+        return ba->min == bb->min && ba->max == bb->max;
+
+    case NGX_XMPP_CM_SHARED_WATERMARKS:
+        wa = (ngx_xmpp_cm_watermarks_t *) pa;
+        wb = (ngx_xmpp_cm_watermarks_t *) pb;
+        return wa->high == wb->high && wa->low == wb->low;
+
+    default: /* NUM, ENUM, BITMASK */
+        return *(ngx_uint_t *) pa == *(ngx_uint_t *) pb;
+    }
+
+    return sa->len == sb->len && ngx_memcmp(sa->data, sb->data, sa->len) == 0;
+}
+
+
+/* 30s, 1500ms; 1m, 256k, 1000: as they may be written */
+
+static u_char *
+ngx_stream_xmpp_cm_msec_text(u_char *p, ngx_msec_t ms)
+{
+    if (ms == 0) {
+        return ngx_sprintf(p, "0");
+    }
+
+    return (ms % 1000) ? ngx_sprintf(p, "%Mms", ms)
+                       : ngx_sprintf(p, "%Ms", ms / 1000);
+}
+
+
+static u_char *
+ngx_stream_xmpp_cm_size_text(u_char *p, size_t size)
+{
+    if (size && size % (1024 * 1024) == 0) {
+        return ngx_sprintf(p, "%uzm", size / (1024 * 1024));
+    }
+
+    if (size && size % 1024 == 0) {
+        return ngx_sprintf(p, "%uzk", size / 1024);
+    }
+
+    return ngx_sprintf(p, "%uz", size);
+}
+
+
+/* a setting's value for the nginx -t message (the secret is not shown) */
+
+static ngx_int_t
+ngx_stream_xmpp_cm_shared_text(ngx_conf_t *cf, ngx_stream_xmpp_cm_shared_t *sh,
+    ngx_stream_xmpp_cm_srv_conf_t *conf, ngx_str_t *text)
+{
+    char                      *field;
+    u_char                    *p;
+    size_t                     len;
+    ngx_uint_t                 v;
+    ngx_conf_enum_t           *e;
+    ngx_conf_bitmask_t        *m;
+    ngx_xmpp_cm_backoff_t     *b;
+    ngx_xmpp_cm_watermarks_t  *w;
+
+    field = (char *) conf + sh->offset;
+
+    switch (sh->type) {
+
+    case NGX_XMPP_CM_SHARED_PASS:
+        *text = conf->pass;
+        return NGX_OK;
+
+    case NGX_XMPP_CM_SHARED_DOMAIN:
+        *text = *(ngx_str_t *) conf->domains->elts;
+        return NGX_OK;
+
+    case NGX_XMPP_CM_SHARED_STR:
+        *text = *(ngx_str_t *) field;
+        return NGX_OK;
+
+    case NGX_XMPP_CM_SHARED_FLAG:
+        if (*(ngx_flag_t *) field) {
+            ngx_str_set(text, "on");
+
+        } else {
+            ngx_str_set(text, "off");
+        }
+
+        return NGX_OK;
+
+    case NGX_XMPP_CM_SHARED_ENUM:
+        v = *(ngx_uint_t *) field;
+
+        for (e = sh->values; e->name.len; e++) {
+            if (e->value == v) {
+                *text = e->name;
+                return NGX_OK;
+            }
+        }
+
+        break;
+
+    case NGX_XMPP_CM_SHARED_BITMASK:
+        v = *(ngx_uint_t *) field;
+        len = 0;
+
+        for (m = sh->values; m->name.len; m++) {
+            if (v & m->mask) {
+                len += m->name.len + 1;
+            }
+        }
+
+        p = ngx_pnalloc(cf->pool, len);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        text->data = p;
+
+        for (m = sh->values; m->name.len; m++) {
+            if (v & m->mask) {
+                p = ngx_sprintf(p, "%V ", &m->name);
+            }
+        }
+
+        text->len = len ? len - 1 : 0;
+        return NGX_OK;
+
+    default:
+        break;
+    }
+
+    /* numbers: two at most, each with a unit */
+
+    p = ngx_pnalloc(cf->pool, 2 * (NGX_INT64_LEN + sizeof("ms")));
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    text->data = p;
+
+    switch (sh->type) {
+
+    case NGX_XMPP_CM_SHARED_MSEC:
+        p = ngx_stream_xmpp_cm_msec_text(p, *(ngx_msec_t *) field);
+        break;
+
+    case NGX_XMPP_CM_SHARED_BACKOFF:
+        b = (ngx_xmpp_cm_backoff_t *) field;
+        p = ngx_stream_xmpp_cm_msec_text(p, b->min);
+        *p++ = ' ';
+        p = ngx_stream_xmpp_cm_msec_text(p, b->max);
+        break;
+
+    case NGX_XMPP_CM_SHARED_WATERMARKS:
+        w = (ngx_xmpp_cm_watermarks_t *) field;
+        p = ngx_stream_xmpp_cm_size_text(p, w->high);
+        *p++ = ' ';
+        p = ngx_stream_xmpp_cm_size_text(p, w->low);
+        break;
+
+    default: /* NUM, an ENUM value without a name */
+        p = ngx_sprintf(p, "%ui", *(ngx_uint_t *) field);
+        break;
+    }
+
+    text->len = p - text->data;
+
+    return NGX_OK;
+}
+
+
+/*
+ * The servers a (the first of its CM) and b share a CM: each setting in
+ * ngx_stream_xmpp_cm_shared_settings must be the same in both.
+ */
+
+static ngx_int_t
+ngx_stream_xmpp_cm_shared_agree(ngx_conf_t *cf,
+    ngx_stream_xmpp_cm_srv_conf_t *a, ngx_stream_xmpp_cm_srv_conf_t *b)
+{
+    ngx_str_t                     va, vb;
+    ngx_stream_xmpp_cm_shared_t  *sh;
+
+    for (sh = ngx_stream_xmpp_cm_shared_settings; sh->name.len; sh++) {
+
+        /* the xmpp_cm_upstream_tls entry came first: it agrees */
+
+        if (sh->tls_only
+            && a->upstream_tls == NGX_XMPP_CM_UPSTREAM_TLS_OFF)
+        {
+            continue;
+        }
+
+        if (ngx_stream_xmpp_cm_shared_equal(sh, a, b)) {
+            continue;
+        }
+
+        if (sh->type == NGX_XMPP_CM_SHARED_SECRET) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "\"xmpp_cm_name\" \"%V\" is used in %V:%ui and "
+                          "%V:%ui with a different \"%V\"; give each its "
+                          "own name or the same secret", &a->name,
+                          &a->conf_file, a->conf_line, &b->conf_file,
+                          b->conf_line, &sh->name);
+            return NGX_ERROR;
+        }
+
+        if (ngx_stream_xmpp_cm_shared_text(cf, sh, a, &va) != NGX_OK
+            || ngx_stream_xmpp_cm_shared_text(cf, sh, b, &vb) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"xmpp_cm_name\" \"%V\" is used in %V:%ui and %V:%ui "
+                      "with a different %s\"%V\"; give each its own name or "
+                      "the same value (\"%V\" and \"%V\")", &a->name,
+                      &a->conf_file, a->conf_line, &b->conf_file,
+                      b->conf_line,
+                      sh->type == NGX_XMPP_CM_SHARED_DOMAIN
+                      ? "first name in " : "",
+                      &sh->name, &va, &vb);
         return NGX_ERROR;
     }
 
@@ -999,76 +1352,83 @@ ngx_stream_xmpp_cm_secret(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+/* xmpp_cm_reconnect min max */
+
 static char *
-ngx_stream_xmpp_cm_msec_pair(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+ngx_stream_xmpp_cm_backoff(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     char  *p = conf;
 
-    ngx_str_t   *value;
-    ngx_msec_t  *v, t;
-    ngx_uint_t   i;
+    ngx_str_t              *value;
+    ngx_msec_t              t[2];
+    ngx_uint_t              i;
+    ngx_xmpp_cm_backoff_t  *b;
 
-    v = (ngx_msec_t *) (p + cmd->offset);
+    b = (ngx_xmpp_cm_backoff_t *) (p + cmd->offset);
 
-    if (v[0] != NGX_CONF_UNSET_MSEC) {
+    if (b->min != NGX_CONF_UNSET_MSEC) {
         return "is duplicate";
     }
 
     value = cf->args->elts;
 
     for (i = 0; i < 2; i++) {
-        t = ngx_parse_time(&value[i + 1], 0);
-        if (t == (ngx_msec_t) NGX_ERROR) {
+        t[i] = ngx_parse_time(&value[i + 1], 0);
+        if (t[i] == (ngx_msec_t) NGX_ERROR) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid time \"%V\" in \"%V\"",
                                &value[i + 1], &cmd->name);
             return NGX_CONF_ERROR;
         }
-
-        v[i] = t;
     }
+
+    b->min = t[0];
+    b->max = t[1];
 
     return NGX_CONF_OK;
 }
 
 
+/* xmpp_cm_upstream_watermarks high low */
+
 static char *
-ngx_stream_xmpp_cm_size_pair(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+ngx_stream_xmpp_cm_watermarks(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     char  *p = conf;
 
-    size_t      *v;
-    ssize_t      n;
-    ngx_str_t   *value;
-    ngx_uint_t   i;
+    ssize_t                    n[2];
+    ngx_str_t                 *value;
+    ngx_uint_t                 i;
+    ngx_xmpp_cm_watermarks_t  *w;
 
-    v = (size_t *) (p + cmd->offset);
+    w = (ngx_xmpp_cm_watermarks_t *) (p + cmd->offset);
 
-    if (v[0] != NGX_CONF_UNSET_SIZE) {
+    if (w->high != NGX_CONF_UNSET_SIZE) {
         return "is duplicate";
     }
 
     value = cf->args->elts;
 
     for (i = 0; i < 2; i++) {
-        n = ngx_parse_size(&value[i + 1]);
-        if (n == NGX_ERROR) {
+        n[i] = ngx_parse_size(&value[i + 1]);
+        if (n[i] == NGX_ERROR) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid size \"%V\" in \"%V\"",
                                &value[i + 1], &cmd->name);
             return NGX_CONF_ERROR;
         }
-
-        v[i] = (size_t) n;
     }
+
+    w->high = (size_t) n[0];
+    w->low = (size_t) n[1];
 
     return NGX_CONF_OK;
 }
 
 
 /*
- * xmpp_cm_limit_rate rate [burst=size]: two size_t at cmd->offset, the
- * rate (bytes per second, 0: off) and the burst (unset: the rate).
+ * xmpp_cm_limit_rate rate [burst=size]: the rate (bytes per second, 0:
+ * off) and the burst (unset: the rate).
  */
 
 static char *
@@ -1076,13 +1436,13 @@ ngx_stream_xmpp_cm_limit_rate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     char  *p = conf;
 
-    size_t      *v;
-    ssize_t      n;
-    ngx_str_t   *value, s;
+    ssize_t              n;
+    ngx_str_t           *value, s;
+    ngx_xmpp_cm_rate_t  *r;
 
-    v = (size_t *) (p + cmd->offset);
+    r = (ngx_xmpp_cm_rate_t *) (p + cmd->offset);
 
-    if (v[0] != NGX_CONF_UNSET_SIZE) {
+    if (r->rate != NGX_CONF_UNSET_SIZE) {
         return "is duplicate";
     }
 
@@ -1098,7 +1458,7 @@ ngx_stream_xmpp_cm_limit_rate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    v[0] = (size_t) n;
+    r->rate = (size_t) n;
 
     if (cf->args->nelts == 2) {
         return NGX_CONF_OK;
@@ -1123,7 +1483,7 @@ ngx_stream_xmpp_cm_limit_rate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    v[1] = (size_t) n;
+    r->burst = (size_t) n;
 
     return NGX_CONF_OK;
 }
@@ -1153,10 +1513,7 @@ ngx_stream_xmpp_cm_init_process(ngx_cycle_t *cycle)
     for (i = 0; i < cmcf->servers.nelts; i++) {
 
         for (j = 0; j < i; j++) {
-            if (srv[j]->name.len == srv[i]->name.len
-                && ngx_strncmp(srv[j]->name.data, srv[i]->name.data,
-                               srv[i]->name.len) == 0)
-            {
+            if (ngx_stream_xmpp_cm_same_cm(srv[j], srv[i])) {
                 srv[i]->pool = srv[j]->pool;
                 break;
             }

@@ -68,6 +68,24 @@ typedef struct ngx_xmpp_cm_node_s     ngx_xmpp_cm_node_t;
 #define NGX_XMPP_CM_UPSTREAM_TLS_DIRECT    2
 
 
+/* the values of the two-value directives, as ngx_bufs_t for "*_buffers" */
+
+typedef struct {
+    ngx_msec_t                       min;
+    ngx_msec_t                       max;
+} ngx_xmpp_cm_backoff_t;                       /* xmpp_cm_reconnect */
+
+typedef struct {
+    size_t                           high;
+    size_t                           low;
+} ngx_xmpp_cm_watermarks_t;           /* xmpp_cm_upstream_watermarks */
+
+typedef struct {
+    size_t                           rate;     /* bytes/s, 0: off */
+    size_t                           burst;
+} ngx_xmpp_cm_rate_t;                         /* xmpp_cm_*limit_rate */
+
+
 typedef struct {
     ngx_stream_upstream_srv_conf_t  *upstream;
     ngx_str_t                        pass;
@@ -78,8 +96,7 @@ typedef struct {
     ngx_msec_t                       keepalive;
     ngx_msec_t                       upstream_timeout;
     ngx_msec_t                       connect_timeout;
-    ngx_msec_t                       reconnect_min;
-    ngx_msec_t                       reconnect_max;
+    ngx_xmpp_cm_backoff_t            reconnect;
     ngx_msec_t                       auth_timeout;
     ngx_msec_t                       idle_timeout;
     ngx_msec_t                       stanza_timeout;
@@ -88,12 +105,9 @@ typedef struct {
     size_t                           preauth_max_stanza;
     ngx_uint_t                       max_depth;
     size_t                           client_output_limit;
-    size_t                           upstream_high;
-    size_t                           upstream_low;
-    size_t                           limit_rate;   /* bytes/s, 0: off */
-    size_t                           limit_burst;
-    size_t                           preauth_limit_rate;
-    size_t                           preauth_limit_burst;
+    ngx_xmpp_cm_watermarks_t         upstream_watermarks;
+    ngx_xmpp_cm_rate_t               limit_rate;
+    ngx_xmpp_cm_rate_t               preauth_limit_rate;
     ngx_uint_t                       starttls;
     ngx_flag_t                       compression;
     ngx_uint_t                       upstream_tls;
@@ -119,7 +133,6 @@ typedef struct {
     ngx_array_t                     *cert_values;  /* complex values */
     ngx_array_t                     *key_values;
     ngx_array_t                     *passwords;
-    ngx_msec_t                       handshake_timeout;
 #endif
 
     ngx_xmpp_cm_pool_t              *pool;         /* per worker */
@@ -515,7 +528,6 @@ struct ngx_xmpp_cm_pool_s {
     ngx_uint_t                       nsessions;
 
     ngx_str_t                        features;     /* pre-auth, built */
-    size_t                           features_size;
     unsigned                         cfg_tls_required:1;
     unsigned                         cfg_compression:1;
 

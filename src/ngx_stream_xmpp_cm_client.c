@@ -341,8 +341,8 @@ ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
 
         size = NGX_XMPP_CM_CLIENT_READ;
         rate = cl->closing ? 0
-               : cl->authenticated ? cl->conf->limit_rate
-               : cl->conf->preauth_limit_rate;
+               : cl->authenticated ? cl->conf->limit_rate.rate
+               : cl->conf->preauth_limit_rate.rate;
 
         if (rate) {
             size = ngx_xmpp_cm_client_rate(cl, rate, size);
@@ -582,8 +582,8 @@ ngx_xmpp_cm_client_rate(ngx_xmpp_cm_client_t *cl, size_t rate, size_t size)
 
     rev = cl->c->read;
 
-    burst = cl->authenticated ? cl->conf->limit_burst
-                              : cl->conf->preauth_limit_burst;
+    burst = cl->authenticated ? cl->conf->limit_rate.burst
+                              : cl->conf->preauth_limit_rate.burst;
 
     slice = (off_t) ngx_max(rate / 20, 1) * 1000;
     cap = ngx_max((off_t) burst * 1000, slice);

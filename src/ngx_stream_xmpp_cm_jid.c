@@ -3,11 +3,12 @@
  * JIDs and the other checks Openfire leaves to a connection manager.
  *
  * Openfire routes stanzas that come from a CM without JID validation
- * and without the clean-ups of its own client reader (protocol notes,
- * section 16), so the CM does them: the JID syntax of RFC 7622 with the
- * stringprep rules that need no Unicode tables (docs/security.md says
- * exactly which), the stanza types Openfire knows, and the values of
- * <show/>.  The JID functions are pure: no allocation, no state.
+ * and without the clean-ups of its own client reader
+ * (docs/openfire-protocol.md, section 8), so the CM does them: the JID
+ * syntax of RFC 7622 with the stringprep rules that need no Unicode
+ * tables (docs/security.md says exactly which), the stanza types Openfire
+ * knows, and the values of <show/>.  The JID functions are pure: no
+ * allocation, no state.
  */
 
 

@@ -5,7 +5,8 @@
  *
  * Client bytes are copied as expat validated them, with the smallest
  * changes that make them safe inside Openfire's connection-manager
- * stream, whose splitter tracks double quotes only (protocol section 2):
+ * stream, whose splitter tracks double quotes only (section 2 of
+ * docs/openfire-protocol.md):
  * single-quoted attribute values become double-quoted, '"' and '>' inside
  * them and '>' in text are escaped, CDATA sections become escaped text,
  * and xmlns="jabber:client" is added to a stanza that has no default
@@ -315,7 +316,7 @@ ngx_xmpp_cm_sanitize(ngx_xmpp_cm_xml_t *x, u_char *dst, XML_Index start,
  * A client's stanza for its route: ngx_xmpp_cm_sanitize() plus the
  * stream's xml:lang where the stanza has none (RFC 6120 8.1.5), the
  * folded 'to' and 'from', and without a <show> Openfire would choke on
- * (protocol notes, section 16).
+ * (docs/openfire-protocol.md, section 8).
  */
 
 static size_t

@@ -9,6 +9,12 @@
  * one gets a context built here, at configuration time, from the same
  * merged ssl_* settings (certificates, with variables such as
  * $ssl_server_name for SNI, protocols, ciphers, session cache).
+ *
+ * This runs at postconfiguration, after every merge: the ssl module's
+ * merge has set every setting it merges before its "listen ... ssl"
+ * check (protocols, ciphers, certificates, passwords, session timeout,
+ * conf commands, handshake timeout); the session cache and tickets are
+ * merged only for a "listen ... ssl" server, so they may still be unset.
  */
 
 
@@ -37,22 +43,13 @@ ngx_xmpp_cm_tls_conf(ngx_conf_t *cf, ngx_stream_xmpp_cm_srv_conf_t *conf,
     ngx_ssl_t           *ssl;
     ngx_pool_cleanup_t  *cln;
 
-    conf->handshake_timeout = sscf->handshake_timeout;
-
-    if (conf->handshake_timeout == NGX_CONF_UNSET_MSEC) {
-        conf->handshake_timeout = 60000;
-    }
-
     if (sscf->ssl.ctx) {
         /* the server has a "listen ... ssl": share nginx's own context */
         conf->ssl = &sscf->ssl;
         return NGX_OK;
     }
 
-    if (sscf->certificates == NULL
-        || sscf->certificates == NGX_CONF_UNSET_PTR
-        || sscf->certificates->nelts == 0)
-    {
+    if (sscf->certificates == NULL || sscf->certificates->nelts == 0) {
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
                       "\"xmpp_cm_starttls\" in %V:%ui needs "
                       "\"ssl_certificate\" and \"ssl_certificate_key\" "
@@ -62,7 +59,6 @@ ngx_xmpp_cm_tls_conf(ngx_conf_t *cf, ngx_stream_xmpp_cm_srv_conf_t *conf,
     }
 
     if (sscf->certificate_keys == NULL
-        || sscf->certificate_keys == NGX_CONF_UNSET_PTR
         || sscf->certificate_keys->nelts < sscf->certificates->nelts)
     {
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
@@ -78,11 +74,7 @@ ngx_xmpp_cm_tls_conf(ngx_conf_t *cf, ngx_stream_xmpp_cm_srv_conf_t *conf,
     ssl = &conf->own_ssl;
     ssl->log = cf->log;
 
-    if (ngx_ssl_create(ssl, sscf->protocols ? sscf->protocols
-                            : (NGX_CONF_BITMASK_SET|NGX_SSL_TLSv1_2
-                               |NGX_SSL_TLSv1_3), NULL)
-        != NGX_OK)
-    {
+    if (ngx_ssl_create(ssl, sscf->protocols, NULL) != NGX_OK) {
         return NGX_ERROR;
     }
 
@@ -95,9 +87,7 @@ ngx_xmpp_cm_tls_conf(ngx_conf_t *cf, ngx_stream_xmpp_cm_srv_conf_t *conf,
     cln->handler = ngx_ssl_cleanup_ctx;
     cln->data = ssl;
 
-    if (ngx_ssl_ciphers(cf, ssl, &sscf->ciphers,
-                        sscf->prefer_server_ciphers == NGX_CONF_UNSET
-                        ? 0 : sscf->prefer_server_ciphers)
+    if (ngx_ssl_ciphers(cf, ssl, &sscf->ciphers, sscf->prefer_server_ciphers)
         != NGX_OK)
     {
         return NGX_ERROR;
@@ -123,8 +113,7 @@ ngx_xmpp_cm_tls_conf(ngx_conf_t *cf, ngx_stream_xmpp_cm_srv_conf_t *conf,
 
     if (ngx_ssl_session_cache(ssl, &ngx_xmpp_cm_sess_id_ctx,
                               sscf->certificates, builtin, sscf->shm_zone,
-                              sscf->session_timeout == NGX_CONF_UNSET
-                              ? 300 : sscf->session_timeout)
+                              sscf->session_timeout)
         != NGX_OK)
     {
         return NGX_ERROR;
@@ -143,9 +132,7 @@ ngx_xmpp_cm_tls_conf(ngx_conf_t *cf, ngx_stream_xmpp_cm_srv_conf_t *conf,
         SSL_CTX_set_options(ssl->ctx, SSL_OP_NO_TICKET);
     }
 
-    if (sscf->conf_commands != NGX_CONF_UNSET_PTR
-        && ngx_ssl_conf_commands(cf, ssl, sscf->conf_commands) != NGX_OK)
-    {
+    if (ngx_ssl_conf_commands(cf, ssl, sscf->conf_commands) != NGX_OK) {
         return NGX_ERROR;
     }
 
@@ -175,9 +162,7 @@ ngx_xmpp_cm_tls_certificates(ngx_conf_t *cf,
     }
 
     return ngx_ssl_certificates(cf, &conf->own_ssl, sscf->certificates,
-                                sscf->certificate_keys,
-                                sscf->passwords == NGX_CONF_UNSET_PTR
-                                ? NULL : sscf->passwords);
+                                sscf->certificate_keys, sscf->passwords);
 
 variables:
 
@@ -253,9 +238,7 @@ ngx_xmpp_cm_tls_cert_values(ngx_conf_t *cf,
         }
     }
 
-    conf->passwords = ngx_ssl_preserve_passwords(cf,
-                                         sscf->passwords == NGX_CONF_UNSET_PTR
-                                         ? NULL : sscf->passwords);
+    conf->passwords = ngx_ssl_preserve_passwords(cf, sscf->passwords);
     if (conf->passwords == NULL) {
         return NGX_ERROR;
     }
@@ -322,7 +305,9 @@ ngx_int_t
 ngx_xmpp_cm_tls_start(ngx_connection_t *c,
     ngx_stream_xmpp_cm_srv_conf_t *conf, ngx_connection_handler_pt handler)
 {
-    ngx_int_t  rc;
+    ngx_int_t               rc;
+    ngx_stream_session_t   *s;
+    ngx_stream_ssl_conf_t  *sscf;
 
     if (ngx_ssl_create_connection(conf->ssl, c, 0) != NGX_OK) {
         return NGX_ERROR;
@@ -335,7 +320,12 @@ ngx_xmpp_cm_tls_start(ngx_connection_t *c,
             ngx_del_timer(c->read);
         }
 
-        ngx_add_timer(c->read, conf->handshake_timeout);
+        /* as ngx_stream_ssl_init_connection() for "listen ... ssl" */
+
+        s = c->data;
+        sscf = ngx_stream_get_module_srv_conf(s, ngx_stream_ssl_module);
+
+        ngx_add_timer(c->read, sscf->handshake_timeout);
         c->ssl->handler = handler;
     }
 

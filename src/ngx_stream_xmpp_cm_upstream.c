@@ -161,14 +161,14 @@ ngx_xmpp_cm_backoff(ngx_xmpp_cm_sock_t *sock)
     ngx_stream_xmpp_cm_srv_conf_t  *conf;
 
     conf = sock->pool->conf;
-    delay = conf->reconnect_min;
+    delay = conf->reconnect.min;
 
-    for (i = 1; i < sock->failures && delay < conf->reconnect_max; i++) {
+    for (i = 1; i < sock->failures && delay < conf->reconnect.max; i++) {
         delay *= 2;
     }
 
-    if (delay > conf->reconnect_max) {
-        delay = conf->reconnect_max;
+    if (delay > conf->reconnect.max) {
+        delay = conf->reconnect.max;
     }
 
     /* full jitter over the upper half spreads the reconnect storm */
@@ -387,8 +387,9 @@ failed:
 
 
 /*
- * The literal stream: prefix and double quotes (protocol section 2).  Sent
- * at connect, and again over TLS after STARTTLS (section 3.4).
+ * The literal stream: prefix and double quotes.  Sent at connect, and
+ * again over TLS after STARTTLS (docs/openfire-protocol.md, sections 2
+ * and 3.4).
  */
 
 static ngx_int_t
@@ -656,7 +657,7 @@ ngx_xmpp_cm_sock_write_handler(ngx_event_t *wev)
     }
 
     if (sock->throttled
-        && sock->out.size <= sock->pool->conf->upstream_low)
+        && sock->out.size <= sock->pool->conf->upstream_watermarks.low)
     {
         ngx_xmpp_cm_sock_unthrottle(sock);
     }
@@ -956,7 +957,8 @@ ngx_xmpp_cm_sock_element(void *data, ngx_xmpp_cm_elem_t *e)
 
     /*
      * Openfire registers a socket at stream open, before the handshake,
-     * and may route any session of the name to it (4.1.6 row 7).
+     * and may route any session of the name to it
+     * (docs/openfire-protocol.md, section 7, row 7).
      */
 
     if (ngx_xmpp_cm_str_is(&root->name, "route")) {
@@ -988,9 +990,7 @@ ngx_xmpp_cm_sock_element(void *data, ngx_xmpp_cm_elem_t *e)
                 b->last = ngx_cpymem(b->last, "\"/>", 3);
             }
 
-            if (!pool->configured) {
-                pool->configured = 1;
-            }
+            pool->configured = 1;
 
             if (pool->ready && !pool->was_up) {
                 ngx_xmpp_cm_pool_up(pool);
@@ -1261,7 +1261,7 @@ ngx_xmpp_cm_sock_buf(ngx_xmpp_cm_sock_t *sock, size_t len)
         ngx_post_event(sock->c->write, &ngx_posted_events);
     }
 
-    if (sock->out.size > sock->pool->conf->upstream_high) {
+    if (sock->out.size > sock->pool->conf->upstream_watermarks.high) {
         sock->throttled = 1;
     }
 

@@ -1,4 +1,4 @@
-"""Scenario 7: bad client input.  Each case asserts the exact stream error
+"""Bad client input.  Each case asserts the exact stream error
 condition (docs/directives.md, "Client stream errors") and that the bad part (which carries the
 marker BADMARK) never reached the stand-in; the session is closed upstream.
 Plus the positive controls (limits not hit, 1-byte writes, quoting)."""

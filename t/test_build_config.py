@@ -1,4 +1,4 @@
-"""Scenario 1 (build) and 2 (configuration errors at `nginx -t`)."""
+"""The build, and configuration errors at `nginx -t`."""
 import os
 import re
 import subprocess
@@ -110,6 +110,117 @@ def test_config_error_unknown_upstream(nginx_t):
     assert rc != 0, out
     assert "nosuchupstream" in out, out
     assert re.search(r"nginx-t\.conf:\d+", out), out
+
+def two_servers(second=None, first="", **kw2):
+    """Two servers with the same xmpp_cm_name (cm1): one CM, one group of
+    Openfire sockets.  'first' and 'second' are extra lines of each."""
+    kw1 = {"connections": 2, "extra": first}
+    kw2.setdefault("connections", 2)
+    kw2["extra"] = second or ""
+    return "\n".join([server_block(15222, kw1.pop("upstream", GOOD_PASS),
+                                   **kw1),
+                      server_block(15223, kw2.pop("upstream", GOOD_PASS),
+                                   **kw2)])
+
+
+# (id, first server's lines, second server's lines or kwargs, directive,
+#  the two values as the message shows them)
+SHARED_DIFFER = [
+    ("keepalive", "", "xmpp_cm_keepalive 10s;",
+     "xmpp_cm_keepalive", ("30s", "10s")),
+    ("upstream_timeout", "", "xmpp_cm_upstream_timeout 1500ms;",
+     "xmpp_cm_upstream_timeout", ("120s", "1500ms")),
+    ("connect_timeout", "xmpp_cm_connect_timeout 5s;", "",
+     "xmpp_cm_connect_timeout", ("5s", "10s")),
+    ("reconnect", "", "xmpp_cm_reconnect 100ms 5s;",
+     "xmpp_cm_reconnect", ("1s 60s", "100ms 5s")),
+    ("watermarks", "", "xmpp_cm_upstream_watermarks 2m 512k;",
+     "xmpp_cm_upstream_watermarks", ("1m 256k", "2m 512k")),
+    ("close_delay", "", "xmpp_cm_close_delay 2s;",
+     "xmpp_cm_close_delay", ("0", "2s")),
+    ("first_domain", "", dict(domain="example.com localhost"),
+     "xmpp_cm_domain", ("localhost", "example.com")),
+    ("connections", "", dict(connections=3),
+     "xmpp_cm_connections", ("2", "3")),
+    ("pass", "", dict(upstream="127.0.0.1:5263"),
+     "xmpp_cm_pass", ("127.0.0.1:5262", "127.0.0.1:5263")),
+    ("upstream_ssl_verify_depth",
+     "xmpp_cm_upstream_tls starttls;",
+     "xmpp_cm_upstream_tls starttls;\nxmpp_cm_upstream_ssl_verify_depth 3;",
+     "xmpp_cm_upstream_ssl_verify_depth", ("1", "3")),
+    ("upstream_ssl_protocols",
+     "xmpp_cm_upstream_tls direct;",
+     "xmpp_cm_upstream_tls direct;\n"
+     "xmpp_cm_upstream_ssl_protocols TLSv1.3;",
+     "xmpp_cm_upstream_ssl_protocols", ("TLSv1.2 TLSv1.3", "TLSv1.3")),
+    ("upstream_ssl_name",
+     "xmpp_cm_upstream_tls direct;",
+     "xmpp_cm_upstream_tls direct;\n"
+     "xmpp_cm_upstream_ssl_name openfire.example;",
+     "xmpp_cm_upstream_ssl_name", ("localhost", "openfire.example")),
+]
+
+
+@pytest.mark.parametrize("case,first,second,directive,values", SHARED_DIFFER,
+                         ids=[c[0] for c in SHARED_DIFFER])
+def test_shared_cm_settings_must_agree(nginx_t, case, first, second,
+                                       directive, values):
+    """Servers with the same xmpp_cm_name share one CM (one group of
+    Openfire sockets per worker): every setting of that group must be the
+    same in each, or nginx -t names the directive, both servers and both
+    values (only the first server's was used, silently)."""
+    if isinstance(second, dict):
+        body_ = two_servers(first=first, **second)
+    else:
+        body_ = two_servers(second, first=first)
+    rc, out = nginx_t(body_)
+    assert rc != 0, "nginx -t accepted %s:\n%s" % (case, out)
+    m = re.search(r'\[emerg\] "xmpp_cm_name" "cm1" is used in '
+                  r'\S*nginx-t\.conf:(\d+) and \S*nginx-t\.conf:(\d+) with a '
+                  r'different (?:first name in )?"%s"; give each its own '
+                  r'name or the same value \("([^"]*)" and "([^"]*)"\)'
+                  % directive, out)
+    assert m, out
+    assert int(m.group(1)) < int(m.group(2)), out
+    assert (m.group(3), m.group(4)) == values, out
+
+
+def test_shared_cm_secret_values_not_logged(nginx_t):
+    rc, out = nginx_t(two_servers(secret="othersecret"))
+    assert rc != 0, out
+    assert re.search(r'\[emerg\] "xmpp_cm_name" "cm1" is used in .* with a '
+                     r'different "xmpp_cm_secret"; give each its own name',
+                     out), out
+    assert "othersecret" not in out and "cmsecret" not in out, out
+
+
+def test_shared_cm_settings_that_agree(nginx_t):
+    """Positive controls: the CM's settings once in stream {}, or the same
+    in each server; the client-side settings may differ per server; the
+    xmpp_cm_upstream_ssl_* settings do not matter while
+    xmpp_cm_upstream_tls is off; two names may share an upstream."""
+    shared = ("xmpp_cm_keepalive 10s;\n"
+              "xmpp_cm_upstream_timeout 60s;\n"
+              "xmpp_cm_connect_timeout 5s;\n"
+              "xmpp_cm_reconnect 100ms 5s;\n"
+              "xmpp_cm_upstream_watermarks 2m 512k;\n"
+              "xmpp_cm_close_delay 2s;\n")
+    client_side = ("xmpp_cm_idle_timeout 1m;\n"
+                   "xmpp_cm_auth_timeout 10s;\n"
+                   "xmpp_cm_max_stanza_size 64k;\n"
+                   "xmpp_cm_limit_rate 10k burst=20k;\n"
+                   "xmpp_cm_compression on;\n"
+                   "xmpp_cm_upstream_ssl_verify_depth 4;\n")
+    rc, out = nginx_t(shared + two_servers(client_side))
+    assert rc == 0, out
+    rc, out = nginx_t(two_servers(shared + client_side, first=shared,
+                                  domain="localhost example.com"))
+    assert rc == 0, out
+    rc, out = nginx_t("\n".join([
+        server_block(15222, GOOD_PASS, name="cm1", extra=shared),
+        server_block(15223, GOOD_PASS, name="cm2",
+                     extra="xmpp_cm_keepalive 5s;")]))
+    assert rc == 0, out
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Scenario 5 (part): a real client library (slixmpp) through the CM."""
+"""A real client library (slixmpp) through the CM."""
 import asyncio
 import base64
 import time

@@ -1,4 +1,4 @@
-"""Scenario 4: the client stream (header validation, stream id, features,
+"""The client stream (header validation, stream id, features,
 session create, restart after SASL, route wrapping)."""
 import re
 import time

@@ -1,4 +1,4 @@
-"""Scenario 8: flow control in both directions."""
+"""Flow control in both directions."""
 import socket
 import time
 

@@ -1,5 +1,5 @@
-"""Scenario 5 (session life-cycle, bogus routes, upstream loss) and 9
-(graceful shutdown)."""
+"""The session life cycle, bogus routes, upstream loss and graceful
+shutdown."""
 import re
 import signal
 import socket

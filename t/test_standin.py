@@ -1,7 +1,7 @@
 """Tests of the Openfire stand-in itself (t/standin/openfire_standin.py).
 
 Raw sockets play the connection manager and replay the exchanges recorded
-against a real Openfire 4.1.6 (shared/docs/openfire-4.1.6-transcripts.md);
+against a real Openfire 4.1.6 (docs/openfire-protocol.md, section 7);
 the server's answers must match those bytes, with only the random parts
 (stream ids, Tinder IQ ids, time stamps) left open.  Then the [4.8+]
 variants, the control channel, and the edge cases (limits, bad input,

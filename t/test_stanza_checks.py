@@ -1,5 +1,5 @@
 """What Openfire trusts a connection manager to check or clean in client
-stanzas (protocol notes, section 16; issue 9 items 6, 10-13): JIDs, stanza
+stanzas (docs/openfire-protocol.md, section 8; issue 9 items 6, 10-13): JIDs, stanza
 types, <show/>, the stream's xml:lang, the domain in the stream header.
 
 The stand-in misbehaves the way Openfire 4.1.6 does when such a stanza

@@ -1,4 +1,4 @@
-"""Scenario 3: the per-worker upstream pool (Openfire CM sockets)."""
+"""The per-worker upstream pool (Openfire CM sockets)."""
 import hashlib
 import html
 import re

@@ -1,4 +1,4 @@
-"""Scenario 6: two nginx workers, each with its own CM name and pool."""
+"""Two nginx workers, each with its own CM name and pool."""
 import re
 
 from lib.raw import NS_CLIENT, q

@@ -101,8 +101,8 @@ fuzz_pool_init(fuzz_pool_t *fp)
 
     ngx_memzero(fp, sizeof(fuzz_pool_t));
 
-    fp->conf.upstream_high = 16 * 1024 * 1024;
-    fp->conf.upstream_low = 1024 * 1024;
+    fp->conf.upstream_watermarks.high = 16 * 1024 * 1024;
+    fp->conf.upstream_watermarks.low = 1024 * 1024;
     fp->conf.client_output_limit = 1024 * 1024;
     fp->conf.close_delay = 0;
     ngx_str_set(&fp->conf.secret, "cmsecret");

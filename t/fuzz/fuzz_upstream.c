@@ -15,8 +15,8 @@
  * real callbacks run: ngx_xmpp_cm_sock_open (handshake), _sock_element
  * (routes -> session table -> bounce / ghost close; session IQs;
  * configuration IQ -> features; handshake; stream errors), _sock_end.
- * The session table holds sessions "r1a".."r1z" (the ids of the Openfire
- * 4.1.6 transcripts) in their close delay, i.e. without a client; a
+ * The session table holds sessions "r1a".."r1z" (the ids of the seeds
+ * recorded from Openfire 4.1.6) in their close delay, i.e. without a client; a
  * stanza for a live client is not delivered here (that needs a client
  * connection), but the tree walk below does the byte work of
  * ngx_xmpp_cm_client_deliver() on every route payload: copy of the span,

@@ -4,10 +4,11 @@
 client:   hand-written client streams (slixmpp-like: SASL PLAIN / SCRAM,
           restart, bind, session, roster, presence, messages with CDATA,
           single quotes, '>' and '"' in values, prefixes, xml:lang).
-upstream: what Openfire 4.1.6 sent on each CM socket, taken from
-          shared/docs/openfire-4.1.6-transcripts.md (every "S<" line of a
-          socket, in order), plus Openfire 4.8+ forms (escaped-text
-          payloads, stream errors in routes and close IQs).
+upstream: what Openfire 4.1.6 sent on each CM socket, taken from the
+          recorded exchanges (a markdown file named by XMPP_CM_TRANSCRIPTS,
+          not in the repository: every "S<" line of a socket, in order;
+          the seeds made from it are committed), plus Openfire 4.8+ forms
+          (escaped-text payloads, stream errors in routes and close IQs).
 route:    single stanzas from the client seeds.
 Each file starts with the target's control bytes (see the targets).
 """
@@ -17,9 +18,7 @@ import re
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-TRANSCRIPTS = os.environ.get("XMPP_CM_TRANSCRIPTS") or os.path.join(
-    os.path.dirname(ROOT), "shared", "docs", "openfire-4.1.6-transcripts.md")
+TRANSCRIPTS = os.environ.get("XMPP_CM_TRANSCRIPTS")
 
 HDR = ("<?xml version='1.0'?><stream:stream to='localhost' "
        "xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'"
@@ -78,6 +77,10 @@ def client_streams():
 
 
 def transcripts():
+    if not TRANSCRIPTS:
+        print("make_corpus: XMPP_CM_TRANSCRIPTS not set: the committed "
+              "transcript seeds stay as they are", file=sys.stderr)
+        return []
     try:
         text = open(TRANSCRIPTS, encoding="utf-8").read()
     except OSError:

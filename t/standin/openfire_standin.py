@@ -5,8 +5,8 @@ ngx_stream_xmpp_cm test suite.
 It plays the server side of Openfire's CM protocol (port 5262) the way a
 real Openfire 4.1.6 does (version "4.1", byte for byte where the recorded
 transcripts show bytes) or the way the 4.8+ source reads (version "4.8").
-Specification: shared/docs/openfire-cm-protocol.md (sections 2-7, 14, 15)
-and shared/docs/openfire-4.1.6-transcripts.md.  See README.md here for the
+Specification: docs/openfire-protocol.md ("section N" and "row N" here are
+its sections and the rows of its section 7).  See README.md here for the
 command line and the JSON control channel.
 
 Single process, asyncio, Python 3.11 standard library only.
@@ -158,7 +158,7 @@ def child_named(el, name):
 def split_jid(j, fold=True):
     """'node@domain/res' -> (node|None, domain, res|None), node and domain
     lower-cased.  fold=False keeps them as they are: Openfire routes a
-    stanza from a CM without stringprep (skipJIDValidation, section 16),
+    stanza from a CM without stringprep (skipJIDValidation, section 8),
     so 'BOB@LocalHost.' is not bob@localhost there."""
     res = None
     if "/" in j:
@@ -1081,7 +1081,7 @@ class Openfire:
 
     def cm_stanza_fault(self, conn, route, s, el):
         """What Openfire 4.1.6 does with a routed stanza its own client
-        reader would have cleaned or refused (section 16), where that is
+        reader would have cleaned or refused (section 8), where that is
         not simply a lost stanza: a 'to' or 'from' with an empty localpart
         throws (route error internal-server-error), so does a message or
         IQ type it does not know; an unknown presence type closes the
