@@ -28,6 +28,7 @@ typedef struct {
 
 
 struct ngx_xmpp_cm_client_s {
+    ngx_xmpp_cm_conn_t               conn;        /* first: the stream's view */
     ngx_stream_session_t            *s;
     ngx_connection_t                *c;
     ngx_stream_xmpp_cm_srv_conf_t   *conf;
@@ -55,7 +56,6 @@ struct ngx_xmpp_cm_client_s {
     unsigned                         sasl_pending:1;  /* until the result */
     unsigned                         zlib_pending:1;
     unsigned                         header_sent:1;
-    unsigned                         blocked:1;
     unsigned                         closing:1;
     unsigned                         lingering:1;
     unsigned                         mech_refused:1;
@@ -113,6 +113,19 @@ static ngx_int_t ngx_xmpp_cm_client_compress(ngx_xmpp_cm_client_t *cl,
 static void ngx_xmpp_cm_client_starttls(ngx_xmpp_cm_client_t *cl);
 static void ngx_xmpp_cm_client_tls_done(ngx_connection_t *c);
 #endif
+static void ngx_xmpp_cm_client_end(ngx_xmpp_cm_client_t *cl, char *cond,
+    char *text, u_char *raw, size_t rawlen);
+static void ngx_xmpp_cm_client_closing(ngx_xmpp_cm_client_t *cl, char *cond,
+    char *text, u_char *raw, size_t rawlen);
+static void ngx_xmpp_cm_client_detach(ngx_xmpp_cm_client_t *cl);
+static void ngx_xmpp_cm_client_flush(ngx_xmpp_cm_client_t *cl);
+static ngx_int_t ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_conn_t *conn,
+    ngx_xmpp_cm_xml_t *x, ngx_xmpp_cm_node_t *n);
+static void ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_conn_t *conn,
+    ngx_str_t *text);
+static void ngx_xmpp_cm_client_ended(ngx_xmpp_cm_conn_t *conn, char *cond,
+    char *text, u_char *raw, size_t rawlen);
+static void ngx_xmpp_cm_client_unblock(ngx_xmpp_cm_conn_t *conn);
 static void ngx_xmpp_cm_client_bound(ngx_xmpp_cm_client_t *cl,
     ngx_xmpp_cm_node_t *iq);
 static ngx_uint_t ngx_xmpp_cm_client_offered(ngx_xmpp_cm_client_t *cl,
@@ -120,6 +133,16 @@ static ngx_uint_t ngx_xmpp_cm_client_offered(ngx_xmpp_cm_client_t *cl,
 static ngx_int_t ngx_xmpp_cm_client_eof(ngx_xmpp_cm_client_t *cl);
 static void ngx_xmpp_cm_client_replied(ngx_xmpp_cm_client_t *cl,
     ngx_xmpp_cm_node_t *iq);
+
+
+/* how the stream table reaches a client connection (h: conn_handler_t) */
+
+static const ngx_xmpp_cm_conn_handler_t  ngx_xmpp_cm_client_conn = {
+    ngx_xmpp_cm_client_deliver,
+    ngx_xmpp_cm_client_deliver_text,
+    ngx_xmpp_cm_client_ended,
+    ngx_xmpp_cm_client_unblock
+};
 
 
 static ngx_str_t    ngx_xmpp_cm_client_nocond = ngx_string("(no condition)");
@@ -147,6 +170,7 @@ ngx_stream_xmpp_cm_handler(ngx_stream_session_t *s)
 
     ngx_stream_set_ctx(s, cl, ngx_stream_xmpp_cm_module);
 
+    cl->conn.handler = &ngx_xmpp_cm_client_conn;
     cl->s = s;
     cl->c = c;
     cl->conf = conf;
@@ -308,22 +332,16 @@ ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
 
     for ( ;; ) {
 
-        if (cl->blocked && !cl->closing) {
-            /* the upstream socket is over its high-water mark */
-            return;
-        }
-
-        if (!cl->closing && cl->session && cl->session->sock
-            && cl->session->sock->throttled)
+        if (!cl->closing && cl->session
+            && ngx_xmpp_cm_session_throttled(cl->session))
         {
             /*
-             * Another client has just filled the socket: do not read what
-             * cannot go, or every readable client would push one more read
-             * past the mark (and hold a parser) before it is paused.
+             * The upstream socket is over its high-water mark, maybe
+             * filled by another client just now: do not read what cannot
+             * go, or every readable client would push one more read past
+             * the mark (and hold a parser) before it is paused.
              */
 
-            cl->blocked = 1;
-            ngx_xmpp_cm_sock_block(cl->session->sock, cl->session);
             return;
         }
 
@@ -860,7 +878,7 @@ ngx_xmpp_cm_client_open(void *data, ngx_str_t *name, ngx_str_t *ns,
             break;
         }
 
-        cl->session = ngx_xmpp_cm_session_create(cl->pool, cl, &addr);
+        cl->session = ngx_xmpp_cm_session_create(cl->pool, &cl->conn, &addr);
 
         if (cl->session == NULL) {
             ngx_xmpp_cm_client_end(cl, "remote-connection-failed",
@@ -1026,15 +1044,14 @@ ngx_xmpp_cm_client_tls(ngx_xmpp_cm_client_t *cl)
 static ngx_int_t
 ngx_xmpp_cm_client_forward(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
 {
-    ngx_int_t            rc;
-    ngx_xmpp_cm_sock_t  *sock;
+    ngx_int_t  rc;
 
     if (cl->session == NULL) {
         ngx_xmpp_cm_client_end(cl, "reset", NULL, NULL, 0);
         return NGX_DONE;
     }
 
-    rc = ngx_xmpp_cm_route_client(cl->session, cl->xml, e, cl->lang);
+    rc = ngx_xmpp_cm_session_send(cl->session, cl->xml, e, cl->lang);
 
     if (rc == NGX_DECLINED) {
         ngx_xmpp_cm_client_end(cl, "policy-violation", "stanza too large",
@@ -1049,12 +1066,6 @@ ngx_xmpp_cm_client_forward(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
     }
 
     ngx_xmpp_cm_count_relay(cl->pool, TO_OPENFIRE, e->end - e->start);
-    sock = cl->session->sock;
-
-    if (sock && sock->throttled) {
-        cl->blocked = 1;
-        ngx_xmpp_cm_sock_block(sock, cl->session);
-    }
 
     return NGX_OK;
 }
@@ -1546,29 +1557,27 @@ ngx_xmpp_cm_client_full(ngx_xmpp_cm_client_t *cl, size_t len)
 }
 
 
-/* a stanza (or SASL element) from Openfire for this client */
+/*
+ * A stanza (or SASL element) from Openfire for this client.  NGX_DECLINED:
+ * not taken (the client is closing, or not reading and ended now); the
+ * stream table answers it as for a closed stream.
+ */
 
-void
-ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
+static ngx_int_t
+ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_conn_t *conn, ngx_xmpp_cm_xml_t *x,
     ngx_xmpp_cm_node_t *n)
 {
-    u_char                 *p, *tmp;
-    size_t                  len, out;
-    ngx_str_t               p1, p2;
-    ngx_uint_t              success;
-    ngx_xmpp_cm_session_t  *s;
+    ngx_xmpp_cm_client_t *cl = (ngx_xmpp_cm_client_t *) conn;
+
+    u_char      *p, *tmp;
+    size_t       len, out;
+    ngx_str_t    p1, p2;
+    ngx_uint_t   success;
 
     len = ngx_xmpp_cm_xml_copy(x, NULL, n->start, n->end);
 
-    /* ending the stream detaches the session: keep it for the bounce */
-
-    s = cl->session;
-
     if (cl->closing || ngx_xmpp_cm_client_full(cl, len)) {
-        if (s) {
-            ngx_xmpp_cm_session_bounce(s, x, n);
-        }
-        return;
+        return NGX_DECLINED;
     }
 
     if (ngx_xmpp_cm_str_is(&n->ns, NGX_XMPP_NS_STREAMS)
@@ -1576,7 +1585,7 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
     {
         tmp = ngx_pnalloc(x->tmp, len);
         if (tmp == NULL) {
-            return;
+            return NGX_OK;
         }
 
         (void) ngx_xmpp_cm_xml_copy(x, tmp, n->start, n->end);
@@ -1586,7 +1595,7 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
                       "error");
 
         ngx_xmpp_cm_client_end(cl, NULL, NULL, tmp, len);
-        return;
+        return NGX_OK;
     }
 
     success = ngx_xmpp_cm_str_is(&n->ns, NGX_XMPP_NS_SASL)
@@ -1596,7 +1605,7 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
         ngx_log_error(NGX_LOG_ERR, cl->c->log, 0,
                       "xmpp_cm: SASL success from Openfire outside SASL "
                       "negotiation on stream %V dropped", &cl->streamid);
-        return;
+        return NGX_OK;
     }
 
     if (n->has_xmlns && !ngx_xmpp_cm_str_is(&n->xmlns, NGX_XMPP_NS_CLIENT)
@@ -1604,7 +1613,7 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
     {
         tmp = ngx_pnalloc(x->tmp, len);
         if (tmp == NULL) {
-            return;
+            return NGX_OK;
         }
 
         (void) ngx_xmpp_cm_xml_copy(x, tmp, n->start, n->end);
@@ -1612,7 +1621,7 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
         out = ngx_xmpp_cm_strip_server_ns(NULL, tmp, len, n);
         p = ngx_pnalloc(x->tmp, out);
         if (p == NULL) {
-            return;
+            return NGX_OK;
         }
 
         (void) ngx_xmpp_cm_strip_server_ns(p, tmp, len, n);
@@ -1626,7 +1635,7 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
     } else {
         p = ngx_xmpp_cm_queue_alloc(&cl->out, len);
         if (p == NULL) {
-            return;
+            return NGX_OK;
         }
 
         (void) ngx_xmpp_cm_xml_copy(x, p, n->start, n->end);
@@ -1658,6 +1667,8 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
     if (cl->iq_pending && ngx_xmpp_cm_str_is(&n->name, "iq")) {
         ngx_xmpp_cm_client_replied(cl, n);
     }
+
+    return NGX_OK;
 }
 
 
@@ -1873,9 +1884,11 @@ ngx_xmpp_cm_client_variable(ngx_stream_session_t *s, ngx_uint_t which,
 
 /* Openfire 4.8+: SASL results and stream errors as escaped text */
 
-void
-ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_client_t *cl, ngx_str_t *text)
+static void
+ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_conn_t *conn, ngx_str_t *text)
 {
+    ngx_xmpp_cm_client_t *cl = (ngx_xmpp_cm_client_t *) conn;
+
     u_char      *p, *end;
     ngx_uint_t   success;
 
@@ -2007,14 +2020,71 @@ ngx_xmpp_cm_client_authenticated(ngx_xmpp_cm_client_t *cl)
 
 
 /*
- * Ends the client stream: a stream error (cond, or raw bytes Openfire
- * sent), then </stream:stream>; the connection closes once that is
- * written, or after a short linger.  raw == "" with rawlen 0 sends only
- * the end tag.
+ * The connection ends its stream (a client error, its </stream:stream>,
+ * a timeout...): the client is told, then the stream table lets the
+ * stream go (close delay, or <close/> to Openfire).  raw == "" with
+ * rawlen 0 sends only the end tag.
  */
 
-void
+static void
 ngx_xmpp_cm_client_end(ngx_xmpp_cm_client_t *cl, char *cond, char *text,
+    u_char *raw, size_t rawlen)
+{
+    if (cl->closing) {
+        return;
+    }
+
+    ngx_xmpp_cm_client_closing(cl, cond, text, raw, rawlen);
+    ngx_xmpp_cm_client_detach(cl);
+}
+
+
+/*
+ * The stream table ended the stream (Openfire closed or refused it, no
+ * socket is left, the worker exits): it has let go of this connection
+ * already, so the connection only drops its link and tells the client.
+ */
+
+static void
+ngx_xmpp_cm_client_ended(ngx_xmpp_cm_conn_t *conn, char *cond, char *text,
+    u_char *raw, size_t rawlen)
+{
+    ngx_xmpp_cm_client_t *cl = (ngx_xmpp_cm_client_t *) conn;
+
+    cl->session = NULL;
+
+    ngx_xmpp_cm_client_closing(cl, cond, text, raw, rawlen);
+
+    if (cl->pool->exiting || ngx_exiting || ngx_terminate) {
+        ngx_xmpp_cm_client_flush(cl);
+    }
+}
+
+
+/* the one link from a connection to its stream is cut here */
+
+static void
+ngx_xmpp_cm_client_detach(ngx_xmpp_cm_client_t *cl)
+{
+    ngx_xmpp_cm_session_t  *s;
+
+    s = cl->session;
+
+    if (s) {
+        cl->session = NULL;
+        ngx_xmpp_cm_session_detach(s);
+    }
+}
+
+
+/*
+ * The client stream ends: a stream error (cond, or raw bytes Openfire
+ * sent), then </stream:stream>; the connection closes once that is
+ * written, or after a short linger.  Touches no stream.
+ */
+
+static void
+ngx_xmpp_cm_client_closing(ngx_xmpp_cm_client_t *cl, char *cond, char *text,
     u_char *raw, size_t rawlen)
 {
     u_char      *p, *buf;
@@ -2073,15 +2143,6 @@ ngx_xmpp_cm_client_end(ngx_xmpp_cm_client_t *cl, char *cond, char *text,
     }
 
     ngx_xmpp_cm_client_send(cl, (u_char *) "</stream:stream>", 16);
-
-    if (cl->session) {
-        ngx_xmpp_cm_session_client_gone(cl->session, 0);
-        cl->session = NULL;
-    }
-
-    if (cl->blocked) {
-        cl->blocked = 0;
-    }
 
     rev = cl->c->read;
     rev->delayed = 0;
@@ -2218,28 +2279,23 @@ ngx_xmpp_cm_client_tls_done(ngx_connection_t *c)
 #endif
 
 
-void
+static void
 ngx_xmpp_cm_client_flush(ngx_xmpp_cm_client_t *cl)
 {
     (void) ngx_xmpp_cm_queue_send(cl->c, &cl->out);
 }
 
 
-void
-ngx_xmpp_cm_client_unblock(ngx_xmpp_cm_client_t *cl)
+/* the stream's socket drained: reading goes on */
+
+static void
+ngx_xmpp_cm_client_unblock(ngx_xmpp_cm_conn_t *conn)
 {
-    cl->blocked = 0;
+    ngx_xmpp_cm_client_t *cl = (ngx_xmpp_cm_client_t *) conn;
 
     if (!cl->c->read->posted) {
         ngx_post_event(cl->c->read, &ngx_posted_events);
     }
-}
-
-
-void
-ngx_xmpp_cm_client_orphan(ngx_xmpp_cm_client_t *cl)
-{
-    cl->session = NULL;
 }
 
 
@@ -2346,10 +2402,7 @@ ngx_xmpp_cm_client_cleanup(void *data)
                       "(connection closed)", cl->out.size);
     }
 
-    if (cl->session) {
-        ngx_xmpp_cm_session_client_gone(cl->session, 0);
-        cl->session = NULL;
-    }
+    ngx_xmpp_cm_client_detach(cl);
 
     if (cl->iq_auth) {
         ngx_free(cl->iq_auth);
