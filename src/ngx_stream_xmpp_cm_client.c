@@ -18,6 +18,22 @@
 #define NGX_XMPP_NS_IQAUTH         "jabber:iq:auth"
 
 
+/*
+ * The phases of a client connection, as ngx_mail_* has them: each
+ * installs its own read handler (ngx_xmpp_cm_client_phase()), and the two
+ * that read the stream their own element policy, decided once per stanza
+ * at its start tag.  What remains of sub-states is in flags: SASL under
+ * way, a header answered, compression switching within one read, the
+ * write side shut while closing.
+ */
+
+#define NGX_XMPP_CM_PHASE_AUTH      0   /* header, features, SASL, iq:auth */
+#define NGX_XMPP_CM_PHASE_STREAM    1   /* authenticated */
+#define NGX_XMPP_CM_PHASE_STARTTLS  2   /* <proceed/> drains: no reads */
+#define NGX_XMPP_CM_PHASE_HALF      3   /* client EOF: IQ replies awaited */
+#define NGX_XMPP_CM_PHASE_CLOSING   4   /* end queued: input dropped, linger */
+
+
 /* XEP-0078: the client's jabber:iq:auth set waiting for Openfire */
 
 typedef struct {
@@ -50,24 +66,35 @@ struct ngx_xmpp_cm_client_s {
     ngx_queue_t                      link;
     u_char                           lang[36];
 
+    unsigned                         phase:3;     /* NGX_XMPP_CM_PHASE_* */
+    unsigned                         kind:3;      /* the stanza's, at start */
     unsigned                         authenticated:1;
-    unsigned                         tls_pending:1;
     unsigned                         sasl_started:1;
     unsigned                         sasl_pending:1;  /* until the result */
-    unsigned                         zlib_pending:1;
+    unsigned                         zlib_pending:1;  /* within one read */
     unsigned                         header_sent:1;
-    unsigned                         closing:1;
-    unsigned                         lingering:1;
+    unsigned                         lingering:1;     /* closing: FIN sent */
     unsigned                         mech_refused:1;
     unsigned                         iq_request:1;
-    unsigned                         half_closed:1;
     unsigned                         rate_logged:1;
 
     ngx_uint_t                       iq_pending;   /* IQ get/set unanswered */
 };
 
 
-static void ngx_xmpp_cm_client_read_handler(ngx_event_t *rev);
+static void ngx_xmpp_cm_client_phase(ngx_xmpp_cm_client_t *cl,
+    ngx_uint_t phase);
+static void ngx_xmpp_cm_client_auth_handler(ngx_event_t *rev);
+static void ngx_xmpp_cm_client_stream_handler(ngx_event_t *rev);
+static void ngx_xmpp_cm_client_block_read(ngx_event_t *rev);
+static void ngx_xmpp_cm_client_half_closed_handler(ngx_event_t *rev);
+static void ngx_xmpp_cm_client_closing_handler(ngx_event_t *rev);
+static ngx_int_t ngx_xmpp_cm_client_wake(ngx_xmpp_cm_client_t *cl,
+    ngx_event_t *rev);
+static void ngx_xmpp_cm_client_shutdown(ngx_xmpp_cm_client_t *cl);
+static void ngx_xmpp_cm_client_read(ngx_xmpp_cm_client_t *cl, size_t rate);
+static ssize_t ngx_xmpp_cm_client_recv(ngx_xmpp_cm_client_t *cl,
+    size_t size);
 static void ngx_xmpp_cm_client_write_handler(ngx_event_t *wev);
 static void ngx_xmpp_cm_client_cleanup(void *data);
 static void ngx_xmpp_cm_client_finalize(ngx_xmpp_cm_client_t *cl);
@@ -77,7 +104,12 @@ static ngx_int_t ngx_xmpp_cm_client_process(ngx_xmpp_cm_client_t *cl,
     u_char *buf, size_t n);
 static ngx_int_t ngx_xmpp_cm_client_open(void *data, ngx_str_t *name,
     ngx_str_t *ns, const XML_Char **attrs);
-static ngx_int_t ngx_xmpp_cm_client_start(void *data,
+static ngx_int_t ngx_xmpp_cm_client_auth_start(void *data,
+    ngx_xmpp_cm_elem_t *e);
+static ngx_uint_t ngx_xmpp_cm_client_stream_level(ngx_xmpp_cm_elem_t *e);
+static ngx_int_t ngx_xmpp_cm_client_start(ngx_xmpp_cm_client_t *cl,
+    ngx_xmpp_cm_elem_t *e);
+static ngx_int_t ngx_xmpp_cm_client_stream_start(void *data,
     ngx_xmpp_cm_elem_t *e);
 static ngx_int_t ngx_xmpp_cm_client_element(void *data,
     ngx_xmpp_cm_elem_t *e);
@@ -203,12 +235,11 @@ ngx_stream_xmpp_cm_handler(ngx_stream_session_t *s)
     cl->xml->data = cl;
     cl->xml->open = ngx_xmpp_cm_client_open;
     cl->xml->element = ngx_xmpp_cm_client_element;
-    cl->xml->start = ngx_xmpp_cm_client_start;
     cl->xml->close = ngx_xmpp_cm_client_close;
     cl->xml->max_size = conf->preauth_max_stanza;
     cl->xml->max_depth = conf->max_depth;
 
-    c->read->handler = ngx_xmpp_cm_client_read_handler;
+    ngx_xmpp_cm_client_phase(cl, NGX_XMPP_CM_PHASE_AUTH);
     c->write->handler = ngx_xmpp_cm_client_write_handler;
     c->log->action = "reading the XMPP stream header";
 
@@ -231,44 +262,211 @@ ngx_stream_xmpp_cm_handler(ngx_stream_session_t *s)
         c->buffer->pos = c->buffer->last;
     }
 
-    ngx_xmpp_cm_client_read_handler(c->read);
+    c->read->handler(c->read);
 }
 
 
-static void
-ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
+/* the client of a connection's read or write event */
+
+static ngx_inline ngx_xmpp_cm_client_t *
+ngx_xmpp_cm_client_of(ngx_event_t *ev)
 {
-    size_t                 size, rate;
-    ssize_t                n;
     ngx_connection_t      *c;
     ngx_stream_session_t  *s;
+
+    c = ev->data;
+    s = c->data;
+
+    return ngx_stream_get_module_ctx(s, ngx_stream_xmpp_cm_module);
+}
+
+
+/*
+ * Installs a phase: its read handler, and while the stream is read, its
+ * element policy.
+ */
+
+static void
+ngx_xmpp_cm_client_phase(ngx_xmpp_cm_client_t *cl, ngx_uint_t phase)
+{
+    static ngx_event_handler_pt  handlers[] = {
+        ngx_xmpp_cm_client_auth_handler,
+        ngx_xmpp_cm_client_stream_handler,
+        ngx_xmpp_cm_client_block_read,
+        ngx_xmpp_cm_client_half_closed_handler,
+        ngx_xmpp_cm_client_closing_handler
+    };
+
+    cl->phase = phase;
+    cl->c->read->handler = handlers[phase];
+
+    switch (phase) {
+
+    case NGX_XMPP_CM_PHASE_AUTH:
+        cl->xml->start = ngx_xmpp_cm_client_auth_start;
+        break;
+
+    case NGX_XMPP_CM_PHASE_STREAM:
+        cl->xml->start = ngx_xmpp_cm_client_stream_start;
+        break;
+    }
+}
+
+
+/* before authentication: the header, the features, SASL or iq:auth */
+
+static void
+ngx_xmpp_cm_client_auth_handler(ngx_event_t *rev)
+{
     ngx_xmpp_cm_client_t  *cl;
 
-    c = rev->data;
-    s = c->data;
-    cl = ngx_stream_get_module_ctx(s, ngx_stream_xmpp_cm_module);
+    cl = ngx_xmpp_cm_client_of(rev);
+
+    if (ngx_xmpp_cm_client_wake(cl, rev) == NGX_OK) {
+        ngx_xmpp_cm_client_read(cl, cl->conf->preauth_limit_rate);
+    }
+}
+
+
+/* an authenticated stream: stanzas routed to Openfire */
+
+static void
+ngx_xmpp_cm_client_stream_handler(ngx_event_t *rev)
+{
+    ngx_xmpp_cm_client_t  *cl;
+
+    cl = ngx_xmpp_cm_client_of(rev);
+
+    if (ngx_xmpp_cm_client_wake(cl, rev) == NGX_OK) {
+        ngx_xmpp_cm_client_read(cl, cl->conf->limit_rate);
+    }
+}
+
+
+/*
+ * <proceed/> is going out: the next bytes belong to TLS, and nothing is
+ * read until the write handler starts the handshake.
+ */
+
+static void
+ngx_xmpp_cm_client_block_read(ngx_event_t *rev)
+{
+    (void) ngx_xmpp_cm_client_wake(ngx_xmpp_cm_client_of(rev), rev);
+}
+
+
+/* the client sends nothing more: its IQ replies are awaited */
+
+static void
+ngx_xmpp_cm_client_half_closed_handler(ngx_event_t *rev)
+{
+    ngx_xmpp_cm_client_t  *cl;
+
+    cl = ngx_xmpp_cm_client_of(rev);
+
+    if (cl->c->close) {
+        ngx_xmpp_cm_client_shutdown(cl);
+        return;
+    }
+
+    if (rev->timedout) {
+        rev->timedout = 0;
+
+        ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                      "xmpp_cm: %ui IQ replies for a client that "
+                      "closed its side did not come in time",
+                      cl->iq_pending);
+        ngx_xmpp_cm_client_end(cl, NULL, NULL, (u_char *) "", 0);
+    }
+}
+
+
+/*
+ * The end is queued: the input is read and dropped until the client
+ * closes, or the linger timer set by ngx_xmpp_cm_client_closing() fires
+ * (see ngx_xmpp_cm_client_linger()).
+ */
+
+static void
+ngx_xmpp_cm_client_closing_handler(ngx_event_t *rev)
+{
+    ssize_t                n;
+    ngx_connection_t      *c;
+    ngx_xmpp_cm_client_t  *cl;
+
+    cl = ngx_xmpp_cm_client_of(rev);
+    c = cl->c;
 
     if (c->close) {
-
-        /*
-         * worker_shutdown_timeout: the client is told, and what is queued
-         * for it (messages Openfire already routed, then the stream
-         * error) gets the linger to be read, as on any other end.  The
-         * shutdown timer marked the connection as failed only to make
-         * its owner close it; the linger timer bounds the close, and the
-         * worker exits when the last client is gone.
-         */
-
-        c->close = 0;
-        c->error = 0;
-
-        ngx_log_error(NGX_LOG_INFO, c->log, 0,
-                      "xmpp_cm: worker shutdown timeout, ending the stream");
-
-        ngx_xmpp_cm_client_end(cl, "system-shutdown",
-                               "the connection manager is shutting down",
-                               NULL, 0);
+        /* the client is told already: the linger timer bounds the close */
+        ngx_xmpp_cm_client_shutdown(cl);
         return;
+    }
+
+    if (rev->timedout) {
+        rev->timedout = 0;
+        ngx_xmpp_cm_client_finalize(cl);
+        return;
+    }
+
+    for ( ;; ) {
+
+        if (!rev->ready && c->ssl == NULL) {
+            break;
+        }
+
+        n = ngx_xmpp_cm_client_recv(cl, NGX_XMPP_CM_CLIENT_READ);
+
+        if (n == NGX_AGAIN) {
+            break;
+        }
+
+        if (n == NGX_DONE) {
+            return;
+        }
+    }
+
+    if (ngx_handle_read_event(rev, 0) != NGX_OK) {
+        ngx_xmpp_cm_client_finalize(cl);
+    }
+}
+
+
+/*
+ * worker_shutdown_timeout: the client is told, and what is queued for it
+ * (messages Openfire already routed, then the stream error) gets the
+ * linger to be read, as on any other end.  The shutdown timer marked the
+ * connection as failed only to make its owner close it; the linger timer
+ * bounds the close, and the worker exits when the last client is gone.
+ */
+
+static void
+ngx_xmpp_cm_client_shutdown(ngx_xmpp_cm_client_t *cl)
+{
+    cl->c->close = 0;
+    cl->c->error = 0;
+
+    ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                  "xmpp_cm: worker shutdown timeout, ending the stream");
+
+    ngx_xmpp_cm_client_end(cl, "system-shutdown",
+                           "the connection manager is shutting down",
+                           NULL, 0);
+}
+
+
+/*
+ * What wakes a phase that reads the stream (or waits for TLS) other than
+ * input: the worker's shutdown timeout, the end of a rate-limit delay,
+ * the read timer.  NGX_OK: go on reading.
+ */
+
+static ngx_int_t
+ngx_xmpp_cm_client_wake(ngx_xmpp_cm_client_t *cl, ngx_event_t *rev)
+{
+    if (cl->c->close) {
+        ngx_xmpp_cm_client_shutdown(cl);
+        return NGX_DONE;
     }
 
     if (rev->timedout && rev->delayed) {
@@ -295,21 +493,8 @@ ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
     if (rev->timedout) {
         rev->timedout = 0;
 
-        if (cl->closing) {
-            ngx_xmpp_cm_client_finalize(cl);
-            return;
-        }
-
-        if (cl->half_closed) {
-            ngx_log_error(NGX_LOG_INFO, c->log, 0,
-                          "xmpp_cm: %ui IQ replies for a client that "
-                          "closed its side did not come in time",
-                          cl->iq_pending);
-            ngx_xmpp_cm_client_end(cl, NULL, NULL, (u_char *) "", 0);
-            return;
-        }
-
-        ngx_log_error(NGX_LOG_INFO, c->log, 0, "xmpp_cm: client timed out");
+        ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                      "xmpp_cm: client timed out");
         ngx_xmpp_cm_client_end(cl, "connection-timeout",
                                cl->partial_since && cl->conf->stanza_timeout
                                && ngx_current_msec - cl->partial_since
@@ -317,24 +502,35 @@ ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
                                ? "stanza not completed in time"
                                : cl->authenticated ? "idle for too long"
                                : "not authenticated in time", NULL, 0);
-        return;
+        return NGX_DONE;
     }
 
-    if (cl->tls_pending) {
-        /* <proceed/> is going out: the next bytes belong to TLS */
-        return;
-    }
+    return cl->phase == NGX_XMPP_CM_PHASE_STARTTLS ? NGX_DONE : NGX_OK;
+}
 
-    if (cl->half_closed && !cl->closing) {
-        /* the client sends nothing more: its IQ replies are awaited */
-        return;
-    }
+
+/*
+ * Reads the stream while the phase reads it (AUTH or STREAM); a phase
+ * that changes within a read (the end, STARTTLS) takes over from there:
+ * the rest of that read is not part of the stream.  After <starttls/>,
+ * plaintext pipelined behind it must never count as part of the TLS
+ * stream (the STARTTLS injection class of bug).
+ */
+
+static void
+ngx_xmpp_cm_client_read(ngx_xmpp_cm_client_t *cl, size_t rate)
+{
+    size_t             size;
+    ssize_t            n;
+    ngx_event_t       *rev;
+    ngx_connection_t  *c;
+
+    c = cl->c;
+    rev = c->read;
 
     for ( ;; ) {
 
-        if (!cl->closing && cl->session
-            && ngx_xmpp_cm_session_throttled(cl->session))
-        {
+        if (cl->session && ngx_xmpp_cm_session_throttled(cl->session)) {
             /*
              * The upstream socket is over its high-water mark, maybe
              * filled by another client just now: do not read what cannot
@@ -356,9 +552,6 @@ ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
         }
 
         size = NGX_XMPP_CM_CLIENT_READ;
-        rate = cl->closing ? 0
-               : cl->authenticated ? cl->conf->limit_rate
-               : cl->conf->preauth_limit_rate;
 
         if (rate) {
             size = ngx_xmpp_cm_client_rate(cl, rate, size);
@@ -369,47 +562,28 @@ ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
             }
         }
 
-        n = c->recv(c, ngx_xmpp_cm_client_buf, size);
+        n = ngx_xmpp_cm_client_recv(cl, size);
 
         if (n == NGX_AGAIN) {
             break;
         }
 
-        if (n == 0 && ngx_xmpp_cm_client_eof(cl) == NGX_AGAIN) {
+        if (n == NGX_DONE) {
             return;
         }
-
-        if (n == 0 || n == NGX_ERROR) {
-            ngx_log_debug0(NGX_LOG_DEBUG_STREAM, c->log, 0,
-                           "xmpp_cm: client closed the connection");
-            ngx_xmpp_cm_client_finalize(cl);
-            return;
-        }
-
-        s->received += n;
 
         if (rate) {
             cl->rate_credit -= (off_t) n * 1000;
         }
 
-        if (cl->closing) {
-            /* draining: nothing more is read into the stream */
-            continue;
-        }
-
         if (ngx_xmpp_cm_client_input(cl, ngx_xmpp_cm_client_buf, n)
-            != NGX_OK)
+            != NGX_OK
+            || cl->phase > NGX_XMPP_CM_PHASE_STREAM)
         {
-            if (cl->closing) {
-                continue;
-            }
-
             /*
-             * After <starttls/> the rest of that read is dropped: plaintext
-             * pipelined behind it must never count as part of the TLS
-             * stream (the STARTTLS injection class of bug).
+             * Ended, or STARTTLS: the new phase's handler goes on (the
+             * end posts the read event, the write handler starts TLS).
              */
-
             return;
         }
     }
@@ -419,11 +593,45 @@ ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
         return;
     }
 
-    if (cl->closing || cl->tls_pending || rev->delayed) {
+    if (rev->delayed) {
         return;
     }
 
     ngx_xmpp_cm_client_timer(cl);
+}
+
+
+/*
+ * One read into the worker's buffer: the bytes read, NGX_AGAIN, or
+ * NGX_DONE when the client closed or failed (the connection is closed, or
+ * its EOF is being handled).
+ */
+
+static ssize_t
+ngx_xmpp_cm_client_recv(ngx_xmpp_cm_client_t *cl, size_t size)
+{
+    ssize_t  n;
+
+    n = cl->c->recv(cl->c, ngx_xmpp_cm_client_buf, size);
+
+    if (n == NGX_AGAIN) {
+        return NGX_AGAIN;
+    }
+
+    if (n == 0 && ngx_xmpp_cm_client_eof(cl) == NGX_AGAIN) {
+        return NGX_DONE;
+    }
+
+    if (n == 0 || n == NGX_ERROR) {
+        ngx_log_debug0(NGX_LOG_DEBUG_STREAM, cl->c->log, 0,
+                       "xmpp_cm: client closed the connection");
+        ngx_xmpp_cm_client_finalize(cl);
+        return NGX_DONE;
+    }
+
+    cl->s->received += n;
+
+    return n;
 }
 
 
@@ -444,7 +652,7 @@ ngx_xmpp_cm_client_eof(ngx_xmpp_cm_client_t *cl)
 
     rev = cl->c->read;
 
-    if (cl->closing) {
+    if (cl->phase == NGX_XMPP_CM_PHASE_CLOSING) {
         if (cl->out.size == 0 || cl->lingering) {
             return NGX_OK;
         }
@@ -470,7 +678,7 @@ ngx_xmpp_cm_client_eof(ngx_xmpp_cm_client_t *cl)
                    "xmpp_cm: client closed its side, awaiting %ui IQ "
                    "replies", cl->iq_pending);
 
-    cl->half_closed = 1;
+    ngx_xmpp_cm_client_phase(cl, NGX_XMPP_CM_PHASE_HALF);
 
     if (rev->timer_set) {
         ngx_del_timer(rev);
@@ -510,7 +718,7 @@ ngx_xmpp_cm_client_replied(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_node_t *iq)
 
     cl->iq_pending--;
 
-    if (cl->iq_pending == 0 && cl->half_closed) {
+    if (cl->iq_pending == 0 && cl->phase == NGX_XMPP_CM_PHASE_HALF) {
         ngx_log_debug0(NGX_LOG_DEBUG_STREAM, cl->c->log, 0,
                        "xmpp_cm: last IQ reply for a client that closed "
                        "its side");
@@ -662,7 +870,7 @@ ngx_xmpp_cm_client_input(ngx_xmpp_cm_client_t *cl, u_char *buf, size_t n)
 
     rc = ngx_xmpp_cm_client_process(cl, buf, n);
 
-    if (!cl->zlib_pending || cl->closing) {
+    if (!cl->zlib_pending || cl->phase == NGX_XMPP_CM_PHASE_CLOSING) {
         return rc;
     }
 
@@ -695,7 +903,7 @@ inflate:
     rc = ngx_xmpp_cm_zlib_inflate(cl->zlib, buf, n,
                                   ngx_xmpp_cm_client_inflated, cl);
 
-    if (rc == NGX_ERROR && !cl->closing) {
+    if (rc == NGX_ERROR && cl->phase != NGX_XMPP_CM_PHASE_CLOSING) {
         ngx_xmpp_cm_client_end(cl, "undefined-condition",
                                "processing-failed: bad compressed data",
                                NULL, 0);
@@ -730,7 +938,8 @@ ngx_xmpp_cm_client_process(ngx_xmpp_cm_client_t *cl, u_char *buf, size_t n)
         return NGX_OK;
     }
 
-    if (cl->closing || cl->tls_pending || cl->zlib_pending) {
+    if (cl->phase > NGX_XMPP_CM_PHASE_STREAM || cl->zlib_pending) {
+        /* the stream stopped by itself: ended, or STARTTLS, compression */
         return NGX_DONE;
     }
 
@@ -979,7 +1188,7 @@ ngx_xmpp_cm_client_header(ngx_xmpp_cm_client_t *cl)
     ngx_xmpp_cm_client_send(cl, buf, p - buf);
     cl->header_sent = 1;
 
-    if (cl->closing || cl->session == NULL) {
+    if (cl->phase == NGX_XMPP_CM_PHASE_CLOSING || cl->session == NULL) {
         return;
     }
 
@@ -1135,9 +1344,13 @@ ngx_xmpp_cm_client_reject(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
 #define NGX_XMPP_CM_E_COMPRESS  7
 
 
-static ngx_uint_t
-ngx_xmpp_cm_client_kind(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
+/* the pre-authentication policy (NGX_XMPP_CM_PHASE_AUTH) */
+
+static ngx_int_t
+ngx_xmpp_cm_client_auth_start(void *data, ngx_xmpp_cm_elem_t *e)
 {
+    ngx_xmpp_cm_client_t *cl = data;
+
     ngx_str_t   *name, *ns;
     ngx_uint_t   notls;
 
@@ -1151,33 +1364,86 @@ ngx_xmpp_cm_client_kind(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
     if (ngx_xmpp_cm_str_is(ns, NGX_XMPP_NS_CLIENT)) {
 
         if (ngx_xmpp_cm_str_is(name, "iq")) {
-            return notls ? NGX_XMPP_CM_E_NOAUTH : NGX_XMPP_CM_E_FORWARD;
-        }
+            cl->kind = notls ? NGX_XMPP_CM_E_NOAUTH : NGX_XMPP_CM_E_FORWARD;
 
-        if (ngx_xmpp_cm_str_is(name, "message")
-            || ngx_xmpp_cm_str_is(name, "presence"))
+        } else if (ngx_xmpp_cm_str_is(name, "message")
+                   || ngx_xmpp_cm_str_is(name, "presence"))
         {
-            return cl->authenticated ? NGX_XMPP_CM_E_FORWARD
-                                     : NGX_XMPP_CM_E_NOAUTH;
+            cl->kind = NGX_XMPP_CM_E_NOAUTH;
+
+        } else {
+            cl->kind = NGX_XMPP_CM_E_REFUSE;
         }
 
-        return NGX_XMPP_CM_E_REFUSE;
-    }
-
-    if (ngx_xmpp_cm_str_is(ns, NGX_XMPP_NS_SASL) && !cl->authenticated) {
+    } else if (ngx_xmpp_cm_str_is(ns, NGX_XMPP_NS_SASL)) {
 
         if (ngx_xmpp_cm_str_is(name, "auth")
             || ngx_xmpp_cm_str_is(name, "response"))
         {
-            return notls ? NGX_XMPP_CM_E_ENCRYPT : NGX_XMPP_CM_E_FORWARD;
+            cl->kind = notls ? NGX_XMPP_CM_E_ENCRYPT : NGX_XMPP_CM_E_FORWARD;
+
+        } else if (ngx_xmpp_cm_str_is(name, "abort")) {
+            cl->kind = NGX_XMPP_CM_E_ABORT;
+
+        } else {
+            cl->kind = NGX_XMPP_CM_E_REFUSE;
         }
 
-        if (ngx_xmpp_cm_str_is(name, "abort")) {
-            return NGX_XMPP_CM_E_ABORT;
-        }
-
-        return NGX_XMPP_CM_E_REFUSE;
+    } else {
+        cl->kind = ngx_xmpp_cm_client_stream_level(e);
     }
+
+    return ngx_xmpp_cm_client_start(cl, e);
+}
+
+
+/*
+ * The authenticated policy (NGX_XMPP_CM_PHASE_STREAM).  An IQ still gets
+ * the TLS check: Openfire may ask for TLS after a client authenticated
+ * (a configuration IQ on a reconnect).
+ */
+
+static ngx_int_t
+ngx_xmpp_cm_client_stream_start(void *data, ngx_xmpp_cm_elem_t *e)
+{
+    ngx_xmpp_cm_client_t *cl = data;
+
+    ngx_str_t  *name;
+
+    name = &e->name;
+
+    if (ngx_xmpp_cm_str_is(&e->ns, NGX_XMPP_NS_CLIENT)) {
+
+        if (ngx_xmpp_cm_str_is(name, "iq")) {
+            cl->kind = ngx_xmpp_cm_client_tls(cl) == NGX_XMPP_CM_TLS_REQUIRED
+                       ? NGX_XMPP_CM_E_NOAUTH : NGX_XMPP_CM_E_FORWARD;
+
+        } else if (ngx_xmpp_cm_str_is(name, "message")
+                   || ngx_xmpp_cm_str_is(name, "presence"))
+        {
+            cl->kind = NGX_XMPP_CM_E_FORWARD;
+
+        } else {
+            cl->kind = NGX_XMPP_CM_E_REFUSE;
+        }
+
+    } else {
+        cl->kind = ngx_xmpp_cm_client_stream_level(e);
+    }
+
+    return ngx_xmpp_cm_client_start(cl, e);
+}
+
+
+/* stream-level elements, the same in both phases */
+
+static ngx_uint_t
+ngx_xmpp_cm_client_stream_level(ngx_xmpp_cm_elem_t *e)
+{
+    ngx_str_t  *name, *ns;
+
+    name = &e->name;
+    ns = &e->ns;
 
     if (ngx_xmpp_cm_str_is(ns, NGX_XMPP_NS_TLS)
         && ngx_xmpp_cm_str_is(name, "starttls"))
@@ -1201,16 +1467,16 @@ ngx_xmpp_cm_client_kind(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
 }
 
 
-static ngx_int_t
-ngx_xmpp_cm_client_start(void *data, ngx_xmpp_cm_elem_t *e)
-{
-    ngx_xmpp_cm_client_t *cl = data;
+/* at a stanza's start tag: refused now, or what is needed at its end */
 
+static ngx_int_t
+ngx_xmpp_cm_client_start(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
+{
     ngx_str_t  type;
 
     cl->iq_request = 0;
 
-    switch (ngx_xmpp_cm_client_kind(cl, e)) {
+    switch (cl->kind) {
 
     case NGX_XMPP_CM_E_NOAUTH:
         ngx_xmpp_cm_client_end(cl, "not-authorized",
@@ -1323,7 +1589,9 @@ ngx_xmpp_cm_client_element(void *data, ngx_xmpp_cm_elem_t *e)
     static u_char  invalid_mech[] = "<failure xmlns=\"" NGX_XMPP_NS_SASL "\">"
                                     "<invalid-mechanism/></failure>";
 
-    switch (ngx_xmpp_cm_client_kind(cl, e)) {
+    /* decided at the start tag by the phase's policy */
+
+    switch (cl->kind) {
 
     case NGX_XMPP_CM_E_FORWARD:
         if (cl->mech_refused && ngx_xmpp_cm_str_is(&e->name, "auth")) {
@@ -1370,7 +1638,7 @@ ngx_xmpp_cm_client_element(void *data, ngx_xmpp_cm_elem_t *e)
             && !cl->authenticated && !cl->sasl_started)
         {
             ngx_xmpp_cm_client_send(cl, proceed, sizeof(proceed) - 1);
-            cl->tls_pending = 1;
+            ngx_xmpp_cm_client_phase(cl, NGX_XMPP_CM_PHASE_STARTTLS);
             cl->c->log->action = "in STARTTLS";
 
             /* stop: the rest of this read is not part of any stream */
@@ -1402,7 +1670,7 @@ ngx_xmpp_cm_client_element(void *data, ngx_xmpp_cm_elem_t *e)
 
     default:
         /* refused at the start tag already */
-        return ngx_xmpp_cm_client_start(data, e);
+        return ngx_xmpp_cm_client_start(cl, e);
     }
 }
 
@@ -1576,7 +1844,9 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_conn_t *conn, ngx_xmpp_cm_xml_t *x,
 
     len = ngx_xmpp_cm_xml_copy(x, NULL, n->start, n->end);
 
-    if (cl->closing || ngx_xmpp_cm_client_full(cl, len)) {
+    if (cl->phase == NGX_XMPP_CM_PHASE_CLOSING
+        || ngx_xmpp_cm_client_full(cl, len))
+    {
         return NGX_DECLINED;
     }
 
@@ -1892,7 +2162,7 @@ ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_conn_t *conn, ngx_str_t *text)
     u_char      *p, *end;
     ngx_uint_t   success;
 
-    if (cl->closing) {
+    if (cl->phase == NGX_XMPP_CM_PHASE_CLOSING) {
         return;
     }
 
@@ -2000,6 +2270,11 @@ ngx_xmpp_cm_client_authenticated(ngx_xmpp_cm_client_t *cl)
     ngx_xmpp_cm_metrics_authenticated(cl->pool, cl->authenticated);
     cl->authenticated = 1;
     cl->sasl_pending = 0;
+
+    if (cl->phase == NGX_XMPP_CM_PHASE_AUTH) {
+        ngx_xmpp_cm_client_phase(cl, NGX_XMPP_CM_PHASE_STREAM);
+    }
+
     cl->c->log->action = "in an authenticated XMPP stream";
 
     cl->xml->max_size = cl->conf->max_stanza;
@@ -2030,7 +2305,7 @@ static void
 ngx_xmpp_cm_client_end(ngx_xmpp_cm_client_t *cl, char *cond, char *text,
     u_char *raw, size_t rawlen)
 {
-    if (cl->closing) {
+    if (cl->phase == NGX_XMPP_CM_PHASE_CLOSING) {
         return;
     }
 
@@ -2091,11 +2366,11 @@ ngx_xmpp_cm_client_closing(ngx_xmpp_cm_client_t *cl, char *cond, char *text,
     size_t       len;
     ngx_event_t *rev;
 
-    if (cl->closing) {
+    if (cl->phase == NGX_XMPP_CM_PHASE_CLOSING) {
         return;
     }
 
-    cl->closing = 1;
+    ngx_xmpp_cm_client_phase(cl, NGX_XMPP_CM_PHASE_CLOSING);
 
     /*
      * A stream not answered yet, a restarted one too (RFC 6120 4.9.1.2):
@@ -2183,13 +2458,15 @@ ngx_xmpp_cm_client_write_handler(ngx_event_t *wev)
         return;
     }
 
-    if (rc == NGX_OK && cl->closing) {
+    if (rc == NGX_OK && cl->phase == NGX_XMPP_CM_PHASE_CLOSING) {
         ngx_xmpp_cm_client_linger(cl);
         return;
     }
 
 #if (NGX_STREAM_SSL)
-    if (rc == NGX_OK && cl->tls_pending && c->ssl == NULL) {
+    if (rc == NGX_OK && cl->phase == NGX_XMPP_CM_PHASE_STARTTLS
+        && c->ssl == NULL)
+    {
         ngx_xmpp_cm_client_starttls(cl);
         return;
     }
@@ -2261,10 +2538,9 @@ ngx_xmpp_cm_client_tls_done(ngx_connection_t *c)
     ngx_log_debug0(NGX_LOG_DEBUG_STREAM, c->log, 0,
                    "xmpp_cm: STARTTLS done");
 
-    cl->tls_pending = 0;
     c->log->action = "reading the XMPP stream header";
 
-    c->read->handler = ngx_xmpp_cm_client_read_handler;
+    ngx_xmpp_cm_client_phase(cl, NGX_XMPP_CM_PHASE_AUTH);
     c->write->handler = ngx_xmpp_cm_client_write_handler;
 
     /* the authentication deadline still counts from the connect */
@@ -2273,7 +2549,7 @@ ngx_xmpp_cm_client_tls_done(ngx_connection_t *c)
 
     /* the restarted header may already sit in OpenSSL's buffers */
 
-    ngx_xmpp_cm_client_read_handler(c->read);
+    c->read->handler(c->read);
 }
 
 #endif
