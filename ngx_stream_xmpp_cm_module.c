@@ -1523,7 +1523,9 @@ ngx_stream_xmpp_cm_init_process(ngx_cycle_t *cycle)
             continue;
         }
 
-        if (ngx_xmpp_cm_pool_init(cycle, srv[i]) != NGX_OK) {
+        if (ngx_xmpp_cm_pool_init(cycle, srv[i]) != NGX_OK
+            || ngx_xmpp_cm_session_init(cycle, srv[i]->pool) != NGX_OK)
+        {
             return NGX_ERROR;
         }
     }

@@ -52,6 +52,7 @@ typedef struct ngx_xmpp_cm_pool_s     ngx_xmpp_cm_pool_t;
 typedef struct ngx_xmpp_cm_sock_s     ngx_xmpp_cm_sock_t;
 typedef struct ngx_xmpp_cm_session_s  ngx_xmpp_cm_session_t;
 typedef struct ngx_xmpp_cm_client_s   ngx_xmpp_cm_client_t;
+typedef struct ngx_xmpp_cm_conn_s     ngx_xmpp_cm_conn_t;
 typedef struct ngx_xmpp_cm_node_s     ngx_xmpp_cm_node_t;
 
 
@@ -226,7 +227,6 @@ void ngx_xmpp_cm_metrics_stream_closed(ngx_xmpp_cm_pool_t *pool,
     ngx_uint_t authenticated);
 void ngx_xmpp_cm_metrics_iq_auth(ngx_xmpp_cm_pool_t *pool, ngx_str_t *type);
 void ngx_xmpp_cm_metrics_returned(ngx_xmpp_cm_pool_t *pool, ngx_int_t rc);
-void ngx_xmpp_cm_metrics_detached(ngx_xmpp_cm_session_t *s, ngx_uint_t gone);
 ngx_int_t ngx_xmpp_cm_metrics_render(ngx_cycle_t *cycle, ngx_pool_t *pool,
     ngx_str_t *out);
 
@@ -438,6 +438,7 @@ size_t ngx_xmpp_cm_sanitize(ngx_xmpp_cm_xml_t *x, u_char *dst,
 size_t ngx_xmpp_cm_escape(u_char *dst, u_char *src, size_t len);
 ngx_int_t ngx_xmpp_cm_route_client(ngx_xmpp_cm_session_t *s,
     ngx_xmpp_cm_xml_t *x, ngx_xmpp_cm_elem_t *e, u_char *lang);
+ngx_int_t ngx_xmpp_cm_session_id_ok(ngx_str_t *id);
 ngx_int_t ngx_xmpp_cm_route_raw(ngx_xmpp_cm_pool_t *pool,
     ngx_xmpp_cm_sock_t *sock, ngx_str_t *id, u_char *p, size_t len);
 ngx_int_t ngx_xmpp_cm_route_session_iq(ngx_xmpp_cm_pool_t *pool,
@@ -511,6 +512,24 @@ struct ngx_xmpp_cm_sock_s {
 };
 
 
+/*
+ * What the socket group hands up to the stream table: set by
+ * ngx_xmpp_cm_session_init(), so that upstream.c calls nothing in
+ * session.c directly (the stream table calls down into the sockets).
+ */
+
+typedef struct {
+    void  (*route)(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
+                   ngx_xmpp_cm_node_t *route);
+    void  (*session_iq)(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
+                        ngx_xmpp_cm_node_t *iq);
+    void  (*end_all)(ngx_xmpp_cm_pool_t *pool, char *cond, char *text,
+                     ngx_uint_t ghost);
+    void  (*up)(ngx_xmpp_cm_pool_t *pool);
+    void  (*unblock)(ngx_xmpp_cm_session_t *s);
+} ngx_xmpp_cm_streams_t;
+
+
 struct ngx_xmpp_cm_pool_s {
     ngx_stream_xmpp_cm_srv_conf_t   *conf;
     ngx_str_t                        name;
@@ -538,6 +557,7 @@ struct ngx_xmpp_cm_pool_s {
 
     ngx_uint_t                       dropped;
     ngx_xmpp_cm_metrics_t           *metrics;      /* this worker's slot */
+    const ngx_xmpp_cm_streams_t     *streams;      /* set by session.c */
     unsigned                         configured:1;
     unsigned                         exiting:1;
     unsigned                         was_up:1;
@@ -551,45 +571,73 @@ ngx_xmpp_cm_sock_t *ngx_xmpp_cm_pool_pick(ngx_xmpp_cm_pool_t *pool);
 ngx_int_t ngx_xmpp_cm_sock_write(ngx_xmpp_cm_sock_t *sock, u_char *p,
     size_t len);
 ngx_buf_t *ngx_xmpp_cm_sock_buf(ngx_xmpp_cm_sock_t *sock, size_t len);
-void ngx_xmpp_cm_sock_block(ngx_xmpp_cm_sock_t *sock,
-    ngx_xmpp_cm_session_t *s);
 
 
 /* session table (ngx_stream_xmpp_cm_session.c) */
+
+/*
+ * The connection side of a stream, as the stream table sees it: a
+ * connection embeds this and sets its handlers when it attaches.  The
+ * table tells the connection what Openfire sent and that the stream
+ * ended through these only, so session.c calls nothing in client.c.
+ * ended: the stream has already let go of the connection (s->conn is
+ * NULL); the connection must not call the stream table back.
+ */
+
+typedef struct {
+    ngx_int_t  (*deliver)(ngx_xmpp_cm_conn_t *conn, ngx_xmpp_cm_xml_t *x,
+                          ngx_xmpp_cm_node_t *payload);
+    void       (*deliver_text)(ngx_xmpp_cm_conn_t *conn, ngx_str_t *text);
+    void       (*ended)(ngx_xmpp_cm_conn_t *conn, char *cond, char *text,
+                        u_char *raw, size_t rawlen);
+    void       (*unblock)(ngx_xmpp_cm_conn_t *conn);
+} ngx_xmpp_cm_conn_handler_t;
+
+
+struct ngx_xmpp_cm_conn_s {
+    const ngx_xmpp_cm_conn_handler_t  *handler;
+};
+
+
+/* how a stream ends (ngx_xmpp_cm_session_end) */
+
+#define NGX_XMPP_CM_END_CLOSE   0   /* <close/> to Openfire */
+#define NGX_XMPP_CM_END_CLOSED  1   /* Openfire closed or refused it */
+#define NGX_XMPP_CM_END_GHOST   2   /* no socket: closed once one is up */
+
 
 struct ngx_xmpp_cm_session_s {
     ngx_str_node_t                   node;
     u_char                           id[NGX_XMPP_CM_ID_LEN];
     ngx_xmpp_cm_pool_t              *pool;
     ngx_xmpp_cm_sock_t              *sock;
-    ngx_xmpp_cm_client_t            *client;
+    ngx_xmpp_cm_conn_t              *conn;       /* NULL: detached */
     ngx_event_t                     *close_ev;   /* during the close delay */
     ngx_queue_t                      blocked;
     unsigned                         is_blocked:1;
     unsigned                         routing:1;   /* in a route's loop */
     unsigned                         gone:1;      /* client left in it */
+    unsigned                         detached:1;  /* counted as detached */
 };
 
 
+ngx_int_t ngx_xmpp_cm_session_init(ngx_cycle_t *cycle,
+    ngx_xmpp_cm_pool_t *pool);
 ngx_xmpp_cm_session_t *ngx_xmpp_cm_session_create(ngx_xmpp_cm_pool_t *pool,
-    ngx_xmpp_cm_client_t *client, ngx_str_t *addr);
-ngx_xmpp_cm_sock_t *ngx_xmpp_cm_session_sock(ngx_xmpp_cm_session_t *s);
-void ngx_xmpp_cm_session_client_gone(ngx_xmpp_cm_session_t *s,
-    ngx_uint_t now);
+    ngx_xmpp_cm_conn_t *conn, ngx_str_t *addr);
+void ngx_xmpp_cm_session_attach(ngx_xmpp_cm_session_t *s,
+    ngx_xmpp_cm_conn_t *conn);
+void ngx_xmpp_cm_session_detach(ngx_xmpp_cm_session_t *s);
+ngx_int_t ngx_xmpp_cm_session_send(ngx_xmpp_cm_session_t *s,
+    ngx_xmpp_cm_xml_t *x, ngx_xmpp_cm_elem_t *e, u_char *lang);
+ngx_uint_t ngx_xmpp_cm_session_throttled(ngx_xmpp_cm_session_t *s);
 void ngx_xmpp_cm_session_forget(ngx_xmpp_cm_session_t *s);
 ngx_xmpp_cm_session_t *ngx_xmpp_cm_session_find(ngx_xmpp_cm_pool_t *pool,
     ngx_str_t *id);
-ngx_int_t ngx_xmpp_cm_session_id_ok(ngx_str_t *id);
-void ngx_xmpp_cm_session_route(ngx_xmpp_cm_pool_t *pool,
-    ngx_xmpp_cm_sock_t *sock, ngx_xmpp_cm_node_t *route);
-void ngx_xmpp_cm_session_iq(ngx_xmpp_cm_pool_t *pool,
-    ngx_xmpp_cm_sock_t *sock, ngx_xmpp_cm_node_t *iq);
-void ngx_xmpp_cm_session_bounce(ngx_xmpp_cm_session_t *s,
-    ngx_xmpp_cm_xml_t *x, ngx_xmpp_cm_node_t *c);
-void ngx_xmpp_cm_session_end_all(ngx_xmpp_cm_pool_t *pool, char *cond,
-    char *text, ngx_uint_t ghost);
 ngx_int_t ngx_xmpp_cm_session_recently_closed(ngx_xmpp_cm_pool_t *pool,
     ngx_str_t *id);
+
+extern const ngx_xmpp_cm_streams_t  ngx_xmpp_cm_streams;
 
 
 /* TLS (ngx_stream_xmpp_cm_tls.c) */
@@ -623,15 +671,6 @@ ngx_int_t ngx_xmpp_cm_zlib_inflate(ngx_xmpp_cm_zlib_t *z, u_char *p,
 /* client stream (ngx_stream_xmpp_cm_client.c) */
 
 void ngx_stream_xmpp_cm_handler(ngx_stream_session_t *s);
-void ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl,
-    ngx_xmpp_cm_xml_t *x, ngx_xmpp_cm_node_t *payload);
-void ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_client_t *cl,
-    ngx_str_t *text);
-void ngx_xmpp_cm_client_end(ngx_xmpp_cm_client_t *cl, char *cond,
-    char *text, u_char *raw, size_t rawlen);
-void ngx_xmpp_cm_client_unblock(ngx_xmpp_cm_client_t *cl);
-void ngx_xmpp_cm_client_orphan(ngx_xmpp_cm_client_t *cl);
-void ngx_xmpp_cm_client_flush(ngx_xmpp_cm_client_t *cl);
 void ngx_xmpp_cm_client_shutdown_all(void);
 ngx_int_t ngx_xmpp_cm_client_variable(ngx_stream_session_t *s,
     ngx_uint_t which, ngx_str_t *value);

@@ -18,6 +18,22 @@
 #define NGX_XMPP_NS_IQAUTH         "jabber:iq:auth"
 
 
+/*
+ * The phases of a client connection, as ngx_mail_* has them: each
+ * installs its own read handler (ngx_xmpp_cm_client_phase()), and the two
+ * that read the stream their own element policy, decided once per stanza
+ * at its start tag.  What remains of sub-states is in flags: SASL under
+ * way, a header answered, compression switching within one read, the
+ * write side shut while closing.
+ */
+
+#define NGX_XMPP_CM_PHASE_AUTH      0   /* header, features, SASL, iq:auth */
+#define NGX_XMPP_CM_PHASE_STREAM    1   /* authenticated */
+#define NGX_XMPP_CM_PHASE_STARTTLS  2   /* <proceed/> drains: no reads */
+#define NGX_XMPP_CM_PHASE_HALF      3   /* client EOF: IQ replies awaited */
+#define NGX_XMPP_CM_PHASE_CLOSING   4   /* end queued: input dropped, linger */
+
+
 /* XEP-0078: the client's jabber:iq:auth set waiting for Openfire */
 
 typedef struct {
@@ -28,6 +44,7 @@ typedef struct {
 
 
 struct ngx_xmpp_cm_client_s {
+    ngx_xmpp_cm_conn_t               conn;        /* first: the stream's view */
     ngx_stream_session_t            *s;
     ngx_connection_t                *c;
     ngx_stream_xmpp_cm_srv_conf_t   *conf;
@@ -49,25 +66,36 @@ struct ngx_xmpp_cm_client_s {
     ngx_queue_t                      link;
     u_char                           lang[36];
 
+    unsigned                         phase:3;     /* NGX_XMPP_CM_PHASE_* */
+    unsigned                         kind:3;      /* the stanza's, at start */
     unsigned                         authenticated:1;
-    unsigned                         tls_pending:1;
     unsigned                         sasl_started:1;
     unsigned                         sasl_pending:1;  /* until the result */
-    unsigned                         zlib_pending:1;
+    unsigned                         zlib_pending:1;  /* within one read */
     unsigned                         header_sent:1;
-    unsigned                         blocked:1;
-    unsigned                         closing:1;
-    unsigned                         lingering:1;
+    unsigned                         lingering:1;     /* closing: FIN sent */
     unsigned                         mech_refused:1;
     unsigned                         iq_request:1;
-    unsigned                         half_closed:1;
     unsigned                         rate_logged:1;
 
     ngx_uint_t                       iq_pending;   /* IQ get/set unanswered */
 };
 
 
-static void ngx_xmpp_cm_client_read_handler(ngx_event_t *rev);
+static void ngx_xmpp_cm_client_phase(ngx_xmpp_cm_client_t *cl,
+    ngx_uint_t phase);
+static void ngx_xmpp_cm_client_auth_handler(ngx_event_t *rev);
+static void ngx_xmpp_cm_client_stream_handler(ngx_event_t *rev);
+static void ngx_xmpp_cm_client_block_read(ngx_event_t *rev);
+static void ngx_xmpp_cm_client_half_closed_handler(ngx_event_t *rev);
+static void ngx_xmpp_cm_client_closing_handler(ngx_event_t *rev);
+static ngx_int_t ngx_xmpp_cm_client_wake(ngx_xmpp_cm_client_t *cl,
+    ngx_event_t *rev);
+static void ngx_xmpp_cm_client_shutdown(ngx_xmpp_cm_client_t *cl);
+static void ngx_xmpp_cm_client_read(ngx_xmpp_cm_client_t *cl,
+    ngx_xmpp_cm_rate_t *limit);
+static ssize_t ngx_xmpp_cm_client_recv(ngx_xmpp_cm_client_t *cl,
+    size_t size);
 static void ngx_xmpp_cm_client_write_handler(ngx_event_t *wev);
 static void ngx_xmpp_cm_client_cleanup(void *data);
 static void ngx_xmpp_cm_client_finalize(ngx_xmpp_cm_client_t *cl);
@@ -77,7 +105,12 @@ static ngx_int_t ngx_xmpp_cm_client_process(ngx_xmpp_cm_client_t *cl,
     u_char *buf, size_t n);
 static ngx_int_t ngx_xmpp_cm_client_open(void *data, ngx_str_t *name,
     ngx_str_t *ns, const XML_Char **attrs);
-static ngx_int_t ngx_xmpp_cm_client_start(void *data,
+static ngx_int_t ngx_xmpp_cm_client_auth_start(void *data,
+    ngx_xmpp_cm_elem_t *e);
+static ngx_uint_t ngx_xmpp_cm_client_stream_level(ngx_xmpp_cm_elem_t *e);
+static ngx_int_t ngx_xmpp_cm_client_start(ngx_xmpp_cm_client_t *cl,
+    ngx_xmpp_cm_elem_t *e);
+static ngx_int_t ngx_xmpp_cm_client_stream_start(void *data,
     ngx_xmpp_cm_elem_t *e);
 static ngx_int_t ngx_xmpp_cm_client_element(void *data,
     ngx_xmpp_cm_elem_t *e);
@@ -99,8 +132,8 @@ static void ngx_xmpp_cm_client_iq_auth_result(ngx_xmpp_cm_client_t *cl,
     ngx_xmpp_cm_node_t *iq);
 static ngx_uint_t ngx_xmpp_cm_client_tls(ngx_xmpp_cm_client_t *cl);
 static void ngx_xmpp_cm_client_timer(ngx_xmpp_cm_client_t *cl);
-static size_t ngx_xmpp_cm_client_rate(ngx_xmpp_cm_client_t *cl, size_t rate,
-    size_t size);
+static size_t ngx_xmpp_cm_client_rate(ngx_xmpp_cm_client_t *cl,
+    ngx_xmpp_cm_rate_t *limit, size_t size);
 static void ngx_xmpp_cm_client_out(ngx_xmpp_cm_client_t *cl, u_char *p,
     size_t len, ngx_uint_t flush);
 static ngx_int_t ngx_xmpp_cm_client_deflated(void *data, u_char *p,
@@ -115,6 +148,19 @@ static ngx_int_t ngx_xmpp_cm_client_compress(ngx_xmpp_cm_client_t *cl,
 static void ngx_xmpp_cm_client_starttls(ngx_xmpp_cm_client_t *cl);
 static void ngx_xmpp_cm_client_tls_done(ngx_connection_t *c);
 #endif
+static void ngx_xmpp_cm_client_end(ngx_xmpp_cm_client_t *cl, char *cond,
+    char *text, u_char *raw, size_t rawlen);
+static void ngx_xmpp_cm_client_closing(ngx_xmpp_cm_client_t *cl, char *cond,
+    char *text, u_char *raw, size_t rawlen);
+static void ngx_xmpp_cm_client_detach(ngx_xmpp_cm_client_t *cl);
+static void ngx_xmpp_cm_client_flush(ngx_xmpp_cm_client_t *cl);
+static ngx_int_t ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_conn_t *conn,
+    ngx_xmpp_cm_xml_t *x, ngx_xmpp_cm_node_t *n);
+static void ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_conn_t *conn,
+    ngx_str_t *text);
+static void ngx_xmpp_cm_client_ended(ngx_xmpp_cm_conn_t *conn, char *cond,
+    char *text, u_char *raw, size_t rawlen);
+static void ngx_xmpp_cm_client_unblock(ngx_xmpp_cm_conn_t *conn);
 static void ngx_xmpp_cm_client_bound(ngx_xmpp_cm_client_t *cl,
     ngx_xmpp_cm_node_t *iq);
 static ngx_uint_t ngx_xmpp_cm_client_offered(ngx_xmpp_cm_client_t *cl,
@@ -122,6 +168,16 @@ static ngx_uint_t ngx_xmpp_cm_client_offered(ngx_xmpp_cm_client_t *cl,
 static ngx_int_t ngx_xmpp_cm_client_eof(ngx_xmpp_cm_client_t *cl);
 static void ngx_xmpp_cm_client_replied(ngx_xmpp_cm_client_t *cl,
     ngx_xmpp_cm_node_t *iq);
+
+
+/* how the stream table reaches a client connection (h: conn_handler_t) */
+
+static const ngx_xmpp_cm_conn_handler_t  ngx_xmpp_cm_client_conn = {
+    ngx_xmpp_cm_client_deliver,
+    ngx_xmpp_cm_client_deliver_text,
+    ngx_xmpp_cm_client_ended,
+    ngx_xmpp_cm_client_unblock
+};
 
 
 static ngx_str_t    ngx_xmpp_cm_client_nocond = ngx_string("(no condition)");
@@ -149,6 +205,7 @@ ngx_stream_xmpp_cm_handler(ngx_stream_session_t *s)
 
     ngx_stream_set_ctx(s, cl, ngx_stream_xmpp_cm_module);
 
+    cl->conn.handler = &ngx_xmpp_cm_client_conn;
     cl->s = s;
     cl->c = c;
     cl->conf = conf;
@@ -181,12 +238,11 @@ ngx_stream_xmpp_cm_handler(ngx_stream_session_t *s)
     cl->xml->data = cl;
     cl->xml->open = ngx_xmpp_cm_client_open;
     cl->xml->element = ngx_xmpp_cm_client_element;
-    cl->xml->start = ngx_xmpp_cm_client_start;
     cl->xml->close = ngx_xmpp_cm_client_close;
     cl->xml->max_size = conf->preauth_max_stanza;
     cl->xml->max_depth = conf->max_depth;
 
-    c->read->handler = ngx_xmpp_cm_client_read_handler;
+    ngx_xmpp_cm_client_phase(cl, NGX_XMPP_CM_PHASE_AUTH);
     c->write->handler = ngx_xmpp_cm_client_write_handler;
     c->log->action = "reading the XMPP stream header";
 
@@ -209,44 +265,211 @@ ngx_stream_xmpp_cm_handler(ngx_stream_session_t *s)
         c->buffer->pos = c->buffer->last;
     }
 
-    ngx_xmpp_cm_client_read_handler(c->read);
+    c->read->handler(c->read);
 }
 
 
-static void
-ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
+/* the client of a connection's read or write event */
+
+static ngx_inline ngx_xmpp_cm_client_t *
+ngx_xmpp_cm_client_of(ngx_event_t *ev)
 {
-    size_t                 size, rate;
-    ssize_t                n;
     ngx_connection_t      *c;
     ngx_stream_session_t  *s;
+
+    c = ev->data;
+    s = c->data;
+
+    return ngx_stream_get_module_ctx(s, ngx_stream_xmpp_cm_module);
+}
+
+
+/*
+ * Installs a phase: its read handler, and while the stream is read, its
+ * element policy.
+ */
+
+static void
+ngx_xmpp_cm_client_phase(ngx_xmpp_cm_client_t *cl, ngx_uint_t phase)
+{
+    static ngx_event_handler_pt  handlers[] = {
+        ngx_xmpp_cm_client_auth_handler,
+        ngx_xmpp_cm_client_stream_handler,
+        ngx_xmpp_cm_client_block_read,
+        ngx_xmpp_cm_client_half_closed_handler,
+        ngx_xmpp_cm_client_closing_handler
+    };
+
+    cl->phase = phase;
+    cl->c->read->handler = handlers[phase];
+
+    switch (phase) {
+
+    case NGX_XMPP_CM_PHASE_AUTH:
+        cl->xml->start = ngx_xmpp_cm_client_auth_start;
+        break;
+
+    case NGX_XMPP_CM_PHASE_STREAM:
+        cl->xml->start = ngx_xmpp_cm_client_stream_start;
+        break;
+    }
+}
+
+
+/* before authentication: the header, the features, SASL or iq:auth */
+
+static void
+ngx_xmpp_cm_client_auth_handler(ngx_event_t *rev)
+{
     ngx_xmpp_cm_client_t  *cl;
 
-    c = rev->data;
-    s = c->data;
-    cl = ngx_stream_get_module_ctx(s, ngx_stream_xmpp_cm_module);
+    cl = ngx_xmpp_cm_client_of(rev);
+
+    if (ngx_xmpp_cm_client_wake(cl, rev) == NGX_OK) {
+        ngx_xmpp_cm_client_read(cl, &cl->conf->preauth_limit_rate);
+    }
+}
+
+
+/* an authenticated stream: stanzas routed to Openfire */
+
+static void
+ngx_xmpp_cm_client_stream_handler(ngx_event_t *rev)
+{
+    ngx_xmpp_cm_client_t  *cl;
+
+    cl = ngx_xmpp_cm_client_of(rev);
+
+    if (ngx_xmpp_cm_client_wake(cl, rev) == NGX_OK) {
+        ngx_xmpp_cm_client_read(cl, &cl->conf->limit_rate);
+    }
+}
+
+
+/*
+ * <proceed/> is going out: the next bytes belong to TLS, and nothing is
+ * read until the write handler starts the handshake.
+ */
+
+static void
+ngx_xmpp_cm_client_block_read(ngx_event_t *rev)
+{
+    (void) ngx_xmpp_cm_client_wake(ngx_xmpp_cm_client_of(rev), rev);
+}
+
+
+/* the client sends nothing more: its IQ replies are awaited */
+
+static void
+ngx_xmpp_cm_client_half_closed_handler(ngx_event_t *rev)
+{
+    ngx_xmpp_cm_client_t  *cl;
+
+    cl = ngx_xmpp_cm_client_of(rev);
+
+    if (cl->c->close) {
+        ngx_xmpp_cm_client_shutdown(cl);
+        return;
+    }
+
+    if (rev->timedout) {
+        rev->timedout = 0;
+
+        ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                      "xmpp_cm: %ui IQ replies for a client that "
+                      "closed its side did not come in time",
+                      cl->iq_pending);
+        ngx_xmpp_cm_client_end(cl, NULL, NULL, (u_char *) "", 0);
+    }
+}
+
+
+/*
+ * The end is queued: the input is read and dropped until the client
+ * closes, or the linger timer set by ngx_xmpp_cm_client_closing() fires
+ * (see ngx_xmpp_cm_client_linger()).
+ */
+
+static void
+ngx_xmpp_cm_client_closing_handler(ngx_event_t *rev)
+{
+    ssize_t                n;
+    ngx_connection_t      *c;
+    ngx_xmpp_cm_client_t  *cl;
+
+    cl = ngx_xmpp_cm_client_of(rev);
+    c = cl->c;
 
     if (c->close) {
-
-        /*
-         * worker_shutdown_timeout: the client is told, and what is queued
-         * for it (messages Openfire already routed, then the stream
-         * error) gets the linger to be read, as on any other end.  The
-         * shutdown timer marked the connection as failed only to make
-         * its owner close it; the linger timer bounds the close, and the
-         * worker exits when the last client is gone.
-         */
-
-        c->close = 0;
-        c->error = 0;
-
-        ngx_log_error(NGX_LOG_INFO, c->log, 0,
-                      "xmpp_cm: worker shutdown timeout, ending the stream");
-
-        ngx_xmpp_cm_client_end(cl, "system-shutdown",
-                               "the connection manager is shutting down",
-                               NULL, 0);
+        /* the client is told already: the linger timer bounds the close */
+        ngx_xmpp_cm_client_shutdown(cl);
         return;
+    }
+
+    if (rev->timedout) {
+        rev->timedout = 0;
+        ngx_xmpp_cm_client_finalize(cl);
+        return;
+    }
+
+    for ( ;; ) {
+
+        if (!rev->ready && c->ssl == NULL) {
+            break;
+        }
+
+        n = ngx_xmpp_cm_client_recv(cl, NGX_XMPP_CM_CLIENT_READ);
+
+        if (n == NGX_AGAIN) {
+            break;
+        }
+
+        if (n == NGX_DONE) {
+            return;
+        }
+    }
+
+    if (ngx_handle_read_event(rev, 0) != NGX_OK) {
+        ngx_xmpp_cm_client_finalize(cl);
+    }
+}
+
+
+/*
+ * worker_shutdown_timeout: the client is told, and what is queued for it
+ * (messages Openfire already routed, then the stream error) gets the
+ * linger to be read, as on any other end.  The shutdown timer marked the
+ * connection as failed only to make its owner close it; the linger timer
+ * bounds the close, and the worker exits when the last client is gone.
+ */
+
+static void
+ngx_xmpp_cm_client_shutdown(ngx_xmpp_cm_client_t *cl)
+{
+    cl->c->close = 0;
+    cl->c->error = 0;
+
+    ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                  "xmpp_cm: worker shutdown timeout, ending the stream");
+
+    ngx_xmpp_cm_client_end(cl, "system-shutdown",
+                           "the connection manager is shutting down",
+                           NULL, 0);
+}
+
+
+/*
+ * What wakes a phase that reads the stream (or waits for TLS) other than
+ * input: the worker's shutdown timeout, the end of a rate-limit delay,
+ * the read timer.  NGX_OK: go on reading.
+ */
+
+static ngx_int_t
+ngx_xmpp_cm_client_wake(ngx_xmpp_cm_client_t *cl, ngx_event_t *rev)
+{
+    if (cl->c->close) {
+        ngx_xmpp_cm_client_shutdown(cl);
+        return NGX_DONE;
     }
 
     if (rev->timedout && rev->delayed) {
@@ -273,21 +496,8 @@ ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
     if (rev->timedout) {
         rev->timedout = 0;
 
-        if (cl->closing) {
-            ngx_xmpp_cm_client_finalize(cl);
-            return;
-        }
-
-        if (cl->half_closed) {
-            ngx_log_error(NGX_LOG_INFO, c->log, 0,
-                          "xmpp_cm: %ui IQ replies for a client that "
-                          "closed its side did not come in time",
-                          cl->iq_pending);
-            ngx_xmpp_cm_client_end(cl, NULL, NULL, (u_char *) "", 0);
-            return;
-        }
-
-        ngx_log_error(NGX_LOG_INFO, c->log, 0, "xmpp_cm: client timed out");
+        ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                      "xmpp_cm: client timed out");
         ngx_xmpp_cm_client_end(cl, "connection-timeout",
                                cl->partial_since && cl->conf->stanza_timeout
                                && ngx_current_msec - cl->partial_since
@@ -295,37 +505,42 @@ ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
                                ? "stanza not completed in time"
                                : cl->authenticated ? "idle for too long"
                                : "not authenticated in time", NULL, 0);
-        return;
+        return NGX_DONE;
     }
 
-    if (cl->tls_pending) {
-        /* <proceed/> is going out: the next bytes belong to TLS */
-        return;
-    }
+    return cl->phase == NGX_XMPP_CM_PHASE_STARTTLS ? NGX_DONE : NGX_OK;
+}
 
-    if (cl->half_closed && !cl->closing) {
-        /* the client sends nothing more: its IQ replies are awaited */
-        return;
-    }
+
+/*
+ * Reads the stream while the phase reads it (AUTH or STREAM); a phase
+ * that changes within a read (the end, STARTTLS) takes over from there:
+ * the rest of that read is not part of the stream.  After <starttls/>,
+ * plaintext pipelined behind it must never count as part of the TLS
+ * stream (the STARTTLS injection class of bug).
+ */
+
+static void
+ngx_xmpp_cm_client_read(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_rate_t *limit)
+{
+    size_t             size;
+    ssize_t            n;
+    ngx_event_t       *rev;
+    ngx_connection_t  *c;
+
+    c = cl->c;
+    rev = c->read;
 
     for ( ;; ) {
 
-        if (cl->blocked && !cl->closing) {
-            /* the upstream socket is over its high-water mark */
-            return;
-        }
-
-        if (!cl->closing && cl->session && cl->session->sock
-            && cl->session->sock->throttled)
-        {
+        if (cl->session && ngx_xmpp_cm_session_throttled(cl->session)) {
             /*
-             * Another client has just filled the socket: do not read what
-             * cannot go, or every readable client would push one more read
-             * past the mark (and hold a parser) before it is paused.
+             * The upstream socket is over its high-water mark, maybe
+             * filled by another client just now: do not read what cannot
+             * go, or every readable client would push one more read past
+             * the mark (and hold a parser) before it is paused.
              */
 
-            cl->blocked = 1;
-            ngx_xmpp_cm_sock_block(cl->session->sock, cl->session);
             return;
         }
 
@@ -340,12 +555,9 @@ ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
         }
 
         size = NGX_XMPP_CM_CLIENT_READ;
-        rate = cl->closing ? 0
-               : cl->authenticated ? cl->conf->limit_rate.rate
-               : cl->conf->preauth_limit_rate.rate;
 
-        if (rate) {
-            size = ngx_xmpp_cm_client_rate(cl, rate, size);
+        if (limit->rate) {
+            size = ngx_xmpp_cm_client_rate(cl, limit, size);
 
             if (size == 0) {
                 /* delayed: the timer is set */
@@ -353,47 +565,28 @@ ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
             }
         }
 
-        n = c->recv(c, ngx_xmpp_cm_client_buf, size);
+        n = ngx_xmpp_cm_client_recv(cl, size);
 
         if (n == NGX_AGAIN) {
             break;
         }
 
-        if (n == 0 && ngx_xmpp_cm_client_eof(cl) == NGX_AGAIN) {
+        if (n == NGX_DONE) {
             return;
         }
 
-        if (n == 0 || n == NGX_ERROR) {
-            ngx_log_debug0(NGX_LOG_DEBUG_STREAM, c->log, 0,
-                           "xmpp_cm: client closed the connection");
-            ngx_xmpp_cm_client_finalize(cl);
-            return;
-        }
-
-        s->received += n;
-
-        if (rate) {
+        if (limit->rate) {
             cl->rate_credit -= (off_t) n * 1000;
         }
 
-        if (cl->closing) {
-            /* draining: nothing more is read into the stream */
-            continue;
-        }
-
         if (ngx_xmpp_cm_client_input(cl, ngx_xmpp_cm_client_buf, n)
-            != NGX_OK)
+            != NGX_OK
+            || cl->phase > NGX_XMPP_CM_PHASE_STREAM)
         {
-            if (cl->closing) {
-                continue;
-            }
-
             /*
-             * After <starttls/> the rest of that read is dropped: plaintext
-             * pipelined behind it must never count as part of the TLS
-             * stream (the STARTTLS injection class of bug).
+             * Ended, or STARTTLS: the new phase's handler goes on (the
+             * end posts the read event, the write handler starts TLS).
              */
-
             return;
         }
     }
@@ -403,11 +596,45 @@ ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
         return;
     }
 
-    if (cl->closing || cl->tls_pending || rev->delayed) {
+    if (rev->delayed) {
         return;
     }
 
     ngx_xmpp_cm_client_timer(cl);
+}
+
+
+/*
+ * One read into the worker's buffer: the bytes read, NGX_AGAIN, or
+ * NGX_DONE when the client closed or failed (the connection is closed, or
+ * its EOF is being handled).
+ */
+
+static ssize_t
+ngx_xmpp_cm_client_recv(ngx_xmpp_cm_client_t *cl, size_t size)
+{
+    ssize_t  n;
+
+    n = cl->c->recv(cl->c, ngx_xmpp_cm_client_buf, size);
+
+    if (n == NGX_AGAIN) {
+        return NGX_AGAIN;
+    }
+
+    if (n == 0 && ngx_xmpp_cm_client_eof(cl) == NGX_AGAIN) {
+        return NGX_DONE;
+    }
+
+    if (n == 0 || n == NGX_ERROR) {
+        ngx_log_debug0(NGX_LOG_DEBUG_STREAM, cl->c->log, 0,
+                       "xmpp_cm: client closed the connection");
+        ngx_xmpp_cm_client_finalize(cl);
+        return NGX_DONE;
+    }
+
+    cl->s->received += n;
+
+    return n;
 }
 
 
@@ -428,7 +655,7 @@ ngx_xmpp_cm_client_eof(ngx_xmpp_cm_client_t *cl)
 
     rev = cl->c->read;
 
-    if (cl->closing) {
+    if (cl->phase == NGX_XMPP_CM_PHASE_CLOSING) {
         if (cl->out.size == 0 || cl->lingering) {
             return NGX_OK;
         }
@@ -454,7 +681,7 @@ ngx_xmpp_cm_client_eof(ngx_xmpp_cm_client_t *cl)
                    "xmpp_cm: client closed its side, awaiting %ui IQ "
                    "replies", cl->iq_pending);
 
-    cl->half_closed = 1;
+    ngx_xmpp_cm_client_phase(cl, NGX_XMPP_CM_PHASE_HALF);
 
     if (rev->timer_set) {
         ngx_del_timer(rev);
@@ -494,7 +721,7 @@ ngx_xmpp_cm_client_replied(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_node_t *iq)
 
     cl->iq_pending--;
 
-    if (cl->iq_pending == 0 && cl->half_closed) {
+    if (cl->iq_pending == 0 && cl->phase == NGX_XMPP_CM_PHASE_HALF) {
         ngx_log_debug0(NGX_LOG_DEBUG_STREAM, cl->c->log, 0,
                        "xmpp_cm: last IQ reply for a client that closed "
                        "its side");
@@ -573,17 +800,18 @@ ngx_xmpp_cm_client_timer(ngx_xmpp_cm_client_t *cl)
  */
 
 static size_t
-ngx_xmpp_cm_client_rate(ngx_xmpp_cm_client_t *cl, size_t rate, size_t size)
+ngx_xmpp_cm_client_rate(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_rate_t *limit,
+    size_t size)
 {
     off_t         cap, slice, credit;
-    size_t        burst;
+    size_t        rate, burst;
     ngx_msec_t    elapsed, delay;
     ngx_event_t  *rev;
 
     rev = cl->c->read;
 
-    burst = cl->authenticated ? cl->conf->limit_rate.burst
-                              : cl->conf->preauth_limit_rate.burst;
+    rate = limit->rate;
+    burst = limit->burst;
 
     slice = (off_t) ngx_max(rate / 20, 1) * 1000;
     cap = ngx_max((off_t) burst * 1000, slice);
@@ -646,7 +874,7 @@ ngx_xmpp_cm_client_input(ngx_xmpp_cm_client_t *cl, u_char *buf, size_t n)
 
     rc = ngx_xmpp_cm_client_process(cl, buf, n);
 
-    if (!cl->zlib_pending || cl->closing) {
+    if (!cl->zlib_pending || cl->phase == NGX_XMPP_CM_PHASE_CLOSING) {
         return rc;
     }
 
@@ -679,7 +907,7 @@ inflate:
     rc = ngx_xmpp_cm_zlib_inflate(cl->zlib, buf, n,
                                   ngx_xmpp_cm_client_inflated, cl);
 
-    if (rc == NGX_ERROR && !cl->closing) {
+    if (rc == NGX_ERROR && cl->phase != NGX_XMPP_CM_PHASE_CLOSING) {
         ngx_xmpp_cm_client_end(cl, "undefined-condition",
                                "processing-failed: bad compressed data",
                                NULL, 0);
@@ -714,7 +942,8 @@ ngx_xmpp_cm_client_process(ngx_xmpp_cm_client_t *cl, u_char *buf, size_t n)
         return NGX_OK;
     }
 
-    if (cl->closing || cl->tls_pending || cl->zlib_pending) {
+    if (cl->phase > NGX_XMPP_CM_PHASE_STREAM || cl->zlib_pending) {
+        /* the stream stopped by itself: ended, or STARTTLS, compression */
         return NGX_DONE;
     }
 
@@ -862,7 +1091,7 @@ ngx_xmpp_cm_client_open(void *data, ngx_str_t *name, ngx_str_t *ns,
             break;
         }
 
-        cl->session = ngx_xmpp_cm_session_create(cl->pool, cl, &addr);
+        cl->session = ngx_xmpp_cm_session_create(cl->pool, &cl->conn, &addr);
 
         if (cl->session == NULL) {
             ngx_xmpp_cm_client_end(cl, "remote-connection-failed",
@@ -963,7 +1192,7 @@ ngx_xmpp_cm_client_header(ngx_xmpp_cm_client_t *cl)
     ngx_xmpp_cm_client_send(cl, buf, p - buf);
     cl->header_sent = 1;
 
-    if (cl->closing || cl->session == NULL) {
+    if (cl->phase == NGX_XMPP_CM_PHASE_CLOSING || cl->session == NULL) {
         return;
     }
 
@@ -1028,15 +1257,14 @@ ngx_xmpp_cm_client_tls(ngx_xmpp_cm_client_t *cl)
 static ngx_int_t
 ngx_xmpp_cm_client_forward(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
 {
-    ngx_int_t            rc;
-    ngx_xmpp_cm_sock_t  *sock;
+    ngx_int_t  rc;
 
     if (cl->session == NULL) {
         ngx_xmpp_cm_client_end(cl, "reset", NULL, NULL, 0);
         return NGX_DONE;
     }
 
-    rc = ngx_xmpp_cm_route_client(cl->session, cl->xml, e, cl->lang);
+    rc = ngx_xmpp_cm_session_send(cl->session, cl->xml, e, cl->lang);
 
     if (rc == NGX_DECLINED) {
         ngx_xmpp_cm_client_end(cl, "policy-violation", "stanza too large",
@@ -1051,12 +1279,6 @@ ngx_xmpp_cm_client_forward(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
     }
 
     ngx_xmpp_cm_count_relay(cl->pool, TO_OPENFIRE, e->end - e->start);
-    sock = cl->session->sock;
-
-    if (sock && sock->throttled) {
-        cl->blocked = 1;
-        ngx_xmpp_cm_sock_block(sock, cl->session);
-    }
 
     return NGX_OK;
 }
@@ -1126,9 +1348,13 @@ ngx_xmpp_cm_client_reject(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
 #define NGX_XMPP_CM_E_COMPRESS  7
 
 
-static ngx_uint_t
-ngx_xmpp_cm_client_kind(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
+/* the pre-authentication policy (NGX_XMPP_CM_PHASE_AUTH) */
+
+static ngx_int_t
+ngx_xmpp_cm_client_auth_start(void *data, ngx_xmpp_cm_elem_t *e)
 {
+    ngx_xmpp_cm_client_t *cl = data;
+
     ngx_str_t   *name, *ns;
     ngx_uint_t   notls;
 
@@ -1142,33 +1368,86 @@ ngx_xmpp_cm_client_kind(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
     if (ngx_xmpp_cm_str_is(ns, NGX_XMPP_NS_CLIENT)) {
 
         if (ngx_xmpp_cm_str_is(name, "iq")) {
-            return notls ? NGX_XMPP_CM_E_NOAUTH : NGX_XMPP_CM_E_FORWARD;
-        }
+            cl->kind = notls ? NGX_XMPP_CM_E_NOAUTH : NGX_XMPP_CM_E_FORWARD;
 
-        if (ngx_xmpp_cm_str_is(name, "message")
-            || ngx_xmpp_cm_str_is(name, "presence"))
+        } else if (ngx_xmpp_cm_str_is(name, "message")
+                   || ngx_xmpp_cm_str_is(name, "presence"))
         {
-            return cl->authenticated ? NGX_XMPP_CM_E_FORWARD
-                                     : NGX_XMPP_CM_E_NOAUTH;
+            cl->kind = NGX_XMPP_CM_E_NOAUTH;
+
+        } else {
+            cl->kind = NGX_XMPP_CM_E_REFUSE;
         }
 
-        return NGX_XMPP_CM_E_REFUSE;
-    }
-
-    if (ngx_xmpp_cm_str_is(ns, NGX_XMPP_NS_SASL) && !cl->authenticated) {
+    } else if (ngx_xmpp_cm_str_is(ns, NGX_XMPP_NS_SASL)) {
 
         if (ngx_xmpp_cm_str_is(name, "auth")
             || ngx_xmpp_cm_str_is(name, "response"))
         {
-            return notls ? NGX_XMPP_CM_E_ENCRYPT : NGX_XMPP_CM_E_FORWARD;
+            cl->kind = notls ? NGX_XMPP_CM_E_ENCRYPT : NGX_XMPP_CM_E_FORWARD;
+
+        } else if (ngx_xmpp_cm_str_is(name, "abort")) {
+            cl->kind = NGX_XMPP_CM_E_ABORT;
+
+        } else {
+            cl->kind = NGX_XMPP_CM_E_REFUSE;
         }
 
-        if (ngx_xmpp_cm_str_is(name, "abort")) {
-            return NGX_XMPP_CM_E_ABORT;
-        }
-
-        return NGX_XMPP_CM_E_REFUSE;
+    } else {
+        cl->kind = ngx_xmpp_cm_client_stream_level(e);
     }
+
+    return ngx_xmpp_cm_client_start(cl, e);
+}
+
+
+/*
+ * The authenticated policy (NGX_XMPP_CM_PHASE_STREAM).  An IQ still gets
+ * the TLS check: Openfire may ask for TLS after a client authenticated
+ * (a configuration IQ on a reconnect).
+ */
+
+static ngx_int_t
+ngx_xmpp_cm_client_stream_start(void *data, ngx_xmpp_cm_elem_t *e)
+{
+    ngx_xmpp_cm_client_t *cl = data;
+
+    ngx_str_t  *name;
+
+    name = &e->name;
+
+    if (ngx_xmpp_cm_str_is(&e->ns, NGX_XMPP_NS_CLIENT)) {
+
+        if (ngx_xmpp_cm_str_is(name, "iq")) {
+            cl->kind = ngx_xmpp_cm_client_tls(cl) == NGX_XMPP_CM_TLS_REQUIRED
+                       ? NGX_XMPP_CM_E_NOAUTH : NGX_XMPP_CM_E_FORWARD;
+
+        } else if (ngx_xmpp_cm_str_is(name, "message")
+                   || ngx_xmpp_cm_str_is(name, "presence"))
+        {
+            cl->kind = NGX_XMPP_CM_E_FORWARD;
+
+        } else {
+            cl->kind = NGX_XMPP_CM_E_REFUSE;
+        }
+
+    } else {
+        cl->kind = ngx_xmpp_cm_client_stream_level(e);
+    }
+
+    return ngx_xmpp_cm_client_start(cl, e);
+}
+
+
+/* stream-level elements, the same in both phases */
+
+static ngx_uint_t
+ngx_xmpp_cm_client_stream_level(ngx_xmpp_cm_elem_t *e)
+{
+    ngx_str_t  *name, *ns;
+
+    name = &e->name;
+    ns = &e->ns;
 
     if (ngx_xmpp_cm_str_is(ns, NGX_XMPP_NS_TLS)
         && ngx_xmpp_cm_str_is(name, "starttls"))
@@ -1192,16 +1471,16 @@ ngx_xmpp_cm_client_kind(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
 }
 
 
-static ngx_int_t
-ngx_xmpp_cm_client_start(void *data, ngx_xmpp_cm_elem_t *e)
-{
-    ngx_xmpp_cm_client_t *cl = data;
+/* at a stanza's start tag: refused now, or what is needed at its end */
 
+static ngx_int_t
+ngx_xmpp_cm_client_start(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
+{
     ngx_str_t  type;
 
     cl->iq_request = 0;
 
-    switch (ngx_xmpp_cm_client_kind(cl, e)) {
+    switch (cl->kind) {
 
     case NGX_XMPP_CM_E_NOAUTH:
         ngx_xmpp_cm_client_end(cl, "not-authorized",
@@ -1314,7 +1593,9 @@ ngx_xmpp_cm_client_element(void *data, ngx_xmpp_cm_elem_t *e)
     static u_char  invalid_mech[] = "<failure xmlns=\"" NGX_XMPP_NS_SASL "\">"
                                     "<invalid-mechanism/></failure>";
 
-    switch (ngx_xmpp_cm_client_kind(cl, e)) {
+    /* decided at the start tag by the phase's policy */
+
+    switch (cl->kind) {
 
     case NGX_XMPP_CM_E_FORWARD:
         if (cl->mech_refused && ngx_xmpp_cm_str_is(&e->name, "auth")) {
@@ -1361,7 +1642,7 @@ ngx_xmpp_cm_client_element(void *data, ngx_xmpp_cm_elem_t *e)
             && !cl->authenticated && !cl->sasl_started)
         {
             ngx_xmpp_cm_client_send(cl, proceed, sizeof(proceed) - 1);
-            cl->tls_pending = 1;
+            ngx_xmpp_cm_client_phase(cl, NGX_XMPP_CM_PHASE_STARTTLS);
             cl->c->log->action = "in STARTTLS";
 
             /* stop: the rest of this read is not part of any stream */
@@ -1393,7 +1674,7 @@ ngx_xmpp_cm_client_element(void *data, ngx_xmpp_cm_elem_t *e)
 
     default:
         /* refused at the start tag already */
-        return ngx_xmpp_cm_client_start(data, e);
+        return ngx_xmpp_cm_client_start(cl, e);
     }
 }
 
@@ -1558,30 +1839,30 @@ ngx_xmpp_cm_client_full(ngx_xmpp_cm_client_t *cl, size_t len)
 }
 
 
-/* a stanza (or SASL element) from Openfire for this client */
+/*
+ * A stanza (or SASL element) from Openfire for this client.  NGX_DECLINED:
+ * not taken (the client is closing, or not reading and ended now); the
+ * stream table answers it as for a closed stream.
+ */
 
-void
-ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
+static ngx_int_t
+ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_conn_t *conn, ngx_xmpp_cm_xml_t *x,
     ngx_xmpp_cm_node_t *n)
 {
-    u_char                 *p, *tmp;
-    size_t                  len, out;
-    ngx_buf_t              *b;
-    ngx_str_t               p1, p2;
-    ngx_uint_t              success;
-    ngx_xmpp_cm_session_t  *s;
+    ngx_xmpp_cm_client_t *cl = (ngx_xmpp_cm_client_t *) conn;
+
+    u_char      *p, *tmp;
+    size_t       len, out;
+    ngx_buf_t   *b;
+    ngx_str_t    p1, p2;
+    ngx_uint_t   success;
 
     len = ngx_xmpp_cm_xml_copy(x, NULL, n->start, n->end);
 
-    /* ending the stream detaches the session: keep it for the bounce */
-
-    s = cl->session;
-
-    if (cl->closing || ngx_xmpp_cm_client_full(cl, len)) {
-        if (s) {
-            ngx_xmpp_cm_session_bounce(s, x, n);
-        }
-        return;
+    if (cl->phase == NGX_XMPP_CM_PHASE_CLOSING
+        || ngx_xmpp_cm_client_full(cl, len))
+    {
+        return NGX_DECLINED;
     }
 
     if (ngx_xmpp_cm_str_is(&n->ns, NGX_XMPP_NS_STREAMS)
@@ -1589,7 +1870,7 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
     {
         tmp = ngx_pnalloc(x->tmp, len);
         if (tmp == NULL) {
-            return;
+            return NGX_OK;
         }
 
         (void) ngx_xmpp_cm_xml_copy(x, tmp, n->start, n->end);
@@ -1599,7 +1880,7 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
                       "error");
 
         ngx_xmpp_cm_client_end(cl, NULL, NULL, tmp, len);
-        return;
+        return NGX_OK;
     }
 
     success = ngx_xmpp_cm_str_is(&n->ns, NGX_XMPP_NS_SASL)
@@ -1609,7 +1890,7 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
         ngx_log_error(NGX_LOG_ERR, cl->c->log, 0,
                       "xmpp_cm: SASL success from Openfire outside SASL "
                       "negotiation on stream %V dropped", &cl->streamid);
-        return;
+        return NGX_OK;
     }
 
     if (n->has_xmlns && !ngx_xmpp_cm_str_is(&n->xmlns, NGX_XMPP_NS_CLIENT)
@@ -1617,7 +1898,7 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
     {
         tmp = ngx_pnalloc(x->tmp, len);
         if (tmp == NULL) {
-            return;
+            return NGX_OK;
         }
 
         (void) ngx_xmpp_cm_xml_copy(x, tmp, n->start, n->end);
@@ -1625,7 +1906,7 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
         out = ngx_xmpp_cm_strip_server_ns(NULL, tmp, len, n);
         p = ngx_pnalloc(x->tmp, out);
         if (p == NULL) {
-            return;
+            return NGX_OK;
         }
 
         (void) ngx_xmpp_cm_strip_server_ns(p, tmp, len, n);
@@ -1639,7 +1920,7 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
     } else {
         b = ngx_xmpp_cm_output_buf(&cl->out, len, 0);
         if (b == NULL) {
-            return;
+            return NGX_OK;
         }
 
         b->last += ngx_xmpp_cm_xml_copy(x, b->last, n->start, n->end);
@@ -1671,6 +1952,8 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
     if (cl->iq_pending && ngx_xmpp_cm_str_is(&n->name, "iq")) {
         ngx_xmpp_cm_client_replied(cl, n);
     }
+
+    return NGX_OK;
 }
 
 
@@ -1886,13 +2169,15 @@ ngx_xmpp_cm_client_variable(ngx_stream_session_t *s, ngx_uint_t which,
 
 /* Openfire 4.8+: SASL results and stream errors as escaped text */
 
-void
-ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_client_t *cl, ngx_str_t *text)
+static void
+ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_conn_t *conn, ngx_str_t *text)
 {
+    ngx_xmpp_cm_client_t *cl = (ngx_xmpp_cm_client_t *) conn;
+
     u_char      *p, *end;
     ngx_uint_t   success;
 
-    if (cl->closing) {
+    if (cl->phase == NGX_XMPP_CM_PHASE_CLOSING) {
         return;
     }
 
@@ -2000,6 +2285,11 @@ ngx_xmpp_cm_client_authenticated(ngx_xmpp_cm_client_t *cl)
     ngx_xmpp_cm_metrics_authenticated(cl->pool, cl->authenticated);
     cl->authenticated = 1;
     cl->sasl_pending = 0;
+
+    if (cl->phase == NGX_XMPP_CM_PHASE_AUTH) {
+        ngx_xmpp_cm_client_phase(cl, NGX_XMPP_CM_PHASE_STREAM);
+    }
+
     cl->c->log->action = "in an authenticated XMPP stream";
 
     cl->xml->max_size = cl->conf->max_stanza;
@@ -2020,25 +2310,82 @@ ngx_xmpp_cm_client_authenticated(ngx_xmpp_cm_client_t *cl)
 
 
 /*
- * Ends the client stream: a stream error (cond, or raw bytes Openfire
- * sent), then </stream:stream>; the connection closes once that is
- * written, or after a short linger.  raw == "" with rawlen 0 sends only
- * the end tag.
+ * The connection ends its stream (a client error, its </stream:stream>,
+ * a timeout...): the client is told, then the stream table lets the
+ * stream go (close delay, or <close/> to Openfire).  raw == "" with
+ * rawlen 0 sends only the end tag.
  */
 
-void
+static void
 ngx_xmpp_cm_client_end(ngx_xmpp_cm_client_t *cl, char *cond, char *text,
+    u_char *raw, size_t rawlen)
+{
+    if (cl->phase == NGX_XMPP_CM_PHASE_CLOSING) {
+        return;
+    }
+
+    ngx_xmpp_cm_client_closing(cl, cond, text, raw, rawlen);
+    ngx_xmpp_cm_client_detach(cl);
+}
+
+
+/*
+ * The stream table ended the stream (Openfire closed or refused it, no
+ * socket is left, the worker exits): it has let go of this connection
+ * already, so the connection only drops its link and tells the client.
+ */
+
+static void
+ngx_xmpp_cm_client_ended(ngx_xmpp_cm_conn_t *conn, char *cond, char *text,
+    u_char *raw, size_t rawlen)
+{
+    ngx_xmpp_cm_client_t *cl = (ngx_xmpp_cm_client_t *) conn;
+
+    cl->session = NULL;
+
+    ngx_xmpp_cm_client_closing(cl, cond, text, raw, rawlen);
+
+    if (cl->pool->exiting || ngx_exiting || ngx_terminate) {
+        ngx_xmpp_cm_client_flush(cl);
+    }
+}
+
+
+/* the one link from a connection to its stream is cut here */
+
+static void
+ngx_xmpp_cm_client_detach(ngx_xmpp_cm_client_t *cl)
+{
+    ngx_xmpp_cm_session_t  *s;
+
+    s = cl->session;
+
+    if (s) {
+        cl->session = NULL;
+        ngx_xmpp_cm_session_detach(s);
+    }
+}
+
+
+/*
+ * The client stream ends: a stream error (cond, or raw bytes Openfire
+ * sent), then </stream:stream>; the connection closes once that is
+ * written, or after a short linger.  Touches no stream.
+ */
+
+static void
+ngx_xmpp_cm_client_closing(ngx_xmpp_cm_client_t *cl, char *cond, char *text,
     u_char *raw, size_t rawlen)
 {
     u_char      *p, *buf;
     size_t       len;
     ngx_event_t *rev;
 
-    if (cl->closing) {
+    if (cl->phase == NGX_XMPP_CM_PHASE_CLOSING) {
         return;
     }
 
-    cl->closing = 1;
+    ngx_xmpp_cm_client_phase(cl, NGX_XMPP_CM_PHASE_CLOSING);
 
     /*
      * A stream not answered yet, a restarted one too (RFC 6120 4.9.1.2):
@@ -2087,15 +2434,6 @@ ngx_xmpp_cm_client_end(ngx_xmpp_cm_client_t *cl, char *cond, char *text,
 
     ngx_xmpp_cm_client_send(cl, (u_char *) "</stream:stream>", 16);
 
-    if (cl->session) {
-        ngx_xmpp_cm_session_client_gone(cl->session, 0);
-        cl->session = NULL;
-    }
-
-    if (cl->blocked) {
-        cl->blocked = 0;
-    }
-
     rev = cl->c->read;
     rev->delayed = 0;
 
@@ -2135,13 +2473,15 @@ ngx_xmpp_cm_client_write_handler(ngx_event_t *wev)
         return;
     }
 
-    if (rc == NGX_OK && cl->closing) {
+    if (rc == NGX_OK && cl->phase == NGX_XMPP_CM_PHASE_CLOSING) {
         ngx_xmpp_cm_client_linger(cl);
         return;
     }
 
 #if (NGX_STREAM_SSL)
-    if (rc == NGX_OK && cl->tls_pending && c->ssl == NULL) {
+    if (rc == NGX_OK && cl->phase == NGX_XMPP_CM_PHASE_STARTTLS
+        && c->ssl == NULL)
+    {
         ngx_xmpp_cm_client_starttls(cl);
         return;
     }
@@ -2213,10 +2553,9 @@ ngx_xmpp_cm_client_tls_done(ngx_connection_t *c)
     ngx_log_debug0(NGX_LOG_DEBUG_STREAM, c->log, 0,
                    "xmpp_cm: STARTTLS done");
 
-    cl->tls_pending = 0;
     c->log->action = "reading the XMPP stream header";
 
-    c->read->handler = ngx_xmpp_cm_client_read_handler;
+    ngx_xmpp_cm_client_phase(cl, NGX_XMPP_CM_PHASE_AUTH);
     c->write->handler = ngx_xmpp_cm_client_write_handler;
 
     /* the authentication deadline still counts from the connect */
@@ -2225,34 +2564,29 @@ ngx_xmpp_cm_client_tls_done(ngx_connection_t *c)
 
     /* the restarted header may already sit in OpenSSL's buffers */
 
-    ngx_xmpp_cm_client_read_handler(c->read);
+    c->read->handler(c->read);
 }
 
 #endif
 
 
-void
+static void
 ngx_xmpp_cm_client_flush(ngx_xmpp_cm_client_t *cl)
 {
     (void) ngx_xmpp_cm_output_send(cl->c, &cl->out);
 }
 
 
-void
-ngx_xmpp_cm_client_unblock(ngx_xmpp_cm_client_t *cl)
+/* the stream's socket drained: reading goes on */
+
+static void
+ngx_xmpp_cm_client_unblock(ngx_xmpp_cm_conn_t *conn)
 {
-    cl->blocked = 0;
+    ngx_xmpp_cm_client_t *cl = (ngx_xmpp_cm_client_t *) conn;
 
     if (!cl->c->read->posted) {
         ngx_post_event(cl->c->read, &ngx_posted_events);
     }
-}
-
-
-void
-ngx_xmpp_cm_client_orphan(ngx_xmpp_cm_client_t *cl)
-{
-    cl->session = NULL;
 }
 
 
@@ -2359,10 +2693,7 @@ ngx_xmpp_cm_client_cleanup(void *data)
                       "(connection closed)", cl->out.size);
     }
 
-    if (cl->session) {
-        ngx_xmpp_cm_session_client_gone(cl->session, 0);
-        cl->session = NULL;
-    }
+    ngx_xmpp_cm_client_detach(cl);
 
     if (cl->iq_auth) {
         ngx_free(cl->iq_auth);

@@ -840,20 +840,3 @@ ngx_xmpp_cm_metrics_returned(ngx_xmpp_cm_pool_t *pool, ngx_int_t rc)
         ngx_xmpp_cm_count(pool, DROP_TOO_LARGE);
     }
 }
-
-
-/*
- * A session loses its client (gone: before s->client is cleared) or ends
- * (before it is freed): the detached gauge counts those without a client.
- */
-
-void
-ngx_xmpp_cm_metrics_detached(ngx_xmpp_cm_session_t *s, ngx_uint_t gone)
-{
-    if (gone && s->client) {
-        ngx_xmpp_cm_count(s->pool, DETACHED);
-
-    } else if (!gone && s->client == NULL) {
-        ngx_xmpp_cm_uncount(s->pool, DETACHED);
-    }
-}

@@ -601,6 +601,35 @@ ngx_xmpp_cm_route_head(ngx_xmpp_cm_pool_t *pool, ngx_str_t *id, u_char *dst)
 
 
 /*
+ * Stream ids this module makes are "w<pid>-<hex>".  An id from Openfire
+ * with anything but letters, digits, '-', '_' or '.' cannot be one of
+ * ours, and is never written back (it could break the shared stream).
+ * The rule lives here, beside the writers that check it.
+ */
+
+ngx_int_t
+ngx_xmpp_cm_session_id_ok(ngx_str_t *id)
+{
+    u_char  *p, *end;
+
+    if (id == NULL || id->len == 0 || id->len >= NGX_XMPP_CM_ID_LEN) {
+        return 0;
+    }
+
+    for (p = id->data, end = p + id->len; p < end; p++) {
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')
+              || (*p >= '0' && *p <= '9') || *p == '-' || *p == '_'
+              || *p == '.'))
+        {
+            return 0;
+        }
+    }
+
+    return 1;
+}
+
+
+/*
  * Wraps a client stanza in a route on the session's socket.
  * NGX_DECLINED: it would not fit Openfire's fragment limit.
  */
@@ -613,7 +642,7 @@ ngx_xmpp_cm_route_client(ngx_xmpp_cm_session_t *s, ngx_xmpp_cm_xml_t *x,
     ngx_buf_t           *b;
     ngx_xmpp_cm_sock_t  *sock;
 
-    sock = ngx_xmpp_cm_session_sock(s);
+    sock = s->sock;         /* pinned by ngx_xmpp_cm_session_send() */
     if (sock == NULL) {
         return NGX_ERROR;
     }

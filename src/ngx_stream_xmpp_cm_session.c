@@ -14,8 +14,10 @@
 #define NGX_XMPP_CM_GHOSTS_MAX   200000
 
 
+static void ngx_xmpp_cm_session_linger(ngx_xmpp_cm_session_t *s);
 static void ngx_xmpp_cm_session_close_handler(ngx_event_t *ev);
-static void ngx_xmpp_cm_session_close_now(ngx_xmpp_cm_session_t *s);
+static void ngx_xmpp_cm_session_end(ngx_xmpp_cm_session_t *s,
+    ngx_uint_t how, char *cond, char *text, u_char *raw, size_t rawlen);
 static void ngx_xmpp_cm_session_remember(ngx_xmpp_cm_pool_t *pool,
     ngx_str_t *id);
 static void ngx_xmpp_cm_bounce(ngx_xmpp_cm_pool_t *pool,
@@ -23,11 +25,54 @@ static void ngx_xmpp_cm_bounce(ngx_xmpp_cm_pool_t *pool,
     ngx_xmpp_cm_node_t *c);
 static void ngx_xmpp_cm_session_iq_result(ngx_xmpp_cm_sock_t *sock,
     ngx_xmpp_cm_node_t *iq);
+static void ngx_xmpp_cm_session_route(ngx_xmpp_cm_pool_t *pool,
+    ngx_xmpp_cm_sock_t *sock, ngx_xmpp_cm_node_t *route);
+static void ngx_xmpp_cm_session_iq(ngx_xmpp_cm_pool_t *pool,
+    ngx_xmpp_cm_sock_t *sock, ngx_xmpp_cm_node_t *iq);
+static void ngx_xmpp_cm_session_end_all(ngx_xmpp_cm_pool_t *pool,
+    char *cond, char *text, ngx_uint_t ghost);
+static void ngx_xmpp_cm_session_up(ngx_xmpp_cm_pool_t *pool);
+static void ngx_xmpp_cm_session_unblock(ngx_xmpp_cm_session_t *s);
+
+
+const ngx_xmpp_cm_streams_t  ngx_xmpp_cm_streams = {
+    ngx_xmpp_cm_session_route,
+    ngx_xmpp_cm_session_iq,
+    ngx_xmpp_cm_session_end_all,
+    ngx_xmpp_cm_session_up,
+    ngx_xmpp_cm_session_unblock
+};
+
+
+/* a worker's table for one CM name, beside its sockets */
+
+ngx_int_t
+ngx_xmpp_cm_session_init(ngx_cycle_t *cycle, ngx_xmpp_cm_pool_t *pool)
+{
+    ngx_rbtree_init(&pool->sessions, &pool->sentinel,
+                    ngx_str_rbtree_insert_value);
+
+    if (ngx_array_init(&pool->ghosts, cycle->pool, 16, NGX_XMPP_CM_ID_LEN)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    pool->closed = ngx_pcalloc(cycle->pool,
+                               NGX_XMPP_CM_CLOSED_RING * NGX_XMPP_CM_ID_LEN);
+    if (pool->closed == NULL) {
+        return NGX_ERROR;
+    }
+
+    pool->streams = &ngx_xmpp_cm_streams;
+
+    return NGX_OK;
+}
 
 
 ngx_xmpp_cm_session_t *
 ngx_xmpp_cm_session_create(ngx_xmpp_cm_pool_t *pool,
-    ngx_xmpp_cm_client_t *client, ngx_str_t *addr)
+    ngx_xmpp_cm_conn_t *conn, ngx_str_t *addr)
 {
     u_char                  rnd[8], *p;
     ngx_xmpp_cm_sock_t     *sock;
@@ -59,7 +104,6 @@ ngx_xmpp_cm_session_create(ngx_xmpp_cm_pool_t *pool,
     s->node.node.key = ngx_crc32_short(s->id, s->node.str.len);
     s->pool = pool;
     s->sock = sock;
-    s->client = client;
 
     if (ngx_xmpp_cm_route_session_iq(pool, sock, &s->node.str,
                                      NGX_XMPP_CM_IQ_CREATE, addr, NULL, 0)
@@ -73,13 +117,15 @@ ngx_xmpp_cm_session_create(ngx_xmpp_cm_pool_t *pool,
     pool->nsessions++;
     ngx_xmpp_cm_count(pool, OPENED);
 
+    ngx_xmpp_cm_session_attach(s, conn);
+
     return s;
 }
 
 
 /* the socket a session writes to: pinned, re-pinned if it went away */
 
-ngx_xmpp_cm_sock_t *
+static ngx_xmpp_cm_sock_t *
 ngx_xmpp_cm_session_sock(ngx_xmpp_cm_session_t *s)
 {
     if (s->sock == NULL || s->sock->state != NGX_XMPP_CM_SOCK_READY) {
@@ -91,30 +137,66 @@ ngx_xmpp_cm_session_sock(ngx_xmpp_cm_session_t *s)
 
 
 /*
- * Stream ids this module makes are "w<pid>-<hex>".  An id from Openfire
- * with anything but letters, digits, '-', '_' or '.' cannot be one of
- * ours, and is never written back (it could break the shared stream).
+ * A client stanza for Openfire, on the stream's (re-pinned) socket.  A
+ * socket over its high-water mark pauses the stream: the connection
+ * reads no more until the socket drains (ngx_xmpp_cm_session_unblock).
  */
 
 ngx_int_t
-ngx_xmpp_cm_session_id_ok(ngx_str_t *id)
+ngx_xmpp_cm_session_send(ngx_xmpp_cm_session_t *s, ngx_xmpp_cm_xml_t *x,
+    ngx_xmpp_cm_elem_t *e, u_char *lang)
 {
-    u_char  *p, *end;
+    ngx_int_t  rc;
 
-    if (id == NULL || id->len == 0 || id->len >= NGX_XMPP_CM_ID_LEN) {
+    if (ngx_xmpp_cm_session_sock(s) == NULL) {
+        return NGX_ERROR;
+    }
+
+    rc = ngx_xmpp_cm_route_client(s, x, e, lang);
+
+    if (rc == NGX_OK) {
+        (void) ngx_xmpp_cm_session_throttled(s);
+    }
+
+    return rc;
+}
+
+
+/*
+ * Whether the stream may not send now: its socket is over the high-water
+ * mark (the stream is then queued for the socket's unthrottle).  Also
+ * asked before a read, so that a client does not read what cannot go.
+ */
+
+ngx_uint_t
+ngx_xmpp_cm_session_throttled(ngx_xmpp_cm_session_t *s)
+{
+    if (s->is_blocked) {
+        return 1;
+    }
+
+    if (s->sock == NULL || !s->sock->throttled) {
         return 0;
     }
 
-    for (p = id->data, end = p + id->len; p < end; p++) {
-        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')
-              || (*p >= '0' && *p <= '9') || *p == '-' || *p == '_'
-              || *p == '.'))
-        {
-            return 0;
-        }
-    }
+    ngx_xmpp_cm_count(s->pool, FLOW_PAUSES);
+    s->is_blocked = 1;
+    ngx_queue_insert_tail(&s->sock->blocked, &s->blocked);
 
     return 1;
+}
+
+
+/* the socket drained: the upstream side lets the paused stream go on */
+
+static void
+ngx_xmpp_cm_session_unblock(ngx_xmpp_cm_session_t *s)
+{
+    s->is_blocked = 0;
+
+    if (s->conn) {
+        s->conn->handler->unblock(s->conn);
+    }
 }
 
 
@@ -126,6 +208,8 @@ ngx_xmpp_cm_session_find(ngx_xmpp_cm_pool_t *pool, ngx_str_t *id)
                                  ngx_crc32_short(id->data, id->len));
 }
 
+
+/* out of the table and freed: only ngx_xmpp_cm_session_end() (and tests) */
 
 void
 ngx_xmpp_cm_session_forget(ngx_xmpp_cm_session_t *s)
@@ -143,7 +227,10 @@ ngx_xmpp_cm_session_forget(ngx_xmpp_cm_session_t *s)
         s->is_blocked = 0;
     }
 
-    ngx_xmpp_cm_metrics_detached(s, 0);
+    if (s->detached) {
+        ngx_xmpp_cm_uncount(s->pool, DETACHED);
+    }
+
     ngx_rbtree_delete(&s->pool->sessions, &s->node.node);
     s->pool->nsessions--;
 
@@ -152,20 +239,44 @@ ngx_xmpp_cm_session_forget(ngx_xmpp_cm_session_t *s)
 
 
 /*
- * The client went away: <close/> goes out on the socket the session used,
- * at once by default, so that Openfire stops routing to it (a bare-JID
- * message would otherwise go to this resource and end up offline).  With
- * xmpp_cm_close_delay the session stays open on Openfire for that long,
- * and messages routed to it go back with <failed> (stored offline).
- * While a route is being delivered the close waits for its end, so that
- * the stanzas after the one that ended the stream go back first.
+ * A connection takes the stream: a new one, or (during the close delay)
+ * one that comes back.  Called by the connection side only.
  */
 
 void
-ngx_xmpp_cm_session_client_gone(ngx_xmpp_cm_session_t *s, ngx_uint_t now)
+ngx_xmpp_cm_session_attach(ngx_xmpp_cm_session_t *s, ngx_xmpp_cm_conn_t *conn)
 {
-    ngx_xmpp_cm_metrics_detached(s, 1);
-    s->client = NULL;
+    if (s->close_ev && s->close_ev->timer_set) {
+        ngx_del_timer(s->close_ev);
+    }
+
+    if (s->detached) {
+        s->detached = 0;
+        ngx_xmpp_cm_uncount(s->pool, DETACHED);
+    }
+
+    s->conn = conn;
+}
+
+
+/*
+ * The connection lets go of the stream (it ended, or went away); called
+ * by the connection side only, and never calls it back.  <close/> goes
+ * out on the socket the session used, at once by default, so that
+ * Openfire stops routing to it (a bare-JID message would otherwise go to
+ * this resource and end up offline).  With xmpp_cm_close_delay the
+ * session stays open on Openfire for that long, detached, and messages
+ * routed to it go back with <failed> (stored offline).  While a route is
+ * being delivered the close waits for its end, so that the stanzas after
+ * the one that ended the stream go back first.
+ */
+
+void
+ngx_xmpp_cm_session_detach(ngx_xmpp_cm_session_t *s)
+{
+    s->conn = NULL;
+    s->detached = 1;
+    ngx_xmpp_cm_count(s->pool, DETACHED);
 
     if (s->is_blocked) {
         ngx_queue_remove(&s->blocked);
@@ -177,8 +288,18 @@ ngx_xmpp_cm_session_client_gone(ngx_xmpp_cm_session_t *s, ngx_uint_t now)
         return;
     }
 
-    if (now || s->pool->conf->close_delay == 0 || s->pool->exiting) {
-        ngx_xmpp_cm_session_close_now(s);
+    ngx_xmpp_cm_session_linger(s);
+}
+
+
+/* a detached stream: closed now, or after xmpp_cm_close_delay */
+
+static void
+ngx_xmpp_cm_session_linger(ngx_xmpp_cm_session_t *s)
+{
+    if (s->pool->conf->close_delay == 0 || s->pool->exiting) {
+        ngx_xmpp_cm_session_end(s, NGX_XMPP_CM_END_CLOSE, NULL, NULL,
+                                NULL, 0);
         return;
     }
 
@@ -187,7 +308,8 @@ ngx_xmpp_cm_session_client_gone(ngx_xmpp_cm_session_t *s, ngx_uint_t now)
     if (s->close_ev == NULL) {
         s->close_ev = ngx_calloc(sizeof(ngx_event_t), &s->pool->log);
         if (s->close_ev == NULL) {
-            ngx_xmpp_cm_session_close_now(s);
+            ngx_xmpp_cm_session_end(s, NGX_XMPP_CM_END_CLOSE, NULL, NULL,
+                                    NULL, 0);
             return;
         }
 
@@ -204,24 +326,65 @@ ngx_xmpp_cm_session_client_gone(ngx_xmpp_cm_session_t *s, ngx_uint_t now)
 static void
 ngx_xmpp_cm_session_close_handler(ngx_event_t *ev)
 {
-    ngx_xmpp_cm_session_close_now(ev->data);
+    ngx_xmpp_cm_session_end(ev->data, NGX_XMPP_CM_END_CLOSE, NULL, NULL,
+                            NULL, 0);
 }
 
 
+/*
+ * The one end of a stream, from the stream table's side: a connection
+ * still attached is let go first and told why (cond and text, or the
+ * raw stream error Openfire sent), then Openfire is told (END_CLOSE), or
+ * had closed it itself (END_CLOSED), or is told once a socket is up
+ * again (END_GHOST), and the stream is freed.
+ */
+
 static void
-ngx_xmpp_cm_session_close_now(ngx_xmpp_cm_session_t *s)
+ngx_xmpp_cm_session_end(ngx_xmpp_cm_session_t *s, ngx_uint_t how,
+    char *cond, char *text, u_char *raw, size_t rawlen)
 {
+    u_char              *p;
+    ngx_xmpp_cm_pool_t  *pool;
     ngx_xmpp_cm_sock_t  *sock;
+    ngx_xmpp_cm_conn_t  *conn;
 
-    sock = ngx_xmpp_cm_session_sock(s);
+    pool = s->pool;
+    conn = s->conn;
 
-    if (sock) {
-        (void) ngx_xmpp_cm_route_session_iq(s->pool, sock, &s->node.str,
-                                            NGX_XMPP_CM_IQ_CLOSE, NULL,
-                                            NULL, 0);
+    if (conn) {
+        s->conn = NULL;
+        conn->handler->ended(conn, cond, text, raw, rawlen);
     }
 
-    ngx_xmpp_cm_session_remember(s->pool, &s->node.str);
+    switch (how) {
+
+    case NGX_XMPP_CM_END_CLOSE:
+        sock = ngx_xmpp_cm_session_sock(s);
+
+        if (sock) {
+            (void) ngx_xmpp_cm_route_session_iq(pool, sock, &s->node.str,
+                                                NGX_XMPP_CM_IQ_CLOSE, NULL,
+                                                NULL, 0);
+        }
+
+        ngx_xmpp_cm_session_remember(pool, &s->node.str);
+        break;
+
+    case NGX_XMPP_CM_END_CLOSED:
+        ngx_xmpp_cm_session_remember(pool, &s->node.str);
+        break;
+
+    default: /* NGX_XMPP_CM_END_GHOST */
+
+        if (pool->ghosts.nelts < NGX_XMPP_CM_GHOSTS_MAX) {
+            p = ngx_array_push(&pool->ghosts);
+            if (p) {
+                ngx_memcpy(p, s->id, s->node.str.len);
+                p[s->node.str.len] = '\0';
+            }
+        }
+    }
+
     ngx_xmpp_cm_session_forget(s);
 }
 
@@ -302,13 +465,12 @@ ngx_xmpp_cm_error_condition(ngx_xmpp_cm_node_t *parent)
 
 /* a route from Openfire: deliver, or answer for the absent client */
 
-void
+static void
 ngx_xmpp_cm_session_route(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
     ngx_xmpp_cm_node_t *route)
 {
     ngx_str_t              *id, *type, *cond;
     ngx_xmpp_cm_node_t     *c;
-    ngx_xmpp_cm_client_t   *cl;
     ngx_xmpp_cm_session_t  *s;
 
     id = ngx_xmpp_cm_node_attr(route, "streamid");
@@ -327,7 +489,7 @@ ngx_xmpp_cm_session_route(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
     if (type && ngx_xmpp_cm_str_is(type, "error")) {
         cond = ngx_xmpp_cm_error_condition(route);
 
-        if (s == NULL || s->client == NULL) {
+        if (s == NULL || s->conn == NULL) {
             return;
         }
 
@@ -335,12 +497,9 @@ ngx_xmpp_cm_session_route(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
             ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
                           "xmpp_cm: Openfire has no session %V any more, "
                           "ending the client stream", id);
-            cl = s->client;
-            ngx_xmpp_cm_client_orphan(cl);
-            ngx_xmpp_cm_client_end(cl, "reset",
-                                   "the session no longer exists on the "
-                                   "server", NULL, 0);
-            ngx_xmpp_cm_session_client_gone(s, 1);
+            ngx_xmpp_cm_session_end(s, NGX_XMPP_CM_END_CLOSE, "reset",
+                                    "the session no longer exists on the "
+                                    "server", NULL, 0);
             return;
         }
 
@@ -350,12 +509,11 @@ ngx_xmpp_cm_session_route(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
         return;
     }
 
-    if (s && s->client) {
-        cl = s->client;
+    if (s && s->conn) {
 
         if (route->child == NULL) {
             if (ngx_xmpp_cm_has_text(&route->text)) {
-                ngx_xmpp_cm_client_deliver_text(cl, &route->text);
+                s->conn->handler->deliver_text(s->conn, &route->text);
             }
             return;
         }
@@ -369,10 +527,11 @@ ngx_xmpp_cm_session_route(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
         s->routing = 1;
 
         for (c = route->child; c; c = c->next) {
-            if (s->client) {
-                ngx_xmpp_cm_client_deliver(s->client, sock->xml, c);
-
-            } else {
+            if (s->conn == NULL
+                || s->conn->handler->deliver(s->conn, sock->xml, c)
+                   == NGX_DECLINED)
+            {
+                /* no client, or one that is closing or not reading */
                 ngx_xmpp_cm_bounce(pool, sock->xml, s, id, c);
             }
         }
@@ -381,7 +540,7 @@ ngx_xmpp_cm_session_route(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
 
         if (s->gone) {
             s->gone = 0;
-            ngx_xmpp_cm_session_client_gone(s, 0);
+            ngx_xmpp_cm_session_linger(s);
         }
 
         return;
@@ -416,14 +575,6 @@ ngx_xmpp_cm_session_route(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
  * <failed> to be stored offline, an IQ get/set gets an error reply so its
  * sender is not left waiting, anything else is dropped and counted.
  */
-
-void
-ngx_xmpp_cm_session_bounce(ngx_xmpp_cm_session_t *s, ngx_xmpp_cm_xml_t *x,
-    ngx_xmpp_cm_node_t *c)
-{
-    ngx_xmpp_cm_bounce(s->pool, x, s, &s->node.str, c);
-}
-
 
 static void
 ngx_xmpp_cm_bounce(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_xml_t *x,
@@ -546,7 +697,7 @@ ngx_xmpp_cm_bounce(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_xml_t *x,
 
 /* session IQs from Openfire: close, and replies to ours */
 
-void
+static void
 ngx_xmpp_cm_session_iq(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
     ngx_xmpp_cm_node_t *iq)
 {
@@ -554,7 +705,6 @@ ngx_xmpp_cm_session_iq(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
     size_t                  len;
     ngx_str_t              *type, *id, *cond;
     ngx_xmpp_cm_node_t     *session, *err, *n;
-    ngx_xmpp_cm_client_t   *cl;
     ngx_xmpp_cm_session_t  *s;
 
     type = ngx_xmpp_cm_node_attr(iq, "type");
@@ -610,15 +760,8 @@ ngx_xmpp_cm_session_iq(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
         ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
                       "xmpp_cm: Openfire closed session %V", id);
 
-        cl = s->client;
-
-        if (cl) {
-            ngx_xmpp_cm_client_orphan(cl);
-            ngx_xmpp_cm_client_end(cl, NULL, NULL, raw, len);
-        }
-
-        ngx_xmpp_cm_session_remember(pool, id);
-        ngx_xmpp_cm_session_forget(s);
+        ngx_xmpp_cm_session_end(s, NGX_XMPP_CM_END_CLOSED, NULL, NULL,
+                                raw, len);
         return;
     }
 
@@ -634,17 +777,10 @@ ngx_xmpp_cm_session_iq(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
                       cond ? cond : &iq->name);
 
         if (s) {
-            cl = s->client;
-
-            if (cl) {
-                ngx_xmpp_cm_client_orphan(cl);
-                ngx_xmpp_cm_client_end(cl, "policy-violation",
-                                       "the server refused the session",
-                                       NULL, 0);
-            }
-
-            ngx_xmpp_cm_session_remember(pool, id);
-            ngx_xmpp_cm_session_forget(s);
+            ngx_xmpp_cm_session_end(s, NGX_XMPP_CM_END_CLOSED,
+                                    "policy-violation",
+                                    "the server refused the session",
+                                    NULL, 0);
         }
 
         return;
@@ -708,44 +844,53 @@ ngx_xmpp_cm_session_iq_result(ngx_xmpp_cm_sock_t *sock,
 
 /* Openfire ended every session of this worker's name (or we exit) */
 
-void
+static void
 ngx_xmpp_cm_session_end_all(ngx_xmpp_cm_pool_t *pool, char *cond, char *text,
     ngx_uint_t ghost)
 {
-    u_char                 *p;
-    ngx_rbtree_node_t      *node;
-    ngx_xmpp_cm_client_t   *cl;
-    ngx_xmpp_cm_session_t  *s;
+    ngx_rbtree_node_t  *node;
 
     while (pool->sessions.root != pool->sessions.sentinel) {
         node = ngx_rbtree_min(pool->sessions.root, pool->sessions.sentinel);
-        s = (ngx_xmpp_cm_session_t *) node;
 
-        cl = s->client;
-
-        if (cl) {
-            s->client = NULL;
-            ngx_xmpp_cm_client_orphan(cl);
-            ngx_xmpp_cm_client_end(cl, cond, text, NULL, 0);
-
-            if (pool->exiting || ngx_exiting || ngx_terminate) {
-                ngx_xmpp_cm_client_flush(cl);
-            }
-        }
-
-        if (ghost) {
-            if (pool->ghosts.nelts < NGX_XMPP_CM_GHOSTS_MAX) {
-                p = ngx_array_push(&pool->ghosts);
-                if (p) {
-                    ngx_memcpy(p, s->id, s->node.str.len);
-                    p[s->node.str.len] = '\0';
-                }
-            }
-
-            ngx_xmpp_cm_session_forget(s);
-
-        } else {
-            ngx_xmpp_cm_session_close_now(s);
-        }
+        ngx_xmpp_cm_session_end((ngx_xmpp_cm_session_t *) node,
+                                ghost ? NGX_XMPP_CM_END_GHOST
+                                      : NGX_XMPP_CM_END_CLOSE,
+                                cond, text, NULL, 0);
     }
+}
+
+
+/* the pool is usable again: close what Openfire may still hold for us */
+
+static void
+ngx_xmpp_cm_session_up(ngx_xmpp_cm_pool_t *pool)
+{
+    u_char              *id;
+    ngx_str_t            sid;
+    ngx_uint_t           i;
+    ngx_xmpp_cm_sock_t  *sock;
+
+    sock = ngx_xmpp_cm_pool_pick(pool);
+    if (sock == NULL) {
+        return;
+    }
+
+    id = pool->ghosts.elts;
+
+    for (i = 0; i < pool->ghosts.nelts; i++) {
+        sid.data = id + i * NGX_XMPP_CM_ID_LEN;
+        sid.len = ngx_strlen(sid.data);
+        (void) ngx_xmpp_cm_route_session_iq(pool, sock, &sid,
+                                            NGX_XMPP_CM_IQ_CLOSE, NULL,
+                                            NULL, 0);
+    }
+
+    if (pool->ghosts.nelts) {
+        ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
+                      "xmpp_cm: closed %ui sessions Openfire may still hold "
+                      "for \"%V\"", pool->ghosts.nelts, &pool->name);
+    }
+
+    pool->ghosts.nelts = 0;
 }

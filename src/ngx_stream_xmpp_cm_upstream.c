@@ -98,21 +98,6 @@ ngx_xmpp_cm_pool_init(ngx_cycle_t *cycle, ngx_stream_xmpp_cm_srv_conf_t *conf)
     domain = conf->domains->elts;
     pool->domain = domain[0];
 
-    ngx_rbtree_init(&pool->sessions, &pool->sentinel,
-                    ngx_str_rbtree_insert_value);
-
-    if (ngx_array_init(&pool->ghosts, cycle->pool, 16, NGX_XMPP_CM_ID_LEN)
-        != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    pool->closed = ngx_pcalloc(cycle->pool,
-                               NGX_XMPP_CM_CLOSED_RING * NGX_XMPP_CM_ID_LEN);
-    if (pool->closed == NULL) {
-        return NGX_ERROR;
-    }
-
     pool->nsocks = conf->connections;
     pool->socks = ngx_pcalloc(cycle->pool,
                               pool->nsocks * sizeof(ngx_xmpp_cm_sock_t));
@@ -536,10 +521,10 @@ ngx_xmpp_cm_sock_close(ngx_xmpp_cm_sock_t *sock, ngx_uint_t level,
                       "ending %ui client sessions", &pool->name,
                       pool->nsessions);
 
-        ngx_xmpp_cm_session_end_all(pool,
-                                    pool->down_cond ? (char *) pool->down_cond
-                                    : "remote-connection-failed",
-                                    "the XMPP server is unreachable", 1);
+        pool->streams->end_all(pool,
+                               pool->down_cond ? (char *) pool->down_cond
+                               : "remote-connection-failed",
+                               "the XMPP server is unreachable", 1);
         pool->down_cond = NULL;
     }
 
@@ -962,7 +947,7 @@ ngx_xmpp_cm_sock_element(void *data, ngx_xmpp_cm_elem_t *e)
      */
 
     if (ngx_xmpp_cm_str_is(&root->name, "route")) {
-        ngx_xmpp_cm_session_route(pool, sock, root);
+        pool->streams->route(pool, sock, root);
         return NGX_OK;
     }
 
@@ -1000,7 +985,7 @@ ngx_xmpp_cm_sock_element(void *data, ngx_xmpp_cm_elem_t *e)
         }
 
         if (child && ngx_xmpp_cm_str_is(&child->name, "session")) {
-            ngx_xmpp_cm_session_iq(pool, sock, root);
+            pool->streams->session_iq(pool, sock, root);
             return NGX_OK;
         }
 
@@ -1084,40 +1069,13 @@ ngx_xmpp_cm_sock_element(void *data, ngx_xmpp_cm_elem_t *e)
 }
 
 
-/* the pool is usable again: close what Openfire may still hold for us */
+/* the pool is usable again: the stream table closes its ghosts */
 
 static void
 ngx_xmpp_cm_pool_up(ngx_xmpp_cm_pool_t *pool)
 {
-    u_char              *id;
-    ngx_str_t            sid;
-    ngx_uint_t           i;
-    ngx_xmpp_cm_sock_t  *sock;
-
     pool->was_up = 1;
-
-    sock = ngx_xmpp_cm_pool_pick(pool);
-    if (sock == NULL) {
-        return;
-    }
-
-    id = pool->ghosts.elts;
-
-    for (i = 0; i < pool->ghosts.nelts; i++) {
-        sid.data = id + i * NGX_XMPP_CM_ID_LEN;
-        sid.len = ngx_strlen(sid.data);
-        (void) ngx_xmpp_cm_route_session_iq(pool, sock, &sid,
-                                            NGX_XMPP_CM_IQ_CLOSE, NULL,
-                                            NULL, 0);
-    }
-
-    if (pool->ghosts.nelts) {
-        ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
-                      "xmpp_cm: closed %ui sessions Openfire may still hold "
-                      "for \"%V\"", pool->ghosts.nelts, &pool->name);
-    }
-
-    pool->ghosts.nelts = 0;
+    pool->streams->up(pool);
 }
 
 
@@ -1285,17 +1243,6 @@ ngx_xmpp_cm_sock_write(ngx_xmpp_cm_sock_t *sock, u_char *data, size_t len)
 }
 
 
-void
-ngx_xmpp_cm_sock_block(ngx_xmpp_cm_sock_t *sock, ngx_xmpp_cm_session_t *s)
-{
-    if (!s->is_blocked) {
-        ngx_xmpp_cm_count(sock->pool, FLOW_PAUSES);
-        s->is_blocked = 1;
-        ngx_queue_insert_tail(&sock->blocked, &s->blocked);
-    }
-}
-
-
 /*
  * Openfire leaves Nagle on for CM sockets (xmpp.socket.tcp-nodelay is
  * false): its next write waits for our ACK of the last one, which Linux
@@ -1343,11 +1290,8 @@ ngx_xmpp_cm_sock_unthrottle(ngx_xmpp_cm_sock_t *sock)
         q = ngx_queue_head(&sock->blocked);
         s = ngx_queue_data(q, ngx_xmpp_cm_session_t, blocked);
         ngx_queue_remove(q);
-        s->is_blocked = 0;
 
-        if (s->client) {
-            ngx_xmpp_cm_client_unblock(s->client);
-        }
+        sock->pool->streams->unblock(s);
     }
 }
 
@@ -1373,8 +1317,8 @@ ngx_xmpp_cm_pool_exit(ngx_xmpp_cm_pool_t *pool)
                   "xmpp_cm: worker exiting, closing %ui client sessions of "
                   "\"%V\"", pool->nsessions, &pool->name);
 
-    ngx_xmpp_cm_session_end_all(pool, "system-shutdown",
-                                "the connection manager is shutting down", 0);
+    pool->streams->end_all(pool, "system-shutdown",
+                           "the connection manager is shutting down", 0);
 
     pool->exiting = 1;
 

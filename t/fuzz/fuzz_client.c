@@ -77,7 +77,7 @@ fc_open(void *data, ngx_str_t *name, ngx_str_t *ns, const XML_Char **attrs)
 static ngx_uint_t
 fc_kind(fuzz_client_t *fc, ngx_xmpp_cm_elem_t *e)
 {
-    /* as ngx_xmpp_cm_client_kind() with TLS off */
+    /* as ngx_xmpp_cm_client_auth_start() / _stream_start() with TLS off */
 
     if (ngx_xmpp_cm_str_is(&e->ns, NGX_XMPP_NS_CLIENT)) {
         if (ngx_xmpp_cm_str_is(&e->name, "iq")) {

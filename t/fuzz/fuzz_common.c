@@ -118,6 +118,7 @@ fuzz_pool_init(fuzz_pool_t *fp)
     ngx_str_set(&fp->pool.domain, "localhost");
     ngx_rbtree_init(&fp->pool.sessions, &fp->pool.sentinel,
                     ngx_str_rbtree_insert_value);
+    fp->pool.streams = &ngx_xmpp_cm_streams;
     fp->pool.closed = fp->closed;
     fp->pool.socks = fp->socks;
     fp->pool.nsocks = 2;
