@@ -53,6 +53,7 @@ typedef struct ngx_xmpp_cm_sock_s     ngx_xmpp_cm_sock_t;
 typedef struct ngx_xmpp_cm_session_s  ngx_xmpp_cm_session_t;
 typedef struct ngx_xmpp_cm_client_s   ngx_xmpp_cm_client_t;
 typedef struct ngx_xmpp_cm_node_s     ngx_xmpp_cm_node_t;
+typedef struct ngx_xmpp_cm_parking_s  ngx_xmpp_cm_parking_t;
 
 
 /* configuration (ngx_stream_xmpp_cm_module.c) */
@@ -129,10 +130,14 @@ typedef struct {
 } ngx_stream_xmpp_cm_srv_conf_t;
 
 
+typedef struct ngx_xmpp_cm_worker_s  ngx_xmpp_cm_worker_t;
+
+
 typedef struct {
     ngx_array_t                      servers;  /* srv_conf_t * with a pass */
     ngx_shm_zone_t                  *metrics_zone;
     ngx_uint_t                       metrics_slots;
+    ngx_xmpp_cm_worker_t            *worker;   /* set in init_process */
 } ngx_stream_xmpp_cm_main_conf_t;
 
 
@@ -181,6 +186,34 @@ enum {
 typedef struct {
     uint64_t                         v[NGX_XMPP_CM_M_N];
 } ngx_xmpp_cm_metrics_t;
+
+
+/*
+ * One worker's state, built in init_process from cycle->pool and reached
+ * through the main conf (pools cache the pointer): the read buffers every
+ * connection of the worker shares, the parked expat parsers, the client
+ * list that exit walks, and this worker's metrics slot.  The buffers are
+ * last and left uninitialised, so that pages never read stay untouched.
+ */
+
+#define NGX_XMPP_CM_CLIENT_READ      16384
+#define NGX_XMPP_CM_UPSTREAM_READ    65536
+#define NGX_XMPP_CM_ZLIB_CHUNK       16384
+
+struct ngx_xmpp_cm_worker_s {
+    ngx_queue_t                      clients;      /* for exit */
+    ngx_xmpp_cm_parking_t           *parking;      /* parked parsers */
+    ngx_int_t                        metrics_slot; /* NGX_ERROR: none */
+    void                            *metrics_ctx;  /* the zone's */
+    ngx_xmpp_cm_metrics_t            metrics_void; /* counts to nowhere */
+
+    u_char                           client_buf[NGX_XMPP_CM_CLIENT_READ];
+    u_char                           upstream_buf[NGX_XMPP_CM_UPSTREAM_READ];
+
+    /* output may be deflated while an inflated chunk is being parsed */
+    u_char                           zlib_in[NGX_XMPP_CM_ZLIB_CHUNK];
+    u_char                           zlib_out[NGX_XMPP_CM_ZLIB_CHUNK];
+};
 
 
 #define ngx_xmpp_cm_count(pool, m)                                           \
@@ -361,6 +394,7 @@ typedef struct {
 
     /* the stanza being parsed: lives with the parser (see xml.c) */
     ngx_xmpp_cm_scratch_t           *st;
+    ngx_xmpp_cm_parking_t           *parking;      /* the worker's, or NULL */
 
     u_char                           root_ns[NGX_XMPP_CM_NS_MAX];
     size_t                           root_ns_len;
@@ -385,14 +419,16 @@ typedef struct {
 
 
 ngx_xmpp_cm_xml_t *ngx_xmpp_cm_xml_create(ngx_pool_t *pool, ngx_log_t *log,
-    ngx_uint_t tree);
+    ngx_uint_t tree, ngx_xmpp_cm_parking_t *parking);
 ngx_int_t ngx_xmpp_cm_xml_reset(ngx_xmpp_cm_xml_t *x);
 void ngx_xmpp_cm_xml_free(ngx_xmpp_cm_xml_t *x);
-void ngx_xmpp_cm_xml_release_parked(void);
+ngx_xmpp_cm_parking_t *ngx_xmpp_cm_xml_parking(ngx_pool_t *pool);
+void ngx_xmpp_cm_xml_release_parked(ngx_xmpp_cm_parking_t *pk);
 ngx_int_t ngx_xmpp_cm_xml_feed(ngx_xmpp_cm_xml_t *x, u_char *buf, size_t n);
-ngx_int_t ngx_xmpp_cm_xml_fragment(ngx_log_t *log, u_char *p, size_t len,
-    ngx_uint_t tree, size_t max_size, ngx_uint_t max_depth,
-    ngx_xmpp_cm_elem_pt element, void *data);
+ngx_int_t ngx_xmpp_cm_xml_fragment(ngx_log_t *log,
+    ngx_xmpp_cm_parking_t *parking, u_char *p, size_t len, ngx_uint_t tree,
+    size_t max_size, ngx_uint_t max_depth, ngx_xmpp_cm_elem_pt element,
+    void *data);
 size_t ngx_xmpp_cm_xml_copy(ngx_xmpp_cm_xml_t *x, u_char *dst,
     XML_Index start, XML_Index end);
 void ngx_xmpp_cm_xml_pieces(ngx_xmpp_cm_xml_t *x, XML_Index start,
@@ -516,6 +552,7 @@ struct ngx_xmpp_cm_pool_s {
     ngx_uint_t                       closed_next;
 
     ngx_uint_t                       dropped;
+    ngx_xmpp_cm_worker_t            *worker;
     ngx_xmpp_cm_metrics_t           *metrics;      /* this worker's slot */
     unsigned                         configured:1;
     unsigned                         exiting:1;
@@ -591,7 +628,7 @@ typedef struct ngx_xmpp_cm_zlib_s  ngx_xmpp_cm_zlib_t;
 typedef ngx_int_t (*ngx_xmpp_cm_zlib_pt)(void *data, u_char *p, size_t n);
 
 ngx_xmpp_cm_zlib_t *ngx_xmpp_cm_zlib_create(ngx_pool_t *pool,
-    ngx_log_t *log);
+    ngx_log_t *log, ngx_xmpp_cm_worker_t *worker);
 void ngx_xmpp_cm_zlib_free(ngx_xmpp_cm_zlib_t *z);
 ngx_int_t ngx_xmpp_cm_zlib_deflate(ngx_xmpp_cm_zlib_t *z, u_char *p,
     size_t len, ngx_uint_t flush, ngx_xmpp_cm_queue_t *q);
@@ -611,7 +648,7 @@ void ngx_xmpp_cm_client_end(ngx_xmpp_cm_client_t *cl, char *cond,
 void ngx_xmpp_cm_client_unblock(ngx_xmpp_cm_client_t *cl);
 void ngx_xmpp_cm_client_orphan(ngx_xmpp_cm_client_t *cl);
 void ngx_xmpp_cm_client_flush(ngx_xmpp_cm_client_t *cl);
-void ngx_xmpp_cm_client_shutdown_all(void);
+void ngx_xmpp_cm_client_shutdown_all(ngx_xmpp_cm_worker_t *worker);
 ngx_int_t ngx_xmpp_cm_client_variable(ngx_stream_session_t *s,
     ngx_uint_t which, ngx_str_t *value);
 

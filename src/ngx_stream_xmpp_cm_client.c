@@ -5,7 +5,7 @@
  *
  * Reads and writes go through c->recv and c->send_chain only, so the same
  * code runs over TLS (nginx's listen ... ssl, and STARTTLS later).  Reads
- * land in one buffer shared by the worker; a session keeps only the bytes
+ * land in one buffer shared by the worker (its context's client_buf); a session keeps only the bytes
  * of an unfinished stanza and its queued output.
  */
 
@@ -13,7 +13,6 @@
 #include "ngx_stream_xmpp_cm.h"
 
 
-#define NGX_XMPP_CM_CLIENT_READ    16384
 #define NGX_XMPP_CM_LINGER         5000
 #define NGX_XMPP_NS_IQAUTH         "jabber:iq:auth"
 
@@ -123,9 +122,6 @@ static void ngx_xmpp_cm_client_replied(ngx_xmpp_cm_client_t *cl,
 
 
 static ngx_str_t    ngx_xmpp_cm_client_nocond = ngx_string("(no condition)");
-static u_char       ngx_xmpp_cm_client_buf[NGX_XMPP_CM_CLIENT_READ];
-static ngx_queue_t  ngx_xmpp_cm_clients;
-static ngx_uint_t   ngx_xmpp_cm_clients_init;
 
 
 void
@@ -152,7 +148,8 @@ ngx_stream_xmpp_cm_handler(ngx_stream_session_t *s)
     cl->conf = conf;
     cl->pool = conf->pool;
 
-    cl->xml = ngx_xmpp_cm_xml_create(c->pool, c->log, 0);
+    cl->xml = ngx_xmpp_cm_xml_create(c->pool, c->log, 0,
+                                     cl->pool->worker->parking);
     if (cl->xml == NULL) {
         ngx_stream_finalize_session(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
         return;
@@ -169,12 +166,7 @@ ngx_stream_xmpp_cm_handler(ngx_stream_session_t *s)
     cln->data = cl;
     ngx_xmpp_cm_metrics_stream_opened(cl->pool);
 
-    if (!ngx_xmpp_cm_clients_init) {
-        ngx_queue_init(&ngx_xmpp_cm_clients);
-        ngx_xmpp_cm_clients_init = 1;
-    }
-
-    ngx_queue_insert_tail(&ngx_xmpp_cm_clients, &cl->link);
+    ngx_queue_insert_tail(&cl->pool->worker->clients, &cl->link);
 
     cl->xml->data = cl;
     cl->xml->open = ngx_xmpp_cm_client_open;
@@ -351,7 +343,7 @@ ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
             }
         }
 
-        n = c->recv(c, ngx_xmpp_cm_client_buf, size);
+        n = c->recv(c, cl->pool->worker->client_buf, size);
 
         if (n == NGX_AGAIN) {
             break;
@@ -379,7 +371,7 @@ ngx_xmpp_cm_client_read_handler(ngx_event_t *rev)
             continue;
         }
 
-        if (ngx_xmpp_cm_client_input(cl, ngx_xmpp_cm_client_buf, n)
+        if (ngx_xmpp_cm_client_input(cl, cl->pool->worker->client_buf, n)
             != NGX_OK)
         {
             if (cl->closing) {
@@ -1457,7 +1449,8 @@ ngx_xmpp_cm_client_compress(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
 
     ngx_xmpp_cm_client_send(cl, compressed, sizeof(compressed) - 1);
 
-    cl->zlib = ngx_xmpp_cm_zlib_create(cl->c->pool, cl->c->log);
+    cl->zlib = ngx_xmpp_cm_zlib_create(cl->c->pool, cl->c->log,
+                                       cl->pool->worker);
 
     if (cl->zlib == NULL) {
         ngx_xmpp_cm_client_end(cl, "internal-server-error", NULL, NULL, 0);
@@ -1684,7 +1677,8 @@ ngx_xmpp_cm_client_iq_auth(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
 
     (void) ngx_xmpp_cm_xml_copy(cl->xml, buf, e->start, e->end);
 
-    (void) ngx_xmpp_cm_xml_fragment(cl->c->log, buf, len, 1, len,
+    (void) ngx_xmpp_cm_xml_fragment(cl->c->log, cl->pool->worker->parking,
+                                    buf, len, 1, len,
                                     cl->conf->max_depth,
                                     ngx_xmpp_cm_client_iq_auth_set, cl);
     ngx_free(buf);
@@ -1890,7 +1884,8 @@ ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_client_t *cl, ngx_str_t *text)
      * handed back (broken XML would break the shared Openfire socket).
      */
 
-    if (ngx_xmpp_cm_xml_fragment(cl->c->log, text->data, text->len, 0,
+    if (ngx_xmpp_cm_xml_fragment(cl->c->log, cl->pool->worker->parking,
+                                 text->data, text->len, 0,
                                  NGX_XMPP_CM_OPENFIRE_MAX,
                                  NGX_MAX_UINT32_VALUE, NULL, NULL)
         != NGX_OK)
@@ -2319,7 +2314,8 @@ ngx_xmpp_cm_client_drain(ngx_xmpp_cm_client_t *cl)
     (void) shutdown(c->fd, SHUT_WR);
 
     for (i = 0; i < 64; i++) {
-        n = c->recv(c, ngx_xmpp_cm_client_buf, NGX_XMPP_CM_CLIENT_READ);
+        n = c->recv(c, cl->pool->worker->client_buf,
+                    NGX_XMPP_CM_CLIENT_READ);
 
         if (n <= 0) {
             break;
@@ -2373,17 +2369,13 @@ ngx_xmpp_cm_client_cleanup(void *data)
  */
 
 void
-ngx_xmpp_cm_client_shutdown_all(void)
+ngx_xmpp_cm_client_shutdown_all(ngx_xmpp_cm_worker_t *worker)
 {
     ngx_queue_t           *q;
     ngx_xmpp_cm_client_t  *cl;
 
-    if (!ngx_xmpp_cm_clients_init) {
-        return;
-    }
-
-    while (!ngx_queue_empty(&ngx_xmpp_cm_clients)) {
-        q = ngx_queue_head(&ngx_xmpp_cm_clients);
+    while (!ngx_queue_empty(&worker->clients)) {
+        q = ngx_queue_head(&worker->clients);
         cl = ngx_queue_data(q, ngx_xmpp_cm_client_t, link);
 
         ngx_xmpp_cm_client_end(cl, "system-shutdown",

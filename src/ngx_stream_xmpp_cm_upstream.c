@@ -17,7 +17,6 @@
 #include <openssl/rand.h>
 
 
-#define NGX_XMPP_CM_UPSTREAM_READ  65536
 
 
 static ngx_stream_upstream_rr_peer_t *ngx_xmpp_cm_pool_peer(
@@ -53,25 +52,27 @@ static void ngx_xmpp_cm_sock_save_session(ngx_connection_t *c);
 #endif
 
 
-static u_char  ngx_xmpp_cm_upstream_buf[NGX_XMPP_CM_UPSTREAM_READ];
-
-
 ngx_int_t
 ngx_xmpp_cm_pool_init(ngx_cycle_t *cycle, ngx_stream_xmpp_cm_srv_conf_t *conf)
 {
-    u_char              *p, rnd[3];
-    ngx_str_t           *domain;
-    ngx_uint_t           i;
-    ngx_xmpp_cm_sock_t  *sock;
-    ngx_xmpp_cm_pool_t  *pool;
+    u_char                          *p, rnd[3];
+    ngx_str_t                       *domain;
+    ngx_uint_t                       i;
+    ngx_xmpp_cm_sock_t              *sock;
+    ngx_xmpp_cm_pool_t              *pool;
+    ngx_stream_xmpp_cm_main_conf_t  *cmcf;
 
     pool = ngx_pcalloc(cycle->pool, sizeof(ngx_xmpp_cm_pool_t));
     if (pool == NULL) {
         return NGX_ERROR;
     }
 
+    cmcf = ngx_stream_cycle_get_module_main_conf(cycle,
+                                                 ngx_stream_xmpp_cm_module);
+
     conf->pool = pool;
     pool->conf = conf;
+    pool->worker = cmcf->worker;
     pool->metrics = ngx_xmpp_cm_metrics_record(cycle, &conf->name);
     pool->log = *cycle->log;
 
@@ -683,7 +684,8 @@ ngx_xmpp_cm_sock_read_handler(ngx_event_t *rev)
     got = 0;
 
     while (rev->ready) {
-        n = c->recv(c, ngx_xmpp_cm_upstream_buf, NGX_XMPP_CM_UPSTREAM_READ);
+        n = c->recv(c, pool->worker->upstream_buf,
+                    NGX_XMPP_CM_UPSTREAM_READ);
 
         if (n == NGX_AGAIN) {
             break;
@@ -722,7 +724,7 @@ ngx_xmpp_cm_sock_read_handler(ngx_event_t *rev)
         pool->log.action = "reading from Openfire";
         got = 1;
 
-        rc = ngx_xmpp_cm_xml_feed(sock->xml, ngx_xmpp_cm_upstream_buf, n);
+        rc = ngx_xmpp_cm_xml_feed(sock->xml, pool->worker->upstream_buf, n);
 
 #if (NGX_SSL)
         if (sock->proceed) {
@@ -777,7 +779,7 @@ ngx_xmpp_cm_sock_read_handler(ngx_event_t *rev)
 static ngx_int_t
 ngx_xmpp_cm_sock_framer(ngx_xmpp_cm_sock_t *sock, ngx_pool_t *pool)
 {
-    sock->xml = ngx_xmpp_cm_xml_create(pool, &sock->pool->log, 1);
+    sock->xml = ngx_xmpp_cm_xml_create(pool, &sock->pool->log, 1, NULL);
     if (sock->xml == NULL) {
         return NGX_ERROR;
     }

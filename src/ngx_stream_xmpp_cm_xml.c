@@ -20,7 +20,7 @@
  * parser is in the same state: inside an open
  * <stream:stream xmlns="jabber:client" xmlns:stream=...> root, at depth 1.
  * So at a stanza boundary with nothing pending the parser is "parked" in
- * a per-worker list, and the next read of any such stream adopts one: no
+ * the worker's list (ngx_xmpp_cm_parking_t, in the worker context), and the next read of any such stream adopts one: no
  * reset and no re-parse per stanza, only the parser's byte count is
  * carried over.  A stream whose header used another prefix for the
  * streams namespace or declared extra prefixes keeps its own parser.
@@ -43,8 +43,10 @@ typedef struct {
 } ngx_xmpp_cm_parked_t;
 
 
-static ngx_xmpp_cm_parked_t  ngx_xmpp_cm_parked[NGX_XMPP_CM_PARK_MAX];
-static ngx_uint_t            ngx_xmpp_cm_nparked;
+struct ngx_xmpp_cm_parking_s {
+    ngx_uint_t              n;
+    ngx_xmpp_cm_parked_t    parked[NGX_XMPP_CM_PARK_MAX];
+};
 
 static u_char  ngx_xmpp_cm_synthetic[] =
     "<stream:stream xmlns=\"" NGX_XMPP_NS_CLIENT "\" xmlns:stream=\""
@@ -95,8 +97,16 @@ typedef struct {
 } ngx_xmpp_cm_fragment_t;
 
 
+ngx_xmpp_cm_parking_t *
+ngx_xmpp_cm_xml_parking(ngx_pool_t *pool)
+{
+    return ngx_pcalloc(pool, sizeof(ngx_xmpp_cm_parking_t));
+}
+
+
 ngx_xmpp_cm_xml_t *
-ngx_xmpp_cm_xml_create(ngx_pool_t *pool, ngx_log_t *log, ngx_uint_t tree)
+ngx_xmpp_cm_xml_create(ngx_pool_t *pool, ngx_log_t *log, ngx_uint_t tree,
+    ngx_xmpp_cm_parking_t *parking)
 {
     ngx_xmpp_cm_xml_t  *x;
 
@@ -106,6 +116,7 @@ ngx_xmpp_cm_xml_create(ngx_pool_t *pool, ngx_log_t *log, ngx_uint_t tree)
     }
 
     x->log = log;
+    x->parking = tree ? NULL : parking;
     x->tree = tree ? 1 : 0;
     x->client = tree ? 0 : 1;
 
@@ -138,10 +149,13 @@ ngx_xmpp_cm_xml_create(ngx_pool_t *pool, ngx_log_t *log, ngx_uint_t tree)
 static ngx_int_t
 ngx_xmpp_cm_xml_acquire(ngx_xmpp_cm_xml_t *x)
 {
-    ngx_xmpp_cm_parked_t  *pk;
+    ngx_xmpp_cm_parked_t   *pk;
+    ngx_xmpp_cm_parking_t  *pg;
 
-    if (x->opened && ngx_xmpp_cm_nparked) {
-        pk = &ngx_xmpp_cm_parked[--ngx_xmpp_cm_nparked];
+    pg = x->parking;
+
+    if (x->opened && pg && pg->n) {
+        pk = &pg->parked[--pg->n];
         x->parser = pk->parser;
         x->st = pk->st;
         x->st->npfx = 0;
@@ -156,8 +170,8 @@ ngx_xmpp_cm_xml_acquire(ngx_xmpp_cm_xml_t *x)
         return NGX_OK;
     }
 
-    if (ngx_xmpp_cm_nparked) {
-        pk = &ngx_xmpp_cm_parked[--ngx_xmpp_cm_nparked];
+    if (pg && pg->n) {
+        pk = &pg->parked[--pg->n];
         x->parser = pk->parser;
         x->st = pk->st;
 
@@ -215,13 +229,16 @@ ngx_xmpp_cm_xml_acquire(ngx_xmpp_cm_xml_t *x)
 static void
 ngx_xmpp_cm_xml_park(ngx_xmpp_cm_xml_t *x)
 {
-    ngx_xmpp_cm_parked_t  *pk;
+    ngx_xmpp_cm_parked_t   *pk;
+    ngx_xmpp_cm_parking_t  *pg;
 
-    if (ngx_xmpp_cm_nparked == NGX_XMPP_CM_PARK_MAX) {
+    pg = x->parking;
+
+    if (pg == NULL || pg->n == NGX_XMPP_CM_PARK_MAX) {
         return;
     }
 
-    pk = &ngx_xmpp_cm_parked[ngx_xmpp_cm_nparked++];
+    pk = &pg->parked[pg->n++];
     pk->parser = x->parser;
     pk->st = x->st;
     pk->fed = x->fed;
@@ -264,12 +281,12 @@ ngx_xmpp_cm_parser_free(ngx_xmpp_cm_xml_t *x)
 /* worker exit */
 
 void
-ngx_xmpp_cm_xml_release_parked(void)
+ngx_xmpp_cm_xml_release_parked(ngx_xmpp_cm_parking_t *pg)
 {
     ngx_xmpp_cm_parked_t  *pk;
 
-    while (ngx_xmpp_cm_nparked) {
-        pk = &ngx_xmpp_cm_parked[--ngx_xmpp_cm_nparked];
+    while (pg->n) {
+        pk = &pg->parked[--pg->n];
         XML_ParserFree(pk->parser);
         ngx_xmpp_cm_stanza_done(&pk->st->elem);
         ngx_free(pk->st);
@@ -1275,9 +1292,9 @@ ngx_xmpp_cm_xml_comment(void *data, const XML_Char *text)
  */
 
 ngx_int_t
-ngx_xmpp_cm_xml_fragment(ngx_log_t *log, u_char *p, size_t len,
-    ngx_uint_t tree, size_t max_size, ngx_uint_t max_depth,
-    ngx_xmpp_cm_elem_pt element, void *data)
+ngx_xmpp_cm_xml_fragment(ngx_log_t *log, ngx_xmpp_cm_parking_t *parking,
+    u_char *p, size_t len, ngx_uint_t tree, size_t max_size,
+    ngx_uint_t max_depth, ngx_xmpp_cm_elem_pt element, void *data)
 {
     ngx_int_t               rc;
     ngx_xmpp_cm_xml_t       x;
@@ -1290,6 +1307,7 @@ ngx_xmpp_cm_xml_fragment(ngx_log_t *log, u_char *p, size_t len,
     ngx_memzero(&x, sizeof(ngx_xmpp_cm_xml_t));
 
     x.log = log;
+    x.parking = parking;
     x.data = &f;
     x.open = ngx_xmpp_cm_fragment_open;
     x.element = ngx_xmpp_cm_fragment_element;

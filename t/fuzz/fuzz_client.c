@@ -310,7 +310,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fc.session.pool = &fp.pool;
     fc.session.sock = &fp.socks[0];
 
-    fc.x = ngx_xmpp_cm_xml_create(pool, &fuzz_log, 0);
+    fc.x = ngx_xmpp_cm_xml_create(pool, &fuzz_log, 0,
+                                  fuzz_worker->parking);
     if (fc.x == NULL) {
         FUZZ_FAIL("xml_create");
     }

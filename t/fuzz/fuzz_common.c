@@ -9,6 +9,7 @@
 
 
 ngx_log_t               fuzz_log;
+ngx_xmpp_cm_worker_t   *fuzz_worker;
 static ngx_open_file_t  fuzz_log_file;
 static ngx_cycle_t      fuzz_cycle;
 
@@ -59,6 +60,21 @@ fuzz_init(void)
     ngx_queue_init(&ngx_posted_events);
     ngx_queue_init(&ngx_posted_next_events);
     ngx_event_timer_init(&fuzz_log);
+
+    /* the worker context, as init_process builds it */
+
+    fuzz_worker = ngx_calloc(sizeof(ngx_xmpp_cm_worker_t), &fuzz_log);
+    if (fuzz_worker == NULL) {
+        FUZZ_FAIL("worker context");
+    }
+
+    ngx_queue_init(&fuzz_worker->clients);
+    fuzz_worker->metrics_slot = NGX_ERROR;
+    fuzz_worker->parking = ngx_xmpp_cm_xml_parking(
+                               ngx_create_pool(4096, &fuzz_log));
+    if (fuzz_worker->parking == NULL) {
+        FUZZ_FAIL("parking");
+    }
 }
 
 
@@ -95,6 +111,8 @@ fuzz_pool_init(fuzz_pool_t *fp)
 {
     ngx_uint_t  i;
 
+    fuzz_init();
+
     ngx_memzero(fp, sizeof(fuzz_pool_t));
 
     fp->conf.upstream_high = 16 * 1024 * 1024;
@@ -109,6 +127,7 @@ fuzz_pool_init(fuzz_pool_t *fp)
 
     fp->pool.conf = &fp->conf;
     fp->pool.metrics = &fp->metrics;
+    fp->pool.worker = fuzz_worker;
     fp->pool.log = fuzz_log;
     ngx_str_set(&fp->pool.name, "cm1-4242-a1b2c3");
     ngx_str_set(&fp->pool.domain, "localhost");

@@ -195,7 +195,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size--;
 
     pool = ngx_create_pool(1024, &fuzz_log);
-    x = ngx_xmpp_cm_xml_create(pool, &fuzz_log, 0);
+    x = ngx_xmpp_cm_xml_create(pool, &fuzz_log, 0, fuzz_worker->parking);
 
     x->data = x;
     x->open = fr_open;

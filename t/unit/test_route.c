@@ -427,7 +427,8 @@ ur_strip(const char *in, const char *want, const char *file, int line)
 
     /* one element as Openfire sends it, parsed in tree mode */
 
-    rc = ngx_xmpp_cm_xml_fragment(&fuzz_log, (u_char *) in, strlen(in), 1,
+    rc = ngx_xmpp_cm_xml_fragment(&fuzz_log, fuzz_worker->parking,
+                                  (u_char *) in, strlen(in), 1,
                                   NGX_XMPP_CM_OPENFIRE_MAX, 1000,
                                   ur_strip_element, &us);
     if (rc != NGX_OK || us.out == NULL) {

@@ -201,7 +201,8 @@ unit_framer_new(unit_stanzas_t *us, size_t max_size, ngx_uint_t max_depth)
     ngx_memzero(us, sizeof(unit_stanzas_t));
 
     us->pool = ngx_create_pool(1024, &fuzz_log);
-    us->x = ngx_xmpp_cm_xml_create(us->pool, &fuzz_log, 0);
+    us->x = ngx_xmpp_cm_xml_create(us->pool, &fuzz_log, 0,
+                                   fuzz_worker->parking);
 
     us->x->data = us;
     us->x->open = unit_open;
