@@ -503,6 +503,7 @@ struct ngx_xmpp_cm_sock_s {
     ngx_uint_t                       failures;
     ngx_peer_connection_t            pc;
     ngx_connection_t                *c;
+    ngx_log_t                       *log;          /* its own, its action */
     ngx_xmpp_cm_xml_t               *xml;
     ngx_xmpp_cm_queue_t              out;
     ngx_event_t                      reconnect;

@@ -24,6 +24,8 @@ static ngx_stream_upstream_rr_peer_t *ngx_xmpp_cm_pool_peer(
 static ngx_uint_t ngx_xmpp_cm_pool_primaries(ngx_xmpp_cm_pool_t *pool);
 static void ngx_xmpp_cm_pool_failover(ngx_xmpp_cm_pool_t *pool,
     ngx_xmpp_cm_sock_t *sock);
+static u_char *ngx_xmpp_cm_sock_log_error(ngx_log_t *log, u_char *buf,
+    size_t len);
 static void ngx_xmpp_cm_sock_connect(ngx_xmpp_cm_sock_t *sock);
 static void ngx_xmpp_cm_sock_close(ngx_xmpp_cm_sock_t *sock,
     ngx_uint_t level, const char *why);
@@ -132,14 +134,26 @@ ngx_xmpp_cm_pool_init(ngx_cycle_t *cycle, ngx_stream_xmpp_cm_srv_conf_t *conf)
         sock->index = i;
         ngx_queue_init(&sock->blocked);
 
+        /* a log of its own: its lines name it, its action is its own */
+
+        sock->log = ngx_palloc(cycle->pool, sizeof(ngx_log_t));
+        if (sock->log == NULL) {
+            return NGX_ERROR;
+        }
+
+        *sock->log = pool->log;
+        sock->log->handler = ngx_xmpp_cm_sock_log_error;
+        sock->log->data = sock;
+        sock->log->action = NULL;
+
         sock->reconnect.handler = ngx_xmpp_cm_sock_reconnect_handler;
         sock->reconnect.data = sock;
-        sock->reconnect.log = &pool->log;
+        sock->reconnect.log = sock->log;
         sock->reconnect.cancelable = 1;
 
         sock->keepalive.handler = ngx_xmpp_cm_sock_keepalive_handler;
         sock->keepalive.data = sock;
-        sock->keepalive.log = &pool->log;
+        sock->keepalive.log = sock->log;
         sock->keepalive.cancelable = 1;
 
         ngx_xmpp_cm_sock_connect(sock);
@@ -193,7 +207,7 @@ ngx_xmpp_cm_sock_schedule(ngx_xmpp_cm_sock_t *sock)
 
     delay = ngx_xmpp_cm_backoff(sock);
 
-    ngx_log_debug3(NGX_LOG_DEBUG_STREAM, &sock->pool->log, 0,
+    ngx_log_debug3(NGX_LOG_DEBUG_STREAM, sock->log, 0,
                    "xmpp_cm: socket %ui reconnects in %M ms (failures %ui)",
                    sock->index, delay, sock->failures);
 
@@ -290,6 +304,35 @@ ngx_xmpp_cm_pool_failover(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock)
 }
 
 
+/* as ngx_stream_proxy_log_error() names the upstream */
+
+static u_char *
+ngx_xmpp_cm_sock_log_error(ngx_log_t *log, u_char *buf, size_t len)
+{
+    u_char              *p;
+    ngx_xmpp_cm_sock_t  *sock;
+
+    if (log->action) {
+        p = ngx_snprintf(buf, len, " while %s", log->action);
+        len -= p - buf;
+        buf = p;
+    }
+
+    sock = log->data;
+
+    p = ngx_snprintf(buf, len, ", CM socket: %V/%V", &sock->pool->name,
+                     &sock->resource);
+
+    if (sock->pc.name) {
+        len -= p - buf;
+        buf = p;
+        p = ngx_snprintf(buf, len, ", upstream: %V", sock->pc.name);
+    }
+
+    return p;
+}
+
+
 static void
 ngx_xmpp_cm_sock_connect(ngx_xmpp_cm_sock_t *sock)
 {
@@ -330,15 +373,15 @@ ngx_xmpp_cm_sock_connect(ngx_xmpp_cm_sock_t *sock)
     pc->socklen = peer->socklen;
     pc->name = &peer->name;
     pc->get = ngx_event_get_peer;
-    pc->log = &pool->log;
+    pc->log = sock->log;
     pc->log_error = NGX_ERROR_ERR;
 
-    pool->log.action = "connecting to Openfire";
+    sock->log->action = "connecting to Openfire";
 
     rc = ngx_event_connect_peer(pc);
 
     if (rc == NGX_ERROR || rc == NGX_BUSY || rc == NGX_DECLINED) {
-        ngx_log_error(NGX_LOG_ERR, &pool->log, 0,
+        ngx_log_error(NGX_LOG_ERR, sock->log, 0,
                       "xmpp_cm: connect to %V failed", pc->name);
         sock->failures++;
         ngx_xmpp_cm_pool_failover(pool, sock);
@@ -349,7 +392,7 @@ ngx_xmpp_cm_sock_connect(ngx_xmpp_cm_sock_t *sock)
     c = pc->connection;
     sock->c = c;
     c->data = sock;
-    c->log = &pool->log;
+    c->log = sock->log;
     c->read->log = c->log;
     c->write->log = c->log;
     c->read->handler = ngx_xmpp_cm_sock_read_handler;
@@ -357,7 +400,7 @@ ngx_xmpp_cm_sock_connect(ngx_xmpp_cm_sock_t *sock)
     c->read->cancelable = 1;
     c->write->cancelable = 1;
 
-    c->pool = ngx_create_pool(1024, &pool->log);
+    c->pool = ngx_create_pool(1024, sock->log);
     if (c->pool == NULL) {
         goto failed;
     }
@@ -438,9 +481,8 @@ ngx_xmpp_cm_sock_close(ngx_xmpp_cm_sock_t *sock, ngx_uint_t level,
     ngx_xmpp_cm_metrics_sock_closed(sock);
 
     if (sock->state != NGX_XMPP_CM_SOCK_IDLE) {
-        ngx_log_error(level, &pool->log, 0,
-                      "xmpp_cm: Openfire socket %V/%V closed: %s",
-                      &pool->name, &sock->resource, why);
+        ngx_log_error(level, sock->log, 0,
+                      "xmpp_cm: Openfire socket closed: %s", why);
     }
 
     if (sock->c) {
@@ -500,9 +542,9 @@ ngx_xmpp_cm_sock_close(ngx_xmpp_cm_sock_t *sock, ngx_uint_t level,
     }
 
     if (dropped && was_ready) {
-        ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
+        ngx_log_error(NGX_LOG_INFO, sock->log, 0,
                       "xmpp_cm: %uz bytes for Openfire were lost with the "
-                      "socket %V/%V", dropped, &pool->name, &sock->resource);
+                      "socket", dropped);
     }
 
     ngx_xmpp_cm_queue_free(&sock->out);
@@ -611,7 +653,7 @@ ngx_xmpp_cm_sock_write_handler(ngx_event_t *wev)
 
         sock->state = NGX_XMPP_CM_SOCK_OPENING;
         ngx_xmpp_cm_metrics_socks(sock->pool);
-        sock->pool->log.action = "opening a stream to Openfire";
+        sock->log->action = "opening a stream to Openfire";
 
         /* many sessions' small stanzas: no Nagle delay on the shared link */
 
@@ -721,7 +763,7 @@ ngx_xmpp_cm_sock_read_handler(ngx_event_t *rev)
             return;
         }
 
-        pool->log.action = "reading from Openfire";
+        sock->log->action = "reading from Openfire";
         got = 1;
 
         rc = ngx_xmpp_cm_xml_feed(sock->xml, pool->worker->upstream_buf, n);
@@ -742,7 +784,7 @@ ngx_xmpp_cm_sock_read_handler(ngx_event_t *rev)
 
         if (rc != NGX_OK || sock->done) {
             if (sock->xml->error) {
-                ngx_log_error(NGX_LOG_ERR, &pool->log, 0,
+                ngx_log_error(NGX_LOG_ERR, sock->log, 0,
                               "xmpp_cm: bad XML from Openfire: %s (%s)",
                               sock->xml->error,
                               sock->xml->error_text ? sock->xml->error_text
@@ -779,7 +821,7 @@ ngx_xmpp_cm_sock_read_handler(ngx_event_t *rev)
 static ngx_int_t
 ngx_xmpp_cm_sock_framer(ngx_xmpp_cm_sock_t *sock, ngx_pool_t *pool)
 {
-    sock->xml = ngx_xmpp_cm_xml_create(pool, &sock->pool->log, 1, NULL);
+    sock->xml = ngx_xmpp_cm_xml_create(pool, sock->log, 1, NULL);
     if (sock->xml == NULL) {
         return NGX_ERROR;
     }
@@ -852,7 +894,7 @@ ngx_xmpp_cm_sock_open(void *data, ngx_str_t *name, ngx_str_t *ns,
 
     sock->state = NGX_XMPP_CM_SOCK_HANDSHAKE;
     ngx_xmpp_cm_metrics_socks(pool);
-    pool->log.action = "authenticating to Openfire";
+    sock->log->action = "authenticating to Openfire";
 
     return NGX_OK;
 }
@@ -890,7 +932,7 @@ ngx_xmpp_cm_sock_stream_error(ngx_xmpp_cm_sock_t *sock,
     /* "TLS is mandatory, but was not established." (policy required) */
 
     if (ngx_xmpp_cm_str_is(&cond, "not-authorized") && sock->tls_wanted) {
-        ngx_log_error(NGX_LOG_ERR, &pool->log, 0,
+        ngx_log_error(NGX_LOG_ERR, sock->log, 0,
                       "xmpp_cm: Openfire %V requires TLS on the "
                       "connection-manager link (xmpp.multiplex.tls.policy "
                       "is required): set \"xmpp_cm_upstream_tls starttls\" "
@@ -903,13 +945,12 @@ ngx_xmpp_cm_sock_stream_error(ngx_xmpp_cm_sock_t *sock,
     if (ngx_xmpp_cm_str_is(&cond, "not-authorized")
         && sock->state == NGX_XMPP_CM_SOCK_HANDSHAKE)
     {
-        ngx_log_error(NGX_LOG_ERR, &pool->log, 0,
-                      "xmpp_cm: Openfire refused the handshake of %V/%V "
+        ngx_log_error(NGX_LOG_ERR, sock->log, 0,
+                      "xmpp_cm: Openfire refused the handshake "
                       "(not-authorized): the xmpp_cm_secret in %V:%ui does "
                       "not match Openfire's xmpp.multiplex.defaultSecret "
                       "property; set both to the same value",
-                      &pool->name, &sock->resource, &pool->conf->conf_file,
-                      pool->conf->conf_line);
+                      &pool->conf->conf_file, pool->conf->conf_line);
         return;
     }
 
@@ -917,9 +958,8 @@ ngx_xmpp_cm_sock_stream_error(ngx_xmpp_cm_sock_t *sock,
         pool->down_cond = "system-shutdown";
     }
 
-    ngx_log_error(NGX_LOG_ERR, &pool->log, 0,
-                  "xmpp_cm: stream error from Openfire on %V/%V: %V",
-                  &pool->name, &sock->resource, &cond);
+    ngx_log_error(NGX_LOG_ERR, sock->log, 0,
+                  "xmpp_cm: stream error from Openfire: %V", &cond);
 }
 
 
@@ -990,9 +1030,8 @@ ngx_xmpp_cm_sock_element(void *data, ngx_xmpp_cm_elem_t *e)
             return NGX_OK;
         }
 
-        ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
-                      "xmpp_cm: ignored IQ from Openfire on %V/%V",
-                      &pool->name, &sock->resource);
+        ngx_log_error(NGX_LOG_INFO, sock->log, 0,
+                      "xmpp_cm: ignored IQ from Openfire");
         return NGX_OK;
     }
 
@@ -1005,11 +1044,10 @@ ngx_xmpp_cm_sock_element(void *data, ngx_xmpp_cm_elem_t *e)
         ngx_xmpp_cm_metrics_socks(pool);
         sock->failures = 0;
         pool->ready++;
-        pool->log.action = NULL;
+        sock->log->action = NULL;
 
-        ngx_log_error(NGX_LOG_NOTICE, &pool->log, 0,
-                      "xmpp_cm: connected to Openfire %V as %V/%V",
-                      sock->pc.name, &pool->name, &sock->resource);
+        ngx_log_error(NGX_LOG_NOTICE, sock->log, 0,
+                      "xmpp_cm: connected to Openfire %V", sock->pc.name);
 
         ngx_add_timer(&sock->keepalive, pool->conf->keepalive);
 
@@ -1052,18 +1090,17 @@ ngx_xmpp_cm_sock_element(void *data, ngx_xmpp_cm_elem_t *e)
             return NGX_DONE;
         }
 
-        ngx_log_error(NGX_LOG_ERR, &pool->log, 0,
-                      "xmpp_cm: Openfire %V answered <%V/> to STARTTLS on "
-                      "%V/%V: its TLS setup failed; check the certificate "
+        ngx_log_error(NGX_LOG_ERR, sock->log, 0,
+                      "xmpp_cm: Openfire %V answered <%V/> to STARTTLS: "
+                      "its TLS setup failed; check the certificate "
                       "in Openfire's identity store and its log",
-                      sock->pc.name, &root->name, &pool->name,
-                      &sock->resource);
+                      sock->pc.name, &root->name);
         sock->fail = "STARTTLS refused by Openfire";
         return NGX_DONE;
     }
 #endif
 
-    ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
+    ngx_log_error(NGX_LOG_INFO, sock->log, 0,
                   "xmpp_cm: ignored <%V> from Openfire", &root->name);
 
     return NGX_OK;
@@ -1304,7 +1341,7 @@ ngx_xmpp_cm_sock_quickack(ngx_xmpp_cm_sock_t *sock)
                    (const void *) &one, sizeof(int))
         == -1)
     {
-        ngx_log_debug1(NGX_LOG_DEBUG_STREAM, &sock->pool->log, ngx_errno,
+        ngx_log_debug1(NGX_LOG_DEBUG_STREAM, sock->log, ngx_errno,
                        "xmpp_cm: TCP_QUICKACK on %V failed", sock->pc.name);
     }
 #endif
@@ -1433,7 +1470,7 @@ ngx_xmpp_cm_sock_starttls(ngx_xmpp_cm_sock_t *sock,
     n = ngx_xmpp_cm_node_child(features, "starttls");
 
     if (n == NULL || !ngx_xmpp_cm_str_is(&n->ns, NGX_XMPP_NS_TLS)) {
-        ngx_log_error(NGX_LOG_ERR, &pool->log, 0,
+        ngx_log_error(NGX_LOG_ERR, sock->log, 0,
                       "xmpp_cm: Openfire %V offers no STARTTLS on its "
                       "connection-manager port, and \"xmpp_cm_upstream_tls "
                       "starttls\" in %V:%ui requires it: the handshake is "
@@ -1455,7 +1492,7 @@ ngx_xmpp_cm_sock_starttls(ngx_xmpp_cm_sock_t *sock,
 
     sock->state = NGX_XMPP_CM_SOCK_TLS;
     ngx_xmpp_cm_metrics_socks(pool);
-    pool->log.action = "starting TLS with Openfire";
+    sock->log->action = "starting TLS with Openfire";
 
     return NGX_OK;
 }
@@ -1475,7 +1512,7 @@ ngx_xmpp_cm_sock_tls(ngx_xmpp_cm_sock_t *sock)
 
     sock->state = NGX_XMPP_CM_SOCK_TLS;
     ngx_xmpp_cm_metrics_socks(pool);
-    pool->log.action = "TLS handshaking with Openfire";
+    sock->log->action = "TLS handshaking with Openfire";
 
     if (ngx_ssl_create_connection(conf->upstream_ssl, c, NGX_SSL_CLIENT)
         != NGX_OK)
@@ -1498,7 +1535,7 @@ ngx_xmpp_cm_sock_tls(ngx_xmpp_cm_sock_t *sock)
                                     (char *) conf->upstream_ssl_name.data)
            == 0)
     {
-        ngx_ssl_error(NGX_LOG_ERR, &pool->log, 0,
+        ngx_ssl_error(NGX_LOG_ERR, sock->log, 0,
                       "SSL_set_tlsext_host_name(\"%V\") failed",
                       &conf->upstream_ssl_name);
         ngx_xmpp_cm_sock_close(sock, NGX_LOG_ERR, "TLS setup failed");
@@ -1551,7 +1588,7 @@ ngx_xmpp_cm_sock_tls_done(ngx_connection_t *c)
             return;
         }
 
-        ngx_log_error(NGX_LOG_ERR, &pool->log, 0,
+        ngx_log_error(NGX_LOG_ERR, sock->log, 0,
                       "xmpp_cm: TLS handshake with Openfire %V failed (the "
                       "line before says why): check that %s, that "
                       "\"xmpp_cm_upstream_ssl_protocols\" and "
@@ -1575,7 +1612,7 @@ ngx_xmpp_cm_sock_tls_done(ngx_connection_t *c)
         rc = SSL_get_verify_result(c->ssl->connection);
 
         if (rc != X509_V_OK) {
-            ngx_log_error(NGX_LOG_ERR, &pool->log, 0,
+            ngx_log_error(NGX_LOG_ERR, sock->log, 0,
                           "xmpp_cm: Openfire %V's certificate did not "
                           "verify: (%l:%s); put the CA that signed it in "
                           "\"xmpp_cm_upstream_ssl_trusted_certificate\" "
@@ -1589,7 +1626,7 @@ ngx_xmpp_cm_sock_tls_done(ngx_connection_t *c)
         }
 
         if (ngx_ssl_check_host(c, &conf->upstream_ssl_name) != NGX_OK) {
-            ngx_log_error(NGX_LOG_ERR, &pool->log, 0,
+            ngx_log_error(NGX_LOG_ERR, sock->log, 0,
                           "xmpp_cm: Openfire %V's certificate does not "
                           "match \"%V\"; set \"xmpp_cm_upstream_ssl_name\" "
                           "(%V:%ui) to a name it carries, or give Openfire "
@@ -1601,9 +1638,8 @@ ngx_xmpp_cm_sock_tls_done(ngx_connection_t *c)
         }
     }
 
-    ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
-                  "xmpp_cm: TLS to Openfire %V on %V/%V: %s, %s%s",
-                  sock->pc.name, &pool->name, &sock->resource,
+    ngx_log_error(NGX_LOG_INFO, sock->log, 0,
+                  "xmpp_cm: TLS to Openfire %V: %s, %s%s", sock->pc.name,
                   SSL_get_version(c->ssl->connection),
                   SSL_get_cipher_name(c->ssl->connection),
                   SSL_session_reused(c->ssl->connection) ? ", reused" : "");
@@ -1611,7 +1647,7 @@ ngx_xmpp_cm_sock_tls_done(ngx_connection_t *c)
     sock->tls = 1;
     sock->state = NGX_XMPP_CM_SOCK_OPENING;
     ngx_xmpp_cm_metrics_socks(pool);
-    pool->log.action = "opening a stream to Openfire";
+    sock->log->action = "opening a stream to Openfire";
 
     c->read->handler = ngx_xmpp_cm_sock_read_handler;
     c->write->handler = ngx_xmpp_cm_sock_write_handler;

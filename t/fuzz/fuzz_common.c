@@ -142,6 +142,7 @@ fuzz_pool_init(fuzz_pool_t *fp)
 
     for (i = 0; i < 2; i++) {
         fp->socks[i].pool = &fp->pool;
+        fp->socks[i].log = &fp->pool.log;
         fp->socks[i].index = i;
         fp->socks[i].state = NGX_XMPP_CM_SOCK_READY;
         ngx_queue_init(&fp->socks[i].blocked);
