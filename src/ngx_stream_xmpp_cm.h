@@ -37,6 +37,17 @@
 #define NGX_XMPP_CM_MAX_STANZA        (NGX_XMPP_CM_OPENFIRE_MAX               \
                                        - NGX_XMPP_CM_ROUTE_OVERHEAD)
 
+/* the largest fragment (route, session IQ) sent to Openfire: a margin */
+#define NGX_XMPP_CM_FRAGMENT_MAX      (NGX_XMPP_CM_OPENFIRE_MAX - 16)
+
+/* what the framer of an Openfire socket accepts (trusted, so generous) */
+#define NGX_XMPP_CM_UPSTREAM_MAX_STANZA  (NGX_XMPP_CM_OPENFIRE_MAX + 4096)
+#define NGX_XMPP_CM_UPSTREAM_MAX_DEPTH   1000
+
+/* XML white space (XML 1.0 production 3), the only test of it */
+#define ngx_xmpp_cm_is_space(ch)                                             \
+    ((ch) == ' ' || (ch) == '\t' || (ch) == '\r' || (ch) == '\n')
+
 #define NGX_XMPP_CM_ID_LEN            40
 #define NGX_XMPP_CM_CLOSED_RING       256     /* closed ids remembered */
 

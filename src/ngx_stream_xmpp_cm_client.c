@@ -5,8 +5,9 @@
  *
  * Reads and writes go through c->recv and c->send_chain only, so the same
  * code runs over TLS (nginx's listen ... ssl, and STARTTLS later).  Reads
- * land in one buffer shared by the worker (its context's client_buf); a session keeps only the bytes
- * of an unfinished stanza and its queued output.
+ * land in one buffer shared by the worker (its context's client_buf); a
+ * session keeps only the bytes of an unfinished stanza and its queued
+ * output.
  */
 
 
@@ -1436,12 +1437,12 @@ ngx_xmpp_cm_client_compress(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
         return NGX_OK;
     }
 
-    for (p = m + 1; p < end && (*p == ' ' || *p == '\n' || *p == '\t'); p++) {
+    for (p = m + 1; p < end && ngx_xmpp_cm_is_space(*p); p++) {
         /* void */
     }
 
     if (end - p < 5 || ngx_strncmp(p, "zlib", 4) != 0
-        || !(p[4] == '<' || p[4] == ' ' || p[4] == '\n' || p[4] == '\t'))
+        || !(p[4] == '<' || ngx_xmpp_cm_is_space(p[4])))
     {
         ngx_xmpp_cm_client_send(cl, unsupported, sizeof(unsupported) - 1);
         return NGX_OK;
@@ -1904,7 +1905,7 @@ ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_client_t *cl, ngx_str_t *text)
     p = text->data;
     end = p + text->len;
 
-    while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')) {
+    while (p < end && ngx_xmpp_cm_is_space(*p)) {
         p++;
     }
 
@@ -1917,7 +1918,8 @@ ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_client_t *cl, ngx_str_t *text)
     }
 
     success = (end - p > 8 && ngx_strncmp(p, "<success", 8) == 0
-               && (p[8] == ' ' || p[8] == '/' || p[8] == '>'));
+               && (ngx_xmpp_cm_is_space(p[8])
+                   || p[8] == '/' || p[8] == '>'));
 
     if (success && (cl->authenticated || !cl->sasl_pending)) {
         ngx_log_error(NGX_LOG_ERR, cl->c->log, 0,
@@ -1936,7 +1938,7 @@ ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_client_t *cl, ngx_str_t *text)
     ngx_xmpp_cm_client_send(cl, p, end - p);
 
     if (end - p > 8 && ngx_strncmp(p, "<failure", 8) == 0
-        && (p[8] == ' ' || p[8] == '/' || p[8] == '>'))
+        && (ngx_xmpp_cm_is_space(p[8]) || p[8] == '/' || p[8] == '>'))
     {
         ngx_xmpp_cm_count(cl->pool, LOGIN_FAILURE);
         cl->sasl_pending = 0;

@@ -267,9 +267,7 @@ ngx_xmpp_cm_has_text(ngx_str_t *t)
     size_t  i;
 
     for (i = 0; i < t->len; i++) {
-        if (t->data[i] != ' ' && t->data[i] != '\n' && t->data[i] != '\r'
-            && t->data[i] != '\t')
-        {
+        if (!ngx_xmpp_cm_is_space(t->data[i])) {
             return 1;
         }
     }

@@ -830,8 +830,8 @@ ngx_xmpp_cm_sock_framer(ngx_xmpp_cm_sock_t *sock, ngx_pool_t *pool)
     sock->xml->open = ngx_xmpp_cm_sock_open;
     sock->xml->element = ngx_xmpp_cm_sock_element;
     sock->xml->close = ngx_xmpp_cm_sock_end;
-    sock->xml->max_size = NGX_XMPP_CM_OPENFIRE_MAX + 4096;
-    sock->xml->max_depth = 1000;
+    sock->xml->max_size = NGX_XMPP_CM_UPSTREAM_MAX_STANZA;
+    sock->xml->max_depth = NGX_XMPP_CM_UPSTREAM_MAX_DEPTH;
 
     return NGX_OK;
 }

@@ -20,9 +20,9 @@
  * parser is in the same state: inside an open
  * <stream:stream xmlns="jabber:client" xmlns:stream=...> root, at depth 1.
  * So at a stanza boundary with nothing pending the parser is "parked" in
- * the worker's list (ngx_xmpp_cm_parking_t, in the worker context), and the next read of any such stream adopts one: no
- * reset and no re-parse per stanza, only the parser's byte count is
- * carried over.  A stream whose header used another prefix for the
+ * the worker's list (ngx_xmpp_cm_parking_t, in the worker context), and
+ * the next read of any such stream adopts one: no reset and no re-parse
+ * per stanza, only the parser's byte count is carried over.  A stream whose header used another prefix for the
  * streams namespace or declared extra prefixes keeps its own parser.
  */
 
@@ -420,9 +420,7 @@ ngx_xmpp_cm_xml_feed(ngx_xmpp_cm_xml_t *x, u_char *buf, size_t n)
          * is an expat error, not-well-formed.
          */
 
-        while (n && (*buf == ' ' || *buf == '\n' || *buf == '\r'
-                     || *buf == '\t'))
-        {
+        while (n && ngx_xmpp_cm_is_space(*buf)) {
             buf++;
             n--;
         }
@@ -577,7 +575,7 @@ ngx_xmpp_cm_xml_keep(ngx_xmpp_cm_xml_t *x)
 
         while (keep < x->fed) {
             c = ngx_xmpp_cm_xml_byte(x, keep);
-            if (c != ' ' && c != '\n' && c != '\r' && c != '\t') {
+            if (!ngx_xmpp_cm_is_space(c)) {
                 break;
             }
             keep++;
@@ -1064,7 +1062,7 @@ ngx_xmpp_cm_xml_text(void *data, const XML_Char *s, int len)
 
     if (x->depth == 1) {
         for (i = 0; i < len; i++) {
-            if (s[i] != ' ' && s[i] != '\n' && s[i] != '\r' && s[i] != '\t') {
+            if (!ngx_xmpp_cm_is_space(s[i])) {
                 if (x->client) {
                     ngx_xmpp_cm_xml_fail(x, "bad-format",
                                          "text between stanzas");

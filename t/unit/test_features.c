@@ -33,7 +33,8 @@ uf_iq(const char *iq, size_t *len)
 
     rc = ngx_xmpp_cm_xml_fragment(&fuzz_log, fuzz_worker->parking,
                                   (u_char *) iq, strlen(iq), 1,
-                                  NGX_XMPP_CM_OPENFIRE_MAX, 1000, uf_element,
+                                  NGX_XMPP_CM_UPSTREAM_MAX_STANZA,
+                                  NGX_XMPP_CM_UPSTREAM_MAX_DEPTH, uf_element,
                                   &uf_fp.socks[0]);
     CHECK_INT(rc, NGX_OK);
 
