@@ -292,7 +292,17 @@ void ngx_xmpp_cm_queue_free(ngx_xmpp_cm_queue_t *q);
 void ngx_xmpp_cm_queue_release_free(void);
 
 
-/* XML framing over expat (ngx_stream_xmpp_cm_xml.c) */
+/*
+ * XML framing over expat (ngx_stream_xmpp_cm_xml.c).  The framer is
+ * opaque: its owner sets handlers and limits, feeds it reads, and asks
+ * for what it needs through the functions below.  Elements and nodes
+ * carry stream positions (XML_Index); ngx_xmpp_cm_xml_pieces() turns a
+ * range into the bytes, as two spans (the kept bytes of an unfinished
+ * stanza, then the current read), valid until the callback returns.
+ */
+
+typedef struct ngx_xmpp_cm_xml_s  ngx_xmpp_cm_xml_t;
+
 
 struct ngx_xmpp_cm_node_s {
     ngx_str_t                        name;
@@ -350,92 +360,34 @@ typedef ngx_int_t (*ngx_xmpp_cm_elem_pt)(void *data, ngx_xmpp_cm_elem_t *e);
 typedef ngx_int_t (*ngx_xmpp_cm_close_pt)(void *data);
 
 
+typedef struct {
+    ngx_xmpp_cm_open_pt              open;         /* the stream root */
+    ngx_xmpp_cm_elem_pt              start;        /* optional: start tag */
+    ngx_xmpp_cm_elem_pt              element;      /* a complete stanza */
+    ngx_xmpp_cm_close_pt             close;        /* </stream:stream> */
+} ngx_xmpp_cm_xml_handlers_t;
+
+
+/* the capacity of an element's name and namespace (longer: empty) */
 #define NGX_XMPP_CM_NAME_MAX  32
 #define NGX_XMPP_CM_NS_MAX    64
-#define NGX_XMPP_CM_PFX_MAX   8
-#define NGX_XMPP_CM_PFX_LEN   16
 
 
-/*
- * What the framer needs only while a stanza is being parsed.  It travels
- * with the expat parser: an idle stream that parked its parser holds
- * neither (about 350 bytes less per idle session).
- */
-
-typedef struct {
-    ngx_xmpp_cm_elem_t               elem;
-    u_char                           name[NGX_XMPP_CM_NAME_MAX];
-    u_char                           ns[NGX_XMPP_CM_NS_MAX];
-    u_char                           cond[NGX_XMPP_CM_NAME_MAX];
-    ngx_uint_t                       npfx;
-    u_char                           pfx[NGX_XMPP_CM_PFX_MAX]
-                                        [NGX_XMPP_CM_PFX_LEN];
-    ngx_uint_t                       pfx_depth[NGX_XMPP_CM_PFX_MAX];
-} ngx_xmpp_cm_scratch_t;
-
-
-typedef struct {
-    XML_Parser                       parser;
-    ngx_log_t                       *log;
-    void                            *data;
-    ngx_xmpp_cm_open_pt              open;
-    ngx_xmpp_cm_elem_pt              element;
-    ngx_xmpp_cm_elem_pt              start;        /* optional */
-    ngx_xmpp_cm_close_pt             close;
-
-    size_t                           max_size;
-    ngx_uint_t                       max_depth;
-    ngx_uint_t                       depth;
-
-    const char                      *error;        /* stream error cond. */
-    const char                      *error_text;
-    ngx_int_t                        rc;           /* from a callback */
-
-    /* raw byte tracking */
-    XML_Index                        fed;
-    XML_Index                        base;
-    u_char                          *data_buf;
-    size_t                           data_len;
-    u_char                          *pend;
-    size_t                           pend_len;
-    size_t                           pend_size;
-    XML_Index                        pend_base;
-    XML_Index                        mark;
-    XML_Index                        last_start_end;
-
-    /* the stanza being parsed: lives with the parser (see xml.c) */
-    ngx_xmpp_cm_scratch_t           *st;
-    ngx_xmpp_cm_parking_t           *parking;      /* the worker's, or NULL */
-
-    u_char                           root_ns[NGX_XMPP_CM_NS_MAX];
-    size_t                           root_ns_len;
-
-    /* tree mode (the trusted upstream side) */
-    ngx_pool_t                      *tmp;
-    ngx_xmpp_cm_node_t              *cur;
-    ngx_str_t                        xmlns_pending;
-
-    unsigned                         tree:1;
-    unsigned                         client:1;
-    unsigned                         stopped:1;
-    unsigned                         in_stanza:1;
-    unsigned                         opened:1;
-    unsigned                         has_default_pending:1;
-    unsigned                         root_has_default:1;
-    unsigned                         root_extra_ns:1;
-    unsigned                         parkable:1;
-    unsigned                         synthetic:1;
-    unsigned                         restarted:1;
-} ngx_xmpp_cm_xml_t;
-
-
-ngx_xmpp_cm_xml_t *ngx_xmpp_cm_xml_create(ngx_pool_t *pool, ngx_log_t *log,
-    ngx_uint_t tree, ngx_xmpp_cm_parking_t *parking);
-ngx_int_t ngx_xmpp_cm_xml_reset(ngx_xmpp_cm_xml_t *x);
-void ngx_xmpp_cm_xml_free(ngx_xmpp_cm_xml_t *x);
 ngx_xmpp_cm_parking_t *ngx_xmpp_cm_xml_parking(ngx_pool_t *pool);
 void ngx_xmpp_cm_xml_release_parked(ngx_xmpp_cm_parking_t *pk);
+ngx_xmpp_cm_xml_t *ngx_xmpp_cm_xml_create(ngx_pool_t *pool, ngx_log_t *log,
+    ngx_uint_t tree, ngx_xmpp_cm_parking_t *parking);
+void ngx_xmpp_cm_xml_handlers(ngx_xmpp_cm_xml_t *x,
+    ngx_xmpp_cm_xml_handlers_t *h, void *data);
+void ngx_xmpp_cm_xml_limits(ngx_xmpp_cm_xml_t *x, size_t max_size,
+    ngx_uint_t max_depth);
+ngx_int_t ngx_xmpp_cm_xml_reset(ngx_xmpp_cm_xml_t *x);
+void ngx_xmpp_cm_xml_free(ngx_xmpp_cm_xml_t *x);
 ngx_int_t ngx_xmpp_cm_xml_feed(ngx_xmpp_cm_xml_t *x, u_char *buf, size_t n);
+size_t ngx_xmpp_cm_xml_pending(ngx_xmpp_cm_xml_t *x, XML_Index *start);
+size_t ngx_xmpp_cm_xml_rest(ngx_xmpp_cm_xml_t *x, XML_Index pos);
+const char *ngx_xmpp_cm_xml_error(ngx_xmpp_cm_xml_t *x, const char **text);
+ngx_uint_t ngx_xmpp_cm_xml_root_ns(ngx_xmpp_cm_xml_t *x, ngx_str_t *ns);
 ngx_int_t ngx_xmpp_cm_xml_fragment(ngx_log_t *log,
     ngx_xmpp_cm_parking_t *parking, u_char *p, size_t len, ngx_uint_t tree,
     size_t max_size, ngx_uint_t max_depth, ngx_xmpp_cm_elem_pt element,
@@ -564,6 +516,7 @@ struct ngx_xmpp_cm_pool_s {
     ngx_uint_t                       closed_next;
 
     ngx_uint_t                       dropped;
+    ngx_pool_t                      *tmp;          /* one Openfire stanza */
     ngx_xmpp_cm_worker_t            *worker;
     ngx_xmpp_cm_metrics_t           *metrics;      /* this worker's slot */
     unsigned                         configured:1;

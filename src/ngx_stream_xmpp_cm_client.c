@@ -124,6 +124,13 @@ static void ngx_xmpp_cm_client_replied(ngx_xmpp_cm_client_t *cl,
 
 static ngx_str_t    ngx_xmpp_cm_client_nocond = ngx_string("(no condition)");
 
+static ngx_xmpp_cm_xml_handlers_t  ngx_xmpp_cm_client_xml = {
+    ngx_xmpp_cm_client_open,
+    ngx_xmpp_cm_client_start,
+    ngx_xmpp_cm_client_element,
+    ngx_xmpp_cm_client_close
+};
+
 
 void
 ngx_stream_xmpp_cm_handler(ngx_stream_session_t *s)
@@ -169,13 +176,9 @@ ngx_stream_xmpp_cm_handler(ngx_stream_session_t *s)
 
     ngx_queue_insert_tail(&cl->pool->worker->clients, &cl->link);
 
-    cl->xml->data = cl;
-    cl->xml->open = ngx_xmpp_cm_client_open;
-    cl->xml->element = ngx_xmpp_cm_client_element;
-    cl->xml->start = ngx_xmpp_cm_client_start;
-    cl->xml->close = ngx_xmpp_cm_client_close;
-    cl->xml->max_size = conf->preauth_max_stanza;
-    cl->xml->max_depth = conf->max_depth;
+    ngx_xmpp_cm_xml_handlers(cl->xml, &ngx_xmpp_cm_client_xml, cl);
+    ngx_xmpp_cm_xml_limits(cl->xml, conf->preauth_max_stanza,
+                           conf->max_depth);
 
     c->read->handler = ngx_xmpp_cm_client_read_handler;
     c->write->handler = ngx_xmpp_cm_client_write_handler;
@@ -507,6 +510,7 @@ ngx_xmpp_cm_client_replied(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_node_t *iq)
 static void
 ngx_xmpp_cm_client_timer(ngx_xmpp_cm_client_t *cl)
 {
+    XML_Index     base;
     ngx_msec_t    t, st, spent;
     ngx_event_t  *rev;
 
@@ -521,15 +525,15 @@ ngx_xmpp_cm_client_timer(ngx_xmpp_cm_client_t *cl)
             ? cl->auth_deadline - ngx_current_msec : 1;
     }
 
-    if (cl->xml->pend_len == 0 || cl->conf->stanza_timeout == 0) {
+    if (ngx_xmpp_cm_xml_pending(cl->xml, &base) == 0
+        || cl->conf->stanza_timeout == 0)
+    {
         cl->partial_since = 0;
 
     } else {
-        if (cl->partial_since == 0
-            || cl->partial_base != cl->xml->pend_base)
-        {
+        if (cl->partial_since == 0 || cl->partial_base != base) {
             cl->partial_since = ngx_current_msec;
-            cl->partial_base = cl->xml->pend_base;
+            cl->partial_base = base;
         }
 
         spent = ngx_current_msec - cl->partial_since;
@@ -647,7 +651,7 @@ ngx_xmpp_cm_client_input(ngx_xmpp_cm_client_t *cl, u_char *buf, size_t n)
      * already.  The client restarts its stream on a fresh parser.
      */
 
-    rest = (size_t) (cl->xml->fed - cl->zstart);
+    rest = ngx_xmpp_cm_xml_rest(cl->xml, cl->zstart);
     buf += n - rest;
     n = rest;
 
@@ -697,7 +701,8 @@ ngx_xmpp_cm_client_inflated(void *data, u_char *p, size_t n)
 static ngx_int_t
 ngx_xmpp_cm_client_process(ngx_xmpp_cm_client_t *cl, u_char *buf, size_t n)
 {
-    ngx_int_t  rc;
+    ngx_int_t    rc;
+    const char  *cond, *text;
 
     rc = ngx_xmpp_cm_xml_feed(cl->xml, buf, n);
 
@@ -709,14 +714,14 @@ ngx_xmpp_cm_client_process(ngx_xmpp_cm_client_t *cl, u_char *buf, size_t n)
         return NGX_DONE;
     }
 
-    if (cl->xml->error) {
+    cond = ngx_xmpp_cm_xml_error(cl->xml, &text);
+
+    if (cond) {
         ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
                       "xmpp_cm: client sent bad XML: %s (%s)",
-                      cl->xml->error,
-                      cl->xml->error_text ? cl->xml->error_text : "");
+                      cond, text ? text : "");
 
-        ngx_xmpp_cm_client_end(cl, (char *) cl->xml->error,
-                               (char *) cl->xml->error_text, NULL, 0);
+        ngx_xmpp_cm_client_end(cl, (char *) cond, (char *) text, NULL, 0);
         return NGX_DONE;
     }
 
@@ -771,10 +776,7 @@ ngx_xmpp_cm_client_open(void *data, ngx_str_t *name, ngx_str_t *ns,
         return NGX_DONE;
     }
 
-    root_ns.data = cl->xml->root_ns;
-    root_ns.len = cl->xml->root_ns_len;
-
-    if (!cl->xml->root_has_default
+    if (!ngx_xmpp_cm_xml_root_ns(cl->xml, &root_ns)
         || !ngx_xmpp_cm_str_is(&root_ns, NGX_XMPP_NS_CLIENT))
     {
         ngx_xmpp_cm_client_end(cl, "invalid-namespace",
@@ -1568,7 +1570,7 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
     if (ngx_xmpp_cm_str_is(&n->ns, NGX_XMPP_NS_STREAMS)
         && ngx_xmpp_cm_str_is(&n->name, "error"))
     {
-        tmp = ngx_pnalloc(x->tmp, len);
+        tmp = ngx_pnalloc(cl->pool->tmp, len);
         if (tmp == NULL) {
             return;
         }
@@ -1596,7 +1598,7 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
     if (n->has_xmlns && !ngx_xmpp_cm_str_is(&n->xmlns, NGX_XMPP_NS_CLIENT)
         && !success && !ngx_xmpp_cm_str_is(&n->ns, NGX_XMPP_NS_SASL))
     {
-        tmp = ngx_pnalloc(x->tmp, len);
+        tmp = ngx_pnalloc(cl->pool->tmp, len);
         if (tmp == NULL) {
             return;
         }
@@ -1604,7 +1606,7 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
         (void) ngx_xmpp_cm_xml_copy(x, tmp, n->start, n->end);
 
         out = ngx_xmpp_cm_strip_server_ns(NULL, tmp, len, n);
-        p = ngx_pnalloc(x->tmp, out);
+        p = ngx_pnalloc(cl->pool->tmp, out);
         if (p == NULL) {
             return;
         }
@@ -1986,7 +1988,8 @@ ngx_xmpp_cm_client_authenticated(ngx_xmpp_cm_client_t *cl)
     cl->sasl_pending = 0;
     cl->c->log->action = "in an authenticated XMPP stream";
 
-    cl->xml->max_size = cl->conf->max_stanza;
+    ngx_xmpp_cm_xml_limits(cl->xml, cl->conf->max_stanza,
+                           cl->conf->max_depth);
 
     if (cl->c->read->delayed) {
         /* xmpp_cm_limit_rate's timer: the idle timer follows the delay */

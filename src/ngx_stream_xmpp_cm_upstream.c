@@ -35,7 +35,9 @@ static void ngx_xmpp_cm_sock_reconnect_handler(ngx_event_t *ev);
 static void ngx_xmpp_cm_sock_keepalive_handler(ngx_event_t *ev);
 static ngx_int_t ngx_xmpp_cm_sock_open(void *data, ngx_str_t *name,
     ngx_str_t *ns, const XML_Char **attrs);
+static ngx_int_t ngx_xmpp_cm_sock_stanza(void *data, ngx_xmpp_cm_elem_t *e);
 static ngx_int_t ngx_xmpp_cm_sock_element(void *data, ngx_xmpp_cm_elem_t *e);
+static void ngx_xmpp_cm_pool_tmp_cleanup(void *data);
 static ngx_int_t ngx_xmpp_cm_sock_end(void *data);
 static ngx_int_t ngx_xmpp_cm_sock_framer(ngx_xmpp_cm_sock_t *sock,
     ngx_pool_t *pool);
@@ -54,6 +56,14 @@ static void ngx_xmpp_cm_sock_save_session(ngx_connection_t *c);
 #endif
 
 
+static ngx_xmpp_cm_xml_handlers_t  ngx_xmpp_cm_sock_xml = {
+    ngx_xmpp_cm_sock_open,
+    NULL,
+    ngx_xmpp_cm_sock_stanza,
+    ngx_xmpp_cm_sock_end
+};
+
+
 ngx_int_t
 ngx_xmpp_cm_pool_init(ngx_cycle_t *cycle, ngx_stream_xmpp_cm_srv_conf_t *conf)
 {
@@ -62,6 +72,7 @@ ngx_xmpp_cm_pool_init(ngx_cycle_t *cycle, ngx_stream_xmpp_cm_srv_conf_t *conf)
     ngx_uint_t                       i;
     ngx_xmpp_cm_sock_t              *sock;
     ngx_xmpp_cm_pool_t              *pool;
+    ngx_pool_cleanup_t              *cln;
     ngx_stream_xmpp_cm_main_conf_t  *cmcf;
 
     pool = ngx_pcalloc(cycle->pool, sizeof(ngx_xmpp_cm_pool_t));
@@ -115,6 +126,21 @@ ngx_xmpp_cm_pool_init(ngx_cycle_t *cycle, ngx_stream_xmpp_cm_srv_conf_t *conf)
     if (pool->closed == NULL) {
         return NGX_ERROR;
     }
+
+    /* scratch for what one stanza from Openfire needs, reset after it */
+
+    cln = ngx_pool_cleanup_add(cycle->pool, 0);
+    if (cln == NULL) {
+        return NGX_ERROR;
+    }
+
+    pool->tmp = ngx_create_pool(4096, &pool->log);
+    if (pool->tmp == NULL) {
+        return NGX_ERROR;
+    }
+
+    cln->handler = ngx_xmpp_cm_pool_tmp_cleanup;
+    cln->data = pool->tmp;
 
     pool->nsocks = conf->connections;
     pool->socks = ngx_pcalloc(cycle->pool,
@@ -697,6 +723,7 @@ ngx_xmpp_cm_sock_read_handler(ngx_event_t *rev)
     ssize_t              n;
     ngx_int_t            rc;
     ngx_uint_t           got;
+    const char          *cond, *text;
     ngx_connection_t    *c;
     ngx_xmpp_cm_sock_t  *sock;
     ngx_xmpp_cm_pool_t  *pool;
@@ -783,12 +810,12 @@ ngx_xmpp_cm_sock_read_handler(ngx_event_t *rev)
         }
 
         if (rc != NGX_OK || sock->done) {
-            if (sock->xml->error) {
+            cond = ngx_xmpp_cm_xml_error(sock->xml, &text);
+
+            if (cond) {
                 ngx_log_error(NGX_LOG_ERR, sock->log, 0,
                               "xmpp_cm: bad XML from Openfire: %s (%s)",
-                              sock->xml->error,
-                              sock->xml->error_text ? sock->xml->error_text
-                                                    : "");
+                              cond, text ? text : "");
             }
 
             ngx_xmpp_cm_sock_close(sock, NGX_LOG_WARN,
@@ -826,12 +853,9 @@ ngx_xmpp_cm_sock_framer(ngx_xmpp_cm_sock_t *sock, ngx_pool_t *pool)
         return NGX_ERROR;
     }
 
-    sock->xml->data = sock;
-    sock->xml->open = ngx_xmpp_cm_sock_open;
-    sock->xml->element = ngx_xmpp_cm_sock_element;
-    sock->xml->close = ngx_xmpp_cm_sock_end;
-    sock->xml->max_size = NGX_XMPP_CM_UPSTREAM_MAX_STANZA;
-    sock->xml->max_depth = NGX_XMPP_CM_UPSTREAM_MAX_DEPTH;
+    ngx_xmpp_cm_xml_handlers(sock->xml, &ngx_xmpp_cm_sock_xml, sock);
+    ngx_xmpp_cm_xml_limits(sock->xml, NGX_XMPP_CM_UPSTREAM_MAX_STANZA,
+                           NGX_XMPP_CM_UPSTREAM_MAX_DEPTH);
 
     return NGX_OK;
 }
@@ -960,6 +984,30 @@ ngx_xmpp_cm_sock_stream_error(ngx_xmpp_cm_sock_t *sock,
 
     ngx_log_error(NGX_LOG_ERR, sock->log, 0,
                   "xmpp_cm: stream error from Openfire: %V", &cond);
+}
+
+
+/* what the stanza's handling allocated in pool->tmp goes with it */
+
+static ngx_int_t
+ngx_xmpp_cm_sock_stanza(void *data, ngx_xmpp_cm_elem_t *e)
+{
+    ngx_xmpp_cm_sock_t *sock = data;
+
+    ngx_int_t  rc;
+
+    rc = ngx_xmpp_cm_sock_element(sock, e);
+
+    ngx_reset_pool(sock->pool->tmp);
+
+    return rc;
+}
+
+
+static void
+ngx_xmpp_cm_pool_tmp_cleanup(void *data)
+{
+    ngx_destroy_pool(data);
 }
 
 

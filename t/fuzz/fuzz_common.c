@@ -10,6 +10,7 @@
 
 ngx_log_t               fuzz_log;
 ngx_xmpp_cm_worker_t   *fuzz_worker;
+static ngx_pool_t      *fuzz_tmp;
 static ngx_open_file_t  fuzz_log_file;
 static ngx_cycle_t      fuzz_cycle;
 
@@ -75,6 +76,11 @@ fuzz_init(void)
     if (fuzz_worker->parking == NULL) {
         FUZZ_FAIL("parking");
     }
+
+    fuzz_tmp = ngx_create_pool(4096, &fuzz_log);
+    if (fuzz_tmp == NULL) {
+        FUZZ_FAIL("scratch pool");
+    }
 }
 
 
@@ -128,6 +134,8 @@ fuzz_pool_init(fuzz_pool_t *fp)
     fp->pool.conf = &fp->conf;
     fp->pool.metrics = &fp->metrics;
     fp->pool.worker = fuzz_worker;
+    fp->pool.tmp = fuzz_tmp;
+    ngx_reset_pool(fuzz_tmp);
     fp->pool.log = fuzz_log;
     ngx_str_set(&fp->pool.name, "cm1-4242-a1b2c3");
     ngx_str_set(&fp->pool.domain, "localhost");

@@ -42,13 +42,17 @@ fu_check_span(ngx_xmpp_cm_xml_t *x, ngx_xmpp_cm_node_t *n)
 {
     u_char     *p, *s;
     size_t      len, out, out2;
+    XML_Index   kept;
 
-    if (n->end <= n->start || n->start < x->pend_base) {
+    /* the first byte the framer still holds */
+    (void) ngx_xmpp_cm_xml_pending(x, &kept);
+
+    if (n->end <= n->start || n->start < kept) {
         FUZZ_FAIL("node <%.*s> span %llu..%llu outside the retained bytes "
                   "(from %llu)", (int) n->name.len, n->name.data,
                   (unsigned long long) n->start,
                   (unsigned long long) n->end,
-                  (unsigned long long) x->pend_base);
+                  (unsigned long long) kept);
     }
 
     len = ngx_xmpp_cm_xml_copy(x, NULL, n->start, n->end);
@@ -141,8 +145,13 @@ fu_element(void *data, ngx_xmpp_cm_elem_t *e)
         }
     }
 
-    return ngx_xmpp_cm_sock_element(data, e);
+    return ngx_xmpp_cm_sock_stanza(data, e);
 }
+
+
+static ngx_xmpp_cm_xml_handlers_t  fu_handlers = {
+    ngx_xmpp_cm_sock_open, NULL, fu_element, ngx_xmpp_cm_sock_end
+};
 
 
 static void
@@ -240,7 +249,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
 
     /* the real element handler, with the tree walked first */
-    sock->xml->element = fu_element;
+    ngx_xmpp_cm_xml_handlers(sock->xml, &fu_handlers, sock);
 
     for (off = 0; off < size; /* void */) {
 

@@ -20,7 +20,7 @@ static fuzz_pool_t  uf_fp;
 static ngx_int_t
 uf_element(void *data, ngx_xmpp_cm_elem_t *e)
 {
-    return ngx_xmpp_cm_sock_element(data, e);
+    return ngx_xmpp_cm_sock_stanza(data, e);
 }
 
 
