@@ -983,6 +983,9 @@ ngx_xmpp_cm_xml_open_root(ngx_xmpp_cm_xml_t *x, ngx_str_t *local,
 
     rc = x->handlers->open(x->data, local, ns, atts);
 
+    /* expat's copy of the URI goes with the start tag */
+    x->root_ns = NULL;
+
     if (rc != NGX_OK) {
         x->rc = rc;
         ngx_xmpp_cm_xml_fail(x, NULL, NULL);
