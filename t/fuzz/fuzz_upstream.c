@@ -34,6 +34,7 @@
 
 
 static fuzz_pool_t  fp;
+static ngx_log_t    fu_logs[2];
 static ngx_uint_t   fu_nodes;
 
 
@@ -202,6 +203,15 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     pool = ngx_create_pool(4096, &fuzz_log);
     fp.pool.log = fuzz_log;
+
+    /* each socket's own log, with the module's handler (formatted) */
+
+    for (i = 0; i < 2; i++) {
+        fu_logs[i] = fuzz_log;
+        fu_logs[i].handler = ngx_xmpp_cm_sock_log_error;
+        fu_logs[i].data = &fp.socks[i];
+        fp.socks[i].log = &fu_logs[i];
+    }
 
     if (ngx_array_init(&fp.pool.ghosts, pool, 4, NGX_XMPP_CM_ID_LEN)
         != NGX_OK)
