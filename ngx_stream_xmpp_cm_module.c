@@ -1493,6 +1493,7 @@ static ngx_int_t
 ngx_stream_xmpp_cm_init_process(ngx_cycle_t *cycle)
 {
     ngx_uint_t                        i, j;
+    ngx_xmpp_cm_worker_t             *wk;
     ngx_stream_xmpp_cm_srv_conf_t   **srv;
     ngx_stream_xmpp_cm_main_conf_t   *cmcf;
 
@@ -1507,6 +1508,25 @@ ngx_stream_xmpp_cm_init_process(ngx_cycle_t *cycle)
     if (cmcf == NULL) {
         return NGX_OK;
     }
+
+    /* the buffers stay uninitialised: only what is used gets touched */
+
+    wk = ngx_palloc(cycle->pool, sizeof(ngx_xmpp_cm_worker_t));
+    if (wk == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memzero(wk, offsetof(ngx_xmpp_cm_worker_t, client_buf));
+
+    ngx_queue_init(&wk->clients);
+    wk->metrics_slot = NGX_ERROR;
+
+    wk->parking = ngx_xmpp_cm_xml_parking(cycle->pool);
+    if (wk->parking == NULL) {
+        return NGX_ERROR;
+    }
+
+    cmcf->worker = wk;
 
     srv = cmcf->servers.elts;
 
@@ -1543,7 +1563,7 @@ ngx_stream_xmpp_cm_exit_process(ngx_cycle_t *cycle)
 
     cmcf = ngx_stream_cycle_get_module_main_conf(cycle,
                                                  ngx_stream_xmpp_cm_module);
-    if (cmcf == NULL) {
+    if (cmcf == NULL || cmcf->worker == NULL) {
         return;
     }
 
@@ -1555,8 +1575,8 @@ ngx_stream_xmpp_cm_exit_process(ngx_cycle_t *cycle)
         }
     }
 
-    ngx_xmpp_cm_client_shutdown_all();
+    ngx_xmpp_cm_client_shutdown_all(cmcf->worker);
     ngx_xmpp_cm_output_release();
-    ngx_xmpp_cm_xml_release_parked();
+    ngx_xmpp_cm_xml_release_parked(cmcf->worker->parking);
     ngx_xmpp_cm_metrics_exit(cycle);
 }

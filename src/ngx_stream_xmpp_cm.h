@@ -37,6 +37,17 @@
 #define NGX_XMPP_CM_MAX_STANZA        (NGX_XMPP_CM_OPENFIRE_MAX               \
                                        - NGX_XMPP_CM_ROUTE_OVERHEAD)
 
+/* the largest fragment (route, session IQ) sent to Openfire: a margin */
+#define NGX_XMPP_CM_FRAGMENT_MAX      (NGX_XMPP_CM_OPENFIRE_MAX - 16)
+
+/* what the framer of an Openfire socket accepts (trusted, so generous) */
+#define NGX_XMPP_CM_UPSTREAM_MAX_STANZA  (NGX_XMPP_CM_OPENFIRE_MAX + 4096)
+#define NGX_XMPP_CM_UPSTREAM_MAX_DEPTH   1000
+
+/* XML white space (XML 1.0 production 3), the only test of it */
+#define ngx_xmpp_cm_is_space(ch)                                             \
+    ((ch) == ' ' || (ch) == '\t' || (ch) == '\r' || (ch) == '\n')
+
 #define NGX_XMPP_CM_ID_LEN            40
 #define NGX_XMPP_CM_CLOSED_RING       256     /* closed ids remembered */
 
@@ -54,6 +65,7 @@ typedef struct ngx_xmpp_cm_session_s  ngx_xmpp_cm_session_t;
 typedef struct ngx_xmpp_cm_client_s   ngx_xmpp_cm_client_t;
 typedef struct ngx_xmpp_cm_conn_s     ngx_xmpp_cm_conn_t;
 typedef struct ngx_xmpp_cm_node_s     ngx_xmpp_cm_node_t;
+typedef struct ngx_xmpp_cm_parking_s  ngx_xmpp_cm_parking_t;
 
 
 /* configuration (ngx_stream_xmpp_cm_module.c) */
@@ -143,10 +155,14 @@ typedef struct {
 } ngx_stream_xmpp_cm_srv_conf_t;
 
 
+typedef struct ngx_xmpp_cm_worker_s  ngx_xmpp_cm_worker_t;
+
+
 typedef struct {
     ngx_array_t                      servers;  /* srv_conf_t * with a pass */
     ngx_shm_zone_t                  *metrics_zone;
     ngx_uint_t                       metrics_slots;
+    ngx_xmpp_cm_worker_t            *worker;   /* set in init_process */
 } ngx_stream_xmpp_cm_main_conf_t;
 
 
@@ -195,6 +211,34 @@ enum {
 typedef struct {
     uint64_t                         v[NGX_XMPP_CM_M_N];
 } ngx_xmpp_cm_metrics_t;
+
+
+/*
+ * One worker's state, built in init_process from cycle->pool and reached
+ * through the main conf (pools cache the pointer): the read buffers every
+ * connection of the worker shares, the parked expat parsers, the client
+ * list that exit walks, and this worker's metrics slot.  The buffers are
+ * last and left uninitialised, so that pages never read stay untouched.
+ */
+
+#define NGX_XMPP_CM_CLIENT_READ      16384
+#define NGX_XMPP_CM_UPSTREAM_READ    65536
+#define NGX_XMPP_CM_ZLIB_CHUNK       16384
+
+struct ngx_xmpp_cm_worker_s {
+    ngx_queue_t                      clients;      /* for exit */
+    ngx_xmpp_cm_parking_t           *parking;      /* parked parsers */
+    ngx_int_t                        metrics_slot; /* NGX_ERROR: none */
+    void                            *metrics_ctx;  /* the zone's */
+    ngx_xmpp_cm_metrics_t            metrics_void; /* counts to nowhere */
+
+    u_char                           client_buf[NGX_XMPP_CM_CLIENT_READ];
+    u_char                           upstream_buf[NGX_XMPP_CM_UPSTREAM_READ];
+
+    /* output may be deflated while an inflated chunk is being parsed */
+    u_char                           zlib_in[NGX_XMPP_CM_ZLIB_CHUNK];
+    u_char                           zlib_out[NGX_XMPP_CM_ZLIB_CHUNK];
+};
 
 
 #define ngx_xmpp_cm_count(pool, m)                                           \
@@ -270,7 +314,17 @@ void ngx_xmpp_cm_output_free(ngx_xmpp_cm_output_t *o);
 void ngx_xmpp_cm_output_release(void);
 
 
-/* XML framing over expat (ngx_stream_xmpp_cm_xml.c) */
+/*
+ * XML framing over expat (ngx_stream_xmpp_cm_xml.c).  The framer is
+ * opaque: its owner sets handlers and limits, feeds it reads, and asks
+ * for what it needs through the functions below.  Elements and nodes
+ * carry stream positions (XML_Index); ngx_xmpp_cm_xml_pieces() turns a
+ * range into the bytes, as two spans (the kept bytes of an unfinished
+ * stanza, then the current read), valid until the callback returns.
+ */
+
+typedef struct ngx_xmpp_cm_xml_s  ngx_xmpp_cm_xml_t;
+
 
 struct ngx_xmpp_cm_node_s {
     ngx_str_t                        name;
@@ -328,93 +382,38 @@ typedef ngx_int_t (*ngx_xmpp_cm_elem_pt)(void *data, ngx_xmpp_cm_elem_t *e);
 typedef ngx_int_t (*ngx_xmpp_cm_close_pt)(void *data);
 
 
+typedef struct {
+    ngx_xmpp_cm_open_pt              open;         /* the stream root */
+    ngx_xmpp_cm_elem_pt              start;        /* optional: start tag */
+    ngx_xmpp_cm_elem_pt              element;      /* a complete stanza */
+    ngx_xmpp_cm_close_pt             close;        /* </stream:stream> */
+} ngx_xmpp_cm_xml_handlers_t;
+
+
+/* the capacity of an element's name and namespace (longer: empty) */
 #define NGX_XMPP_CM_NAME_MAX  32
 #define NGX_XMPP_CM_NS_MAX    64
-#define NGX_XMPP_CM_PFX_MAX   8
-#define NGX_XMPP_CM_PFX_LEN   16
 
 
-/*
- * What the framer needs only while a stanza is being parsed.  It travels
- * with the expat parser: an idle stream that parked its parser holds
- * neither (about 350 bytes less per idle session).
- */
-
-typedef struct {
-    ngx_xmpp_cm_elem_t               elem;
-    u_char                           name[NGX_XMPP_CM_NAME_MAX];
-    u_char                           ns[NGX_XMPP_CM_NS_MAX];
-    u_char                           cond[NGX_XMPP_CM_NAME_MAX];
-    ngx_uint_t                       npfx;
-    u_char                           pfx[NGX_XMPP_CM_PFX_MAX]
-                                        [NGX_XMPP_CM_PFX_LEN];
-    ngx_uint_t                       pfx_depth[NGX_XMPP_CM_PFX_MAX];
-} ngx_xmpp_cm_scratch_t;
-
-
-typedef struct {
-    XML_Parser                       parser;
-    ngx_log_t                       *log;
-    void                            *data;
-    ngx_xmpp_cm_open_pt              open;
-    ngx_xmpp_cm_elem_pt              element;
-    ngx_xmpp_cm_elem_pt              start;        /* optional */
-    ngx_xmpp_cm_close_pt             close;
-
-    size_t                           max_size;
-    ngx_uint_t                       max_depth;
-    ngx_uint_t                       depth;
-
-    const char                      *error;        /* stream error cond. */
-    const char                      *error_text;
-    ngx_int_t                        rc;           /* from a callback */
-
-    /* raw byte tracking */
-    XML_Index                        fed;
-    XML_Index                        base;
-    u_char                          *data_buf;
-    size_t                           data_len;
-    u_char                          *pend;
-    size_t                           pend_len;
-    size_t                           pend_size;
-    XML_Index                        pend_base;
-    XML_Index                        mark;
-    XML_Index                        last_start_end;
-
-    /* the stanza being parsed: lives with the parser (see xml.c) */
-    ngx_xmpp_cm_scratch_t           *st;
-
-    u_char                           root_ns[NGX_XMPP_CM_NS_MAX];
-    size_t                           root_ns_len;
-
-    /* tree mode (the trusted upstream side) */
-    ngx_pool_t                      *tmp;
-    ngx_xmpp_cm_node_t              *cur;
-    ngx_str_t                        xmlns_pending;
-
-    unsigned                         tree:1;
-    unsigned                         client:1;
-    unsigned                         stopped:1;
-    unsigned                         in_stanza:1;
-    unsigned                         opened:1;
-    unsigned                         has_default_pending:1;
-    unsigned                         root_has_default:1;
-    unsigned                         root_extra_ns:1;
-    unsigned                         parkable:1;
-    unsigned                         synthetic:1;
-    unsigned                         restarted:1;
-} ngx_xmpp_cm_xml_t;
-
-
+ngx_xmpp_cm_parking_t *ngx_xmpp_cm_xml_parking(ngx_pool_t *pool);
+void ngx_xmpp_cm_xml_release_parked(ngx_xmpp_cm_parking_t *pk);
 ngx_xmpp_cm_xml_t *ngx_xmpp_cm_xml_create(ngx_pool_t *pool, ngx_log_t *log,
-    ngx_uint_t tree);
+    ngx_uint_t tree, ngx_xmpp_cm_parking_t *parking);
+void ngx_xmpp_cm_xml_handlers(ngx_xmpp_cm_xml_t *x,
+    ngx_xmpp_cm_xml_handlers_t *h, void *data);
+void ngx_xmpp_cm_xml_limits(ngx_xmpp_cm_xml_t *x, size_t max_size,
+    ngx_uint_t max_depth);
 ngx_int_t ngx_xmpp_cm_xml_reset(ngx_xmpp_cm_xml_t *x);
 void ngx_xmpp_cm_xml_free(ngx_xmpp_cm_xml_t *x);
-void ngx_xmpp_cm_xml_release_parked(void);
 ngx_int_t ngx_xmpp_cm_xml_feed(ngx_xmpp_cm_xml_t *x, u_char *buf, size_t n);
-ngx_int_t ngx_xmpp_cm_xml_fragment(ngx_log_t *log, u_char *p, size_t len,
-    ngx_uint_t tree, size_t max_size, ngx_uint_t max_depth,
-    ngx_xmpp_cm_elem_pt element, void *data);
+size_t ngx_xmpp_cm_xml_pending(ngx_xmpp_cm_xml_t *x, XML_Index *start);
+size_t ngx_xmpp_cm_xml_rest(ngx_xmpp_cm_xml_t *x, XML_Index pos);
+const char *ngx_xmpp_cm_xml_error(ngx_xmpp_cm_xml_t *x, const char **text);
+ngx_uint_t ngx_xmpp_cm_xml_root_ns(ngx_xmpp_cm_xml_t *x, ngx_str_t *ns);
+ngx_int_t ngx_xmpp_cm_xml_fragment(ngx_log_t *log,
+    ngx_xmpp_cm_parking_t *parking, u_char *p, size_t len, ngx_uint_t tree,
+    size_t max_size, ngx_uint_t max_depth, ngx_xmpp_cm_elem_pt element,
+    void *data);
 size_t ngx_xmpp_cm_xml_copy(ngx_xmpp_cm_xml_t *x, u_char *dst,
     XML_Index start, XML_Index end);
 void ngx_xmpp_cm_xml_pieces(ngx_xmpp_cm_xml_t *x, XML_Index start,
@@ -490,6 +489,7 @@ struct ngx_xmpp_cm_sock_s {
     ngx_uint_t                       failures;
     ngx_peer_connection_t            pc;
     ngx_connection_t                *c;
+    ngx_log_t                       *log;          /* its own, its action */
     ngx_xmpp_cm_xml_t               *xml;
     ngx_xmpp_cm_output_t             out;          /* a buf per stanza */
     ngx_event_t                      reconnect;
@@ -556,6 +556,8 @@ struct ngx_xmpp_cm_pool_s {
     ngx_uint_t                       closed_next;
 
     ngx_uint_t                       dropped;
+    ngx_pool_t                      *tmp;          /* one Openfire stanza */
+    ngx_xmpp_cm_worker_t            *worker;
     ngx_xmpp_cm_metrics_t           *metrics;      /* this worker's slot */
     const ngx_xmpp_cm_streams_t     *streams;      /* set by session.c */
     unsigned                         configured:1;
@@ -660,7 +662,7 @@ typedef struct ngx_xmpp_cm_zlib_s  ngx_xmpp_cm_zlib_t;
 typedef ngx_int_t (*ngx_xmpp_cm_zlib_pt)(void *data, u_char *p, size_t n);
 
 ngx_xmpp_cm_zlib_t *ngx_xmpp_cm_zlib_create(ngx_pool_t *pool,
-    ngx_log_t *log);
+    ngx_log_t *log, ngx_xmpp_cm_worker_t *worker);
 void ngx_xmpp_cm_zlib_free(ngx_xmpp_cm_zlib_t *z);
 ngx_int_t ngx_xmpp_cm_zlib_deflate(ngx_xmpp_cm_zlib_t *z, u_char *p,
     size_t len, ngx_uint_t flush, ngx_xmpp_cm_zlib_pt handler, void *data);
@@ -671,7 +673,7 @@ ngx_int_t ngx_xmpp_cm_zlib_inflate(ngx_xmpp_cm_zlib_t *z, u_char *p,
 /* client stream (ngx_stream_xmpp_cm_client.c) */
 
 void ngx_stream_xmpp_cm_handler(ngx_stream_session_t *s);
-void ngx_xmpp_cm_client_shutdown_all(void);
+void ngx_xmpp_cm_client_shutdown_all(ngx_xmpp_cm_worker_t *worker);
 ngx_int_t ngx_xmpp_cm_client_variable(ngx_stream_session_t *s,
     ngx_uint_t which, ngx_str_t *value);
 

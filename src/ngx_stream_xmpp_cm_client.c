@@ -5,15 +5,15 @@
  *
  * Reads and writes go through c->recv and c->send_chain only, so the same
  * code runs over TLS (nginx's listen ... ssl, and STARTTLS later).  Reads
- * land in one buffer shared by the worker; a session keeps only the bytes
- * of an unfinished stanza and its queued output.
+ * land in one buffer shared by the worker (its context's client_buf); a
+ * session keeps only the bytes of an unfinished stanza and its queued
+ * output.
  */
 
 
 #include "ngx_stream_xmpp_cm.h"
 
 
-#define NGX_XMPP_CM_CLIENT_READ    16384
 #define NGX_XMPP_CM_LINGER         5000
 #define NGX_XMPP_NS_IQAUTH         "jabber:iq:auth"
 
@@ -181,9 +181,22 @@ static const ngx_xmpp_cm_conn_handler_t  ngx_xmpp_cm_client_conn = {
 
 
 static ngx_str_t    ngx_xmpp_cm_client_nocond = ngx_string("(no condition)");
-static u_char       ngx_xmpp_cm_client_buf[NGX_XMPP_CM_CLIENT_READ];
-static ngx_queue_t  ngx_xmpp_cm_clients;
-static ngx_uint_t   ngx_xmpp_cm_clients_init;
+
+/* the framer's handlers per phase: the element policy is the start tag's */
+
+static ngx_xmpp_cm_xml_handlers_t  ngx_xmpp_cm_client_auth_xml = {
+    ngx_xmpp_cm_client_open,
+    ngx_xmpp_cm_client_auth_start,
+    ngx_xmpp_cm_client_element,
+    ngx_xmpp_cm_client_close
+};
+
+static ngx_xmpp_cm_xml_handlers_t  ngx_xmpp_cm_client_stream_xml = {
+    ngx_xmpp_cm_client_open,
+    ngx_xmpp_cm_client_stream_start,
+    ngx_xmpp_cm_client_element,
+    ngx_xmpp_cm_client_close
+};
 
 
 void
@@ -211,7 +224,8 @@ ngx_stream_xmpp_cm_handler(ngx_stream_session_t *s)
     cl->conf = conf;
     cl->pool = conf->pool;
 
-    cl->xml = ngx_xmpp_cm_xml_create(c->pool, c->log, 0);
+    cl->xml = ngx_xmpp_cm_xml_create(c->pool, c->log, 0,
+                                     cl->pool->worker->parking);
     if (cl->xml == NULL) {
         ngx_stream_finalize_session(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
         return;
@@ -228,19 +242,11 @@ ngx_stream_xmpp_cm_handler(ngx_stream_session_t *s)
     cln->data = cl;
     ngx_xmpp_cm_metrics_stream_opened(cl->pool);
 
-    if (!ngx_xmpp_cm_clients_init) {
-        ngx_queue_init(&ngx_xmpp_cm_clients);
-        ngx_xmpp_cm_clients_init = 1;
-    }
+    ngx_queue_insert_tail(&cl->pool->worker->clients, &cl->link);
 
-    ngx_queue_insert_tail(&ngx_xmpp_cm_clients, &cl->link);
-
-    cl->xml->data = cl;
-    cl->xml->open = ngx_xmpp_cm_client_open;
-    cl->xml->element = ngx_xmpp_cm_client_element;
-    cl->xml->close = ngx_xmpp_cm_client_close;
-    cl->xml->max_size = conf->preauth_max_stanza;
-    cl->xml->max_depth = conf->max_depth;
+    ngx_xmpp_cm_xml_handlers(cl->xml, &ngx_xmpp_cm_client_auth_xml, cl);
+    ngx_xmpp_cm_xml_limits(cl->xml, conf->preauth_max_stanza,
+                           conf->max_depth);
 
     ngx_xmpp_cm_client_phase(cl, NGX_XMPP_CM_PHASE_AUTH);
     c->write->handler = ngx_xmpp_cm_client_write_handler;
@@ -306,11 +312,11 @@ ngx_xmpp_cm_client_phase(ngx_xmpp_cm_client_t *cl, ngx_uint_t phase)
     switch (phase) {
 
     case NGX_XMPP_CM_PHASE_AUTH:
-        cl->xml->start = ngx_xmpp_cm_client_auth_start;
+        ngx_xmpp_cm_xml_handlers(cl->xml, &ngx_xmpp_cm_client_auth_xml, cl);
         break;
 
     case NGX_XMPP_CM_PHASE_STREAM:
-        cl->xml->start = ngx_xmpp_cm_client_stream_start;
+        ngx_xmpp_cm_xml_handlers(cl->xml, &ngx_xmpp_cm_client_stream_xml, cl);
         break;
     }
 }
@@ -579,7 +585,7 @@ ngx_xmpp_cm_client_read(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_rate_t *limit)
             cl->rate_credit -= (off_t) n * 1000;
         }
 
-        if (ngx_xmpp_cm_client_input(cl, ngx_xmpp_cm_client_buf, n)
+        if (ngx_xmpp_cm_client_input(cl, cl->pool->worker->client_buf, n)
             != NGX_OK
             || cl->phase > NGX_XMPP_CM_PHASE_STREAM)
         {
@@ -615,7 +621,7 @@ ngx_xmpp_cm_client_recv(ngx_xmpp_cm_client_t *cl, size_t size)
 {
     ssize_t  n;
 
-    n = cl->c->recv(cl->c, ngx_xmpp_cm_client_buf, size);
+    n = cl->c->recv(cl->c, cl->pool->worker->client_buf, size);
 
     if (n == NGX_AGAIN) {
         return NGX_AGAIN;
@@ -743,6 +749,7 @@ ngx_xmpp_cm_client_replied(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_node_t *iq)
 static void
 ngx_xmpp_cm_client_timer(ngx_xmpp_cm_client_t *cl)
 {
+    XML_Index     base;
     ngx_msec_t    t, st, spent;
     ngx_event_t  *rev;
 
@@ -757,15 +764,15 @@ ngx_xmpp_cm_client_timer(ngx_xmpp_cm_client_t *cl)
             ? cl->auth_deadline - ngx_current_msec : 1;
     }
 
-    if (cl->xml->pend_len == 0 || cl->conf->stanza_timeout == 0) {
+    if (ngx_xmpp_cm_xml_pending(cl->xml, &base) == 0
+        || cl->conf->stanza_timeout == 0)
+    {
         cl->partial_since = 0;
 
     } else {
-        if (cl->partial_since == 0
-            || cl->partial_base != cl->xml->pend_base)
-        {
+        if (cl->partial_since == 0 || cl->partial_base != base) {
             cl->partial_since = ngx_current_msec;
-            cl->partial_base = cl->xml->pend_base;
+            cl->partial_base = base;
         }
 
         spent = ngx_current_msec - cl->partial_since;
@@ -884,7 +891,7 @@ ngx_xmpp_cm_client_input(ngx_xmpp_cm_client_t *cl, u_char *buf, size_t n)
      * already.  The client restarts its stream on a fresh parser.
      */
 
-    rest = (size_t) (cl->xml->fed - cl->zstart);
+    rest = ngx_xmpp_cm_xml_rest(cl->xml, cl->zstart);
     buf += n - rest;
     n = rest;
 
@@ -934,7 +941,8 @@ ngx_xmpp_cm_client_inflated(void *data, u_char *p, size_t n)
 static ngx_int_t
 ngx_xmpp_cm_client_process(ngx_xmpp_cm_client_t *cl, u_char *buf, size_t n)
 {
-    ngx_int_t  rc;
+    ngx_int_t    rc;
+    const char  *cond, *text;
 
     rc = ngx_xmpp_cm_xml_feed(cl->xml, buf, n);
 
@@ -947,14 +955,14 @@ ngx_xmpp_cm_client_process(ngx_xmpp_cm_client_t *cl, u_char *buf, size_t n)
         return NGX_DONE;
     }
 
-    if (cl->xml->error) {
+    cond = ngx_xmpp_cm_xml_error(cl->xml, &text);
+
+    if (cond) {
         ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
                       "xmpp_cm: client sent bad XML: %s (%s)",
-                      cl->xml->error,
-                      cl->xml->error_text ? cl->xml->error_text : "");
+                      cond, text ? text : "");
 
-        ngx_xmpp_cm_client_end(cl, (char *) cl->xml->error,
-                               (char *) cl->xml->error_text, NULL, 0);
+        ngx_xmpp_cm_client_end(cl, (char *) cond, (char *) text, NULL, 0);
         return NGX_DONE;
     }
 
@@ -1009,10 +1017,7 @@ ngx_xmpp_cm_client_open(void *data, ngx_str_t *name, ngx_str_t *ns,
         return NGX_DONE;
     }
 
-    root_ns.data = cl->xml->root_ns;
-    root_ns.len = cl->xml->root_ns_len;
-
-    if (!cl->xml->root_has_default
+    if (!ngx_xmpp_cm_xml_root_ns(cl->xml, &root_ns)
         || !ngx_xmpp_cm_str_is(&root_ns, NGX_XMPP_NS_CLIENT))
     {
         ngx_xmpp_cm_client_end(cl, "invalid-namespace",
@@ -1727,12 +1732,12 @@ ngx_xmpp_cm_client_compress(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
         return NGX_OK;
     }
 
-    for (p = m + 1; p < end && (*p == ' ' || *p == '\n' || *p == '\t'); p++) {
+    for (p = m + 1; p < end && ngx_xmpp_cm_is_space(*p); p++) {
         /* void */
     }
 
     if (end - p < 5 || ngx_strncmp(p, "zlib", 4) != 0
-        || !(p[4] == '<' || p[4] == ' ' || p[4] == '\n' || p[4] == '\t'))
+        || !(p[4] == '<' || ngx_xmpp_cm_is_space(p[4])))
     {
         ngx_xmpp_cm_client_send(cl, unsupported, sizeof(unsupported) - 1);
         return NGX_OK;
@@ -1740,7 +1745,8 @@ ngx_xmpp_cm_client_compress(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
 
     ngx_xmpp_cm_client_send(cl, compressed, sizeof(compressed) - 1);
 
-    cl->zlib = ngx_xmpp_cm_zlib_create(cl->c->pool, cl->c->log);
+    cl->zlib = ngx_xmpp_cm_zlib_create(cl->c->pool, cl->c->log,
+                                       cl->pool->worker);
 
     if (cl->zlib == NULL) {
         ngx_xmpp_cm_client_end(cl, "internal-server-error", NULL, NULL, 0);
@@ -1868,7 +1874,7 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_conn_t *conn, ngx_xmpp_cm_xml_t *x,
     if (ngx_xmpp_cm_str_is(&n->ns, NGX_XMPP_NS_STREAMS)
         && ngx_xmpp_cm_str_is(&n->name, "error"))
     {
-        tmp = ngx_pnalloc(x->tmp, len);
+        tmp = ngx_pnalloc(cl->pool->tmp, len);
         if (tmp == NULL) {
             return NGX_OK;
         }
@@ -1896,7 +1902,7 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_conn_t *conn, ngx_xmpp_cm_xml_t *x,
     if (n->has_xmlns && !ngx_xmpp_cm_str_is(&n->xmlns, NGX_XMPP_NS_CLIENT)
         && !success && !ngx_xmpp_cm_str_is(&n->ns, NGX_XMPP_NS_SASL))
     {
-        tmp = ngx_pnalloc(x->tmp, len);
+        tmp = ngx_pnalloc(cl->pool->tmp, len);
         if (tmp == NULL) {
             return NGX_OK;
         }
@@ -1904,7 +1910,7 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_conn_t *conn, ngx_xmpp_cm_xml_t *x,
         (void) ngx_xmpp_cm_xml_copy(x, tmp, n->start, n->end);
 
         out = ngx_xmpp_cm_strip_server_ns(NULL, tmp, len, n);
-        p = ngx_pnalloc(x->tmp, out);
+        p = ngx_pnalloc(cl->pool->tmp, out);
         if (p == NULL) {
             return NGX_OK;
         }
@@ -1980,7 +1986,8 @@ ngx_xmpp_cm_client_iq_auth(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
 
     (void) ngx_xmpp_cm_xml_copy(cl->xml, buf, e->start, e->end);
 
-    (void) ngx_xmpp_cm_xml_fragment(cl->c->log, buf, len, 1, len,
+    (void) ngx_xmpp_cm_xml_fragment(cl->c->log, cl->pool->worker->parking,
+                                    buf, len, 1, len,
                                     cl->conf->max_depth,
                                     ngx_xmpp_cm_client_iq_auth_set, cl);
     ngx_free(buf);
@@ -2188,7 +2195,8 @@ ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_conn_t *conn, ngx_str_t *text)
      * handed back (broken XML would break the shared Openfire socket).
      */
 
-    if (ngx_xmpp_cm_xml_fragment(cl->c->log, text->data, text->len, 0,
+    if (ngx_xmpp_cm_xml_fragment(cl->c->log, cl->pool->worker->parking,
+                                 text->data, text->len, 0,
                                  NGX_XMPP_CM_OPENFIRE_MAX,
                                  NGX_MAX_UINT32_VALUE, NULL, NULL)
         != NGX_OK)
@@ -2207,7 +2215,7 @@ ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_conn_t *conn, ngx_str_t *text)
     p = text->data;
     end = p + text->len;
 
-    while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')) {
+    while (p < end && ngx_xmpp_cm_is_space(*p)) {
         p++;
     }
 
@@ -2220,7 +2228,8 @@ ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_conn_t *conn, ngx_str_t *text)
     }
 
     success = (end - p > 8 && ngx_strncmp(p, "<success", 8) == 0
-               && (p[8] == ' ' || p[8] == '/' || p[8] == '>'));
+               && (ngx_xmpp_cm_is_space(p[8])
+                   || p[8] == '/' || p[8] == '>'));
 
     if (success && (cl->authenticated || !cl->sasl_pending)) {
         ngx_log_error(NGX_LOG_ERR, cl->c->log, 0,
@@ -2239,7 +2248,7 @@ ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_conn_t *conn, ngx_str_t *text)
     ngx_xmpp_cm_client_send(cl, p, end - p);
 
     if (end - p > 8 && ngx_strncmp(p, "<failure", 8) == 0
-        && (p[8] == ' ' || p[8] == '/' || p[8] == '>'))
+        && (ngx_xmpp_cm_is_space(p[8]) || p[8] == '/' || p[8] == '>'))
     {
         ngx_xmpp_cm_count(cl->pool, LOGIN_FAILURE);
         cl->sasl_pending = 0;
@@ -2292,7 +2301,8 @@ ngx_xmpp_cm_client_authenticated(ngx_xmpp_cm_client_t *cl)
 
     cl->c->log->action = "in an authenticated XMPP stream";
 
-    cl->xml->max_size = cl->conf->max_stanza;
+    ngx_xmpp_cm_xml_limits(cl->xml, cl->conf->max_stanza,
+                           cl->conf->max_depth);
 
     if (cl->c->read->delayed) {
         /* xmpp_cm_limit_rate's timer: the idle timer follows the delay */
@@ -2666,7 +2676,8 @@ ngx_xmpp_cm_client_drain(ngx_xmpp_cm_client_t *cl)
     (void) shutdown(c->fd, SHUT_WR);
 
     for (i = 0; i < 64; i++) {
-        n = c->recv(c, ngx_xmpp_cm_client_buf, NGX_XMPP_CM_CLIENT_READ);
+        n = c->recv(c, cl->pool->worker->client_buf,
+                    NGX_XMPP_CM_CLIENT_READ);
 
         if (n <= 0) {
             break;
@@ -2717,17 +2728,13 @@ ngx_xmpp_cm_client_cleanup(void *data)
  */
 
 void
-ngx_xmpp_cm_client_shutdown_all(void)
+ngx_xmpp_cm_client_shutdown_all(ngx_xmpp_cm_worker_t *worker)
 {
     ngx_queue_t           *q;
     ngx_xmpp_cm_client_t  *cl;
 
-    if (!ngx_xmpp_cm_clients_init) {
-        return;
-    }
-
-    while (!ngx_queue_empty(&ngx_xmpp_cm_clients)) {
-        q = ngx_queue_head(&ngx_xmpp_cm_clients);
+    while (!ngx_queue_empty(&worker->clients)) {
+        q = ngx_queue_head(&worker->clients);
         cl = ngx_queue_data(q, ngx_xmpp_cm_client_t, link);
 
         ngx_xmpp_cm_client_end(cl, "system-shutdown",

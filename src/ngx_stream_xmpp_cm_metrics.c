@@ -71,12 +71,11 @@ static void ngx_xmpp_cm_metrics_fold(ngx_xmpp_cm_metrics_sh_t *sh,
 static ngx_uint_t ngx_xmpp_cm_metrics_alive(ngx_pid_t pid);
 
 
-/* counting goes here before the zone is known and after the worker left */
-static ngx_xmpp_cm_metrics_t       ngx_xmpp_cm_metrics_void;
-
-/* this worker's slot, or NGX_ERROR until it has one */
-static ngx_int_t                   ngx_xmpp_cm_metrics_slot = NGX_ERROR;
-static ngx_xmpp_cm_metrics_ctx_t  *ngx_xmpp_cm_metrics_worker;
+/*
+ * The worker context holds this worker's slot (NGX_ERROR until it has
+ * one) and metrics_void, where counting goes when there is no zone, no
+ * free slot, or after the worker left its slot.
+ */
 
 
 /* RFC 6120 4.9.3, in the order of NGX_XMPP_CM_M_STREAM_ERROR + i */
@@ -472,20 +471,23 @@ ngx_xmpp_cm_metrics_record(ngx_cycle_t *cycle, ngx_str_t *name)
     ngx_int_t                        n;
     ngx_pid_t                        pid;
     ngx_uint_t                       i;
+    ngx_xmpp_cm_worker_t            *wk;
     ngx_xmpp_cm_metrics_sh_t        *sh;
     ngx_xmpp_cm_metrics_ctx_t       *ctx;
     ngx_stream_xmpp_cm_main_conf_t  *cmcf;
 
     cmcf = ngx_stream_cycle_get_module_main_conf(cycle,
                                                  ngx_stream_xmpp_cm_module);
-    if (cmcf == NULL || cmcf->metrics_zone == NULL) {
-        return &ngx_xmpp_cm_metrics_void;
+    wk = cmcf->worker;
+
+    if (cmcf->metrics_zone == NULL) {
+        return &wk->metrics_void;
     }
 
     ctx = cmcf->metrics_zone->data;
     sh = ctx->sh;
 
-    if (ngx_xmpp_cm_metrics_slot == NGX_ERROR) {
+    if (wk->metrics_slot == NGX_ERROR) {
 
         for (i = 0; i < sh->nslots; i++) {
             pid = sh->pids[i];
@@ -515,20 +517,20 @@ ngx_xmpp_cm_metrics_record(ngx_cycle_t *cycle, ngx_str_t *name)
                           "xmpp_cm: all %ui metrics slots are taken, this "
                           "worker's metrics are not exported; raise "
                           "\"xmpp_cm_metrics_slots\"", sh->nslots);
-            return &ngx_xmpp_cm_metrics_void;
+            return &wk->metrics_void;
         }
 
-        ngx_xmpp_cm_metrics_slot = i;
-        ngx_xmpp_cm_metrics_worker = ctx;
+        wk->metrics_slot = i;
+        wk->metrics_ctx = ctx;
     }
 
     n = ngx_xmpp_cm_metrics_name(sh, name, 0);
 
     if (n == NGX_ERROR) {
-        return &ngx_xmpp_cm_metrics_void;
+        return &wk->metrics_void;
     }
 
-    return &sh->recs[ngx_xmpp_cm_metrics_slot * sh->nnames + n];
+    return &sh->recs[wk->metrics_slot * sh->nnames + n];
 }
 
 
@@ -538,6 +540,7 @@ void
 ngx_xmpp_cm_metrics_exit(ngx_cycle_t *cycle)
 {
     ngx_uint_t                        i;
+    ngx_xmpp_cm_worker_t             *wk;
     ngx_xmpp_cm_metrics_sh_t         *sh;
     ngx_xmpp_cm_metrics_ctx_t        *ctx;
     ngx_stream_xmpp_cm_srv_conf_t   **srv;
@@ -545,34 +548,35 @@ ngx_xmpp_cm_metrics_exit(ngx_cycle_t *cycle)
 
     cmcf = ngx_stream_cycle_get_module_main_conf(cycle,
                                                  ngx_stream_xmpp_cm_module);
-    if (cmcf == NULL) {
+    if (cmcf == NULL || cmcf->worker == NULL) {
         return;
     }
 
+    wk = cmcf->worker;
     srv = cmcf->servers.elts;
 
     for (i = 0; i < cmcf->servers.nelts; i++) {
         if (srv[i]->pool) {
-            srv[i]->pool->metrics = &ngx_xmpp_cm_metrics_void;
+            srv[i]->pool->metrics = &wk->metrics_void;
         }
     }
 
-    ctx = ngx_xmpp_cm_metrics_worker;
+    ctx = wk->metrics_ctx;
 
-    if (ctx == NULL || ngx_xmpp_cm_metrics_slot == NGX_ERROR) {
+    if (ctx == NULL || wk->metrics_slot == NGX_ERROR) {
         return;
     }
 
     sh = ctx->sh;
 
     ngx_shmtx_lock(&ctx->shpool->mutex);
-    ngx_xmpp_cm_metrics_fold(sh, ngx_xmpp_cm_metrics_slot);
+    ngx_xmpp_cm_metrics_fold(sh, wk->metrics_slot);
     ngx_shmtx_unlock(&ctx->shpool->mutex);
 
     ngx_memory_barrier();
 
-    sh->pids[ngx_xmpp_cm_metrics_slot] = 0;
-    ngx_xmpp_cm_metrics_slot = NGX_ERROR;
+    sh->pids[wk->metrics_slot] = 0;
+    wk->metrics_slot = NGX_ERROR;
 }
 
 

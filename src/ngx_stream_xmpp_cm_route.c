@@ -67,9 +67,7 @@ typedef struct {
 static ngx_inline void
 ngx_xmpp_cm_scan_name(ngx_xmpp_cm_scan_t *sc, u_char ch)
 {
-    if (ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n' || ch == '='
-        || ch == '/')
-    {
+    if (ngx_xmpp_cm_is_space(ch) || ch == '=' || ch == '/') {
         sc->anext = 1;
         return;
     }
@@ -163,9 +161,7 @@ ngx_xmpp_cm_scan(ngx_xmpp_cm_scan_t *sc, u_char *p, size_t n)
             break;
 
         case sw_name:
-            if (ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n'
-                || ch == '/' || ch == '>')
-            {
+            if (ngx_xmpp_cm_is_space(ch) || ch == '/' || ch == '>') {
                 if (sc->add_xmlns) {
                     ngx_xmpp_cm_emit(sc, NGX_XMPP_CM_XMLNS_CLIENT,
                                      sizeof(NGX_XMPP_CM_XMLNS_CLIENT) - 1);
@@ -432,10 +428,6 @@ ngx_xmpp_cm_escape(u_char *dst, u_char *src, size_t len)
         len += n;                                                            \
     } while (0)
 
-#define ngx_xmpp_cm_is_space(ch)                                             \
-    ((ch) == ' ' || (ch) == '\t' || (ch) == '\r' || (ch) == '\n')
-
-
 size_t
 ngx_xmpp_cm_stanza_error(ngx_xmpp_cm_xml_t *x, ngx_xmpp_cm_elem_t *e,
     ngx_str_t *to, u_char *dst)
@@ -600,6 +592,15 @@ ngx_xmpp_cm_route_head(ngx_xmpp_cm_pool_t *pool, ngx_str_t *id, u_char *dst)
 }
 
 
+/* the one check of Openfire's fragment limit */
+
+static ngx_inline ngx_uint_t
+ngx_xmpp_cm_fragment_fits(size_t len)
+{
+    return len <= NGX_XMPP_CM_FRAGMENT_MAX;
+}
+
+
 /*
  * Stream ids this module makes are "w<pid>-<hex>".  An id from Openfire
  * with anything but letters, digits, '-', '_' or '.' cannot be one of
@@ -658,7 +659,7 @@ ngx_xmpp_cm_route_client(ngx_xmpp_cm_session_t *s, ngx_xmpp_cm_xml_t *x,
     head = ngx_xmpp_cm_route_head(s->pool, &s->node.str, NULL);
     len = head + body + sizeof("</route>") - 1;
 
-    if (len > NGX_XMPP_CM_OPENFIRE_MAX - 16) {
+    if (!ngx_xmpp_cm_fragment_fits(len)) {
         return NGX_DECLINED;
     }
 
@@ -687,7 +688,7 @@ ngx_xmpp_cm_route_raw(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
     len = ngx_xmpp_cm_route_head(pool, id, NULL) + n + sizeof("</route>") - 1;
 
     if (!ngx_xmpp_cm_session_id_ok(id) || n == 0
-        || len > NGX_XMPP_CM_OPENFIRE_MAX - 16)
+        || !ngx_xmpp_cm_fragment_fits(len))
     {
         return NGX_DECLINED;
     }
@@ -756,7 +757,7 @@ ngx_xmpp_cm_route_session_iq(ngx_xmpp_cm_pool_t *pool,
 
         len += sizeof("<failed></failed>") - 1 + plen;
 
-        if (len > NGX_XMPP_CM_OPENFIRE_MAX - 16) {
+        if (!ngx_xmpp_cm_fragment_fits(len)) {
             return NGX_DECLINED;
         }
     }
@@ -813,10 +814,6 @@ ngx_xmpp_cm_server_ns(ngx_str_t *ns)
 }
 
 
-#define ngx_xmpp_cm_space(ch)                                                \
-    ((ch) == ' ' || (ch) == '\t' || (ch) == '\r' || (ch) == '\n')
-
-
 /*
  * The payload's start tag as expat accepted it is read attribute by
  * attribute: "<" name, then white space, a name, "=" (white space around
@@ -838,7 +835,7 @@ ngx_xmpp_cm_strip_server_ns(u_char *dst, u_char *p, size_t len,
         goto copy;
     }
 
-    for (v = p + 1; v < end && !ngx_xmpp_cm_space(*v); v++) {
+    for (v = p + 1; v < end && !ngx_xmpp_cm_is_space(*v); v++) {
         if (*v == '>' || *v == '/') {
             goto copy;
         }
@@ -849,7 +846,7 @@ ngx_xmpp_cm_strip_server_ns(u_char *dst, u_char *p, size_t len,
     for ( ;; ) {
         a = v;
 
-        while (v < end && ngx_xmpp_cm_space(*v)) {
+        while (v < end && ngx_xmpp_cm_is_space(*v)) {
             v++;
         }
 
@@ -859,13 +856,13 @@ ngx_xmpp_cm_strip_server_ns(u_char *dst, u_char *p, size_t len,
 
         name = v;
 
-        while (v < end && *v != '=' && !ngx_xmpp_cm_space(*v)) {
+        while (v < end && *v != '=' && !ngx_xmpp_cm_is_space(*v)) {
             v++;
         }
 
         nlen = v - name;
 
-        while (v < end && ngx_xmpp_cm_space(*v)) {
+        while (v < end && ngx_xmpp_cm_is_space(*v)) {
             v++;
         }
 
@@ -873,7 +870,7 @@ ngx_xmpp_cm_strip_server_ns(u_char *dst, u_char *p, size_t len,
             goto copy;
         }
 
-        while (v < end && ngx_xmpp_cm_space(*v)) {
+        while (v < end && ngx_xmpp_cm_is_space(*v)) {
             v++;
         }
 

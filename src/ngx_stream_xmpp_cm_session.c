@@ -430,9 +430,7 @@ ngx_xmpp_cm_has_text(ngx_str_t *t)
     size_t  i;
 
     for (i = 0; i < t->len; i++) {
-        if (t->data[i] != ' ' && t->data[i] != '\n' && t->data[i] != '\r'
-            && t->data[i] != '\t')
-        {
+        if (!ngx_xmpp_cm_is_space(t->data[i])) {
             return 1;
         }
     }
@@ -601,7 +599,7 @@ ngx_xmpp_cm_bounce(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_xml_t *x,
     if (ngx_xmpp_cm_str_is(&c->name, "message")) {
         len = ngx_xmpp_cm_sanitize(x, NULL, c->start, c->end,
                                    !c->has_xmlns);
-        buf = ngx_pnalloc(x->tmp, len);
+        buf = ngx_pnalloc(pool->tmp, len);
         if (buf == NULL) {
             return;
         }
@@ -639,7 +637,7 @@ ngx_xmpp_cm_bounce(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_xml_t *x,
               + (from ? ngx_xmpp_cm_escape(NULL, from->data, from->len) : 0)
               + (to ? ngx_xmpp_cm_escape(NULL, to->data, to->len) : 0);
 
-        buf = ngx_pnalloc(x->tmp, len);
+        buf = ngx_pnalloc(pool->tmp, len);
         if (buf == NULL) {
             return;
         }
@@ -747,7 +745,7 @@ ngx_xmpp_cm_session_iq(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
 
         if (err) {
             len = ngx_xmpp_cm_xml_copy(sock->xml, NULL, err->start, err->end);
-            raw = ngx_pnalloc(sock->xml->tmp, len);
+            raw = ngx_pnalloc(pool->tmp, len);
 
             if (raw) {
                 (void) ngx_xmpp_cm_xml_copy(sock->xml, raw, err->start,
@@ -818,7 +816,7 @@ ngx_xmpp_cm_session_iq_result(ngx_xmpp_cm_sock_t *sock,
           + (from ? ngx_xmpp_cm_escape(NULL, from->data, from->len) : 0)
           + (to ? ngx_xmpp_cm_escape(NULL, to->data, to->len) : 0);
 
-    buf = ngx_pnalloc(sock->xml->tmp, len);
+    buf = ngx_pnalloc(sock->pool->tmp, len);
     if (buf == NULL) {
         return;
     }

@@ -17,7 +17,6 @@
 #include <openssl/rand.h>
 
 
-#define NGX_XMPP_CM_UPSTREAM_READ  65536
 
 
 static ngx_stream_upstream_rr_peer_t *ngx_xmpp_cm_pool_peer(
@@ -25,6 +24,8 @@ static ngx_stream_upstream_rr_peer_t *ngx_xmpp_cm_pool_peer(
 static ngx_uint_t ngx_xmpp_cm_pool_primaries(ngx_xmpp_cm_pool_t *pool);
 static void ngx_xmpp_cm_pool_failover(ngx_xmpp_cm_pool_t *pool,
     ngx_xmpp_cm_sock_t *sock);
+static u_char *ngx_xmpp_cm_sock_log_error(ngx_log_t *log, u_char *buf,
+    size_t len);
 static void ngx_xmpp_cm_sock_connect(ngx_xmpp_cm_sock_t *sock);
 static void ngx_xmpp_cm_sock_close(ngx_xmpp_cm_sock_t *sock,
     ngx_uint_t level, const char *why);
@@ -34,7 +35,9 @@ static void ngx_xmpp_cm_sock_reconnect_handler(ngx_event_t *ev);
 static void ngx_xmpp_cm_sock_keepalive_handler(ngx_event_t *ev);
 static ngx_int_t ngx_xmpp_cm_sock_open(void *data, ngx_str_t *name,
     ngx_str_t *ns, const XML_Char **attrs);
+static ngx_int_t ngx_xmpp_cm_sock_stanza(void *data, ngx_xmpp_cm_elem_t *e);
 static ngx_int_t ngx_xmpp_cm_sock_element(void *data, ngx_xmpp_cm_elem_t *e);
+static void ngx_xmpp_cm_pool_tmp_cleanup(void *data);
 static ngx_int_t ngx_xmpp_cm_sock_end(void *data);
 static ngx_int_t ngx_xmpp_cm_sock_framer(ngx_xmpp_cm_sock_t *sock,
     ngx_pool_t *pool);
@@ -53,25 +56,36 @@ static void ngx_xmpp_cm_sock_save_session(ngx_connection_t *c);
 #endif
 
 
-static u_char  ngx_xmpp_cm_upstream_buf[NGX_XMPP_CM_UPSTREAM_READ];
+static ngx_xmpp_cm_xml_handlers_t  ngx_xmpp_cm_sock_xml = {
+    ngx_xmpp_cm_sock_open,
+    NULL,
+    ngx_xmpp_cm_sock_stanza,
+    ngx_xmpp_cm_sock_end
+};
 
 
 ngx_int_t
 ngx_xmpp_cm_pool_init(ngx_cycle_t *cycle, ngx_stream_xmpp_cm_srv_conf_t *conf)
 {
-    u_char              *p, rnd[3];
-    ngx_str_t           *domain;
-    ngx_uint_t           i;
-    ngx_xmpp_cm_sock_t  *sock;
-    ngx_xmpp_cm_pool_t  *pool;
+    u_char                          *p, rnd[3];
+    ngx_str_t                       *domain;
+    ngx_uint_t                       i;
+    ngx_xmpp_cm_sock_t              *sock;
+    ngx_xmpp_cm_pool_t              *pool;
+    ngx_pool_cleanup_t              *cln;
+    ngx_stream_xmpp_cm_main_conf_t  *cmcf;
 
     pool = ngx_pcalloc(cycle->pool, sizeof(ngx_xmpp_cm_pool_t));
     if (pool == NULL) {
         return NGX_ERROR;
     }
 
+    cmcf = ngx_stream_cycle_get_module_main_conf(cycle,
+                                                 ngx_stream_xmpp_cm_module);
+
     conf->pool = pool;
     pool->conf = conf;
+    pool->worker = cmcf->worker;
     pool->metrics = ngx_xmpp_cm_metrics_record(cycle, &conf->name);
     pool->log = *cycle->log;
 
@@ -98,6 +112,21 @@ ngx_xmpp_cm_pool_init(ngx_cycle_t *cycle, ngx_stream_xmpp_cm_srv_conf_t *conf)
     domain = conf->domains->elts;
     pool->domain = domain[0];
 
+    /* scratch for what one stanza from Openfire needs, reset after it */
+
+    cln = ngx_pool_cleanup_add(cycle->pool, 0);
+    if (cln == NULL) {
+        return NGX_ERROR;
+    }
+
+    pool->tmp = ngx_create_pool(4096, &pool->log);
+    if (pool->tmp == NULL) {
+        return NGX_ERROR;
+    }
+
+    cln->handler = ngx_xmpp_cm_pool_tmp_cleanup;
+    cln->data = pool->tmp;
+
     pool->nsocks = conf->connections;
     pool->socks = ngx_pcalloc(cycle->pool,
                               pool->nsocks * sizeof(ngx_xmpp_cm_sock_t));
@@ -116,14 +145,26 @@ ngx_xmpp_cm_pool_init(ngx_cycle_t *cycle, ngx_stream_xmpp_cm_srv_conf_t *conf)
         sock->index = i;
         ngx_queue_init(&sock->blocked);
 
+        /* a log of its own: its lines name it, its action is its own */
+
+        sock->log = ngx_palloc(cycle->pool, sizeof(ngx_log_t));
+        if (sock->log == NULL) {
+            return NGX_ERROR;
+        }
+
+        *sock->log = pool->log;
+        sock->log->handler = ngx_xmpp_cm_sock_log_error;
+        sock->log->data = sock;
+        sock->log->action = NULL;
+
         sock->reconnect.handler = ngx_xmpp_cm_sock_reconnect_handler;
         sock->reconnect.data = sock;
-        sock->reconnect.log = &pool->log;
+        sock->reconnect.log = sock->log;
         sock->reconnect.cancelable = 1;
 
         sock->keepalive.handler = ngx_xmpp_cm_sock_keepalive_handler;
         sock->keepalive.data = sock;
-        sock->keepalive.log = &pool->log;
+        sock->keepalive.log = sock->log;
         sock->keepalive.cancelable = 1;
 
         ngx_xmpp_cm_sock_connect(sock);
@@ -177,7 +218,7 @@ ngx_xmpp_cm_sock_schedule(ngx_xmpp_cm_sock_t *sock)
 
     delay = ngx_xmpp_cm_backoff(sock);
 
-    ngx_log_debug3(NGX_LOG_DEBUG_STREAM, &sock->pool->log, 0,
+    ngx_log_debug3(NGX_LOG_DEBUG_STREAM, sock->log, 0,
                    "xmpp_cm: socket %ui reconnects in %M ms (failures %ui)",
                    sock->index, delay, sock->failures);
 
@@ -274,6 +315,35 @@ ngx_xmpp_cm_pool_failover(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock)
 }
 
 
+/* as ngx_stream_proxy_log_error() names the upstream */
+
+static u_char *
+ngx_xmpp_cm_sock_log_error(ngx_log_t *log, u_char *buf, size_t len)
+{
+    u_char              *p;
+    ngx_xmpp_cm_sock_t  *sock;
+
+    if (log->action) {
+        p = ngx_snprintf(buf, len, " while %s", log->action);
+        len -= p - buf;
+        buf = p;
+    }
+
+    sock = log->data;
+
+    p = ngx_snprintf(buf, len, ", CM socket: %V/%V", &sock->pool->name,
+                     &sock->resource);
+
+    if (sock->pc.name) {
+        len -= p - buf;
+        buf = p;
+        p = ngx_snprintf(buf, len, ", upstream: %V", sock->pc.name);
+    }
+
+    return p;
+}
+
+
 static void
 ngx_xmpp_cm_sock_connect(ngx_xmpp_cm_sock_t *sock)
 {
@@ -314,15 +384,15 @@ ngx_xmpp_cm_sock_connect(ngx_xmpp_cm_sock_t *sock)
     pc->socklen = peer->socklen;
     pc->name = &peer->name;
     pc->get = ngx_event_get_peer;
-    pc->log = &pool->log;
+    pc->log = sock->log;
     pc->log_error = NGX_ERROR_ERR;
 
-    pool->log.action = "connecting to Openfire";
+    sock->log->action = "connecting to Openfire";
 
     rc = ngx_event_connect_peer(pc);
 
     if (rc == NGX_ERROR || rc == NGX_BUSY || rc == NGX_DECLINED) {
-        ngx_log_error(NGX_LOG_ERR, &pool->log, 0,
+        ngx_log_error(NGX_LOG_ERR, sock->log, 0,
                       "xmpp_cm: connect to %V failed", pc->name);
         sock->failures++;
         ngx_xmpp_cm_pool_failover(pool, sock);
@@ -333,7 +403,7 @@ ngx_xmpp_cm_sock_connect(ngx_xmpp_cm_sock_t *sock)
     c = pc->connection;
     sock->c = c;
     c->data = sock;
-    c->log = &pool->log;
+    c->log = sock->log;
     c->read->log = c->log;
     c->write->log = c->log;
     c->read->handler = ngx_xmpp_cm_sock_read_handler;
@@ -341,7 +411,7 @@ ngx_xmpp_cm_sock_connect(ngx_xmpp_cm_sock_t *sock)
     c->read->cancelable = 1;
     c->write->cancelable = 1;
 
-    c->pool = ngx_create_pool(1024, &pool->log);
+    c->pool = ngx_create_pool(1024, sock->log);
     if (c->pool == NULL) {
         goto failed;
     }
@@ -424,9 +494,8 @@ ngx_xmpp_cm_sock_close(ngx_xmpp_cm_sock_t *sock, ngx_uint_t level,
     ngx_xmpp_cm_metrics_sock_closed(sock);
 
     if (sock->state != NGX_XMPP_CM_SOCK_IDLE) {
-        ngx_log_error(level, &pool->log, 0,
-                      "xmpp_cm: Openfire socket %V/%V closed: %s",
-                      &pool->name, &sock->resource, why);
+        ngx_log_error(level, sock->log, 0,
+                      "xmpp_cm: Openfire socket closed: %s", why);
     }
 
     if (sock->c) {
@@ -500,9 +569,9 @@ ngx_xmpp_cm_sock_close(ngx_xmpp_cm_sock_t *sock, ngx_uint_t level,
     }
 
     if (dropped && was_ready) {
-        ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
+        ngx_log_error(NGX_LOG_INFO, sock->log, 0,
                       "xmpp_cm: %uz bytes for Openfire were lost with the "
-                      "socket %V/%V", dropped, &pool->name, &sock->resource);
+                      "socket", dropped);
     }
 
     ngx_xmpp_cm_output_free(&sock->out);
@@ -611,7 +680,7 @@ ngx_xmpp_cm_sock_write_handler(ngx_event_t *wev)
 
         sock->state = NGX_XMPP_CM_SOCK_OPENING;
         ngx_xmpp_cm_metrics_socks(sock->pool);
-        sock->pool->log.action = "opening a stream to Openfire";
+        sock->log->action = "opening a stream to Openfire";
 
         /* many sessions' small stanzas: no Nagle delay on the shared link */
 
@@ -655,6 +724,7 @@ ngx_xmpp_cm_sock_read_handler(ngx_event_t *rev)
     ssize_t              n;
     ngx_int_t            rc;
     ngx_uint_t           got;
+    const char          *cond, *text;
     ngx_connection_t    *c;
     ngx_xmpp_cm_sock_t  *sock;
     ngx_xmpp_cm_pool_t  *pool;
@@ -684,7 +754,8 @@ ngx_xmpp_cm_sock_read_handler(ngx_event_t *rev)
     got = 0;
 
     while (rev->ready) {
-        n = c->recv(c, ngx_xmpp_cm_upstream_buf, NGX_XMPP_CM_UPSTREAM_READ);
+        n = c->recv(c, pool->worker->upstream_buf,
+                    NGX_XMPP_CM_UPSTREAM_READ);
 
         if (n == NGX_AGAIN) {
             break;
@@ -720,10 +791,10 @@ ngx_xmpp_cm_sock_read_handler(ngx_event_t *rev)
             return;
         }
 
-        pool->log.action = "reading from Openfire";
+        sock->log->action = "reading from Openfire";
         got = 1;
 
-        rc = ngx_xmpp_cm_xml_feed(sock->xml, ngx_xmpp_cm_upstream_buf, n);
+        rc = ngx_xmpp_cm_xml_feed(sock->xml, pool->worker->upstream_buf, n);
 
 #if (NGX_SSL)
         if (sock->proceed) {
@@ -740,12 +811,12 @@ ngx_xmpp_cm_sock_read_handler(ngx_event_t *rev)
         }
 
         if (rc != NGX_OK || sock->done) {
-            if (sock->xml->error) {
-                ngx_log_error(NGX_LOG_ERR, &pool->log, 0,
+            cond = ngx_xmpp_cm_xml_error(sock->xml, &text);
+
+            if (cond) {
+                ngx_log_error(NGX_LOG_ERR, sock->log, 0,
                               "xmpp_cm: bad XML from Openfire: %s (%s)",
-                              sock->xml->error,
-                              sock->xml->error_text ? sock->xml->error_text
-                                                    : "");
+                              cond, text ? text : "");
             }
 
             ngx_xmpp_cm_sock_close(sock, NGX_LOG_WARN,
@@ -778,17 +849,14 @@ ngx_xmpp_cm_sock_read_handler(ngx_event_t *rev)
 static ngx_int_t
 ngx_xmpp_cm_sock_framer(ngx_xmpp_cm_sock_t *sock, ngx_pool_t *pool)
 {
-    sock->xml = ngx_xmpp_cm_xml_create(pool, &sock->pool->log, 1);
+    sock->xml = ngx_xmpp_cm_xml_create(pool, sock->log, 1, NULL);
     if (sock->xml == NULL) {
         return NGX_ERROR;
     }
 
-    sock->xml->data = sock;
-    sock->xml->open = ngx_xmpp_cm_sock_open;
-    sock->xml->element = ngx_xmpp_cm_sock_element;
-    sock->xml->close = ngx_xmpp_cm_sock_end;
-    sock->xml->max_size = NGX_XMPP_CM_OPENFIRE_MAX + 4096;
-    sock->xml->max_depth = 1000;
+    ngx_xmpp_cm_xml_handlers(sock->xml, &ngx_xmpp_cm_sock_xml, sock);
+    ngx_xmpp_cm_xml_limits(sock->xml, NGX_XMPP_CM_UPSTREAM_MAX_STANZA,
+                           NGX_XMPP_CM_UPSTREAM_MAX_DEPTH);
 
     return NGX_OK;
 }
@@ -851,7 +919,7 @@ ngx_xmpp_cm_sock_open(void *data, ngx_str_t *name, ngx_str_t *ns,
 
     sock->state = NGX_XMPP_CM_SOCK_HANDSHAKE;
     ngx_xmpp_cm_metrics_socks(pool);
-    pool->log.action = "authenticating to Openfire";
+    sock->log->action = "authenticating to Openfire";
 
     return NGX_OK;
 }
@@ -889,7 +957,7 @@ ngx_xmpp_cm_sock_stream_error(ngx_xmpp_cm_sock_t *sock,
     /* "TLS is mandatory, but was not established." (policy required) */
 
     if (ngx_xmpp_cm_str_is(&cond, "not-authorized") && sock->tls_wanted) {
-        ngx_log_error(NGX_LOG_ERR, &pool->log, 0,
+        ngx_log_error(NGX_LOG_ERR, sock->log, 0,
                       "xmpp_cm: Openfire %V requires TLS on the "
                       "connection-manager link (xmpp.multiplex.tls.policy "
                       "is required): set \"xmpp_cm_upstream_tls starttls\" "
@@ -902,13 +970,12 @@ ngx_xmpp_cm_sock_stream_error(ngx_xmpp_cm_sock_t *sock,
     if (ngx_xmpp_cm_str_is(&cond, "not-authorized")
         && sock->state == NGX_XMPP_CM_SOCK_HANDSHAKE)
     {
-        ngx_log_error(NGX_LOG_ERR, &pool->log, 0,
-                      "xmpp_cm: Openfire refused the handshake of %V/%V "
+        ngx_log_error(NGX_LOG_ERR, sock->log, 0,
+                      "xmpp_cm: Openfire refused the handshake "
                       "(not-authorized): the xmpp_cm_secret in %V:%ui does "
                       "not match Openfire's xmpp.multiplex.defaultSecret "
                       "property; set both to the same value",
-                      &pool->name, &sock->resource, &pool->conf->conf_file,
-                      pool->conf->conf_line);
+                      &pool->conf->conf_file, pool->conf->conf_line);
         return;
     }
 
@@ -916,9 +983,32 @@ ngx_xmpp_cm_sock_stream_error(ngx_xmpp_cm_sock_t *sock,
         pool->down_cond = "system-shutdown";
     }
 
-    ngx_log_error(NGX_LOG_ERR, &pool->log, 0,
-                  "xmpp_cm: stream error from Openfire on %V/%V: %V",
-                  &pool->name, &sock->resource, &cond);
+    ngx_log_error(NGX_LOG_ERR, sock->log, 0,
+                  "xmpp_cm: stream error from Openfire: %V", &cond);
+}
+
+
+/* what the stanza's handling allocated in pool->tmp goes with it */
+
+static ngx_int_t
+ngx_xmpp_cm_sock_stanza(void *data, ngx_xmpp_cm_elem_t *e)
+{
+    ngx_xmpp_cm_sock_t *sock = data;
+
+    ngx_int_t  rc;
+
+    rc = ngx_xmpp_cm_sock_element(sock, e);
+
+    ngx_reset_pool(sock->pool->tmp);
+
+    return rc;
+}
+
+
+static void
+ngx_xmpp_cm_pool_tmp_cleanup(void *data)
+{
+    ngx_destroy_pool(data);
 }
 
 
@@ -989,9 +1079,8 @@ ngx_xmpp_cm_sock_element(void *data, ngx_xmpp_cm_elem_t *e)
             return NGX_OK;
         }
 
-        ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
-                      "xmpp_cm: ignored IQ from Openfire on %V/%V",
-                      &pool->name, &sock->resource);
+        ngx_log_error(NGX_LOG_INFO, sock->log, 0,
+                      "xmpp_cm: ignored IQ from Openfire");
         return NGX_OK;
     }
 
@@ -1004,11 +1093,10 @@ ngx_xmpp_cm_sock_element(void *data, ngx_xmpp_cm_elem_t *e)
         ngx_xmpp_cm_metrics_socks(pool);
         sock->failures = 0;
         pool->ready++;
-        pool->log.action = NULL;
+        sock->log->action = NULL;
 
-        ngx_log_error(NGX_LOG_NOTICE, &pool->log, 0,
-                      "xmpp_cm: connected to Openfire %V as %V/%V",
-                      sock->pc.name, &pool->name, &sock->resource);
+        ngx_log_error(NGX_LOG_NOTICE, sock->log, 0,
+                      "xmpp_cm: connected to Openfire %V", sock->pc.name);
 
         ngx_add_timer(&sock->keepalive, pool->conf->keepalive);
 
@@ -1051,18 +1139,17 @@ ngx_xmpp_cm_sock_element(void *data, ngx_xmpp_cm_elem_t *e)
             return NGX_DONE;
         }
 
-        ngx_log_error(NGX_LOG_ERR, &pool->log, 0,
-                      "xmpp_cm: Openfire %V answered <%V/> to STARTTLS on "
-                      "%V/%V: its TLS setup failed; check the certificate "
+        ngx_log_error(NGX_LOG_ERR, sock->log, 0,
+                      "xmpp_cm: Openfire %V answered <%V/> to STARTTLS: "
+                      "its TLS setup failed; check the certificate "
                       "in Openfire's identity store and its log",
-                      sock->pc.name, &root->name, &pool->name,
-                      &sock->resource);
+                      sock->pc.name, &root->name);
         sock->fail = "STARTTLS refused by Openfire";
         return NGX_DONE;
     }
 #endif
 
-    ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
+    ngx_log_error(NGX_LOG_INFO, sock->log, 0,
                   "xmpp_cm: ignored <%V> from Openfire", &root->name);
 
     return NGX_OK;
@@ -1266,7 +1353,7 @@ ngx_xmpp_cm_sock_quickack(ngx_xmpp_cm_sock_t *sock)
                    (const void *) &one, sizeof(int))
         == -1)
     {
-        ngx_log_debug1(NGX_LOG_DEBUG_STREAM, &sock->pool->log, ngx_errno,
+        ngx_log_debug1(NGX_LOG_DEBUG_STREAM, sock->log, ngx_errno,
                        "xmpp_cm: TCP_QUICKACK on %V failed", sock->pc.name);
     }
 #endif
@@ -1392,7 +1479,7 @@ ngx_xmpp_cm_sock_starttls(ngx_xmpp_cm_sock_t *sock,
     n = ngx_xmpp_cm_node_child(features, "starttls");
 
     if (n == NULL || !ngx_xmpp_cm_str_is(&n->ns, NGX_XMPP_NS_TLS)) {
-        ngx_log_error(NGX_LOG_ERR, &pool->log, 0,
+        ngx_log_error(NGX_LOG_ERR, sock->log, 0,
                       "xmpp_cm: Openfire %V offers no STARTTLS on its "
                       "connection-manager port, and \"xmpp_cm_upstream_tls "
                       "starttls\" in %V:%ui requires it: the handshake is "
@@ -1414,7 +1501,7 @@ ngx_xmpp_cm_sock_starttls(ngx_xmpp_cm_sock_t *sock,
 
     sock->state = NGX_XMPP_CM_SOCK_TLS;
     ngx_xmpp_cm_metrics_socks(pool);
-    pool->log.action = "starting TLS with Openfire";
+    sock->log->action = "starting TLS with Openfire";
 
     return NGX_OK;
 }
@@ -1434,7 +1521,7 @@ ngx_xmpp_cm_sock_tls(ngx_xmpp_cm_sock_t *sock)
 
     sock->state = NGX_XMPP_CM_SOCK_TLS;
     ngx_xmpp_cm_metrics_socks(pool);
-    pool->log.action = "TLS handshaking with Openfire";
+    sock->log->action = "TLS handshaking with Openfire";
 
     /*
      * NGX_SSL_BUFFER, as the stream proxy has it: the stanzas' bufs are
@@ -1463,7 +1550,7 @@ ngx_xmpp_cm_sock_tls(ngx_xmpp_cm_sock_t *sock)
                                     (char *) conf->upstream_ssl_name.data)
            == 0)
     {
-        ngx_ssl_error(NGX_LOG_ERR, &pool->log, 0,
+        ngx_ssl_error(NGX_LOG_ERR, sock->log, 0,
                       "SSL_set_tlsext_host_name(\"%V\") failed",
                       &conf->upstream_ssl_name);
         ngx_xmpp_cm_sock_close(sock, NGX_LOG_ERR, "TLS setup failed");
@@ -1516,7 +1603,7 @@ ngx_xmpp_cm_sock_tls_done(ngx_connection_t *c)
             return;
         }
 
-        ngx_log_error(NGX_LOG_ERR, &pool->log, 0,
+        ngx_log_error(NGX_LOG_ERR, sock->log, 0,
                       "xmpp_cm: TLS handshake with Openfire %V failed (the "
                       "line before says why): check that %s, that "
                       "\"xmpp_cm_upstream_ssl_protocols\" and "
@@ -1540,7 +1627,7 @@ ngx_xmpp_cm_sock_tls_done(ngx_connection_t *c)
         rc = SSL_get_verify_result(c->ssl->connection);
 
         if (rc != X509_V_OK) {
-            ngx_log_error(NGX_LOG_ERR, &pool->log, 0,
+            ngx_log_error(NGX_LOG_ERR, sock->log, 0,
                           "xmpp_cm: Openfire %V's certificate did not "
                           "verify: (%l:%s); put the CA that signed it in "
                           "\"xmpp_cm_upstream_ssl_trusted_certificate\" "
@@ -1554,7 +1641,7 @@ ngx_xmpp_cm_sock_tls_done(ngx_connection_t *c)
         }
 
         if (ngx_ssl_check_host(c, &conf->upstream_ssl_name) != NGX_OK) {
-            ngx_log_error(NGX_LOG_ERR, &pool->log, 0,
+            ngx_log_error(NGX_LOG_ERR, sock->log, 0,
                           "xmpp_cm: Openfire %V's certificate does not "
                           "match \"%V\"; set \"xmpp_cm_upstream_ssl_name\" "
                           "(%V:%ui) to a name it carries, or give Openfire "
@@ -1566,9 +1653,8 @@ ngx_xmpp_cm_sock_tls_done(ngx_connection_t *c)
         }
     }
 
-    ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
-                  "xmpp_cm: TLS to Openfire %V on %V/%V: %s, %s%s",
-                  sock->pc.name, &pool->name, &sock->resource,
+    ngx_log_error(NGX_LOG_INFO, sock->log, 0,
+                  "xmpp_cm: TLS to Openfire %V: %s, %s%s", sock->pc.name,
                   SSL_get_version(c->ssl->connection),
                   SSL_get_cipher_name(c->ssl->connection),
                   SSL_session_reused(c->ssl->connection) ? ", reused" : "");
@@ -1576,7 +1662,7 @@ ngx_xmpp_cm_sock_tls_done(ngx_connection_t *c)
     sock->tls = 1;
     sock->state = NGX_XMPP_CM_SOCK_OPENING;
     ngx_xmpp_cm_metrics_socks(pool);
-    pool->log.action = "opening a stream to Openfire";
+    sock->log->action = "opening a stream to Openfire";
 
     c->read->handler = ngx_xmpp_cm_sock_read_handler;
     c->write->handler = ngx_xmpp_cm_sock_write_handler;

@@ -20,10 +20,11 @@
  * parser is in the same state: inside an open
  * <stream:stream xmlns="jabber:client" xmlns:stream=...> root, at depth 1.
  * So at a stanza boundary with nothing pending the parser is "parked" in
- * a per-worker list, and the next read of any such stream adopts one: no
- * reset and no re-parse per stanza, only the parser's byte count is
- * carried over.  A stream whose header used another prefix for the
- * streams namespace or declared extra prefixes keeps its own parser.
+ * the worker's list (ngx_xmpp_cm_parking_t, in the worker context), and
+ * the next read of any such stream adopts one: no reset and no re-parse
+ * per stanza, only the parser's byte count is carried over.  A stream
+ * whose header used another prefix for the streams namespace or declared
+ * extra prefixes keeps its own parser.
  */
 
 
@@ -34,6 +35,83 @@
 #define NGX_XMPP_CM_TREE_DEPTH 6
 #define NGX_XMPP_CM_PARK_MAX   64
 #define NGX_XMPP_CM_PARK_BIG   16384
+#define NGX_XMPP_CM_PFX_MAX    8
+#define NGX_XMPP_CM_PFX_LEN    16
+
+
+/*
+ * What the framer needs only while a stanza is being parsed.  It travels
+ * with the expat parser: an idle stream that parked its parser holds
+ * neither (about 350 bytes less per idle session).
+ */
+
+typedef struct {
+    ngx_xmpp_cm_elem_t               elem;
+    u_char                           name[NGX_XMPP_CM_NAME_MAX];
+    u_char                           ns[NGX_XMPP_CM_NS_MAX];
+    u_char                           cond[NGX_XMPP_CM_NAME_MAX];
+    ngx_uint_t                       npfx;
+    u_char                           pfx[NGX_XMPP_CM_PFX_MAX]
+                                        [NGX_XMPP_CM_PFX_LEN];
+    ngx_uint_t                       pfx_depth[NGX_XMPP_CM_PFX_MAX];
+} ngx_xmpp_cm_scratch_t;
+
+
+/*
+ * A client framer (!tree) applies the client rules and may park its
+ * parser; a tree framer (the trusted Openfire side) builds the tree.
+ */
+
+struct ngx_xmpp_cm_xml_s {
+    XML_Parser                       parser;
+    ngx_log_t                       *log;
+    ngx_xmpp_cm_xml_handlers_t      *handlers;
+    void                            *data;
+
+    size_t                           max_size;
+    ngx_uint_t                       max_depth;
+    ngx_uint_t                       depth;
+
+    const char                      *error;        /* stream error cond. */
+    const char                      *error_text;
+    ngx_int_t                        rc;           /* from a callback */
+
+    /* raw byte tracking */
+    XML_Index                        fed;
+    XML_Index                        base;
+    u_char                          *data_buf;
+    size_t                           data_len;
+    u_char                          *pend;
+    size_t                           pend_len;
+    size_t                           pend_size;
+    XML_Index                        pend_base;
+    XML_Index                        mark;
+    XML_Index                        last_start_end;
+
+    /* the stanza being parsed: lives with the parser */
+    ngx_xmpp_cm_scratch_t           *st;
+    ngx_xmpp_cm_parking_t           *parking;      /* the worker's, or NULL */
+
+    /* the root's default namespace: expat's, read during open() only */
+    const XML_Char                  *root_ns;
+    size_t                           root_ns_len;
+
+    /* tree mode: the tree lives in tmp, reset after each stanza */
+    ngx_pool_t                      *tmp;
+    ngx_xmpp_cm_node_t              *cur;
+    ngx_str_t                        xmlns_pending;
+
+    unsigned                         tree:1;
+    unsigned                         stopped:1;
+    unsigned                         in_stanza:1;
+    unsigned                         opened:1;
+    unsigned                         has_default_pending:1;
+    unsigned                         root_has_default:1;
+    unsigned                         root_extra_ns:1;
+    unsigned                         parkable:1;
+    unsigned                         synthetic:1;
+    unsigned                         restarted:1;
+};
 
 
 typedef struct {
@@ -43,15 +121,18 @@ typedef struct {
 } ngx_xmpp_cm_parked_t;
 
 
-static ngx_xmpp_cm_parked_t  ngx_xmpp_cm_parked[NGX_XMPP_CM_PARK_MAX];
-static ngx_uint_t            ngx_xmpp_cm_nparked;
+struct ngx_xmpp_cm_parking_s {
+    ngx_uint_t              n;
+    ngx_xmpp_cm_parked_t    parked[NGX_XMPP_CM_PARK_MAX];
+};
+
 
 static u_char  ngx_xmpp_cm_synthetic[] =
     "<stream:stream xmlns=\"" NGX_XMPP_NS_CLIENT "\" xmlns:stream=\""
     NGX_XMPP_NS_STREAMS "\">";
 
 
-static void ngx_xmpp_cm_xml_handlers(ngx_xmpp_cm_xml_t *x);
+static void ngx_xmpp_cm_parser_handlers(ngx_xmpp_cm_xml_t *x);
 static ngx_int_t ngx_xmpp_cm_parser_new(ngx_xmpp_cm_xml_t *x);
 static void ngx_xmpp_cm_parser_free(ngx_xmpp_cm_xml_t *x);
 static ngx_int_t ngx_xmpp_cm_xml_acquire(ngx_xmpp_cm_xml_t *x);
@@ -61,6 +142,16 @@ static void ngx_xmpp_cm_xml_fail(ngx_xmpp_cm_xml_t *x, const char *cond,
 static ngx_int_t ngx_xmpp_cm_xml_keep(ngx_xmpp_cm_xml_t *x);
 static void XMLCALL ngx_xmpp_cm_xml_start(void *data, const XML_Char *name,
     const XML_Char **atts);
+static void ngx_xmpp_cm_xml_open_root(ngx_xmpp_cm_xml_t *x,
+    ngx_str_t *local, ngx_str_t *ns, ngx_str_t *prefix,
+    const XML_Char **atts);
+static ngx_int_t ngx_xmpp_cm_xml_stanza_start(ngx_xmpp_cm_xml_t *x,
+    XML_Index idx, ngx_str_t *local, ngx_str_t *ns, const XML_Char **atts);
+static ngx_int_t ngx_xmpp_cm_xml_client_rules(ngx_xmpp_cm_xml_t *x,
+    XML_Index idx, ngx_str_t *local, ngx_str_t *ns, ngx_str_t *prefix,
+    const XML_Char **atts);
+static void ngx_xmpp_cm_xml_tree_node(ngx_xmpp_cm_xml_t *x, XML_Index idx,
+    ngx_str_t *local, ngx_str_t *ns, const XML_Char **atts);
 static void XMLCALL ngx_xmpp_cm_xml_end(void *data, const XML_Char *name);
 static void XMLCALL ngx_xmpp_cm_xml_text(void *data, const XML_Char *s,
     int len);
@@ -95,8 +186,16 @@ typedef struct {
 } ngx_xmpp_cm_fragment_t;
 
 
+ngx_xmpp_cm_parking_t *
+ngx_xmpp_cm_xml_parking(ngx_pool_t *pool)
+{
+    return ngx_pcalloc(pool, sizeof(ngx_xmpp_cm_parking_t));
+}
+
+
 ngx_xmpp_cm_xml_t *
-ngx_xmpp_cm_xml_create(ngx_pool_t *pool, ngx_log_t *log, ngx_uint_t tree)
+ngx_xmpp_cm_xml_create(ngx_pool_t *pool, ngx_log_t *log, ngx_uint_t tree,
+    ngx_xmpp_cm_parking_t *parking)
 {
     ngx_xmpp_cm_xml_t  *x;
 
@@ -106,8 +205,8 @@ ngx_xmpp_cm_xml_create(ngx_pool_t *pool, ngx_log_t *log, ngx_uint_t tree)
     }
 
     x->log = log;
+    x->parking = tree ? NULL : parking;
     x->tree = tree ? 1 : 0;
-    x->client = tree ? 0 : 1;
 
     if (!tree) {
         /* a client framer gets a parser with its first bytes */
@@ -124,9 +223,73 @@ ngx_xmpp_cm_xml_create(ngx_pool_t *pool, ngx_log_t *log, ngx_uint_t tree)
         return NULL;
     }
 
-    ngx_xmpp_cm_xml_handlers(x);
+    ngx_xmpp_cm_parser_handlers(x);
 
     return x;
+}
+
+
+void
+ngx_xmpp_cm_xml_handlers(ngx_xmpp_cm_xml_t *x, ngx_xmpp_cm_xml_handlers_t *h,
+    void *data)
+{
+    x->handlers = h;
+    x->data = data;
+}
+
+
+void
+ngx_xmpp_cm_xml_limits(ngx_xmpp_cm_xml_t *x, size_t max_size,
+    ngx_uint_t max_depth)
+{
+    x->max_size = max_size;
+    x->max_depth = max_depth;
+}
+
+
+/*
+ * The bytes of an unfinished stanza the framer keeps, 0 between stanzas;
+ * *start tells one unfinished stanza from the next.
+ */
+
+size_t
+ngx_xmpp_cm_xml_pending(ngx_xmpp_cm_xml_t *x, XML_Index *start)
+{
+    *start = x->pend_base;
+
+    return x->pend_len;
+}
+
+
+/* the bytes of the read being fed that come after pos */
+
+size_t
+ngx_xmpp_cm_xml_rest(ngx_xmpp_cm_xml_t *x, XML_Index pos)
+{
+    return (size_t) (x->fed - pos);
+}
+
+
+/* the stream error condition, or NULL; *text: its text, or NULL */
+
+const char *
+ngx_xmpp_cm_xml_error(ngx_xmpp_cm_xml_t *x, const char **text)
+{
+    *text = x->error_text;
+
+    return x->error;
+}
+
+
+/* during open(): whether the root declares a default namespace, and it */
+
+ngx_uint_t
+ngx_xmpp_cm_xml_root_ns(ngx_xmpp_cm_xml_t *x, ngx_str_t *ns)
+{
+    ns->data = (u_char *) x->root_ns;
+    ns->len = x->root_ns ? x->root_ns_len : 0;
+
+    return x->root_has_default;
 }
 
 
@@ -138,10 +301,13 @@ ngx_xmpp_cm_xml_create(ngx_pool_t *pool, ngx_log_t *log, ngx_uint_t tree)
 static ngx_int_t
 ngx_xmpp_cm_xml_acquire(ngx_xmpp_cm_xml_t *x)
 {
-    ngx_xmpp_cm_parked_t  *pk;
+    ngx_xmpp_cm_parked_t   *pk;
+    ngx_xmpp_cm_parking_t  *pg;
 
-    if (x->opened && ngx_xmpp_cm_nparked) {
-        pk = &ngx_xmpp_cm_parked[--ngx_xmpp_cm_nparked];
+    pg = x->parking;
+
+    if (x->opened && pg && pg->n) {
+        pk = &pg->parked[--pg->n];
         x->parser = pk->parser;
         x->st = pk->st;
         x->st->npfx = 0;
@@ -156,8 +322,8 @@ ngx_xmpp_cm_xml_acquire(ngx_xmpp_cm_xml_t *x)
         return NGX_OK;
     }
 
-    if (ngx_xmpp_cm_nparked) {
-        pk = &ngx_xmpp_cm_parked[--ngx_xmpp_cm_nparked];
+    if (pg && pg->n) {
+        pk = &pg->parked[--pg->n];
         x->parser = pk->parser;
         x->st = pk->st;
 
@@ -173,7 +339,7 @@ ngx_xmpp_cm_xml_acquire(ngx_xmpp_cm_xml_t *x)
         return NGX_ERROR;
     }
 
-    ngx_xmpp_cm_xml_handlers(x);
+    ngx_xmpp_cm_parser_handlers(x);
 
     if (!x->opened) {
         x->fed = 0;
@@ -215,13 +381,16 @@ ngx_xmpp_cm_xml_acquire(ngx_xmpp_cm_xml_t *x)
 static void
 ngx_xmpp_cm_xml_park(ngx_xmpp_cm_xml_t *x)
 {
-    ngx_xmpp_cm_parked_t  *pk;
+    ngx_xmpp_cm_parked_t   *pk;
+    ngx_xmpp_cm_parking_t  *pg;
 
-    if (ngx_xmpp_cm_nparked == NGX_XMPP_CM_PARK_MAX) {
+    pg = x->parking;
+
+    if (pg == NULL || pg->n == NGX_XMPP_CM_PARK_MAX) {
         return;
     }
 
-    pk = &ngx_xmpp_cm_parked[ngx_xmpp_cm_nparked++];
+    pk = &pg->parked[pg->n++];
     pk->parser = x->parser;
     pk->st = x->st;
     pk->fed = x->fed;
@@ -264,12 +433,12 @@ ngx_xmpp_cm_parser_free(ngx_xmpp_cm_xml_t *x)
 /* worker exit */
 
 void
-ngx_xmpp_cm_xml_release_parked(void)
+ngx_xmpp_cm_xml_release_parked(ngx_xmpp_cm_parking_t *pg)
 {
     ngx_xmpp_cm_parked_t  *pk;
 
-    while (ngx_xmpp_cm_nparked) {
-        pk = &ngx_xmpp_cm_parked[--ngx_xmpp_cm_nparked];
+    while (pg->n) {
+        pk = &pg->parked[--pg->n];
         XML_ParserFree(pk->parser);
         ngx_xmpp_cm_stanza_done(&pk->st->elem);
         ngx_free(pk->st);
@@ -278,7 +447,7 @@ ngx_xmpp_cm_xml_release_parked(void)
 
 
 static void
-ngx_xmpp_cm_xml_handlers(ngx_xmpp_cm_xml_t *x)
+ngx_xmpp_cm_parser_handlers(ngx_xmpp_cm_xml_t *x)
 {
     XML_Parser  p;
 
@@ -315,11 +484,11 @@ ngx_xmpp_cm_xml_reset(ngx_xmpp_cm_xml_t *x)
             return NGX_ERROR;
         }
 
-        ngx_xmpp_cm_xml_handlers(x);
+        ngx_xmpp_cm_parser_handlers(x);
     }
 
     x->parkable = 0;
-    x->restarted = x->client;
+    x->restarted = !x->tree;
 
     x->depth = 0;
     x->error = NULL;
@@ -336,6 +505,7 @@ ngx_xmpp_cm_xml_reset(ngx_xmpp_cm_xml_t *x)
     x->has_default_pending = 0;
     x->root_has_default = 0;
     x->root_extra_ns = 0;
+    x->root_ns = NULL;
     x->root_ns_len = 0;
     x->cur = NULL;
 
@@ -403,9 +573,7 @@ ngx_xmpp_cm_xml_feed(ngx_xmpp_cm_xml_t *x, u_char *buf, size_t n)
          * is an expat error, not-well-formed.
          */
 
-        while (n && (*buf == ' ' || *buf == '\n' || *buf == '\r'
-                     || *buf == '\t'))
-        {
+        while (n && ngx_xmpp_cm_is_space(*buf)) {
             buf++;
             n--;
         }
@@ -463,7 +631,9 @@ ngx_xmpp_cm_xml_feed(ngx_xmpp_cm_xml_t *x, u_char *buf, size_t n)
     if (rc == NGX_OK && x->parkable && x->depth == 1 && !x->in_stanza
         && x->pend_len == 0)
     {
-        if ((size_t) (x->st->elem.end - x->st->elem.start) > NGX_XMPP_CM_PARK_BIG) {
+        if ((size_t) (x->st->elem.end - x->st->elem.start)
+            > NGX_XMPP_CM_PARK_BIG)
+        {
             /* expat keeps its grown buffer: do not pass that around */
             ngx_xmpp_cm_parser_free(x);
 
@@ -560,7 +730,7 @@ ngx_xmpp_cm_xml_keep(ngx_xmpp_cm_xml_t *x)
 
         while (keep < x->fed) {
             c = ngx_xmpp_cm_xml_byte(x, keep);
-            if (c != ' ' && c != '\n' && c != '\r' && c != '\t') {
+            if (!ngx_xmpp_cm_is_space(c)) {
                 break;
             }
             keep++;
@@ -718,18 +888,28 @@ ngx_xmpp_cm_xml_prefix_ok(ngx_xmpp_cm_xml_t *x, ngx_str_t *prefix)
 }
 
 
+/* the one check of the stanza size: NGX_ERROR (and failed) if over */
+
+static ngx_inline ngx_int_t
+ngx_xmpp_cm_xml_size(ngx_xmpp_cm_xml_t *x, XML_Index pos)
+{
+    if ((size_t) (pos - x->st->elem.start) > x->max_size) {
+        ngx_xmpp_cm_xml_fail(x, "policy-violation", "stanza too large");
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
 static void XMLCALL
 ngx_xmpp_cm_xml_start(void *data, const XML_Char *name,
     const XML_Char **atts)
 {
     ngx_xmpp_cm_xml_t *x = data;
 
-    size_t               n;
-    ngx_str_t            ns, local, prefix, ans, alocal, *a;
-    ngx_uint_t           i;
-    ngx_int_t            rc;
-    XML_Index            idx;
-    ngx_xmpp_cm_node_t  *node;
+    ngx_str_t   ns, local, prefix;
+    XML_Index   idx;
 
     if (x->stopped) {
         return;
@@ -741,28 +921,7 @@ ngx_xmpp_cm_xml_start(void *data, const XML_Char *name,
     ngx_xmpp_cm_split3(name, &ns, &local, &prefix);
 
     if (x->depth == 0) {
-        x->depth = 1;
-        x->opened = 1;
-        x->mark = x->last_start_end;
-        x->has_default_pending = 0;
-
-        if (x->synthetic) {
-            return;
-        }
-
-        /* only streams that look like every other one share parsers */
-
-        x->parkable = x->client && !x->root_extra_ns
-                      && prefix.len == 6
-                      && ngx_strncmp(prefix.data, "stream", 6) == 0;
-
-        rc = x->open(x->data, &local, &ns, atts);
-
-        if (rc != NGX_OK) {
-            x->rc = rc;
-            ngx_xmpp_cm_xml_fail(x, NULL, NULL);
-        }
-
+        ngx_xmpp_cm_xml_open_root(x, &local, &ns, &prefix, atts);
         return;
     }
 
@@ -773,77 +932,166 @@ ngx_xmpp_cm_xml_start(void *data, const XML_Char *name,
         return;
     }
 
-    if (x->depth == 2) {
-        x->in_stanza = 1;
-        x->st->elem.start = idx;
-        x->st->elem.has_xmlns = x->has_default_pending;
-        x->st->elem.root = NULL;
-
-        if (local.len < NGX_XMPP_CM_NAME_MAX && ns.len < NGX_XMPP_CM_NS_MAX) {
-            ngx_memcpy(x->st->name, local.data, local.len);
-            ngx_memcpy(x->st->ns, ns.data, ns.len);
-            x->st->elem.name.len = local.len;
-            x->st->elem.ns.len = ns.len;
-
-        } else {
-            x->st->elem.name.len = 0;
-            x->st->elem.ns.len = 0;
-        }
-
-        x->st->elem.name.data = x->st->name;
-        x->st->elem.ns.data = x->st->ns;
-        x->st->elem.cond.len = 0;
-        x->st->elem.cond.data = x->st->cond;
-
-        if (x->client) {
-            ngx_xmpp_cm_stanza_done(&x->st->elem);
-            x->st->elem.body = x->last_start_end;
-            x->st->elem.reject = NULL;
-            x->st->elem.nshow = 0;
-            x->st->elem.in_show = 0;
-            x->st->elem.has_lang = 0;
-            x->st->elem.is_error = 0;
-        }
-
-        /* refuse an unwanted stanza at its start tag, not at its end */
-
-        if (x->start) {
-            x->st->elem.attrs = atts;
-            rc = x->start(x->data, &x->st->elem);
-            x->st->elem.attrs = NULL;
-
-            if (rc != NGX_OK) {
-                x->rc = rc;
-                ngx_xmpp_cm_xml_fail(x, NULL, NULL);
-                return;
-            }
-        }
-    }
-
-    if ((size_t) (x->last_start_end - x->st->elem.start) > x->max_size) {
-        ngx_xmpp_cm_xml_fail(x, "policy-violation", "stanza too large");
+    if (x->depth == 2
+        && ngx_xmpp_cm_xml_stanza_start(x, idx, &local, &ns, atts) != NGX_OK)
+    {
         return;
     }
 
-    if (x->client && x->depth == 3
-        && ngx_xmpp_cm_str_is(&local, "show")
-        && ngx_xmpp_cm_str_is(&x->st->elem.name, "presence"))
+    if (ngx_xmpp_cm_xml_size(x, x->last_start_end) != NGX_OK) {
+        return;
+    }
+
+    if (!x->tree) {
+        (void) ngx_xmpp_cm_xml_client_rules(x, idx, &local, &ns, &prefix,
+                                            atts);
+        x->has_default_pending = 0;
+        return;
+    }
+
+    if (x->depth > NGX_XMPP_CM_TREE_DEPTH) {
+        x->has_default_pending = 0;
+        return;
+    }
+
+    ngx_xmpp_cm_xml_tree_node(x, idx, &local, &ns, atts);
+}
+
+
+/* the stream root: the owner's open() decides */
+
+static void
+ngx_xmpp_cm_xml_open_root(ngx_xmpp_cm_xml_t *x, ngx_str_t *local,
+    ngx_str_t *ns, ngx_str_t *prefix, const XML_Char **atts)
+{
+    ngx_int_t  rc;
+
+    x->depth = 1;
+    x->opened = 1;
+    x->mark = x->last_start_end;
+    x->has_default_pending = 0;
+
+    if (x->synthetic) {
+        return;
+    }
+
+    /* only streams that look like every other one share parsers */
+
+    x->parkable = !x->tree && !x->root_extra_ns
+                  && prefix->len == 6
+                  && ngx_strncmp(prefix->data, "stream", 6) == 0;
+
+    rc = x->handlers->open(x->data, local, ns, atts);
+
+    /* expat's copy of the URI goes with the start tag */
+    x->root_ns = NULL;
+
+    if (rc != NGX_OK) {
+        x->rc = rc;
+        ngx_xmpp_cm_xml_fail(x, NULL, NULL);
+    }
+}
+
+
+/*
+ * A stanza's start tag: its name and namespace in the scratch, the
+ * per-stanza state reset, and the owner's start() may refuse an unwanted
+ * stanza here rather than at its end.
+ */
+
+static ngx_int_t
+ngx_xmpp_cm_xml_stanza_start(ngx_xmpp_cm_xml_t *x, XML_Index idx,
+    ngx_str_t *local, ngx_str_t *ns, const XML_Char **atts)
+{
+    ngx_int_t            rc;
+    ngx_xmpp_cm_elem_t  *e;
+
+    e = &x->st->elem;
+
+    x->in_stanza = 1;
+    e->start = idx;
+    e->has_xmlns = x->has_default_pending;
+    e->root = NULL;
+
+    if (local->len < NGX_XMPP_CM_NAME_MAX && ns->len < NGX_XMPP_CM_NS_MAX) {
+        ngx_memcpy(x->st->name, local->data, local->len);
+        ngx_memcpy(x->st->ns, ns->data, ns->len);
+        e->name.len = local->len;
+        e->ns.len = ns->len;
+
+    } else {
+        e->name.len = 0;
+        e->ns.len = 0;
+    }
+
+    e->name.data = x->st->name;
+    e->ns.data = x->st->ns;
+    e->cond.len = 0;
+    e->cond.data = x->st->cond;
+
+    if (!x->tree) {
+        ngx_xmpp_cm_stanza_done(e);
+        e->body = x->last_start_end;
+        e->reject = NULL;
+        e->nshow = 0;
+        e->in_show = 0;
+        e->has_lang = 0;
+        e->is_error = 0;
+    }
+
+    if (x->handlers->start == NULL) {
+        return NGX_OK;
+    }
+
+    e->attrs = atts;
+    rc = x->handlers->start(x->data, e);
+    e->attrs = NULL;
+
+    if (rc != NGX_OK) {
+        x->rc = rc;
+        ngx_xmpp_cm_xml_fail(x, NULL, NULL);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * Client streams: a presence's first <show> is tracked, the condition of
+ * the client's own <stream:error> is read, and every other element and
+ * attribute may use only prefixes declared inside the stanza.
+ */
+
+static ngx_int_t
+ngx_xmpp_cm_xml_client_rules(ngx_xmpp_cm_xml_t *x, XML_Index idx,
+    ngx_str_t *local, ngx_str_t *ns, ngx_str_t *prefix,
+    const XML_Char **atts)
+{
+    ngx_str_t            ans, alocal, aprefix;
+    ngx_uint_t           i;
+    ngx_xmpp_cm_elem_t  *e;
+
+    e = &x->st->elem;
+
+    if (x->depth == 3
+        && ngx_xmpp_cm_str_is(local, "show")
+        && ngx_xmpp_cm_str_is(&e->name, "presence"))
     {
         /* Openfire reads the first <show> of any namespace (dom4j) */
 
-        if (x->st->elem.nshow++ == 0) {
-            x->st->elem.show_start = idx;
-            x->st->elem.show_len = 0;
-            x->st->elem.in_show = 1;
+        if (e->nshow++ == 0) {
+            e->show_start = idx;
+            e->show_len = 0;
+            e->in_show = 1;
 
         } else {
-            x->st->elem.nshow = 2;
+            e->nshow = 2;
         }
     }
 
-    if (x->client
-        && ngx_xmpp_cm_str_is(&x->st->elem.ns, NGX_XMPP_NS_STREAMS)
-        && ngx_xmpp_cm_str_is(&x->st->elem.name, "error"))
+    if (ngx_xmpp_cm_str_is(&e->ns, NGX_XMPP_NS_STREAMS)
+        && ngx_xmpp_cm_str_is(&e->name, "error"))
     {
 
         /*
@@ -852,48 +1100,60 @@ ngx_xmpp_cm_xml_start(void *data, const XML_Char *name,
          * read (for the log).
          */
 
-        if (x->depth == 3 && x->st->elem.cond.len == 0
-            && local.len < NGX_XMPP_CM_NAME_MAX
-            && ngx_xmpp_cm_str_is(&ns, NGX_XMPP_NS_XSTREAMS)
-            && !ngx_xmpp_cm_str_is(&local, "text"))
+        if (x->depth == 3 && e->cond.len == 0
+            && local->len < NGX_XMPP_CM_NAME_MAX
+            && ngx_xmpp_cm_str_is(ns, NGX_XMPP_NS_XSTREAMS)
+            && !ngx_xmpp_cm_str_is(local, "text"))
         {
-            ngx_memcpy(x->st->cond, local.data, local.len);
-            x->st->elem.cond.len = local.len;
+            ngx_memcpy(x->st->cond, local->data, local->len);
+            e->cond.len = local->len;
         }
 
-    } else if (x->client) {
-        if (!ngx_xmpp_cm_xml_prefix_ok(x, &prefix)) {
-            ngx_xmpp_cm_xml_fail(x, "invalid-namespace",
-                                 "prefix not declared in the stanza");
-            return;
-        }
+        return NGX_OK;
+    }
 
-        for (i = 0; atts[i]; i += 2) {
-            ngx_xmpp_cm_split3(atts[i], &ans, &alocal, &prefix);
+    if (!ngx_xmpp_cm_xml_prefix_ok(x, prefix)) {
+        goto undeclared;
+    }
 
-            if (!ngx_xmpp_cm_xml_prefix_ok(x, &prefix)) {
-                ngx_xmpp_cm_xml_fail(x, "invalid-namespace",
-                                     "prefix not declared in the stanza");
-                return;
-            }
+    for (i = 0; atts[i]; i += 2) {
+        ngx_xmpp_cm_split3(atts[i], &ans, &alocal, &aprefix);
+
+        if (!ngx_xmpp_cm_xml_prefix_ok(x, &aprefix)) {
+            goto undeclared;
         }
     }
 
-    if (!x->tree || x->depth > NGX_XMPP_CM_TREE_DEPTH) {
-        x->has_default_pending = 0;
-        return;
-    }
+    return NGX_OK;
+
+undeclared:
+
+    ngx_xmpp_cm_xml_fail(x, "invalid-namespace",
+                         "prefix not declared in the stanza");
+    return NGX_ERROR;
+}
+
+
+/* tree mode: the element as a node of the stanza's tree, in x->tmp */
+
+static void
+ngx_xmpp_cm_xml_tree_node(ngx_xmpp_cm_xml_t *x, XML_Index idx,
+    ngx_str_t *local, ngx_str_t *ns, const XML_Char **atts)
+{
+    size_t               n;
+    ngx_str_t            ans, alocal, prefix, *a;
+    ngx_uint_t           i;
+    ngx_xmpp_cm_node_t  *node;
 
     node = ngx_pcalloc(x->tmp, sizeof(ngx_xmpp_cm_node_t));
     if (node == NULL) {
-        ngx_xmpp_cm_xml_fail(x, "internal-server-error", NULL);
-        return;
+        goto failed;
     }
 
-    node->name.len = local.len;
-    node->name.data = ngx_pstrdup(x->tmp, &local);
-    node->ns.len = ns.len;
-    node->ns.data = ngx_pstrdup(x->tmp, &ns);
+    node->name.len = local->len;
+    node->name.data = ngx_pstrdup(x->tmp, local);
+    node->ns.len = ns->len;
+    node->ns.data = ngx_pstrdup(x->tmp, ns);
     node->start = idx;
 
     if (x->has_default_pending) {
@@ -908,8 +1168,7 @@ ngx_xmpp_cm_xml_start(void *data, const XML_Char *name,
     if (n) {
         node->attrs = ngx_palloc(x->tmp, n * sizeof(ngx_str_t));
         if (node->attrs == NULL) {
-            ngx_xmpp_cm_xml_fail(x, "internal-server-error", NULL);
-            return;
+            goto failed;
         }
 
         for (i = 0; i < n; i += 2) {
@@ -921,8 +1180,7 @@ ngx_xmpp_cm_xml_start(void *data, const XML_Char *name,
             a[1].data = ngx_pnalloc(x->tmp, a[1].len + 1);
 
             if (a[0].data == NULL || a[1].data == NULL) {
-                ngx_xmpp_cm_xml_fail(x, "internal-server-error", NULL);
-                return;
+                goto failed;
             }
 
             ngx_memcpy(a[1].data, atts[i + 1], a[1].len + 1);
@@ -948,6 +1206,12 @@ ngx_xmpp_cm_xml_start(void *data, const XML_Char *name,
     }
 
     x->cur = node;
+
+    return;
+
+failed:
+
+    ngx_xmpp_cm_xml_fail(x, "internal-server-error", NULL);
 }
 
 
@@ -970,7 +1234,7 @@ ngx_xmpp_cm_xml_end(void *data, const XML_Char *name)
 
     if (x->depth == 1) {
         x->depth = 0;
-        x->rc = x->close(x->data);
+        x->rc = x->handlers->close(x->data);
 
         if (x->rc == NGX_OK) {
             x->rc = NGX_DONE;
@@ -985,7 +1249,7 @@ ngx_xmpp_cm_xml_end(void *data, const XML_Char *name)
         x->cur = x->cur->parent;
     }
 
-    if (x->client) {
+    if (!x->tree) {
         if (x->depth == 2) {
             x->st->elem.body_end = cnt ? idx : end;
 
@@ -1001,8 +1265,7 @@ ngx_xmpp_cm_xml_end(void *data, const XML_Char *name)
         return;
     }
 
-    if ((size_t) (end - x->st->elem.start) > x->max_size) {
-        ngx_xmpp_cm_xml_fail(x, "policy-violation", "stanza too large");
+    if (ngx_xmpp_cm_xml_size(x, end) != NGX_OK) {
         return;
     }
 
@@ -1010,9 +1273,9 @@ ngx_xmpp_cm_xml_end(void *data, const XML_Char *name)
     x->in_stanza = 0;
     x->mark = end;
 
-    rc = x->element(x->data, &x->st->elem);
+    rc = x->handlers->element(x->data, &x->st->elem);
 
-    if (x->client && x->st) {
+    if (!x->tree && x->st) {
         /* a folded 'to' or 'from' lives as long as its stanza */
         ngx_xmpp_cm_stanza_done(&x->st->elem);
     }
@@ -1047,8 +1310,8 @@ ngx_xmpp_cm_xml_text(void *data, const XML_Char *s, int len)
 
     if (x->depth == 1) {
         for (i = 0; i < len; i++) {
-            if (s[i] != ' ' && s[i] != '\n' && s[i] != '\r' && s[i] != '\t') {
-                if (x->client) {
+            if (!ngx_xmpp_cm_is_space(s[i])) {
+                if (!x->tree) {
                     ngx_xmpp_cm_xml_fail(x, "bad-format",
                                          "text between stanzas");
                 }
@@ -1074,12 +1337,11 @@ ngx_xmpp_cm_xml_text(void *data, const XML_Char *s, int len)
     idx = XML_GetCurrentByteIndex(x->parser)
           + XML_GetCurrentByteCount(x->parser);
 
-    if ((size_t) (idx - x->st->elem.start) > x->max_size) {
-        ngx_xmpp_cm_xml_fail(x, "policy-violation", "stanza too large");
+    if (ngx_xmpp_cm_xml_size(x, idx) != NGX_OK) {
         return;
     }
 
-    if (x->client && x->depth == 3 && x->st->elem.in_show) {
+    if (!x->tree && x->depth == 3 && x->st->elem.in_show) {
         /* the value of a presence's <show>: "chat", "dnd", ... */
 
         if (x->st->elem.show_len + len <= NGX_XMPP_CM_SHOW_MAX) {
@@ -1148,12 +1410,9 @@ ngx_xmpp_cm_xml_ns_start(void *data, const XML_Char *prefix,
 
     if (x->depth == 0) {
         if (prefix == NULL) {
-            len = uri ? ngx_strlen(uri) : 0;
-            x->root_ns_len = len < NGX_XMPP_CM_NS_MAX ? len : 0;
-
-            if (x->root_ns_len) {
-                ngx_memcpy(x->root_ns, uri, x->root_ns_len);
-            }
+            /* expat keeps the URI while the root is open */
+            x->root_ns = uri;
+            x->root_ns_len = uri ? ngx_strlen(uri) : 0;
             x->root_has_default = 1;
 
         } else if (ngx_strcmp(prefix, "stream") != 0
@@ -1185,7 +1444,7 @@ ngx_xmpp_cm_xml_ns_start(void *data, const XML_Char *prefix,
         return;
     }
 
-    if (!x->client) {
+    if (x->tree) {
         return;
     }
 
@@ -1208,7 +1467,9 @@ ngx_xmpp_cm_xml_ns_end(void *data, const XML_Char *prefix)
 {
     ngx_xmpp_cm_xml_t *x = data;
 
-    if (prefix && x->st->npfx && x->st->pfx_depth[x->st->npfx - 1] == x->depth + 1) {
+    if (prefix && x->st->npfx
+        && x->st->pfx_depth[x->st->npfx - 1] == x->depth + 1)
+    {
         x->st->npfx--;
     }
 }
@@ -1275,13 +1536,14 @@ ngx_xmpp_cm_xml_comment(void *data, const XML_Char *text)
  */
 
 ngx_int_t
-ngx_xmpp_cm_xml_fragment(ngx_log_t *log, u_char *p, size_t len,
-    ngx_uint_t tree, size_t max_size, ngx_uint_t max_depth,
-    ngx_xmpp_cm_elem_pt element, void *data)
+ngx_xmpp_cm_xml_fragment(ngx_log_t *log, ngx_xmpp_cm_parking_t *parking,
+    u_char *p, size_t len, ngx_uint_t tree, size_t max_size,
+    ngx_uint_t max_depth, ngx_xmpp_cm_elem_pt element, void *data)
 {
-    ngx_int_t               rc;
-    ngx_xmpp_cm_xml_t       x;
-    ngx_xmpp_cm_fragment_t  f;
+    ngx_int_t                    rc;
+    ngx_xmpp_cm_xml_t            x;
+    ngx_xmpp_cm_fragment_t       f;
+    ngx_xmpp_cm_xml_handlers_t   h;
 
     f.element = element;
     f.data = data;
@@ -1290,14 +1552,16 @@ ngx_xmpp_cm_xml_fragment(ngx_log_t *log, u_char *p, size_t len,
     ngx_memzero(&x, sizeof(ngx_xmpp_cm_xml_t));
 
     x.log = log;
+    x.parking = parking;
+    h.open = ngx_xmpp_cm_fragment_open;
+    h.start = NULL;
+    h.element = ngx_xmpp_cm_fragment_element;
+    h.close = ngx_xmpp_cm_fragment_close;
+    x.handlers = &h;
     x.data = &f;
-    x.open = ngx_xmpp_cm_fragment_open;
-    x.element = ngx_xmpp_cm_fragment_element;
-    x.close = ngx_xmpp_cm_fragment_close;
     x.max_size = max_size;
     x.max_depth = max_depth;
     x.tree = tree ? 1 : 0;
-    x.client = tree ? 0 : 1;
     x.opened = 1;
     x.depth = 1;
     x.parkable = 1;

@@ -5,8 +5,8 @@
  * Output is deflated when it is queued, with a sync flush per stanza, and
  * handed to the caller chunk by chunk, so the client's output chain holds
  * compressed bytes and the send path is the same as without compression.
- * Input is inflated into a buffer shared by the worker and fed to the
- * framer chunk by chunk.
+ * Input is inflated into a buffer shared by the worker (its context's
+ * zlib_in) and fed to the framer chunk by chunk.
  *
  * Memory per session: the deflate side uses a 1 KiB window and memLevel 2
  * (zlib's formula: (1 << (10 + 2)) + (1 << (2 + 9)) = 6 KiB, plus its
@@ -22,25 +22,17 @@
 #define NGX_XMPP_CM_ZLIB_WBITS   10
 #define NGX_XMPP_CM_ZLIB_MEMLVL  2
 #define NGX_XMPP_CM_ZLIB_LEVEL   1
-#define NGX_XMPP_CM_ZLIB_CHUNK   16384
 
 
 struct ngx_xmpp_cm_zlib_s {
     z_stream   in;
     z_stream   out;
     ngx_log_t *log;
+    u_char    *ibuf;      /* the worker's, NGX_XMPP_CM_ZLIB_CHUNK each */
+    u_char    *obuf;
     unsigned   in_init:1;
     unsigned   out_init:1;
 };
-
-
-/*
- * Two buffers: output for a client may be deflated while the framer is
- * still parsing an inflated chunk (its own replies, e.g. the header).
- */
-
-static u_char  ngx_xmpp_cm_zlib_obuf[NGX_XMPP_CM_ZLIB_CHUNK];
-static u_char  ngx_xmpp_cm_zlib_ibuf[NGX_XMPP_CM_ZLIB_CHUNK];
 
 
 static void *
@@ -58,7 +50,8 @@ ngx_xmpp_cm_zlib_free_cb(void *opaque, void *address)
 
 
 ngx_xmpp_cm_zlib_t *
-ngx_xmpp_cm_zlib_create(ngx_pool_t *pool, ngx_log_t *log)
+ngx_xmpp_cm_zlib_create(ngx_pool_t *pool, ngx_log_t *log,
+    ngx_xmpp_cm_worker_t *worker)
 {
     ngx_xmpp_cm_zlib_t  *z;
 
@@ -68,6 +61,14 @@ ngx_xmpp_cm_zlib_create(ngx_pool_t *pool, ngx_log_t *log)
     }
 
     z->log = log;
+
+    /*
+     * Two buffers: output for a client may be deflated while the framer
+     * is still parsing an inflated chunk (its own replies, e.g. the header).
+     */
+
+    z->ibuf = worker->zlib_in;
+    z->obuf = worker->zlib_out;
 
     z->in.zalloc = ngx_xmpp_cm_zlib_alloc;
     z->in.zfree = ngx_xmpp_cm_zlib_free_cb;
@@ -126,7 +127,7 @@ ngx_xmpp_cm_zlib_deflate(ngx_xmpp_cm_zlib_t *z, u_char *p, size_t len,
     z->out.avail_in = len;
 
     for ( ;; ) {
-        z->out.next_out = ngx_xmpp_cm_zlib_obuf;
+        z->out.next_out = z->obuf;
         z->out.avail_out = NGX_XMPP_CM_ZLIB_CHUNK;
 
         rc = deflate(&z->out, flush ? Z_SYNC_FLUSH : Z_NO_FLUSH);
@@ -139,7 +140,7 @@ ngx_xmpp_cm_zlib_deflate(ngx_xmpp_cm_zlib_t *z, u_char *p, size_t len,
 
         n = NGX_XMPP_CM_ZLIB_CHUNK - z->out.avail_out;
 
-        if (n && handler(data, ngx_xmpp_cm_zlib_obuf, n) != NGX_OK) {
+        if (n && handler(data, z->obuf, n) != NGX_OK) {
             return NGX_ERROR;
         }
 
@@ -168,7 +169,7 @@ ngx_xmpp_cm_zlib_inflate(ngx_xmpp_cm_zlib_t *z, u_char *p, size_t len,
     z->in.avail_in = len;
 
     while (z->in.avail_in) {
-        z->in.next_out = ngx_xmpp_cm_zlib_ibuf;
+        z->in.next_out = z->ibuf;
         z->in.avail_out = NGX_XMPP_CM_ZLIB_CHUNK;
 
         rc = inflate(&z->in, Z_SYNC_FLUSH);
@@ -187,7 +188,7 @@ ngx_xmpp_cm_zlib_inflate(ngx_xmpp_cm_zlib_t *z, u_char *p, size_t len,
         }
 
         if (n) {
-            hrc = handler(data, ngx_xmpp_cm_zlib_ibuf, n);
+            hrc = handler(data, z->ibuf, n);
 
             if (hrc != NGX_OK) {
                 return hrc;

@@ -137,6 +137,23 @@ def test_unsupported_method(standin, nginx):
     assert b"<jid>" in z.bind(b"lzw")
 
 
+def test_method_in_any_xml_white_space(standin, nginx):
+    """<method> may hold the name between any XML white space, \r too
+    (the raw-byte check left \r out once: unsupported-method)."""
+    sb = standin()
+    ngx = nginx(standin=sb, extra="xmpp_cm_compression on;")
+    z = ZClient(ngx.port)
+    z.login(b"alice", b"alicepw")
+    z.send(COMPRESS % b"\r\n\tzlib\r\n")
+    z.until(rb'<compressed xmlns="http://jabber.org/protocol/compress"/>')
+    assert z.buf == b"", z.buf
+    z.inflate = zlib.decompressobj()
+    z.deflate = zlib.compressobj()
+    z.send(HEADER)
+    z.until(rb"</stream:features>")
+    assert b"<jid>alice@localhost/cr</jid>" in z.bind(b"cr")
+
+
 def test_not_before_authentication(standin, nginx):
     sb = standin()
     ngx = nginx(standin=sb, extra="xmpp_cm_compression on;")

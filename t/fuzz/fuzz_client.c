@@ -34,6 +34,7 @@
 
 typedef struct {
     ngx_xmpp_cm_xml_t      *x;
+    size_t                  max_size;     /* the framer's limit */
     ngx_xmpp_cm_session_t   session;
     ngx_uint_t              authenticated;
     ngx_uint_t              stanzas;
@@ -57,10 +58,7 @@ fc_open(void *data, ngx_str_t *name, ngx_str_t *ns, const XML_Char **attrs)
         return NGX_DONE;
     }
 
-    root_ns.data = fc->x->root_ns;
-    root_ns.len = fc->x->root_ns_len;
-
-    if (!fc->x->root_has_default
+    if (!ngx_xmpp_cm_xml_root_ns(fc->x, &root_ns)
         || !ngx_xmpp_cm_str_is(&root_ns, NGX_XMPP_NS_CLIENT))
     {
         return NGX_DONE;
@@ -122,7 +120,7 @@ fc_start(void *data, ngx_xmpp_cm_elem_t *e)
     case FC_FORWARD:
         if (ngx_xmpp_cm_str_is(&e->ns, NGX_XMPP_NS_CLIENT)) {
             /* as ngx_xmpp_cm_client_start() */
-            ngx_xmpp_cm_stanza_check(e, fc->x->log);
+            ngx_xmpp_cm_stanza_check(e, &fuzz_log);
         }
     }
 
@@ -223,10 +221,10 @@ fc_element(void *data, ngx_xmpp_cm_elem_t *e)
 
     fc->stanzas++;
 
-    if (e->end <= e->start || e->end - e->start > fc->x->max_size) {
+    if (e->end <= e->start || e->end - e->start > fc->max_size) {
         FUZZ_FAIL("bad span %llu..%llu (max %zu)",
                   (unsigned long long) e->start,
-                  (unsigned long long) e->end, fc->x->max_size);
+                  (unsigned long long) e->end, fc->max_size);
     }
 
     olen = ngx_xmpp_cm_xml_copy(fc->x, NULL, e->start, e->end);
@@ -291,10 +289,15 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ngx_int_t       rc;
     fuzz_rng_t      rng;
     ngx_pool_t     *pool;
+    const char     *text;
     fuzz_client_t   fc;
 
     static const size_t      sizes[] = { 512, 16384, 262144, 1047552 };
     static const ngx_uint_t  depths[] = { 2, 4, 32, 1000 };
+
+    static ngx_xmpp_cm_xml_handlers_t  handlers = {
+        fc_open, fc_start, fc_element, fc_close
+    };
 
     if (fuzz_begin(&fp, &data, &size, &flags, &rng) != NGX_OK) {
         return 0;
@@ -310,18 +313,15 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fc.session.pool = &fp.pool;
     fc.session.sock = &fp.socks[0];
 
-    fc.x = ngx_xmpp_cm_xml_create(pool, &fuzz_log, 0);
+    fc.x = ngx_xmpp_cm_xml_create(pool, &fuzz_log, 0,
+                                  fuzz_worker->parking);
     if (fc.x == NULL) {
         FUZZ_FAIL("xml_create");
     }
 
-    fc.x->data = &fc;
-    fc.x->open = fc_open;
-    fc.x->start = fc_start;
-    fc.x->element = fc_element;
-    fc.x->close = fc_close;
-    fc.x->max_size = sizes[flags & 3];
-    fc.x->max_depth = depths[(flags >> 2) & 3];
+    fc.max_size = sizes[flags & 3];
+    ngx_xmpp_cm_xml_handlers(fc.x, &handlers, &fc);
+    ngx_xmpp_cm_xml_limits(fc.x, fc.max_size, depths[(flags >> 2) & 3]);
 
     for (off = 0; off < size; /* void */) {
 
@@ -329,7 +329,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                             &rng);
 
         if (rc != NGX_OK) {
-            if (rc == NGX_ERROR && fc.x->error == NULL) {
+            if (rc == NGX_ERROR && ngx_xmpp_cm_xml_error(fc.x, &text) == NULL)
+            {
                 FUZZ_FAIL("feed failed with no stream error");
             }
             break;
@@ -344,7 +345,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
             fc.authenticated = 1;
             fc.stanzas = 0;
-            fc.x->max_size = 1047552;
+            fc.max_size = 1047552;
+            ngx_xmpp_cm_xml_limits(fc.x, fc.max_size,
+                                   depths[(flags >> 2) & 3]);
         }
     }
 

@@ -9,6 +9,8 @@
 
 
 ngx_log_t               fuzz_log;
+ngx_xmpp_cm_worker_t   *fuzz_worker;
+static ngx_pool_t      *fuzz_tmp;
 static ngx_open_file_t  fuzz_log_file;
 static ngx_cycle_t      fuzz_cycle;
 
@@ -63,6 +65,26 @@ fuzz_init(void)
     ngx_queue_init(&ngx_posted_events);
     ngx_queue_init(&ngx_posted_next_events);
     ngx_event_timer_init(&fuzz_log);
+
+    /* the worker context, as init_process builds it */
+
+    fuzz_worker = ngx_calloc(sizeof(ngx_xmpp_cm_worker_t), &fuzz_log);
+    if (fuzz_worker == NULL) {
+        FUZZ_FAIL("worker context");
+    }
+
+    ngx_queue_init(&fuzz_worker->clients);
+    fuzz_worker->metrics_slot = NGX_ERROR;
+    fuzz_worker->parking = ngx_xmpp_cm_xml_parking(
+                               ngx_create_pool(4096, &fuzz_log));
+    if (fuzz_worker->parking == NULL) {
+        FUZZ_FAIL("parking");
+    }
+
+    fuzz_tmp = ngx_create_pool(4096, &fuzz_log);
+    if (fuzz_tmp == NULL) {
+        FUZZ_FAIL("scratch pool");
+    }
 }
 
 
@@ -99,6 +121,8 @@ fuzz_pool_init(fuzz_pool_t *fp)
 {
     ngx_uint_t  i;
 
+    fuzz_init();
+
     ngx_memzero(fp, sizeof(fuzz_pool_t));
 
     fp->conf.upstream_watermarks.high = 16 * 1024 * 1024;
@@ -113,6 +137,9 @@ fuzz_pool_init(fuzz_pool_t *fp)
 
     fp->pool.conf = &fp->conf;
     fp->pool.metrics = &fp->metrics;
+    fp->pool.worker = fuzz_worker;
+    fp->pool.tmp = fuzz_tmp;
+    ngx_reset_pool(fuzz_tmp);
     fp->pool.log = fuzz_log;
     ngx_str_set(&fp->pool.name, "cm1-4242-a1b2c3");
     ngx_str_set(&fp->pool.domain, "localhost");
@@ -128,6 +155,7 @@ fuzz_pool_init(fuzz_pool_t *fp)
 
     for (i = 0; i < 2; i++) {
         fp->socks[i].pool = &fp->pool;
+        fp->socks[i].log = &fp->pool.log;
         fp->socks[i].index = i;
         fp->socks[i].state = NGX_XMPP_CM_SOCK_READY;
         ngx_queue_init(&fp->socks[i].blocked);

@@ -28,7 +28,8 @@
     } while (0)
 
 
-extern ngx_log_t  fuzz_log;
+extern ngx_log_t              fuzz_log;
+extern ngx_xmpp_cm_worker_t  *fuzz_worker;   /* as init_process builds it */
 
 void fuzz_init(void);
 void fuzz_events_clear(void);

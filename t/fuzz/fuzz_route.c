@@ -175,6 +175,11 @@ fr_element(void *data, ngx_xmpp_cm_elem_t *e)
 }
 
 
+static ngx_xmpp_cm_xml_handlers_t  fr_handlers = {
+    fr_open, NULL, fr_element, fr_close
+};
+
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -195,14 +200,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size--;
 
     pool = ngx_create_pool(1024, &fuzz_log);
-    x = ngx_xmpp_cm_xml_create(pool, &fuzz_log, 0);
+    x = ngx_xmpp_cm_xml_create(pool, &fuzz_log, 0, fuzz_worker->parking);
 
-    x->data = x;
-    x->open = fr_open;
-    x->element = fr_element;
-    x->close = fr_close;
-    x->max_size = 1047552;
-    x->max_depth = 1000;
+    ngx_xmpp_cm_xml_handlers(x, &fr_handlers, x);
+    ngx_xmpp_cm_xml_limits(x, 1047552, 1000);
 
     rc = ngx_xmpp_cm_xml_feed(x, (u_char *) fr_header, sizeof(fr_header) - 1);
 

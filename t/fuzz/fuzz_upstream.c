@@ -34,6 +34,7 @@
 
 
 static fuzz_pool_t  fp;
+static ngx_log_t    fu_logs[2];
 static ngx_uint_t   fu_nodes;
 
 
@@ -42,13 +43,17 @@ fu_check_span(ngx_xmpp_cm_xml_t *x, ngx_xmpp_cm_node_t *n)
 {
     u_char     *p, *s;
     size_t      len, out, out2;
+    XML_Index   kept;
 
-    if (n->end <= n->start || n->start < x->pend_base) {
+    /* the first byte the framer still holds */
+    (void) ngx_xmpp_cm_xml_pending(x, &kept);
+
+    if (n->end <= n->start || n->start < kept) {
         FUZZ_FAIL("node <%.*s> span %llu..%llu outside the retained bytes "
                   "(from %llu)", (int) n->name.len, n->name.data,
                   (unsigned long long) n->start,
                   (unsigned long long) n->end,
-                  (unsigned long long) x->pend_base);
+                  (unsigned long long) kept);
     }
 
     len = ngx_xmpp_cm_xml_copy(x, NULL, n->start, n->end);
@@ -141,8 +146,13 @@ fu_element(void *data, ngx_xmpp_cm_elem_t *e)
         }
     }
 
-    return ngx_xmpp_cm_sock_element(data, e);
+    return ngx_xmpp_cm_sock_stanza(data, e);
 }
+
+
+static ngx_xmpp_cm_xml_handlers_t  fu_handlers = {
+    ngx_xmpp_cm_sock_open, NULL, fu_element, ngx_xmpp_cm_sock_end
+};
 
 
 static void
@@ -194,6 +204,15 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     pool = ngx_create_pool(4096, &fuzz_log);
     fp.pool.log = fuzz_log;
 
+    /* each socket's own log, with the module's handler (formatted) */
+
+    for (i = 0; i < 2; i++) {
+        fu_logs[i] = fuzz_log;
+        fu_logs[i].handler = ngx_xmpp_cm_sock_log_error;
+        fu_logs[i].data = &fp.socks[i];
+        fp.socks[i].log = &fu_logs[i];
+    }
+
     if (ngx_array_init(&fp.pool.ghosts, pool, 4, NGX_XMPP_CM_ID_LEN)
         != NGX_OK)
     {
@@ -240,7 +259,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
 
     /* the real element handler, with the tree walked first */
-    sock->xml->element = fu_element;
+    ngx_xmpp_cm_xml_handlers(sock->xml, &fu_handlers, sock);
 
     for (off = 0; off < size; /* void */) {
 

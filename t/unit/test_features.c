@@ -20,7 +20,7 @@ static fuzz_pool_t  uf_fp;
 static ngx_int_t
 uf_element(void *data, ngx_xmpp_cm_elem_t *e)
 {
-    return ngx_xmpp_cm_sock_element(data, e);
+    return ngx_xmpp_cm_sock_stanza(data, e);
 }
 
 
@@ -31,8 +31,10 @@ uf_iq(const char *iq, size_t *len)
 {
     ngx_int_t  rc;
 
-    rc = ngx_xmpp_cm_xml_fragment(&fuzz_log, (u_char *) iq, strlen(iq), 1,
-                                  NGX_XMPP_CM_OPENFIRE_MAX, 1000, uf_element,
+    rc = ngx_xmpp_cm_xml_fragment(&fuzz_log, fuzz_worker->parking,
+                                  (u_char *) iq, strlen(iq), 1,
+                                  NGX_XMPP_CM_UPSTREAM_MAX_STANZA,
+                                  NGX_XMPP_CM_UPSTREAM_MAX_DEPTH, uf_element,
                                   &uf_fp.socks[0]);
     CHECK_INT(rc, NGX_OK);
 

@@ -223,7 +223,7 @@ UNIT_TEST(route_client_refuses_what_openfire_cannot_take)
     static const char  close[] = "</body></message>";
 
     /*
-     * The largest route is NGX_XMPP_CM_OPENFIRE_MAX - 16 bytes: the stanza
+     * The largest route is NGX_XMPP_CM_FRAGMENT_MAX bytes: the stanza
      * that makes exactly that is routed, one byte more is DECLINED (the
      * client gets policy-violation) and nothing is queued.
      */
@@ -231,7 +231,7 @@ UNIT_TEST(route_client_refuses_what_openfire_cannot_take)
     fuzz_pool_init(&ur_fp);
     head = sizeof("<route to=\"\" from=\"\" streamid=\"w1-1\">") - 1
            + ur_fp.pool.domain.len + ur_fp.pool.name.len;
-    fit = NGX_XMPP_CM_OPENFIRE_MAX - 16 - head - (sizeof("</route>") - 1);
+    fit = NGX_XMPP_CM_FRAGMENT_MAX - head - (sizeof("</route>") - 1);
 
     stanza = malloc(fit + 2);
 
@@ -249,7 +249,7 @@ UNIT_TEST(route_client_refuses_what_openfire_cannot_take)
         CHECK_INT(unit_framer_feed(&us, stanza, 65536), NGX_OK);
         CHECK_INT(uc.rc, len == fit ? NGX_OK : NGX_DECLINED);
         CHECK_INT(ur_fp.socks[0].out.size,
-                  len == fit ? NGX_XMPP_CM_OPENFIRE_MAX - 16 : 0);
+                  len == fit ? NGX_XMPP_CM_FRAGMENT_MAX : 0);
 
         out = (char *) fuzz_queue_take(&ur_fp.socks[0].out, &n);
         free(out);
@@ -427,8 +427,10 @@ ur_strip(const char *in, const char *want, const char *file, int line)
 
     /* one element as Openfire sends it, parsed in tree mode */
 
-    rc = ngx_xmpp_cm_xml_fragment(&fuzz_log, (u_char *) in, strlen(in), 1,
-                                  NGX_XMPP_CM_OPENFIRE_MAX, 1000,
+    rc = ngx_xmpp_cm_xml_fragment(&fuzz_log, fuzz_worker->parking,
+                                  (u_char *) in, strlen(in), 1,
+                                  NGX_XMPP_CM_UPSTREAM_MAX_STANZA,
+                                  NGX_XMPP_CM_UPSTREAM_MAX_DEPTH,
                                   ur_strip_element, &us);
     if (rc != NGX_OK || us.out == NULL) {
         unit_fail_int(file, line, "ngx_xmpp_cm_xml_fragment()", NGX_OK, rc);

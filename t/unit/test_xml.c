@@ -19,6 +19,7 @@ ux_error(ngx_uint_t header, size_t max_size, ngx_uint_t max_depth,
     const char *file, int line)
 {
     ngx_int_t       rc;
+    const char     *err, *text;
     unit_stanzas_t  us;
 
     if (header) {
@@ -29,14 +30,15 @@ ux_error(ngx_uint_t header, size_t max_size, ngx_uint_t max_depth,
     }
 
     rc = unit_framer_feed(&us, bytes, step);
+    err = ngx_xmpp_cm_xml_error(us.x, &text);
 
     if (rc != NGX_ERROR) {
         unit_fail_int(file, line, bytes, NGX_ERROR, rc);
 
-    } else if (us.x->error == NULL || strcmp(us.x->error, cond) != 0) {
+    } else if (err == NULL || strcmp(err, cond) != 0) {
         unit_fail_str(file, line, bytes, cond, strlen(cond),
-                      (u_char *) (us.x->error ? us.x->error : "(null)"),
-                      strlen(us.x->error ? us.x->error : "(null)"));
+                      (u_char *) (err ? err : "(null)"),
+                      strlen(err ? err : "(null)"));
 
     } else if (us.n != nstanzas) {
         unit_fail_int(file, line, "stanzas before the error", nstanzas,

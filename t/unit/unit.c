@@ -198,18 +198,20 @@ unit_framer_open(unit_stanzas_t *us, size_t max_size, ngx_uint_t max_depth)
 void
 unit_framer_new(unit_stanzas_t *us, size_t max_size, ngx_uint_t max_depth)
 {
+    static ngx_xmpp_cm_xml_handlers_t  handlers = {
+        unit_open, unit_start, unit_element, unit_close
+    };
+
     ngx_memzero(us, sizeof(unit_stanzas_t));
 
     us->pool = ngx_create_pool(1024, &fuzz_log);
-    us->x = ngx_xmpp_cm_xml_create(us->pool, &fuzz_log, 0);
+    us->x = ngx_xmpp_cm_xml_create(us->pool, &fuzz_log, 0,
+                                   fuzz_worker->parking);
 
-    us->x->data = us;
-    us->x->open = unit_open;
-    us->x->element = unit_element;
-    us->x->start = unit_start;
-    us->x->close = unit_close;
-    us->x->max_size = max_size ? max_size : NGX_XMPP_CM_MAX_STANZA;
-    us->x->max_depth = max_depth ? max_depth : 1000;
+    ngx_xmpp_cm_xml_handlers(us->x, &handlers, us);
+    ngx_xmpp_cm_xml_limits(us->x,
+                           max_size ? max_size : NGX_XMPP_CM_MAX_STANZA,
+                           max_depth ? max_depth : 1000);
 }
 
 
