@@ -83,7 +83,7 @@ static ngx_conf_bitmask_t  ngx_stream_xmpp_cm_ssl_protocols[] = {
 
 /*
  * The settings of a CM: servers with the same xmpp_cm_name share one
- * group of Openfire sockets per worker (ngx_xmpp_cm_pool_t), which reads
+ * group of Openfire sockets per worker (ngx_xmpp_cm_upstream_t), which reads
  * them from the first such server's conf.  nginx -t checks that the
  * others agree.
  */
@@ -542,7 +542,7 @@ ngx_stream_xmpp_cm_create_srv_conf(ngx_conf_t *cf)
      *     conf->secret = { 0, NULL };
      *     conf->reconnect.max = 0;
      *     conf->upstream_watermarks.low = 0;
-     *     conf->pool = NULL;
+     *     conf->up = NULL;
      */
 
     conf->domains = NGX_CONF_UNSET_PTR;
@@ -1534,17 +1534,17 @@ ngx_stream_xmpp_cm_init_process(ngx_cycle_t *cycle)
 
         for (j = 0; j < i; j++) {
             if (ngx_stream_xmpp_cm_same_cm(srv[j], srv[i])) {
-                srv[i]->pool = srv[j]->pool;
+                srv[i]->up = srv[j]->up;
                 break;
             }
         }
 
-        if (srv[i]->pool) {
+        if (srv[i]->up) {
             continue;
         }
 
-        if (ngx_xmpp_cm_pool_init(cycle, srv[i]) != NGX_OK
-            || ngx_xmpp_cm_session_init(cycle, srv[i]->pool) != NGX_OK)
+        if (ngx_xmpp_cm_upstream_init(cycle, srv[i]) != NGX_OK
+            || ngx_xmpp_cm_session_init(cycle, srv[i]->up) != NGX_OK)
         {
             return NGX_ERROR;
         }
@@ -1570,8 +1570,8 @@ ngx_stream_xmpp_cm_exit_process(ngx_cycle_t *cycle)
     srv = cmcf->servers.elts;
 
     for (i = 0; i < cmcf->servers.nelts; i++) {
-        if (srv[i]->pool) {
-            ngx_xmpp_cm_pool_exit(srv[i]->pool);
+        if (srv[i]->up) {
+            ngx_xmpp_cm_upstream_exit(srv[i]->up);
         }
     }
 

@@ -59,7 +59,7 @@
 #define NGX_XMPP_CM_RATE_MAX          (1024 * 1024 * 1024)
 
 
-typedef struct ngx_xmpp_cm_pool_s     ngx_xmpp_cm_pool_t;
+typedef struct ngx_xmpp_cm_upstream_s     ngx_xmpp_cm_upstream_t;
 typedef struct ngx_xmpp_cm_sock_s     ngx_xmpp_cm_sock_t;
 typedef struct ngx_xmpp_cm_session_s  ngx_xmpp_cm_session_t;
 typedef struct ngx_xmpp_cm_client_s   ngx_xmpp_cm_client_t;
@@ -148,7 +148,7 @@ typedef struct {
     ngx_array_t                     *passwords;
 #endif
 
-    ngx_xmpp_cm_pool_t              *pool;         /* per worker */
+    ngx_xmpp_cm_upstream_t          *up;         /* per worker */
     ngx_stream_conf_ctx_t           *ctx;          /* the server's */
     ngx_str_t                        conf_file;
     ngx_uint_t                       conf_line;
@@ -261,16 +261,16 @@ char *ngx_xmpp_cm_metrics_slots(ngx_conf_t *cf, ngx_command_t *cmd,
 ngx_xmpp_cm_metrics_t *ngx_xmpp_cm_metrics_record(ngx_cycle_t *cycle,
     ngx_str_t *name);
 void ngx_xmpp_cm_metrics_exit(ngx_cycle_t *cycle);
-void ngx_xmpp_cm_metrics_socks(ngx_xmpp_cm_pool_t *pool);
+void ngx_xmpp_cm_metrics_socks(ngx_xmpp_cm_upstream_t *up);
 void ngx_xmpp_cm_metrics_sock_closed(ngx_xmpp_cm_sock_t *sock);
-void ngx_xmpp_cm_metrics_stream_error(ngx_xmpp_cm_pool_t *pool, char *cond);
-void ngx_xmpp_cm_metrics_stream_opened(ngx_xmpp_cm_pool_t *pool);
-void ngx_xmpp_cm_metrics_authenticated(ngx_xmpp_cm_pool_t *pool,
+void ngx_xmpp_cm_metrics_stream_error(ngx_xmpp_cm_upstream_t *up, char *cond);
+void ngx_xmpp_cm_metrics_stream_opened(ngx_xmpp_cm_upstream_t *up);
+void ngx_xmpp_cm_metrics_authenticated(ngx_xmpp_cm_upstream_t *up,
     ngx_uint_t was);
-void ngx_xmpp_cm_metrics_stream_closed(ngx_xmpp_cm_pool_t *pool,
+void ngx_xmpp_cm_metrics_stream_closed(ngx_xmpp_cm_upstream_t *up,
     ngx_uint_t authenticated);
-void ngx_xmpp_cm_metrics_iq_auth(ngx_xmpp_cm_pool_t *pool, ngx_str_t *type);
-void ngx_xmpp_cm_metrics_returned(ngx_xmpp_cm_pool_t *pool, ngx_int_t rc);
+void ngx_xmpp_cm_metrics_iq_auth(ngx_xmpp_cm_upstream_t *up, ngx_str_t *type);
+void ngx_xmpp_cm_metrics_returned(ngx_xmpp_cm_upstream_t *up, ngx_int_t rc);
 ngx_int_t ngx_xmpp_cm_metrics_render(ngx_cycle_t *cycle, ngx_pool_t *pool,
     ngx_str_t *out);
 
@@ -438,9 +438,9 @@ size_t ngx_xmpp_cm_escape(u_char *dst, u_char *src, size_t len);
 ngx_int_t ngx_xmpp_cm_route_client(ngx_xmpp_cm_session_t *s,
     ngx_xmpp_cm_xml_t *x, ngx_xmpp_cm_elem_t *e, u_char *lang);
 ngx_int_t ngx_xmpp_cm_session_id_ok(ngx_str_t *id);
-ngx_int_t ngx_xmpp_cm_route_raw(ngx_xmpp_cm_pool_t *pool,
+ngx_int_t ngx_xmpp_cm_route_raw(ngx_xmpp_cm_upstream_t *up,
     ngx_xmpp_cm_sock_t *sock, ngx_str_t *id, u_char *p, size_t len);
-ngx_int_t ngx_xmpp_cm_route_session_iq(ngx_xmpp_cm_pool_t *pool,
+ngx_int_t ngx_xmpp_cm_route_session_iq(ngx_xmpp_cm_upstream_t *up,
     ngx_xmpp_cm_sock_t *sock, ngx_str_t *id, ngx_uint_t type,
     ngx_str_t *addr, u_char *payload, size_t len);
 size_t ngx_xmpp_cm_stanza_error(ngx_xmpp_cm_xml_t *x, ngx_xmpp_cm_elem_t *e,
@@ -482,7 +482,7 @@ void ngx_xmpp_cm_stanza_done(ngx_xmpp_cm_elem_t *e);
 
 
 struct ngx_xmpp_cm_sock_s {
-    ngx_xmpp_cm_pool_t              *pool;
+    ngx_xmpp_cm_upstream_t          *up;
     ngx_uint_t                       index;
     ngx_uint_t                       generation;
     ngx_uint_t                       state;
@@ -519,18 +519,18 @@ struct ngx_xmpp_cm_sock_s {
  */
 
 typedef struct {
-    void  (*route)(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
+    void  (*route)(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_sock_t *sock,
                    ngx_xmpp_cm_node_t *route);
-    void  (*session_iq)(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
+    void  (*session_iq)(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_sock_t *sock,
                         ngx_xmpp_cm_node_t *iq);
-    void  (*end_all)(ngx_xmpp_cm_pool_t *pool, char *cond, char *text,
+    void  (*end_all)(ngx_xmpp_cm_upstream_t *up, char *cond, char *text,
                      ngx_uint_t ghost);
-    void  (*up)(ngx_xmpp_cm_pool_t *pool);
+    void  (*up)(ngx_xmpp_cm_upstream_t *up);
     void  (*unblock)(ngx_xmpp_cm_session_t *s);
 } ngx_xmpp_cm_streams_t;
 
 
-struct ngx_xmpp_cm_pool_s {
+struct ngx_xmpp_cm_upstream_s {
     ngx_stream_xmpp_cm_srv_conf_t   *conf;
     ngx_str_t                        name;
     ngx_str_t                        domain;
@@ -566,10 +566,10 @@ struct ngx_xmpp_cm_pool_s {
 };
 
 
-ngx_int_t ngx_xmpp_cm_pool_init(ngx_cycle_t *cycle,
+ngx_int_t ngx_xmpp_cm_upstream_init(ngx_cycle_t *cycle,
     ngx_stream_xmpp_cm_srv_conf_t *conf);
-void ngx_xmpp_cm_pool_exit(ngx_xmpp_cm_pool_t *pool);
-ngx_xmpp_cm_sock_t *ngx_xmpp_cm_pool_pick(ngx_xmpp_cm_pool_t *pool);
+void ngx_xmpp_cm_upstream_exit(ngx_xmpp_cm_upstream_t *up);
+ngx_xmpp_cm_sock_t *ngx_xmpp_cm_upstream_pick(ngx_xmpp_cm_upstream_t *up);
 ngx_int_t ngx_xmpp_cm_sock_write(ngx_xmpp_cm_sock_t *sock, u_char *p,
     size_t len);
 ngx_buf_t *ngx_xmpp_cm_sock_buf(ngx_xmpp_cm_sock_t *sock, size_t len);
@@ -611,7 +611,7 @@ struct ngx_xmpp_cm_conn_s {
 struct ngx_xmpp_cm_session_s {
     ngx_str_node_t                   node;
     u_char                           id[NGX_XMPP_CM_ID_LEN];
-    ngx_xmpp_cm_pool_t              *pool;
+    ngx_xmpp_cm_upstream_t          *up;
     ngx_xmpp_cm_sock_t              *sock;
     ngx_xmpp_cm_conn_t              *conn;       /* NULL: detached */
     ngx_event_t                     *close_ev;   /* during the close delay */
@@ -624,8 +624,8 @@ struct ngx_xmpp_cm_session_s {
 
 
 ngx_int_t ngx_xmpp_cm_session_init(ngx_cycle_t *cycle,
-    ngx_xmpp_cm_pool_t *pool);
-ngx_xmpp_cm_session_t *ngx_xmpp_cm_session_create(ngx_xmpp_cm_pool_t *pool,
+    ngx_xmpp_cm_upstream_t *up);
+ngx_xmpp_cm_session_t *ngx_xmpp_cm_session_create(ngx_xmpp_cm_upstream_t *up,
     ngx_xmpp_cm_conn_t *conn, ngx_str_t *addr);
 void ngx_xmpp_cm_session_attach(ngx_xmpp_cm_session_t *s,
     ngx_xmpp_cm_conn_t *conn);
@@ -634,9 +634,9 @@ ngx_int_t ngx_xmpp_cm_session_send(ngx_xmpp_cm_session_t *s,
     ngx_xmpp_cm_xml_t *x, ngx_xmpp_cm_elem_t *e, u_char *lang);
 ngx_uint_t ngx_xmpp_cm_session_throttled(ngx_xmpp_cm_session_t *s);
 void ngx_xmpp_cm_session_forget(ngx_xmpp_cm_session_t *s);
-ngx_xmpp_cm_session_t *ngx_xmpp_cm_session_find(ngx_xmpp_cm_pool_t *pool,
+ngx_xmpp_cm_session_t *ngx_xmpp_cm_session_find(ngx_xmpp_cm_upstream_t *up,
     ngx_str_t *id);
-ngx_int_t ngx_xmpp_cm_session_recently_closed(ngx_xmpp_cm_pool_t *pool,
+ngx_int_t ngx_xmpp_cm_session_recently_closed(ngx_xmpp_cm_upstream_t *up,
     ngx_str_t *id);
 
 extern const ngx_xmpp_cm_streams_t  ngx_xmpp_cm_streams;

@@ -48,7 +48,7 @@ struct ngx_xmpp_cm_client_s {
     ngx_stream_session_t            *s;
     ngx_connection_t                *c;
     ngx_stream_xmpp_cm_srv_conf_t   *conf;
-    ngx_xmpp_cm_pool_t              *pool;
+    ngx_xmpp_cm_upstream_t          *up;
     ngx_xmpp_cm_session_t           *session;
     ngx_xmpp_cm_xml_t               *xml;
     ngx_xmpp_cm_output_t             out;
@@ -222,10 +222,10 @@ ngx_stream_xmpp_cm_handler(ngx_stream_session_t *s)
     cl->s = s;
     cl->c = c;
     cl->conf = conf;
-    cl->pool = conf->pool;
+    cl->up = conf->up;
 
     cl->xml = ngx_xmpp_cm_xml_create(c->pool, c->log, 0,
-                                     cl->pool->worker->parking);
+                                     cl->up->worker->parking);
     if (cl->xml == NULL) {
         ngx_stream_finalize_session(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
         return;
@@ -240,9 +240,9 @@ ngx_stream_xmpp_cm_handler(ngx_stream_session_t *s)
 
     cln->handler = ngx_xmpp_cm_client_cleanup;
     cln->data = cl;
-    ngx_xmpp_cm_metrics_stream_opened(cl->pool);
+    ngx_xmpp_cm_metrics_stream_opened(cl->up);
 
-    ngx_queue_insert_tail(&cl->pool->worker->clients, &cl->link);
+    ngx_queue_insert_tail(&cl->up->worker->clients, &cl->link);
 
     ngx_xmpp_cm_xml_handlers(cl->xml, &ngx_xmpp_cm_client_auth_xml, cl);
     ngx_xmpp_cm_xml_limits(cl->xml, conf->preauth_max_stanza,
@@ -585,7 +585,7 @@ ngx_xmpp_cm_client_read(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_rate_t *limit)
             cl->rate_credit -= (off_t) n * 1000;
         }
 
-        if (ngx_xmpp_cm_client_input(cl, cl->pool->worker->client_buf, n)
+        if (ngx_xmpp_cm_client_input(cl, cl->up->worker->client_buf, n)
             != NGX_OK
             || cl->phase > NGX_XMPP_CM_PHASE_STREAM)
         {
@@ -621,7 +621,7 @@ ngx_xmpp_cm_client_recv(ngx_xmpp_cm_client_t *cl, size_t size)
 {
     ssize_t  n;
 
-    n = cl->c->recv(cl->c, cl->pool->worker->client_buf, size);
+    n = cl->c->recv(cl->c, cl->up->worker->client_buf, size);
 
     if (n == NGX_AGAIN) {
         return NGX_AGAIN;
@@ -1073,7 +1073,7 @@ ngx_xmpp_cm_client_open(void *data, ngx_str_t *name, ngx_str_t *ns,
     }
 
     if (cl->session == NULL && !cl->authenticated) {
-        if (cl->pool->ready == 0 || !cl->pool->configured) {
+        if (cl->up->ready == 0 || !cl->up->configured) {
             ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
                           "xmpp_cm: no Openfire connection is up, refusing "
                           "the client");
@@ -1096,7 +1096,7 @@ ngx_xmpp_cm_client_open(void *data, ngx_str_t *name, ngx_str_t *ns,
             break;
         }
 
-        cl->session = ngx_xmpp_cm_session_create(cl->pool, &cl->conn, &addr);
+        cl->session = ngx_xmpp_cm_session_create(cl->up, &cl->conn, &addr);
 
         if (cl->session == NULL) {
             ngx_xmpp_cm_client_end(cl, "remote-connection-failed",
@@ -1146,9 +1146,9 @@ ngx_xmpp_cm_client_open(void *data, ngx_str_t *name, ngx_str_t *ns,
 static void
 ngx_xmpp_cm_client_header(ngx_xmpp_cm_client_t *cl)
 {
-    u_char              *p, buf[NGX_XMPP_CM_HEADER_MAX];
-    ngx_str_t           *domain, id;
-    ngx_xmpp_cm_pool_t  *pool;
+    u_char                  *p, buf[NGX_XMPP_CM_HEADER_MAX];
+    ngx_str_t               *domain, id;
+    ngx_xmpp_cm_upstream_t  *up;
 
     static u_char  starttls[] =
         "<starttls xmlns=\"" NGX_XMPP_NS_TLS "\"/>";
@@ -1162,7 +1162,7 @@ ngx_xmpp_cm_client_header(ngx_xmpp_cm_client_t *cl)
         "<compression xmlns=\"" NGX_XMPP_NS_FCOMPRESS "\">"
         "<method>zlib</method></compression>";
 
-    pool = cl->pool;
+    up = cl->up;
 
     if (cl->domain.len) {
         domain = &cl->domain;
@@ -1205,7 +1205,7 @@ ngx_xmpp_cm_client_header(ngx_xmpp_cm_client_t *cl)
         ngx_xmpp_cm_client_send(cl, post, sizeof(post) - 1);
 
         if (cl->zlib == NULL && cl->conf->compression
-            && pool->cfg_compression)
+            && up->cfg_compression)
         {
             ngx_xmpp_cm_client_send(cl, compression, sizeof(compression) - 1);
         }
@@ -1230,7 +1230,7 @@ ngx_xmpp_cm_client_header(ngx_xmpp_cm_client_t *cl)
         break;
     }
 
-    ngx_xmpp_cm_client_send(cl, pool->features.data, pool->features.len);
+    ngx_xmpp_cm_client_send(cl, up->features.data, up->features.len);
     ngx_xmpp_cm_client_send(cl, (u_char *) "</stream:features>", 18);
 }
 
@@ -1250,7 +1250,7 @@ ngx_xmpp_cm_client_tls(ngx_xmpp_cm_client_t *cl)
     }
 
     if (cl->conf->starttls == NGX_XMPP_CM_TLS_REQUIRED
-        || (cl->pool && cl->pool->cfg_tls_required))
+        || (cl->up && cl->up->cfg_tls_required))
     {
         return NGX_XMPP_CM_TLS_REQUIRED;
     }
@@ -1283,7 +1283,7 @@ ngx_xmpp_cm_client_forward(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
         return NGX_DONE;
     }
 
-    ngx_xmpp_cm_count_relay(cl->pool, TO_OPENFIRE, e->end - e->start);
+    ngx_xmpp_cm_count_relay(cl->up, TO_OPENFIRE, e->end - e->start);
 
     return NGX_OK;
 }
@@ -1569,8 +1569,8 @@ ngx_xmpp_cm_client_offered(ngx_xmpp_cm_client_t *cl, const XML_Char **attrs)
     n = ngx_cpymem(n, "</mechanism>", sizeof("</mechanism>") - 1);
     len = n - needle;
 
-    p = cl->pool->features.data;
-    last = p + cl->pool->features.len;
+    p = cl->up->features.data;
+    last = p + cl->up->features.len;
 
     for ( /* void */ ; (size_t) (last - p) >= len; p++) {
         if (ngx_memcmp(p, needle, len) == 0) {
@@ -1703,7 +1703,7 @@ ngx_xmpp_cm_client_compress(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
                                    "\"><unsupported-method/></failure>";
 
     if (cl->zlib || !cl->authenticated || !cl->conf->compression
-        || !cl->pool->cfg_compression)
+        || !cl->up->cfg_compression)
     {
         ngx_xmpp_cm_client_send(cl, setup_failed, sizeof(setup_failed) - 1);
         return NGX_OK;
@@ -1746,7 +1746,7 @@ ngx_xmpp_cm_client_compress(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
     ngx_xmpp_cm_client_send(cl, compressed, sizeof(compressed) - 1);
 
     cl->zlib = ngx_xmpp_cm_zlib_create(cl->c->pool, cl->c->log,
-                                       cl->pool->worker);
+                                       cl->up->worker);
 
     if (cl->zlib == NULL) {
         ngx_xmpp_cm_client_end(cl, "internal-server-error", NULL, NULL, 0);
@@ -1874,7 +1874,7 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_conn_t *conn, ngx_xmpp_cm_xml_t *x,
     if (ngx_xmpp_cm_str_is(&n->ns, NGX_XMPP_NS_STREAMS)
         && ngx_xmpp_cm_str_is(&n->name, "error"))
     {
-        tmp = ngx_pnalloc(cl->pool->tmp, len);
+        tmp = ngx_pnalloc(cl->up->tmp, len);
         if (tmp == NULL) {
             return NGX_OK;
         }
@@ -1902,7 +1902,7 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_conn_t *conn, ngx_xmpp_cm_xml_t *x,
     if (n->has_xmlns && !ngx_xmpp_cm_str_is(&n->xmlns, NGX_XMPP_NS_CLIENT)
         && !success && !ngx_xmpp_cm_str_is(&n->ns, NGX_XMPP_NS_SASL))
     {
-        tmp = ngx_pnalloc(cl->pool->tmp, len);
+        tmp = ngx_pnalloc(cl->up->tmp, len);
         if (tmp == NULL) {
             return NGX_OK;
         }
@@ -1910,7 +1910,7 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_conn_t *conn, ngx_xmpp_cm_xml_t *x,
         (void) ngx_xmpp_cm_xml_copy(x, tmp, n->start, n->end);
 
         out = ngx_xmpp_cm_strip_server_ns(NULL, tmp, len, n);
-        p = ngx_pnalloc(cl->pool->tmp, out);
+        p = ngx_pnalloc(cl->up->tmp, out);
         if (p == NULL) {
             return NGX_OK;
         }
@@ -1932,7 +1932,7 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_conn_t *conn, ngx_xmpp_cm_xml_t *x,
         b->last += ngx_xmpp_cm_xml_copy(x, b->last, n->start, n->end);
     }
 
-    ngx_xmpp_cm_count_relay(cl->pool, TO_CLIENT, len);
+    ngx_xmpp_cm_count_relay(cl->up, TO_CLIENT, len);
 
     if (!cl->c->write->posted) {
         ngx_post_event(cl->c->write, &ngx_posted_events);
@@ -1941,7 +1941,7 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_conn_t *conn, ngx_xmpp_cm_xml_t *x,
     if (ngx_xmpp_cm_str_is(&n->ns, NGX_XMPP_NS_SASL)
         && ngx_xmpp_cm_str_is(&n->name, "failure"))
     {
-        ngx_xmpp_cm_count(cl->pool, LOGIN_FAILURE);
+        ngx_xmpp_cm_count(cl->up, LOGIN_FAILURE);
         cl->sasl_pending = 0;
     }
 
@@ -1986,7 +1986,7 @@ ngx_xmpp_cm_client_iq_auth(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
 
     (void) ngx_xmpp_cm_xml_copy(cl->xml, buf, e->start, e->end);
 
-    (void) ngx_xmpp_cm_xml_fragment(cl->c->log, cl->pool->worker->parking,
+    (void) ngx_xmpp_cm_xml_fragment(cl->c->log, cl->up->worker->parking,
                                     buf, len, 1, len,
                                     cl->conf->max_depth,
                                     ngx_xmpp_cm_client_iq_auth_set, cl);
@@ -2098,7 +2098,7 @@ ngx_xmpp_cm_client_iq_auth_result(ngx_xmpp_cm_client_t *cl,
     }
 
     cl->iq_auth = NULL;
-    ngx_xmpp_cm_metrics_iq_auth(cl->pool, type);
+    ngx_xmpp_cm_metrics_iq_auth(cl->up, type);
 
     jid = to ? to : &a->jid;
 
@@ -2195,7 +2195,7 @@ ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_conn_t *conn, ngx_str_t *text)
      * handed back (broken XML would break the shared Openfire socket).
      */
 
-    if (ngx_xmpp_cm_xml_fragment(cl->c->log, cl->pool->worker->parking,
+    if (ngx_xmpp_cm_xml_fragment(cl->c->log, cl->up->worker->parking,
                                  text->data, text->len, 0,
                                  NGX_XMPP_CM_OPENFIRE_MAX,
                                  NGX_MAX_UINT32_VALUE, NULL, NULL)
@@ -2205,9 +2205,9 @@ ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_conn_t *conn, ngx_str_t *text)
                       "xmpp_cm: text route from Openfire for stream %V is "
                       "not complete elements, dropped: \"%*s\"",
                       &cl->streamid, ngx_min(text->len, 64), text->data);
-        if (cl->pool) {
-            cl->pool->dropped++;
-            ngx_xmpp_cm_count(cl->pool, DROP_UNPARSEABLE);
+        if (cl->up) {
+            cl->up->dropped++;
+            ngx_xmpp_cm_count(cl->up, DROP_UNPARSEABLE);
         }
         return;
     }
@@ -2250,7 +2250,7 @@ ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_conn_t *conn, ngx_str_t *text)
     if (end - p > 8 && ngx_strncmp(p, "<failure", 8) == 0
         && (ngx_xmpp_cm_is_space(p[8]) || p[8] == '/' || p[8] == '>'))
     {
-        ngx_xmpp_cm_count(cl->pool, LOGIN_FAILURE);
+        ngx_xmpp_cm_count(cl->up, LOGIN_FAILURE);
         cl->sasl_pending = 0;
     }
 
@@ -2291,7 +2291,7 @@ ngx_xmpp_cm_client_authenticated(ngx_xmpp_cm_client_t *cl)
         cl->iq_auth = NULL;
     }
 
-    ngx_xmpp_cm_metrics_authenticated(cl->pool, cl->authenticated);
+    ngx_xmpp_cm_metrics_authenticated(cl->up, cl->authenticated);
     cl->authenticated = 1;
     cl->sasl_pending = 0;
 
@@ -2355,7 +2355,7 @@ ngx_xmpp_cm_client_ended(ngx_xmpp_cm_conn_t *conn, char *cond, char *text,
 
     ngx_xmpp_cm_client_closing(cl, cond, text, raw, rawlen);
 
-    if (cl->pool->exiting || ngx_exiting || ngx_terminate) {
+    if (cl->up->exiting || ngx_exiting || ngx_terminate) {
         ngx_xmpp_cm_client_flush(cl);
     }
 }
@@ -2411,7 +2411,7 @@ ngx_xmpp_cm_client_closing(ngx_xmpp_cm_client_t *cl, char *cond, char *text,
         ngx_xmpp_cm_client_send(cl, raw, rawlen);
 
     } else if (cond) {
-        ngx_xmpp_cm_metrics_stream_error(cl->pool, cond);
+        ngx_xmpp_cm_metrics_stream_error(cl->up, cond);
 
         len = sizeof("<stream:error>< xmlns=\"" NGX_XMPP_NS_XSTREAMS "\"/>"
                      "</stream:error>") - 1 + ngx_strlen(cond);
@@ -2676,7 +2676,7 @@ ngx_xmpp_cm_client_drain(ngx_xmpp_cm_client_t *cl)
     (void) shutdown(c->fd, SHUT_WR);
 
     for (i = 0; i < 64; i++) {
-        n = c->recv(c, cl->pool->worker->client_buf,
+        n = c->recv(c, cl->up->worker->client_buf,
                     NGX_XMPP_CM_CLIENT_READ);
 
         if (n <= 0) {
@@ -2710,7 +2710,7 @@ ngx_xmpp_cm_client_cleanup(void *data)
         ngx_free(cl->iq_auth);
     }
 
-    ngx_xmpp_cm_metrics_stream_closed(cl->pool, cl->authenticated);
+    ngx_xmpp_cm_metrics_stream_closed(cl->up, cl->authenticated);
     ngx_queue_remove(&cl->link);
     ngx_xmpp_cm_output_free(&cl->out);
     ngx_xmpp_cm_xml_free(cl->xml);

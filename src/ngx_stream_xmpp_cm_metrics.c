@@ -460,7 +460,7 @@ ngx_xmpp_cm_metrics_fold(ngx_xmpp_cm_metrics_sh_t *sh, ngx_uint_t slot)
 
 
 /*
- * A worker's record for a CM name (ngx_xmpp_cm_pool_init()): the first
+ * A worker's record for a CM name (ngx_xmpp_cm_upstream_init()): the first
  * call takes a slot.  Never NULL: without a zone or room, counting goes
  * to a record nobody reads.
  */
@@ -556,8 +556,8 @@ ngx_xmpp_cm_metrics_exit(ngx_cycle_t *cycle)
     srv = cmcf->servers.elts;
 
     for (i = 0; i < cmcf->servers.nelts; i++) {
-        if (srv[i]->pool) {
-            srv[i]->pool->metrics = &wk->metrics_void;
+        if (srv[i]->up) {
+            srv[i]->up->metrics = &wk->metrics_void;
         }
     }
 
@@ -583,7 +583,7 @@ ngx_xmpp_cm_metrics_exit(ngx_cycle_t *cycle)
 /* the socket gauges, recounted when a socket changes state */
 
 void
-ngx_xmpp_cm_metrics_socks(ngx_xmpp_cm_pool_t *pool)
+ngx_xmpp_cm_metrics_socks(ngx_xmpp_cm_upstream_t *up)
 {
     uint64_t                connecting, handshake, ready;
     ngx_uint_t              i;
@@ -593,8 +593,8 @@ ngx_xmpp_cm_metrics_socks(ngx_xmpp_cm_pool_t *pool)
     handshake = 0;
     ready = 0;
 
-    for (i = 0; i < pool->nsocks; i++) {
-        switch (pool->socks[i].state) {
+    for (i = 0; i < up->nsocks; i++) {
+        switch (up->socks[i].state) {
 
         case NGX_XMPP_CM_SOCK_IDLE:
             break;
@@ -612,7 +612,7 @@ ngx_xmpp_cm_metrics_socks(ngx_xmpp_cm_pool_t *pool)
         }
     }
 
-    m = pool->metrics;
+    m = up->metrics;
     m->v[NGX_XMPP_CM_M_SOCK_CONNECTING] = connecting;
     m->v[NGX_XMPP_CM_M_SOCK_HANDSHAKE] = handshake;
     m->v[NGX_XMPP_CM_M_SOCK_READY] = ready;
@@ -627,13 +627,13 @@ ngx_xmpp_cm_metrics_sock_closed(ngx_xmpp_cm_sock_t *sock)
     if (sock->state == NGX_XMPP_CM_SOCK_TLS
         || sock->state == NGX_XMPP_CM_SOCK_HANDSHAKE)
     {
-        ngx_xmpp_cm_count(sock->pool, HANDSHAKE_FAILURES);
+        ngx_xmpp_cm_count(sock->up, HANDSHAKE_FAILURES);
     }
 }
 
 
 void
-ngx_xmpp_cm_metrics_stream_error(ngx_xmpp_cm_pool_t *pool, char *cond)
+ngx_xmpp_cm_metrics_stream_error(ngx_xmpp_cm_upstream_t *up, char *cond)
 {
     ngx_uint_t  i;
 
@@ -643,43 +643,43 @@ ngx_xmpp_cm_metrics_stream_error(ngx_xmpp_cm_pool_t *pool, char *cond)
         }
     }
 
-    pool->metrics->v[NGX_XMPP_CM_M_STREAM_ERROR + i]++;
+    up->metrics->v[NGX_XMPP_CM_M_STREAM_ERROR + i]++;
 }
 
 
 /* a client connection: authenticating until it is, or until it closes */
 
 void
-ngx_xmpp_cm_metrics_stream_opened(ngx_xmpp_cm_pool_t *pool)
+ngx_xmpp_cm_metrics_stream_opened(ngx_xmpp_cm_upstream_t *up)
 {
-    ngx_xmpp_cm_count(pool, AUTHENTICATING);
+    ngx_xmpp_cm_count(up, AUTHENTICATING);
 }
 
 
 /* before the stream's authenticated flag is set: was is its old value */
 
 void
-ngx_xmpp_cm_metrics_authenticated(ngx_xmpp_cm_pool_t *pool, ngx_uint_t was)
+ngx_xmpp_cm_metrics_authenticated(ngx_xmpp_cm_upstream_t *up, ngx_uint_t was)
 {
     if (was) {
         return;
     }
 
-    ngx_xmpp_cm_uncount(pool, AUTHENTICATING);
-    ngx_xmpp_cm_count(pool, BOUND);
-    ngx_xmpp_cm_count(pool, LOGIN_SUCCESS);
+    ngx_xmpp_cm_uncount(up, AUTHENTICATING);
+    ngx_xmpp_cm_count(up, BOUND);
+    ngx_xmpp_cm_count(up, LOGIN_SUCCESS);
 }
 
 
 void
-ngx_xmpp_cm_metrics_stream_closed(ngx_xmpp_cm_pool_t *pool,
+ngx_xmpp_cm_metrics_stream_closed(ngx_xmpp_cm_upstream_t *up,
     ngx_uint_t authenticated)
 {
     if (authenticated) {
-        ngx_xmpp_cm_uncount(pool, BOUND);
+        ngx_xmpp_cm_uncount(up, BOUND);
 
     } else {
-        ngx_xmpp_cm_uncount(pool, AUTHENTICATING);
+        ngx_xmpp_cm_uncount(up, AUTHENTICATING);
     }
 }
 
@@ -824,10 +824,10 @@ ngx_xmpp_cm_metrics_render(ngx_cycle_t *cycle, ngx_pool_t *pool,
 /* Openfire's answer to a jabber:iq:auth set: an error is a failed login */
 
 void
-ngx_xmpp_cm_metrics_iq_auth(ngx_xmpp_cm_pool_t *pool, ngx_str_t *type)
+ngx_xmpp_cm_metrics_iq_auth(ngx_xmpp_cm_upstream_t *up, ngx_str_t *type)
 {
     if (type && ngx_xmpp_cm_str_is(type, "error")) {
-        ngx_xmpp_cm_count(pool, LOGIN_FAILURE);
+        ngx_xmpp_cm_count(up, LOGIN_FAILURE);
     }
 }
 
@@ -835,12 +835,12 @@ ngx_xmpp_cm_metrics_iq_auth(ngx_xmpp_cm_pool_t *pool, ngx_str_t *type)
 /* a message for a client that is gone: handed back in <failed/> or not */
 
 void
-ngx_xmpp_cm_metrics_returned(ngx_xmpp_cm_pool_t *pool, ngx_int_t rc)
+ngx_xmpp_cm_metrics_returned(ngx_xmpp_cm_upstream_t *up, ngx_int_t rc)
 {
     if (rc == NGX_OK) {
-        ngx_xmpp_cm_count(pool, FAILED_RETURNED);
+        ngx_xmpp_cm_count(up, FAILED_RETURNED);
 
     } else {
-        ngx_xmpp_cm_count(pool, DROP_TOO_LARGE);
+        ngx_xmpp_cm_count(up, DROP_TOO_LARGE);
     }
 }

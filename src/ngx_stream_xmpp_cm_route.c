@@ -579,15 +579,15 @@ ngx_xmpp_cm_stanza_error(ngx_xmpp_cm_xml_t *x, ngx_xmpp_cm_elem_t *e,
 
 
 static size_t
-ngx_xmpp_cm_route_head(ngx_xmpp_cm_pool_t *pool, ngx_str_t *id, u_char *dst)
+ngx_xmpp_cm_route_head(ngx_xmpp_cm_upstream_t *up, ngx_str_t *id, u_char *dst)
 {
     if (dst == NULL) {
         return sizeof("<route to=\"\" from=\"\" streamid=\"\">") - 1
-               + pool->domain.len + pool->name.len + id->len;
+               + up->domain.len + up->name.len + id->len;
     }
 
     return ngx_sprintf(dst, "<route to=\"%V\" from=\"%V\" streamid=\"%V\">",
-                       &pool->domain, &pool->name, id)
+                       &up->domain, &up->name, id)
            - dst;
 }
 
@@ -656,7 +656,7 @@ ngx_xmpp_cm_route_client(ngx_xmpp_cm_session_t *s, ngx_xmpp_cm_xml_t *x,
     }
 
     body = ngx_xmpp_cm_sanitize_stanza(x, NULL, e, lang);
-    head = ngx_xmpp_cm_route_head(s->pool, &s->node.str, NULL);
+    head = ngx_xmpp_cm_route_head(s->up, &s->node.str, NULL);
     len = head + body + sizeof("</route>") - 1;
 
     if (!ngx_xmpp_cm_fragment_fits(len)) {
@@ -668,7 +668,7 @@ ngx_xmpp_cm_route_client(ngx_xmpp_cm_session_t *s, ngx_xmpp_cm_xml_t *x,
         return NGX_ERROR;
     }
 
-    b->last += ngx_xmpp_cm_route_head(s->pool, &s->node.str, b->last);
+    b->last += ngx_xmpp_cm_route_head(s->up, &s->node.str, b->last);
     b->last += ngx_xmpp_cm_sanitize_stanza(x, b->last, e, lang);
     b->last = ngx_cpymem(b->last, "</route>", sizeof("</route>") - 1);
 
@@ -679,13 +679,13 @@ ngx_xmpp_cm_route_client(ngx_xmpp_cm_session_t *s, ngx_xmpp_cm_xml_t *x,
 /* wraps bytes the CM built itself (already safe) in a route */
 
 ngx_int_t
-ngx_xmpp_cm_route_raw(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
+ngx_xmpp_cm_route_raw(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_sock_t *sock,
     ngx_str_t *id, u_char *data, size_t n)
 {
     size_t      len;
     ngx_buf_t  *b;
 
-    len = ngx_xmpp_cm_route_head(pool, id, NULL) + n + sizeof("</route>") - 1;
+    len = ngx_xmpp_cm_route_head(up, id, NULL) + n + sizeof("</route>") - 1;
 
     if (!ngx_xmpp_cm_session_id_ok(id) || n == 0
         || !ngx_xmpp_cm_fragment_fits(len))
@@ -698,7 +698,7 @@ ngx_xmpp_cm_route_raw(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
         return NGX_ERROR;
     }
 
-    b->last += ngx_xmpp_cm_route_head(pool, id, b->last);
+    b->last += ngx_xmpp_cm_route_head(up, id, b->last);
     b->last = ngx_cpymem(b->last, data, n);
     b->last = ngx_cpymem(b->last, "</route>", sizeof("</route>") - 1);
 
@@ -712,7 +712,7 @@ ngx_xmpp_cm_route_raw(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
  */
 
 ngx_int_t
-ngx_xmpp_cm_route_session_iq(ngx_xmpp_cm_pool_t *pool,
+ngx_xmpp_cm_route_session_iq(ngx_xmpp_cm_upstream_t *up,
     ngx_xmpp_cm_sock_t *sock, ngx_str_t *id, ngx_uint_t type,
     ngx_str_t *addr, u_char *payload, size_t plen)
 {
@@ -727,12 +727,12 @@ ngx_xmpp_cm_route_session_iq(ngx_xmpp_cm_pool_t *pool,
 
     /* every length is counted first: nothing is ever cut */
 
-    slen = ngx_sprintf(seq, "%ui", ++pool->iq_seq) - seq;
+    slen = ngx_sprintf(seq, "%ui", ++up->iq_seq) - seq;
 
     len = sizeof("<iq type=\"set\" id=\"c\" to=\"\" from=\"/\">"
                  "<session xmlns=\"" NGX_XMPP_NS_CMPROTO "\" id=\"\">"
                  "</session></iq>") - 1
-          + slen + pool->domain.len + pool->name.len + sock->resource.len
+          + slen + up->domain.len + up->name.len + sock->resource.len
           + id->len;
 
     switch (type) {
@@ -769,7 +769,7 @@ ngx_xmpp_cm_route_session_iq(ngx_xmpp_cm_pool_t *pool,
 
     p = ngx_sprintf(b->last, "<iq type=\"set\" id=\"c%*s\" to=\"%V\" "
                     "from=\"%V/%V\"><session xmlns=\"" NGX_XMPP_NS_CMPROTO
-                    "\" id=\"%V\">", slen, seq, &pool->domain, &pool->name,
+                    "\" id=\"%V\">", slen, seq, &up->domain, &up->name,
                     &sock->resource, id);
 
     switch (type) {

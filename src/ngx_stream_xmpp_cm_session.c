@@ -18,20 +18,20 @@ static void ngx_xmpp_cm_session_linger(ngx_xmpp_cm_session_t *s);
 static void ngx_xmpp_cm_session_close_handler(ngx_event_t *ev);
 static void ngx_xmpp_cm_session_end(ngx_xmpp_cm_session_t *s,
     ngx_uint_t how, char *cond, char *text, u_char *raw, size_t rawlen);
-static void ngx_xmpp_cm_session_remember(ngx_xmpp_cm_pool_t *pool,
+static void ngx_xmpp_cm_session_remember(ngx_xmpp_cm_upstream_t *up,
     ngx_str_t *id);
-static void ngx_xmpp_cm_bounce(ngx_xmpp_cm_pool_t *pool,
+static void ngx_xmpp_cm_bounce(ngx_xmpp_cm_upstream_t *up,
     ngx_xmpp_cm_xml_t *x, ngx_xmpp_cm_session_t *s, ngx_str_t *id,
     ngx_xmpp_cm_node_t *c);
 static void ngx_xmpp_cm_session_iq_result(ngx_xmpp_cm_sock_t *sock,
     ngx_xmpp_cm_node_t *iq);
-static void ngx_xmpp_cm_session_route(ngx_xmpp_cm_pool_t *pool,
+static void ngx_xmpp_cm_session_route(ngx_xmpp_cm_upstream_t *up,
     ngx_xmpp_cm_sock_t *sock, ngx_xmpp_cm_node_t *route);
-static void ngx_xmpp_cm_session_iq(ngx_xmpp_cm_pool_t *pool,
+static void ngx_xmpp_cm_session_iq(ngx_xmpp_cm_upstream_t *up,
     ngx_xmpp_cm_sock_t *sock, ngx_xmpp_cm_node_t *iq);
-static void ngx_xmpp_cm_session_end_all(ngx_xmpp_cm_pool_t *pool,
+static void ngx_xmpp_cm_session_end_all(ngx_xmpp_cm_upstream_t *up,
     char *cond, char *text, ngx_uint_t ghost);
-static void ngx_xmpp_cm_session_up(ngx_xmpp_cm_pool_t *pool);
+static void ngx_xmpp_cm_session_up(ngx_xmpp_cm_upstream_t *up);
 static void ngx_xmpp_cm_session_unblock(ngx_xmpp_cm_session_t *s);
 
 
@@ -47,49 +47,49 @@ const ngx_xmpp_cm_streams_t  ngx_xmpp_cm_streams = {
 /* a worker's table for one CM name, beside its sockets */
 
 ngx_int_t
-ngx_xmpp_cm_session_init(ngx_cycle_t *cycle, ngx_xmpp_cm_pool_t *pool)
+ngx_xmpp_cm_session_init(ngx_cycle_t *cycle, ngx_xmpp_cm_upstream_t *up)
 {
-    ngx_rbtree_init(&pool->sessions, &pool->sentinel,
+    ngx_rbtree_init(&up->sessions, &up->sentinel,
                     ngx_str_rbtree_insert_value);
 
-    if (ngx_array_init(&pool->ghosts, cycle->pool, 16, NGX_XMPP_CM_ID_LEN)
+    if (ngx_array_init(&up->ghosts, cycle->pool, 16, NGX_XMPP_CM_ID_LEN)
         != NGX_OK)
     {
         return NGX_ERROR;
     }
 
-    pool->closed = ngx_pcalloc(cycle->pool,
-                               NGX_XMPP_CM_CLOSED_RING * NGX_XMPP_CM_ID_LEN);
-    if (pool->closed == NULL) {
+    up->closed = ngx_pcalloc(cycle->pool,
+                             NGX_XMPP_CM_CLOSED_RING * NGX_XMPP_CM_ID_LEN);
+    if (up->closed == NULL) {
         return NGX_ERROR;
     }
 
-    pool->streams = &ngx_xmpp_cm_streams;
+    up->streams = &ngx_xmpp_cm_streams;
 
     return NGX_OK;
 }
 
 
 ngx_xmpp_cm_session_t *
-ngx_xmpp_cm_session_create(ngx_xmpp_cm_pool_t *pool,
+ngx_xmpp_cm_session_create(ngx_xmpp_cm_upstream_t *up,
     ngx_xmpp_cm_conn_t *conn, ngx_str_t *addr)
 {
     u_char                  rnd[8], *p;
     ngx_xmpp_cm_sock_t     *sock;
     ngx_xmpp_cm_session_t  *s;
 
-    sock = ngx_xmpp_cm_pool_pick(pool);
+    sock = ngx_xmpp_cm_upstream_pick(up);
     if (sock == NULL) {
         return NULL;
     }
 
     if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
-        ngx_log_error(NGX_LOG_ALERT, &pool->log, 0,
+        ngx_log_error(NGX_LOG_ALERT, &up->log, 0,
                       "xmpp_cm: RAND_bytes() failed");
         return NULL;
     }
 
-    s = ngx_calloc(sizeof(ngx_xmpp_cm_session_t), &pool->log);
+    s = ngx_calloc(sizeof(ngx_xmpp_cm_session_t), &up->log);
     if (s == NULL) {
         return NULL;
     }
@@ -102,10 +102,10 @@ ngx_xmpp_cm_session_create(ngx_xmpp_cm_pool_t *pool,
     s->node.str.data = s->id;
     s->node.str.len = p - s->id;
     s->node.node.key = ngx_crc32_short(s->id, s->node.str.len);
-    s->pool = pool;
+    s->up = up;
     s->sock = sock;
 
-    if (ngx_xmpp_cm_route_session_iq(pool, sock, &s->node.str,
+    if (ngx_xmpp_cm_route_session_iq(up, sock, &s->node.str,
                                      NGX_XMPP_CM_IQ_CREATE, addr, NULL, 0)
         != NGX_OK)
     {
@@ -113,9 +113,9 @@ ngx_xmpp_cm_session_create(ngx_xmpp_cm_pool_t *pool,
         return NULL;
     }
 
-    ngx_rbtree_insert(&pool->sessions, &s->node.node);
-    pool->nsessions++;
-    ngx_xmpp_cm_count(pool, OPENED);
+    ngx_rbtree_insert(&up->sessions, &s->node.node);
+    up->nsessions++;
+    ngx_xmpp_cm_count(up, OPENED);
 
     ngx_xmpp_cm_session_attach(s, conn);
 
@@ -129,7 +129,7 @@ static ngx_xmpp_cm_sock_t *
 ngx_xmpp_cm_session_sock(ngx_xmpp_cm_session_t *s)
 {
     if (s->sock == NULL || s->sock->state != NGX_XMPP_CM_SOCK_READY) {
-        s->sock = ngx_xmpp_cm_pool_pick(s->pool);
+        s->sock = ngx_xmpp_cm_upstream_pick(s->up);
     }
 
     return s->sock;
@@ -179,7 +179,7 @@ ngx_xmpp_cm_session_throttled(ngx_xmpp_cm_session_t *s)
         return 0;
     }
 
-    ngx_xmpp_cm_count(s->pool, FLOW_PAUSES);
+    ngx_xmpp_cm_count(s->up, FLOW_PAUSES);
     s->is_blocked = 1;
     ngx_queue_insert_tail(&s->sock->blocked, &s->blocked);
 
@@ -201,10 +201,10 @@ ngx_xmpp_cm_session_unblock(ngx_xmpp_cm_session_t *s)
 
 
 ngx_xmpp_cm_session_t *
-ngx_xmpp_cm_session_find(ngx_xmpp_cm_pool_t *pool, ngx_str_t *id)
+ngx_xmpp_cm_session_find(ngx_xmpp_cm_upstream_t *up, ngx_str_t *id)
 {
     return (ngx_xmpp_cm_session_t *)
-           ngx_str_rbtree_lookup(&pool->sessions, id,
+           ngx_str_rbtree_lookup(&up->sessions, id,
                                  ngx_crc32_short(id->data, id->len));
 }
 
@@ -228,11 +228,11 @@ ngx_xmpp_cm_session_forget(ngx_xmpp_cm_session_t *s)
     }
 
     if (s->detached) {
-        ngx_xmpp_cm_uncount(s->pool, DETACHED);
+        ngx_xmpp_cm_uncount(s->up, DETACHED);
     }
 
-    ngx_rbtree_delete(&s->pool->sessions, &s->node.node);
-    s->pool->nsessions--;
+    ngx_rbtree_delete(&s->up->sessions, &s->node.node);
+    s->up->nsessions--;
 
     ngx_free(s);
 }
@@ -252,7 +252,7 @@ ngx_xmpp_cm_session_attach(ngx_xmpp_cm_session_t *s, ngx_xmpp_cm_conn_t *conn)
 
     if (s->detached) {
         s->detached = 0;
-        ngx_xmpp_cm_uncount(s->pool, DETACHED);
+        ngx_xmpp_cm_uncount(s->up, DETACHED);
     }
 
     s->conn = conn;
@@ -276,7 +276,7 @@ ngx_xmpp_cm_session_detach(ngx_xmpp_cm_session_t *s)
 {
     s->conn = NULL;
     s->detached = 1;
-    ngx_xmpp_cm_count(s->pool, DETACHED);
+    ngx_xmpp_cm_count(s->up, DETACHED);
 
     if (s->is_blocked) {
         ngx_queue_remove(&s->blocked);
@@ -297,7 +297,7 @@ ngx_xmpp_cm_session_detach(ngx_xmpp_cm_session_t *s)
 static void
 ngx_xmpp_cm_session_linger(ngx_xmpp_cm_session_t *s)
 {
-    if (s->pool->conf->close_delay == 0 || s->pool->exiting) {
+    if (s->up->conf->close_delay == 0 || s->up->exiting) {
         ngx_xmpp_cm_session_end(s, NGX_XMPP_CM_END_CLOSE, NULL, NULL,
                                 NULL, 0);
         return;
@@ -306,7 +306,7 @@ ngx_xmpp_cm_session_linger(ngx_xmpp_cm_session_t *s)
     /* the timer exists only for the delay: a live session holds none */
 
     if (s->close_ev == NULL) {
-        s->close_ev = ngx_calloc(sizeof(ngx_event_t), &s->pool->log);
+        s->close_ev = ngx_calloc(sizeof(ngx_event_t), &s->up->log);
         if (s->close_ev == NULL) {
             ngx_xmpp_cm_session_end(s, NGX_XMPP_CM_END_CLOSE, NULL, NULL,
                                     NULL, 0);
@@ -315,11 +315,11 @@ ngx_xmpp_cm_session_linger(ngx_xmpp_cm_session_t *s)
 
         s->close_ev->handler = ngx_xmpp_cm_session_close_handler;
         s->close_ev->data = s;
-        s->close_ev->log = &s->pool->log;
+        s->close_ev->log = &s->up->log;
         s->close_ev->cancelable = 1;
     }
 
-    ngx_add_timer(s->close_ev, s->pool->conf->close_delay);
+    ngx_add_timer(s->close_ev, s->up->conf->close_delay);
 }
 
 
@@ -343,12 +343,12 @@ static void
 ngx_xmpp_cm_session_end(ngx_xmpp_cm_session_t *s, ngx_uint_t how,
     char *cond, char *text, u_char *raw, size_t rawlen)
 {
-    u_char              *p;
-    ngx_xmpp_cm_pool_t  *pool;
-    ngx_xmpp_cm_sock_t  *sock;
-    ngx_xmpp_cm_conn_t  *conn;
+    u_char                  *p;
+    ngx_xmpp_cm_upstream_t  *up;
+    ngx_xmpp_cm_sock_t      *sock;
+    ngx_xmpp_cm_conn_t      *conn;
 
-    pool = s->pool;
+    up = s->up;
     conn = s->conn;
 
     if (conn) {
@@ -362,22 +362,22 @@ ngx_xmpp_cm_session_end(ngx_xmpp_cm_session_t *s, ngx_uint_t how,
         sock = ngx_xmpp_cm_session_sock(s);
 
         if (sock) {
-            (void) ngx_xmpp_cm_route_session_iq(pool, sock, &s->node.str,
+            (void) ngx_xmpp_cm_route_session_iq(up, sock, &s->node.str,
                                                 NGX_XMPP_CM_IQ_CLOSE, NULL,
                                                 NULL, 0);
         }
 
-        ngx_xmpp_cm_session_remember(pool, &s->node.str);
+        ngx_xmpp_cm_session_remember(up, &s->node.str);
         break;
 
     case NGX_XMPP_CM_END_CLOSED:
-        ngx_xmpp_cm_session_remember(pool, &s->node.str);
+        ngx_xmpp_cm_session_remember(up, &s->node.str);
         break;
 
     default: /* NGX_XMPP_CM_END_GHOST */
 
-        if (pool->ghosts.nelts < NGX_XMPP_CM_GHOSTS_MAX) {
-            p = ngx_array_push(&pool->ghosts);
+        if (up->ghosts.nelts < NGX_XMPP_CM_GHOSTS_MAX) {
+            p = ngx_array_push(&up->ghosts);
             if (p) {
                 ngx_memcpy(p, s->id, s->node.str.len);
                 p[s->node.str.len] = '\0';
@@ -390,7 +390,7 @@ ngx_xmpp_cm_session_end(ngx_xmpp_cm_session_t *s, ngx_uint_t how,
 
 
 static void
-ngx_xmpp_cm_session_remember(ngx_xmpp_cm_pool_t *pool, ngx_str_t *id)
+ngx_xmpp_cm_session_remember(ngx_xmpp_cm_upstream_t *up, ngx_str_t *id)
 {
     u_char  *p;
 
@@ -398,8 +398,8 @@ ngx_xmpp_cm_session_remember(ngx_xmpp_cm_pool_t *pool, ngx_str_t *id)
         return;
     }
 
-    p = pool->closed
-        + (pool->closed_next++ % NGX_XMPP_CM_CLOSED_RING) * NGX_XMPP_CM_ID_LEN;
+    p = up->closed
+        + (up->closed_next++ % NGX_XMPP_CM_CLOSED_RING) * NGX_XMPP_CM_ID_LEN;
 
     ngx_memcpy(p, id->data, id->len);
     p[id->len] = '\0';
@@ -407,13 +407,13 @@ ngx_xmpp_cm_session_remember(ngx_xmpp_cm_pool_t *pool, ngx_str_t *id)
 
 
 ngx_int_t
-ngx_xmpp_cm_session_recently_closed(ngx_xmpp_cm_pool_t *pool, ngx_str_t *id)
+ngx_xmpp_cm_session_recently_closed(ngx_xmpp_cm_upstream_t *up, ngx_str_t *id)
 {
     u_char      *p;
     ngx_uint_t   i;
 
     for (i = 0; i < NGX_XMPP_CM_CLOSED_RING; i++) {
-        p = pool->closed + i * NGX_XMPP_CM_ID_LEN;
+        p = up->closed + i * NGX_XMPP_CM_ID_LEN;
 
         if (ngx_strncmp(p, id->data, id->len) == 0 && p[id->len] == '\0') {
             return 1;
@@ -464,7 +464,7 @@ ngx_xmpp_cm_error_condition(ngx_xmpp_cm_node_t *parent)
 /* a route from Openfire: deliver, or answer for the absent client */
 
 static void
-ngx_xmpp_cm_session_route(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
+ngx_xmpp_cm_session_route(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_sock_t *sock,
     ngx_xmpp_cm_node_t *route)
 {
     ngx_str_t              *id, *type, *cond;
@@ -474,14 +474,14 @@ ngx_xmpp_cm_session_route(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
     id = ngx_xmpp_cm_node_attr(route, "streamid");
 
     if (!ngx_xmpp_cm_session_id_ok(id)) {
-        ngx_log_error(NGX_LOG_WARN, &pool->log, 0,
+        ngx_log_error(NGX_LOG_WARN, &up->log, 0,
                       "xmpp_cm: route without a usable streamid dropped");
-        pool->dropped++;
-        ngx_xmpp_cm_count(pool, DROP_BAD_ROUTE);
+        up->dropped++;
+        ngx_xmpp_cm_count(up, DROP_BAD_ROUTE);
         return;
     }
 
-    s = ngx_xmpp_cm_session_find(pool, id);
+    s = ngx_xmpp_cm_session_find(up, id);
     type = ngx_xmpp_cm_node_attr(route, "type");
 
     if (type && ngx_xmpp_cm_str_is(type, "error")) {
@@ -492,7 +492,7 @@ ngx_xmpp_cm_session_route(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
         }
 
         if (cond && ngx_xmpp_cm_str_is(cond, "item-not-found")) {
-            ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
+            ngx_log_error(NGX_LOG_INFO, &up->log, 0,
                           "xmpp_cm: Openfire has no session %V any more, "
                           "ending the client stream", id);
             ngx_xmpp_cm_session_end(s, NGX_XMPP_CM_END_CLOSE, "reset",
@@ -501,7 +501,7 @@ ngx_xmpp_cm_session_route(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
             return;
         }
 
-        ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
+        ngx_log_error(NGX_LOG_INFO, &up->log, 0,
                       "xmpp_cm: Openfire refused a stanza of session %V: %V",
                       id, cond ? cond : &route->name);
         return;
@@ -530,7 +530,7 @@ ngx_xmpp_cm_session_route(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
                    == NGX_DECLINED)
             {
                 /* no client, or one that is closing or not reading */
-                ngx_xmpp_cm_bounce(pool, sock->xml, s, id, c);
+                ngx_xmpp_cm_bounce(up, sock->xml, s, id, c);
             }
         }
 
@@ -545,25 +545,25 @@ ngx_xmpp_cm_session_route(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
     }
 
     for (c = route->child; c; c = c->next) {
-        ngx_xmpp_cm_bounce(pool, sock->xml, s, id, c);
+        ngx_xmpp_cm_bounce(up, sock->xml, s, id, c);
     }
 
-    if (s == NULL && !ngx_xmpp_cm_session_recently_closed(pool, id)) {
+    if (s == NULL && !ngx_xmpp_cm_session_recently_closed(up, id)) {
         /* a ghost: a session Openfire has and we do not; close it */
 
-        ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
+        ngx_log_error(NGX_LOG_INFO, &up->log, 0,
                       "xmpp_cm: route for unknown stream %V, closing it on "
                       "Openfire", id);
 
-        sock = ngx_xmpp_cm_pool_pick(pool);
+        sock = ngx_xmpp_cm_upstream_pick(up);
 
         if (sock) {
-            (void) ngx_xmpp_cm_route_session_iq(pool, sock, id,
+            (void) ngx_xmpp_cm_route_session_iq(up, sock, id,
                                                 NGX_XMPP_CM_IQ_CLOSE, NULL,
                                                 NULL, 0);
         }
 
-        ngx_xmpp_cm_session_remember(pool, id);
+        ngx_xmpp_cm_session_remember(up, id);
     }
 }
 
@@ -575,7 +575,7 @@ ngx_xmpp_cm_session_route(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
  */
 
 static void
-ngx_xmpp_cm_bounce(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_xml_t *x,
+ngx_xmpp_cm_bounce(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_xml_t *x,
     ngx_xmpp_cm_session_t *s, ngx_str_t *id, ngx_xmpp_cm_node_t *c)
 {
     u_char              *buf, *p;
@@ -585,12 +585,12 @@ ngx_xmpp_cm_bounce(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_xml_t *x,
     ngx_str_t           *type, *iqid, *from, *to;
     ngx_xmpp_cm_sock_t  *sock;
 
-    sock = s ? ngx_xmpp_cm_session_sock(s) : ngx_xmpp_cm_pool_pick(pool);
+    sock = s ? ngx_xmpp_cm_session_sock(s) : ngx_xmpp_cm_upstream_pick(up);
 
     if (sock == NULL) {
-        pool->dropped++;
-        ngx_xmpp_cm_count(pool, DROP_NO_SOCKET);
-        ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
+        up->dropped++;
+        ngx_xmpp_cm_count(up, DROP_NO_SOCKET);
+        ngx_log_error(NGX_LOG_INFO, &up->log, 0,
                       "xmpp_cm: <%V> for closed stream %V dropped: no "
                       "Openfire socket", &c->name, id);
         return;
@@ -599,7 +599,7 @@ ngx_xmpp_cm_bounce(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_xml_t *x,
     if (ngx_xmpp_cm_str_is(&c->name, "message")) {
         len = ngx_xmpp_cm_sanitize(x, NULL, c->start, c->end,
                                    !c->has_xmlns);
-        buf = ngx_pnalloc(pool->tmp, len);
+        buf = ngx_pnalloc(up->tmp, len);
         if (buf == NULL) {
             return;
         }
@@ -607,12 +607,12 @@ ngx_xmpp_cm_bounce(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_xml_t *x,
         (void) ngx_xmpp_cm_sanitize(x, buf, c->start, c->end,
                                     !c->has_xmlns);
 
-        rc = ngx_xmpp_cm_route_session_iq(pool, sock, id,
+        rc = ngx_xmpp_cm_route_session_iq(up, sock, id,
                                           NGX_XMPP_CM_IQ_FAILED, NULL,
                                           buf, len);
-        ngx_xmpp_cm_metrics_returned(pool, rc);
+        ngx_xmpp_cm_metrics_returned(up, rc);
 
-        ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
+        ngx_log_error(NGX_LOG_INFO, &up->log, 0,
                       "xmpp_cm: message for closed stream %V %s", id,
                       rc == NGX_OK ? "returned to Openfire for offline "
                                      "storage"
@@ -637,7 +637,7 @@ ngx_xmpp_cm_bounce(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_xml_t *x,
               + (from ? ngx_xmpp_cm_escape(NULL, from->data, from->len) : 0)
               + (to ? ngx_xmpp_cm_escape(NULL, to->data, to->len) : 0);
 
-        buf = ngx_pnalloc(pool->tmp, len);
+        buf = ngx_pnalloc(up->tmp, len);
         if (buf == NULL) {
             return;
         }
@@ -668,35 +668,35 @@ ngx_xmpp_cm_bounce(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_xml_t *x,
                        " xmlns=\"" NGX_XMPP_NS_STANZAS "\"/></error></iq>")
                        - 1);
 
-        (void) ngx_xmpp_cm_route_raw(pool, sock, id, buf, p - buf);
+        (void) ngx_xmpp_cm_route_raw(up, sock, id, buf, p - buf);
 
-        ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
+        ngx_log_error(NGX_LOG_INFO, &up->log, 0,
                       "xmpp_cm: IQ for closed stream %V answered with "
                       "service-unavailable", id);
         return;
     }
 
-    pool->dropped++;
-    ngx_xmpp_cm_count(pool, DROP_CLOSED_STREAM);
+    up->dropped++;
+    ngx_xmpp_cm_count(up, DROP_CLOSED_STREAM);
 
     /*
      * The unavailable presence Openfire routes to a session it is closing,
      * and IQ results, are normal traffic for a just-closed stream.
      */
 
-    level = (s || ngx_xmpp_cm_session_recently_closed(pool, id))
+    level = (s || ngx_xmpp_cm_session_recently_closed(up, id))
             ? NGX_LOG_DEBUG : NGX_LOG_INFO;
 
-    ngx_log_error(level, &pool->log, 0,
+    ngx_log_error(level, &up->log, 0,
                   "xmpp_cm: <%V> for closed stream %V dropped (%ui dropped "
-                  "so far)", &c->name, id, pool->dropped);
+                  "so far)", &c->name, id, up->dropped);
 }
 
 
 /* session IQs from Openfire: close, and replies to ours */
 
 static void
-ngx_xmpp_cm_session_iq(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
+ngx_xmpp_cm_session_iq(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_sock_t *sock,
     ngx_xmpp_cm_node_t *iq)
 {
     u_char                 *raw;
@@ -713,11 +713,11 @@ ngx_xmpp_cm_session_iq(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
         return;
     }
 
-    s = ngx_xmpp_cm_session_find(pool, id);
+    s = ngx_xmpp_cm_session_find(up, id);
 
     if (ngx_xmpp_cm_str_is(type, "set")) {
         if (ngx_xmpp_cm_node_child(session, "close") == NULL) {
-            ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
+            ngx_log_error(NGX_LOG_INFO, &up->log, 0,
                           "xmpp_cm: unexpected session IQ from Openfire");
             return;
         }
@@ -745,7 +745,7 @@ ngx_xmpp_cm_session_iq(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
 
         if (err) {
             len = ngx_xmpp_cm_xml_copy(sock->xml, NULL, err->start, err->end);
-            raw = ngx_pnalloc(pool->tmp, len);
+            raw = ngx_pnalloc(up->tmp, len);
 
             if (raw) {
                 (void) ngx_xmpp_cm_xml_copy(sock->xml, raw, err->start,
@@ -755,7 +755,7 @@ ngx_xmpp_cm_session_iq(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
             }
         }
 
-        ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
+        ngx_log_error(NGX_LOG_INFO, &up->log, 0,
                       "xmpp_cm: Openfire closed session %V", id);
 
         ngx_xmpp_cm_session_end(s, NGX_XMPP_CM_END_CLOSED, NULL, NULL,
@@ -770,7 +770,7 @@ ngx_xmpp_cm_session_iq(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
     cond = ngx_xmpp_cm_error_condition(iq);
 
     if (ngx_xmpp_cm_node_child(session, "create")) {
-        ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
+        ngx_log_error(NGX_LOG_INFO, &up->log, 0,
                       "xmpp_cm: Openfire refused session %V: %V", id,
                       cond ? cond : &iq->name);
 
@@ -785,7 +785,7 @@ ngx_xmpp_cm_session_iq(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock,
     }
 
     if (ngx_xmpp_cm_node_child(session, "failed")) {
-        ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
+        ngx_log_error(NGX_LOG_INFO, &up->log, 0,
                       "xmpp_cm: Openfire did not store a message returned "
                       "for stream %V (%V): the message is lost", id,
                       cond ? cond : &iq->name);
@@ -816,7 +816,7 @@ ngx_xmpp_cm_session_iq_result(ngx_xmpp_cm_sock_t *sock,
           + (from ? ngx_xmpp_cm_escape(NULL, from->data, from->len) : 0)
           + (to ? ngx_xmpp_cm_escape(NULL, to->data, to->len) : 0);
 
-    buf = ngx_pnalloc(sock->pool->tmp, len);
+    buf = ngx_pnalloc(sock->up->tmp, len);
     if (buf == NULL) {
         return;
     }
@@ -843,13 +843,13 @@ ngx_xmpp_cm_session_iq_result(ngx_xmpp_cm_sock_t *sock,
 /* Openfire ended every session of this worker's name (or we exit) */
 
 static void
-ngx_xmpp_cm_session_end_all(ngx_xmpp_cm_pool_t *pool, char *cond, char *text,
+ngx_xmpp_cm_session_end_all(ngx_xmpp_cm_upstream_t *up, char *cond, char *text,
     ngx_uint_t ghost)
 {
     ngx_rbtree_node_t  *node;
 
-    while (pool->sessions.root != pool->sessions.sentinel) {
-        node = ngx_rbtree_min(pool->sessions.root, pool->sessions.sentinel);
+    while (up->sessions.root != up->sessions.sentinel) {
+        node = ngx_rbtree_min(up->sessions.root, up->sessions.sentinel);
 
         ngx_xmpp_cm_session_end((ngx_xmpp_cm_session_t *) node,
                                 ghost ? NGX_XMPP_CM_END_GHOST
@@ -862,33 +862,33 @@ ngx_xmpp_cm_session_end_all(ngx_xmpp_cm_pool_t *pool, char *cond, char *text,
 /* the pool is usable again: close what Openfire may still hold for us */
 
 static void
-ngx_xmpp_cm_session_up(ngx_xmpp_cm_pool_t *pool)
+ngx_xmpp_cm_session_up(ngx_xmpp_cm_upstream_t *up)
 {
     u_char              *id;
     ngx_str_t            sid;
     ngx_uint_t           i;
     ngx_xmpp_cm_sock_t  *sock;
 
-    sock = ngx_xmpp_cm_pool_pick(pool);
+    sock = ngx_xmpp_cm_upstream_pick(up);
     if (sock == NULL) {
         return;
     }
 
-    id = pool->ghosts.elts;
+    id = up->ghosts.elts;
 
-    for (i = 0; i < pool->ghosts.nelts; i++) {
+    for (i = 0; i < up->ghosts.nelts; i++) {
         sid.data = id + i * NGX_XMPP_CM_ID_LEN;
         sid.len = ngx_strlen(sid.data);
-        (void) ngx_xmpp_cm_route_session_iq(pool, sock, &sid,
+        (void) ngx_xmpp_cm_route_session_iq(up, sock, &sid,
                                             NGX_XMPP_CM_IQ_CLOSE, NULL,
                                             NULL, 0);
     }
 
-    if (pool->ghosts.nelts) {
-        ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
+    if (up->ghosts.nelts) {
+        ngx_log_error(NGX_LOG_INFO, &up->log, 0,
                       "xmpp_cm: closed %ui sessions Openfire may still hold "
-                      "for \"%V\"", pool->ghosts.nelts, &pool->name);
+                      "for \"%V\"", up->ghosts.nelts, &up->name);
     }
 
-    pool->ghosts.nelts = 0;
+    up->ghosts.nelts = 0;
 }

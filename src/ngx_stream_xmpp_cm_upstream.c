@@ -19,10 +19,10 @@
 
 
 
-static ngx_stream_upstream_rr_peer_t *ngx_xmpp_cm_pool_peer(
-    ngx_xmpp_cm_pool_t *pool);
-static ngx_uint_t ngx_xmpp_cm_pool_primaries(ngx_xmpp_cm_pool_t *pool);
-static void ngx_xmpp_cm_pool_failover(ngx_xmpp_cm_pool_t *pool,
+static ngx_stream_upstream_rr_peer_t *ngx_xmpp_cm_upstream_peer(
+    ngx_xmpp_cm_upstream_t *up);
+static ngx_uint_t ngx_xmpp_cm_upstream_primaries(ngx_xmpp_cm_upstream_t *up);
+static void ngx_xmpp_cm_upstream_failover(ngx_xmpp_cm_upstream_t *up,
     ngx_xmpp_cm_sock_t *sock);
 static u_char *ngx_xmpp_cm_sock_log_error(ngx_log_t *log, u_char *buf,
     size_t len);
@@ -37,13 +37,13 @@ static ngx_int_t ngx_xmpp_cm_sock_open(void *data, ngx_str_t *name,
     ngx_str_t *ns, const XML_Char **attrs);
 static ngx_int_t ngx_xmpp_cm_sock_stanza(void *data, ngx_xmpp_cm_elem_t *e);
 static ngx_int_t ngx_xmpp_cm_sock_element(void *data, ngx_xmpp_cm_elem_t *e);
-static void ngx_xmpp_cm_pool_tmp_cleanup(void *data);
+static void ngx_xmpp_cm_upstream_tmp_cleanup(void *data);
 static ngx_int_t ngx_xmpp_cm_sock_end(void *data);
 static ngx_int_t ngx_xmpp_cm_sock_framer(ngx_xmpp_cm_sock_t *sock,
     ngx_pool_t *pool);
-static void ngx_xmpp_cm_pool_configure(ngx_xmpp_cm_pool_t *pool,
+static void ngx_xmpp_cm_upstream_configure(ngx_xmpp_cm_upstream_t *up,
     ngx_xmpp_cm_node_t *cfg);
-static void ngx_xmpp_cm_pool_up(ngx_xmpp_cm_pool_t *pool);
+static void ngx_xmpp_cm_upstream_up(ngx_xmpp_cm_upstream_t *up);
 static void ngx_xmpp_cm_sock_unthrottle(ngx_xmpp_cm_sock_t *sock);
 static ngx_int_t ngx_xmpp_cm_sock_header(ngx_xmpp_cm_sock_t *sock);
 static void ngx_xmpp_cm_sock_quickack(ngx_xmpp_cm_sock_t *sock);
@@ -65,29 +65,30 @@ static ngx_xmpp_cm_xml_handlers_t  ngx_xmpp_cm_sock_xml = {
 
 
 ngx_int_t
-ngx_xmpp_cm_pool_init(ngx_cycle_t *cycle, ngx_stream_xmpp_cm_srv_conf_t *conf)
+ngx_xmpp_cm_upstream_init(ngx_cycle_t *cycle,
+    ngx_stream_xmpp_cm_srv_conf_t *conf)
 {
     u_char                          *p, rnd[3];
     ngx_str_t                       *domain;
-    ngx_uint_t                       i;
+    ngx_uint_t                      i;
     ngx_xmpp_cm_sock_t              *sock;
-    ngx_xmpp_cm_pool_t              *pool;
+    ngx_xmpp_cm_upstream_t          *up;
     ngx_pool_cleanup_t              *cln;
     ngx_stream_xmpp_cm_main_conf_t  *cmcf;
 
-    pool = ngx_pcalloc(cycle->pool, sizeof(ngx_xmpp_cm_pool_t));
-    if (pool == NULL) {
+    up = ngx_pcalloc(cycle->pool, sizeof(ngx_xmpp_cm_upstream_t));
+    if (up == NULL) {
         return NGX_ERROR;
     }
 
     cmcf = ngx_stream_cycle_get_module_main_conf(cycle,
                                                  ngx_stream_xmpp_cm_module);
 
-    conf->pool = pool;
-    pool->conf = conf;
-    pool->worker = cmcf->worker;
-    pool->metrics = ngx_xmpp_cm_metrics_record(cycle, &conf->name);
-    pool->log = *cycle->log;
+    conf->up = up;
+    up->conf = conf;
+    up->worker = cmcf->worker;
+    up->metrics = ngx_xmpp_cm_metrics_record(cycle, &conf->name);
+    up->log = *cycle->log;
 
     if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
         ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
@@ -103,14 +104,14 @@ ngx_xmpp_cm_pool_init(ngx_cycle_t *cycle, ngx_stream_xmpp_cm_srv_conf_t *conf)
         return NGX_ERROR;
     }
 
-    pool->name.data = p;
+    up->name.data = p;
     p = ngx_sprintf(p, "%V-%P-", &conf->name, ngx_pid);
     p = ngx_hex_dump(p, rnd, sizeof(rnd));
-    pool->name.len = p - pool->name.data;
-    ngx_strlow(pool->name.data, pool->name.data, pool->name.len);
+    up->name.len = p - up->name.data;
+    ngx_strlow(up->name.data, up->name.data, up->name.len);
 
     domain = conf->domains->elts;
-    pool->domain = domain[0];
+    up->domain = domain[0];
 
     /* scratch for what one stanza from Openfire needs, reset after it */
 
@@ -119,29 +120,29 @@ ngx_xmpp_cm_pool_init(ngx_cycle_t *cycle, ngx_stream_xmpp_cm_srv_conf_t *conf)
         return NGX_ERROR;
     }
 
-    pool->tmp = ngx_create_pool(4096, &pool->log);
-    if (pool->tmp == NULL) {
+    up->tmp = ngx_create_pool(4096, &up->log);
+    if (up->tmp == NULL) {
         return NGX_ERROR;
     }
 
-    cln->handler = ngx_xmpp_cm_pool_tmp_cleanup;
-    cln->data = pool->tmp;
+    cln->handler = ngx_xmpp_cm_upstream_tmp_cleanup;
+    cln->data = up->tmp;
 
-    pool->nsocks = conf->connections;
-    pool->socks = ngx_pcalloc(cycle->pool,
-                              pool->nsocks * sizeof(ngx_xmpp_cm_sock_t));
-    if (pool->socks == NULL) {
+    up->nsocks = conf->connections;
+    up->socks = ngx_pcalloc(cycle->pool,
+                            up->nsocks * sizeof(ngx_xmpp_cm_sock_t));
+    if (up->socks == NULL) {
         return NGX_ERROR;
     }
 
     /* workers spread over the primary servers */
 
-    pool->node = ngx_xmpp_cm_pool_primaries(pool);
-    pool->node = pool->node ? ngx_worker % pool->node : 0;
+    up->node = ngx_xmpp_cm_upstream_primaries(up);
+    up->node = up->node ? ngx_worker % up->node : 0;
 
-    for (i = 0; i < pool->nsocks; i++) {
-        sock = &pool->socks[i];
-        sock->pool = pool;
+    for (i = 0; i < up->nsocks; i++) {
+        sock = &up->socks[i];
+        sock->up = up;
         sock->index = i;
         ngx_queue_init(&sock->blocked);
 
@@ -152,7 +153,7 @@ ngx_xmpp_cm_pool_init(ngx_cycle_t *cycle, ngx_stream_xmpp_cm_srv_conf_t *conf)
             return NGX_ERROR;
         }
 
-        *sock->log = pool->log;
+        *sock->log = up->log;
         sock->log->handler = ngx_xmpp_cm_sock_log_error;
         sock->log->data = sock;
         sock->log->action = NULL;
@@ -172,7 +173,7 @@ ngx_xmpp_cm_pool_init(ngx_cycle_t *cycle, ngx_stream_xmpp_cm_srv_conf_t *conf)
 
     ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
                   "xmpp_cm: worker CM name \"%V\", %ui sockets to \"%V\"",
-                  &pool->name, pool->nsocks, &conf->pass);
+                  &up->name, up->nsocks, &conf->pass);
 
     return NGX_OK;
 }
@@ -186,7 +187,7 @@ ngx_xmpp_cm_backoff(ngx_xmpp_cm_sock_t *sock)
     ngx_uint_t                      i;
     ngx_stream_xmpp_cm_srv_conf_t  *conf;
 
-    conf = sock->pool->conf;
+    conf = sock->up->conf;
     delay = conf->reconnect.min;
 
     for (i = 1; i < sock->failures && delay < conf->reconnect.max; i++) {
@@ -212,7 +213,7 @@ ngx_xmpp_cm_sock_schedule(ngx_xmpp_cm_sock_t *sock)
 {
     ngx_msec_t  delay;
 
-    if (sock->pool->exiting || ngx_exiting || ngx_terminate || ngx_quit) {
+    if (sock->up->exiting || ngx_exiting || ngx_terminate || ngx_quit) {
         return;
     }
 
@@ -236,7 +237,7 @@ ngx_xmpp_cm_sock_schedule(ngx_xmpp_cm_sock_t *sock)
  */
 
 static ngx_stream_upstream_rr_peer_t *
-ngx_xmpp_cm_pool_peer(ngx_xmpp_cm_pool_t *pool)
+ngx_xmpp_cm_upstream_peer(ngx_xmpp_cm_upstream_t *up)
 {
     ngx_uint_t                       n, k;
     ngx_stream_upstream_rr_peer_t   *peer;
@@ -246,7 +247,7 @@ ngx_xmpp_cm_pool_peer(ngx_xmpp_cm_pool_t *pool)
 
     n = 0;
 
-    for (peers = pool->conf->upstream->peer.data; peers; peers = peers->next)
+    for (peers = up->conf->upstream->peer.data; peers; peers = peers->next)
     {
         for (peer = peers->peer; peer; peer = peer->next) {
             if (!peer->down) {
@@ -259,9 +260,9 @@ ngx_xmpp_cm_pool_peer(ngx_xmpp_cm_pool_t *pool)
         return NULL;
     }
 
-    k = pool->node % n;
+    k = up->node % n;
 
-    for (peers = pool->conf->upstream->peer.data; peers; peers = peers->next)
+    for (peers = up->conf->upstream->peer.data; peers; peers = peers->next)
     {
         for (peer = peers->peer; peer; peer = peer->next) {
             if (!peer->down && k-- == 0) {
@@ -275,14 +276,14 @@ ngx_xmpp_cm_pool_peer(ngx_xmpp_cm_pool_t *pool)
 
 
 static ngx_uint_t
-ngx_xmpp_cm_pool_primaries(ngx_xmpp_cm_pool_t *pool)
+ngx_xmpp_cm_upstream_primaries(ngx_xmpp_cm_upstream_t *up)
 {
     ngx_uint_t                       n;
     ngx_stream_upstream_rr_peer_t   *peer;
     ngx_stream_upstream_rr_peers_t  *peers;
 
     n = 0;
-    peers = pool->conf->upstream->peer.data;
+    peers = up->conf->upstream->peer.data;
 
     if (peers) {
         for (peer = peers->peer; peer; peer = peer->next) {
@@ -297,21 +298,22 @@ ngx_xmpp_cm_pool_primaries(ngx_xmpp_cm_pool_t *pool)
 
 
 static void
-ngx_xmpp_cm_pool_failover(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_sock_t *sock)
+ngx_xmpp_cm_upstream_failover(ngx_xmpp_cm_upstream_t *up,
+    ngx_xmpp_cm_sock_t *sock)
 {
     ngx_uint_t  i;
 
-    if (pool->ready || sock->failures < 2) {
+    if (up->ready || sock->failures < 2) {
         return;
     }
 
-    for (i = 0; i < pool->nsocks; i++) {
-        if (pool->socks[i].state > NGX_XMPP_CM_SOCK_CONNECTING) {
+    for (i = 0; i < up->nsocks; i++) {
+        if (up->socks[i].state > NGX_XMPP_CM_SOCK_CONNECTING) {
             return;
         }
     }
 
-    pool->node++;
+    up->node++;
 }
 
 
@@ -331,7 +333,7 @@ ngx_xmpp_cm_sock_log_error(ngx_log_t *log, u_char *buf, size_t len)
 
     sock = log->data;
 
-    p = ngx_snprintf(buf, len, ", CM socket: %V/%V", &sock->pool->name,
+    p = ngx_snprintf(buf, len, ", CM socket: %V/%V", &sock->up->name,
                      &sock->resource);
 
     if (sock->pc.name) {
@@ -347,20 +349,20 @@ ngx_xmpp_cm_sock_log_error(ngx_log_t *log, u_char *buf, size_t len)
 static void
 ngx_xmpp_cm_sock_connect(ngx_xmpp_cm_sock_t *sock)
 {
-    ngx_int_t                        rc;
-    ngx_connection_t                *c;
-    ngx_xmpp_cm_pool_t              *pool;
-    ngx_peer_connection_t           *pc;
-    ngx_stream_upstream_rr_peer_t   *peer;
+    ngx_int_t                      rc;
+    ngx_connection_t               *c;
+    ngx_xmpp_cm_upstream_t         *up;
+    ngx_peer_connection_t          *pc;
+    ngx_stream_upstream_rr_peer_t  *peer;
 
-    pool = sock->pool;
+    up = sock->up;
 
-    peer = ngx_xmpp_cm_pool_peer(pool);
+    peer = ngx_xmpp_cm_upstream_peer(up);
 
     if (peer == NULL) {
-        ngx_log_error(NGX_LOG_ERR, &pool->log, 0,
+        ngx_log_error(NGX_LOG_ERR, &up->log, 0,
                       "xmpp_cm: upstream \"%V\" has no usable server",
-                      &pool->conf->pass);
+                      &up->conf->pass);
         sock->failures++;
         ngx_xmpp_cm_sock_schedule(sock);
         return;
@@ -395,7 +397,7 @@ ngx_xmpp_cm_sock_connect(ngx_xmpp_cm_sock_t *sock)
         ngx_log_error(NGX_LOG_ERR, sock->log, 0,
                       "xmpp_cm: connect to %V failed", pc->name);
         sock->failures++;
-        ngx_xmpp_cm_pool_failover(pool, sock);
+        ngx_xmpp_cm_upstream_failover(up, sock);
         ngx_xmpp_cm_sock_schedule(sock);
         return;
     }
@@ -425,9 +427,9 @@ ngx_xmpp_cm_sock_connect(ngx_xmpp_cm_sock_t *sock)
     }
 
     sock->state = NGX_XMPP_CM_SOCK_CONNECTING;
-    ngx_xmpp_cm_metrics_socks(pool);
+    ngx_xmpp_cm_metrics_socks(up);
 
-    ngx_add_timer(c->read, pool->conf->connect_timeout);
+    ngx_add_timer(c->read, up->conf->connect_timeout);
 
     if (rc == NGX_OK) {
         ngx_xmpp_cm_sock_write_handler(c->write);
@@ -450,18 +452,18 @@ failed:
 static ngx_int_t
 ngx_xmpp_cm_sock_header(ngx_xmpp_cm_sock_t *sock)
 {
-    size_t               len;
-    ngx_buf_t           *b;
-    ngx_xmpp_cm_pool_t  *pool;
+    size_t                  len;
+    ngx_buf_t               *b;
+    ngx_xmpp_cm_upstream_t  *up;
 
     static u_char  start[] = "<stream:stream xmlns:stream=\""
                              NGX_XMPP_NS_STREAMS "\" xmlns=\""
                              NGX_XMPP_NS_CM "\" to=\"";
     static u_char  end[] = "\" version=\"1.0\">";
 
-    pool = sock->pool;
+    up = sock->up;
 
-    len = sizeof(start) - 1 + pool->name.len + 1 + sock->resource.len
+    len = sizeof(start) - 1 + up->name.len + 1 + sock->resource.len
           + sizeof(end) - 1;
 
     b = ngx_xmpp_cm_output_buf(&sock->out, len, 1);
@@ -470,7 +472,7 @@ ngx_xmpp_cm_sock_header(ngx_xmpp_cm_sock_t *sock)
     }
 
     b->last = ngx_cpymem(b->last, start, sizeof(start) - 1);
-    b->last = ngx_cpymem(b->last, pool->name.data, pool->name.len);
+    b->last = ngx_cpymem(b->last, up->name.data, up->name.len);
     *b->last++ = '/';
     b->last = ngx_cpymem(b->last, sock->resource.data, sock->resource.len);
     b->last = ngx_cpymem(b->last, end, sizeof(end) - 1);
@@ -483,13 +485,13 @@ static void
 ngx_xmpp_cm_sock_close(ngx_xmpp_cm_sock_t *sock, ngx_uint_t level,
     const char *why)
 {
-    size_t                      dropped;
-    ngx_uint_t                  was_ready;
-    ngx_xmpp_cm_pool_t         *pool;
+    size_t                     dropped;
+    ngx_uint_t                 was_ready;
+    ngx_xmpp_cm_upstream_t     *up;
     ngx_xmpp_cm_sock_t         *other;
-    ngx_xmpp_cm_output_sent_t   st;
+    ngx_xmpp_cm_output_sent_t  st;
 
-    pool = sock->pool;
+    up = sock->up;
     was_ready = (sock->state == NGX_XMPP_CM_SOCK_READY);
     ngx_xmpp_cm_metrics_sock_closed(sock);
 
@@ -526,10 +528,10 @@ ngx_xmpp_cm_sock_close(ngx_xmpp_cm_sock_t *sock, ngx_uint_t level,
     }
 
     sock->state = NGX_XMPP_CM_SOCK_IDLE;
-    ngx_xmpp_cm_metrics_socks(pool);
+    ngx_xmpp_cm_metrics_socks(up);
 
     if (was_ready) {
-        pool->ready--;
+        up->ready--;
     }
 
     /*
@@ -542,8 +544,8 @@ ngx_xmpp_cm_sock_close(ngx_xmpp_cm_sock_t *sock, ngx_uint_t level,
 
     other = NULL;
 
-    if (pool->ready) {
-        other = ngx_xmpp_cm_pool_pick(pool);
+    if (up->ready) {
+        other = ngx_xmpp_cm_upstream_pick(up);
     }
 
     ngx_xmpp_cm_output_classify(&sock->out, &st);
@@ -551,10 +553,10 @@ ngx_xmpp_cm_sock_close(ngx_xmpp_cm_sock_t *sock, ngx_uint_t level,
     dropped = sock->out.size;
 
     if (was_ready && sock->out.out) {
-        ngx_log_error(NGX_LOG_INFO, &pool->log, 0,
+        ngx_log_error(NGX_LOG_INFO, &up->log, 0,
                       "xmpp_cm: stanzas queued on the socket %V/%V: "
                       "%ui written whole, %ui cut, %ui not written (%s)",
-                      &pool->name, &sock->resource, st.written, st.cut,
+                      &up->name, &sock->resource, st.written, st.cut,
                       st.unwritten, other ? "moved to another socket"
                                           : "lost");
     }
@@ -580,26 +582,26 @@ ngx_xmpp_cm_sock_close(ngx_xmpp_cm_sock_t *sock, ngx_uint_t level,
 
     ngx_xmpp_cm_sock_unthrottle(sock);
 
-    if (was_ready && pool->ready == 0) {
-        pool->was_up = 0;
+    if (was_ready && up->ready == 0) {
+        up->was_up = 0;
     }
 
-    if (was_ready && pool->ready == 0 && !pool->exiting) {
-        ngx_log_error(NGX_LOG_ERR, &pool->log, 0,
+    if (was_ready && up->ready == 0 && !up->exiting) {
+        ngx_log_error(NGX_LOG_ERR, &up->log, 0,
                       "xmpp_cm: no Openfire socket left for \"%V\", "
-                      "ending %ui client sessions", &pool->name,
-                      pool->nsessions);
+                      "ending %ui client sessions", &up->name,
+                      up->nsessions);
 
-        pool->streams->end_all(pool,
-                               pool->down_cond ? (char *) pool->down_cond
-                               : "remote-connection-failed",
-                               "the XMPP server is unreachable", 1);
-        pool->down_cond = NULL;
+        up->streams->end_all(up,
+                             up->down_cond ? (char *) up->down_cond
+                             : "remote-connection-failed",
+                             "the XMPP server is unreachable", 1);
+        up->down_cond = NULL;
     }
 
     if (!was_ready) {
         sock->failures++;
-        ngx_xmpp_cm_pool_failover(pool, sock);
+        ngx_xmpp_cm_upstream_failover(up, sock);
 
     } else {
         sock->failures = 1;
@@ -614,8 +616,8 @@ ngx_xmpp_cm_sock_reconnect_handler(ngx_event_t *ev)
 {
     ngx_xmpp_cm_sock_t  *sock = ev->data;
 
-    if (sock->state == NGX_XMPP_CM_SOCK_IDLE && !sock->pool->exiting) {
-        ngx_xmpp_cm_count(sock->pool, RECONNECTS);
+    if (sock->state == NGX_XMPP_CM_SOCK_IDLE && !sock->up->exiting) {
+        ngx_xmpp_cm_count(sock->up, RECONNECTS);
         ngx_xmpp_cm_sock_connect(sock);
     }
 }
@@ -636,7 +638,7 @@ ngx_xmpp_cm_sock_keepalive_handler(ngx_event_t *ev)
         return;
     }
 
-    ngx_add_timer(&sock->keepalive, sock->pool->conf->keepalive);
+    ngx_add_timer(&sock->keepalive, sock->up->conf->keepalive);
 }
 
 
@@ -679,7 +681,7 @@ ngx_xmpp_cm_sock_write_handler(ngx_event_t *wev)
         }
 
         sock->state = NGX_XMPP_CM_SOCK_OPENING;
-        ngx_xmpp_cm_metrics_socks(sock->pool);
+        ngx_xmpp_cm_metrics_socks(sock->up);
         sock->log->action = "opening a stream to Openfire";
 
         /* many sessions' small stanzas: no Nagle delay on the shared link */
@@ -689,7 +691,7 @@ ngx_xmpp_cm_sock_write_handler(ngx_event_t *wev)
         }
 
 #if (NGX_SSL)
-        if (sock->pool->conf->upstream_tls == NGX_XMPP_CM_UPSTREAM_TLS_DIRECT)
+        if (sock->up->conf->upstream_tls == NGX_XMPP_CM_UPSTREAM_TLS_DIRECT)
         {
             /* Direct TLS (Openfire's port 5263): the header goes after it */
             ngx_xmpp_cm_sock_tls(sock);
@@ -711,7 +713,7 @@ ngx_xmpp_cm_sock_write_handler(ngx_event_t *wev)
     }
 
     if (sock->throttled
-        && sock->out.size <= sock->pool->conf->upstream_watermarks.low)
+        && sock->out.size <= sock->up->conf->upstream_watermarks.low)
     {
         ngx_xmpp_cm_sock_unthrottle(sock);
     }
@@ -721,21 +723,21 @@ ngx_xmpp_cm_sock_write_handler(ngx_event_t *wev)
 static void
 ngx_xmpp_cm_sock_read_handler(ngx_event_t *rev)
 {
-    ssize_t              n;
-    ngx_int_t            rc;
-    ngx_uint_t           got;
-    const char          *cond, *text;
-    ngx_connection_t    *c;
-    ngx_xmpp_cm_sock_t  *sock;
-    ngx_xmpp_cm_pool_t  *pool;
+    ssize_t                 n;
+    ngx_int_t               rc;
+    ngx_uint_t              got;
+    const                   char          *cond, *text;
+    ngx_connection_t        *c;
+    ngx_xmpp_cm_sock_t      *sock;
+    ngx_xmpp_cm_upstream_t  *up;
 
     c = rev->data;
     sock = c->data;
-    pool = sock->pool;
+    up = sock->up;
 
     if (c->close) {
         /* worker shutdown: sessions are closed upstream first */
-        ngx_xmpp_cm_pool_exit(pool);
+        ngx_xmpp_cm_upstream_exit(up);
         return;
     }
 
@@ -754,7 +756,7 @@ ngx_xmpp_cm_sock_read_handler(ngx_event_t *rev)
     got = 0;
 
     while (rev->ready) {
-        n = c->recv(c, pool->worker->upstream_buf,
+        n = c->recv(c, up->worker->upstream_buf,
                     NGX_XMPP_CM_UPSTREAM_READ);
 
         if (n == NGX_AGAIN) {
@@ -794,7 +796,7 @@ ngx_xmpp_cm_sock_read_handler(ngx_event_t *rev)
         sock->log->action = "reading from Openfire";
         got = 1;
 
-        rc = ngx_xmpp_cm_xml_feed(sock->xml, pool->worker->upstream_buf, n);
+        rc = ngx_xmpp_cm_xml_feed(sock->xml, up->worker->upstream_buf, n);
 
 #if (NGX_SSL)
         if (sock->proceed) {
@@ -839,8 +841,8 @@ ngx_xmpp_cm_sock_read_handler(ngx_event_t *rev)
     }
 
     ngx_add_timer(rev, sock->state == NGX_XMPP_CM_SOCK_READY
-                       ? pool->conf->upstream_timeout
-                       : pool->conf->connect_timeout);
+                       ? up->conf->upstream_timeout
+                       : up->conf->connect_timeout);
 }
 
 
@@ -873,9 +875,9 @@ ngx_xmpp_cm_sock_open(void *data, ngx_str_t *name, ngx_str_t *ns,
     ngx_uint_t           i;
     ngx_str_t            ans, alocal;
     ngx_sha1_t           sha1;
-    ngx_xmpp_cm_pool_t  *pool;
+    ngx_xmpp_cm_upstream_t  *up;
 
-    pool = sock->pool;
+    up = sock->up;
 
     for (i = 0; attrs[i]; i += 2) {
         ngx_xmpp_cm_split_name(attrs[i], &ans, &alocal);
@@ -896,7 +898,7 @@ ngx_xmpp_cm_sock_open(void *data, ngx_str_t *name, ngx_str_t *ns,
         return NGX_OK;
     }
 
-    if (pool->conf->upstream_tls == NGX_XMPP_CM_UPSTREAM_TLS_STARTTLS
+    if (up->conf->upstream_tls == NGX_XMPP_CM_UPSTREAM_TLS_STARTTLS
         && !sock->tls)
     {
         /* the features decide: <starttls/>, or no handshake at all */
@@ -905,7 +907,7 @@ ngx_xmpp_cm_sock_open(void *data, ngx_str_t *name, ngx_str_t *ns,
 
     ngx_sha1_init(&sha1);
     ngx_sha1_update(&sha1, sock->sid, sock->sid_len);
-    ngx_sha1_update(&sha1, pool->conf->secret.data, pool->conf->secret.len);
+    ngx_sha1_update(&sha1, up->conf->secret.data, up->conf->secret.len);
     ngx_sha1_final(digest, &sha1);
     ngx_hex_dump(hex, digest, sizeof(digest));
 
@@ -918,7 +920,7 @@ ngx_xmpp_cm_sock_open(void *data, ngx_str_t *name, ngx_str_t *ns,
     }
 
     sock->state = NGX_XMPP_CM_SOCK_HANDSHAKE;
-    ngx_xmpp_cm_metrics_socks(pool);
+    ngx_xmpp_cm_metrics_socks(up);
     sock->log->action = "authenticating to Openfire";
 
     return NGX_OK;
@@ -940,11 +942,11 @@ static void
 ngx_xmpp_cm_sock_stream_error(ngx_xmpp_cm_sock_t *sock,
     ngx_xmpp_cm_node_t *err)
 {
-    ngx_str_t            cond;
-    ngx_xmpp_cm_pool_t  *pool;
-    ngx_xmpp_cm_node_t  *n;
+    ngx_str_t               cond;
+    ngx_xmpp_cm_upstream_t  *up;
+    ngx_xmpp_cm_node_t      *n;
 
-    pool = sock->pool;
+    up = sock->up;
     ngx_str_set(&cond, "undefined-condition");
 
     for (n = err->child; n; n = n->next) {
@@ -962,8 +964,8 @@ ngx_xmpp_cm_sock_stream_error(ngx_xmpp_cm_sock_t *sock,
                       "connection-manager link (xmpp.multiplex.tls.policy "
                       "is required): set \"xmpp_cm_upstream_tls starttls\" "
                       "in %V:%ui, or \"direct\" with its port 5263",
-                      sock->pc.name, &pool->conf->conf_file,
-                      pool->conf->conf_line);
+                      sock->pc.name, &up->conf->conf_file,
+                      up->conf->conf_line);
         return;
     }
 
@@ -975,12 +977,12 @@ ngx_xmpp_cm_sock_stream_error(ngx_xmpp_cm_sock_t *sock,
                       "(not-authorized): the xmpp_cm_secret in %V:%ui does "
                       "not match Openfire's xmpp.multiplex.defaultSecret "
                       "property; set both to the same value",
-                      &pool->conf->conf_file, pool->conf->conf_line);
+                      &up->conf->conf_file, up->conf->conf_line);
         return;
     }
 
     if (ngx_xmpp_cm_str_is(&cond, "system-shutdown")) {
-        pool->down_cond = "system-shutdown";
+        up->down_cond = "system-shutdown";
     }
 
     ngx_log_error(NGX_LOG_ERR, sock->log, 0,
@@ -999,14 +1001,14 @@ ngx_xmpp_cm_sock_stanza(void *data, ngx_xmpp_cm_elem_t *e)
 
     rc = ngx_xmpp_cm_sock_element(sock, e);
 
-    ngx_reset_pool(sock->pool->tmp);
+    ngx_reset_pool(sock->up->tmp);
 
     return rc;
 }
 
 
 static void
-ngx_xmpp_cm_pool_tmp_cleanup(void *data)
+ngx_xmpp_cm_upstream_tmp_cleanup(void *data)
 {
     ngx_destroy_pool(data);
 }
@@ -1020,10 +1022,10 @@ ngx_xmpp_cm_sock_element(void *data, ngx_xmpp_cm_elem_t *e)
     size_t               len;
     ngx_buf_t           *b;
     ngx_str_t           *id;
-    ngx_xmpp_cm_pool_t  *pool;
+    ngx_xmpp_cm_upstream_t  *up;
     ngx_xmpp_cm_node_t  *root, *child;
 
-    pool = sock->pool;
+    up = sock->up;
     root = e->root;
 
     if (root == NULL) {
@@ -1037,7 +1039,7 @@ ngx_xmpp_cm_sock_element(void *data, ngx_xmpp_cm_elem_t *e)
      */
 
     if (ngx_xmpp_cm_str_is(&root->name, "route")) {
-        pool->streams->route(pool, sock, root);
+        up->streams->route(up, sock, root);
         return NGX_OK;
     }
 
@@ -1046,7 +1048,7 @@ ngx_xmpp_cm_sock_element(void *data, ngx_xmpp_cm_elem_t *e)
         id = ngx_xmpp_cm_node_attr(root, "id");
 
         if (child && ngx_xmpp_cm_str_is(&child->name, "configuration")) {
-            ngx_xmpp_cm_pool_configure(pool, child);
+            ngx_xmpp_cm_upstream_configure(up, child);
 
             if (id && id->len) {
                 /* escaping may make the id six times as long */
@@ -1065,17 +1067,17 @@ ngx_xmpp_cm_sock_element(void *data, ngx_xmpp_cm_elem_t *e)
                 b->last = ngx_cpymem(b->last, "\"/>", 3);
             }
 
-            pool->configured = 1;
+            up->configured = 1;
 
-            if (pool->ready && !pool->was_up) {
-                ngx_xmpp_cm_pool_up(pool);
+            if (up->ready && !up->was_up) {
+                ngx_xmpp_cm_upstream_up(up);
             }
 
             return NGX_OK;
         }
 
         if (child && ngx_xmpp_cm_str_is(&child->name, "session")) {
-            pool->streams->session_iq(pool, sock, root);
+            up->streams->session_iq(up, sock, root);
             return NGX_OK;
         }
 
@@ -1090,18 +1092,18 @@ ngx_xmpp_cm_sock_element(void *data, ngx_xmpp_cm_elem_t *e)
         }
 
         sock->state = NGX_XMPP_CM_SOCK_READY;
-        ngx_xmpp_cm_metrics_socks(pool);
+        ngx_xmpp_cm_metrics_socks(up);
         sock->failures = 0;
-        pool->ready++;
+        up->ready++;
         sock->log->action = NULL;
 
         ngx_log_error(NGX_LOG_NOTICE, sock->log, 0,
                       "xmpp_cm: connected to Openfire %V", sock->pc.name);
 
-        ngx_add_timer(&sock->keepalive, pool->conf->keepalive);
+        ngx_add_timer(&sock->keepalive, up->conf->keepalive);
 
-        if (pool->configured && !pool->was_up) {
-            ngx_xmpp_cm_pool_up(pool);
+        if (up->configured && !up->was_up) {
+            ngx_xmpp_cm_upstream_up(up);
         }
 
         return NGX_OK;
@@ -1120,7 +1122,7 @@ ngx_xmpp_cm_sock_element(void *data, ngx_xmpp_cm_elem_t *e)
         sock->tls_wanted = !sock->tls && child
                            && ngx_xmpp_cm_node_child(child, "required");
 #if (NGX_SSL)
-        if (pool->conf->upstream_tls == NGX_XMPP_CM_UPSTREAM_TLS_STARTTLS
+        if (up->conf->upstream_tls == NGX_XMPP_CM_UPSTREAM_TLS_STARTTLS
             && !sock->tls && sock->sid_len
             && sock->state == NGX_XMPP_CM_SOCK_OPENING)
         {
@@ -1159,10 +1161,10 @@ ngx_xmpp_cm_sock_element(void *data, ngx_xmpp_cm_elem_t *e)
 /* the pool is usable again: the stream table closes its ghosts */
 
 static void
-ngx_xmpp_cm_pool_up(ngx_xmpp_cm_pool_t *pool)
+ngx_xmpp_cm_upstream_up(ngx_xmpp_cm_upstream_t *up)
 {
-    pool->was_up = 1;
-    pool->streams->up(pool);
+    up->was_up = 1;
+    up->streams->up(up);
 }
 
 
@@ -1174,7 +1176,8 @@ ngx_xmpp_cm_pool_up(ngx_xmpp_cm_pool_t *pool)
  */
 
 static void
-ngx_xmpp_cm_pool_configure(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_node_t *cfg)
+ngx_xmpp_cm_upstream_configure(ngx_xmpp_cm_upstream_t *up,
+    ngx_xmpp_cm_node_t *cfg)
 {
     u_char              *p, *buf;
     size_t               size;
@@ -1200,7 +1203,7 @@ ngx_xmpp_cm_pool_configure(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_node_t *cfg)
         }
     }
 
-    buf = ngx_alloc(size, &pool->log);
+    buf = ngx_alloc(size, &up->log);
     if (buf == NULL) {
         return;
     }
@@ -1245,35 +1248,35 @@ ngx_xmpp_cm_pool_configure(ngx_xmpp_cm_pool_t *pool, ngx_xmpp_cm_node_t *cfg)
 
     n = ngx_xmpp_cm_node_child(cfg, "starttls");
 
-    pool->cfg_tls_required = n && ngx_xmpp_cm_node_child(n, "required");
+    up->cfg_tls_required = n && ngx_xmpp_cm_node_child(n, "required");
 
-    pool->cfg_compression = ngx_xmpp_cm_node_child(cfg, "compression") != NULL;
+    up->cfg_compression = ngx_xmpp_cm_node_child(cfg, "compression") != NULL;
 
-    if (pool->features.data) {
-        ngx_free(pool->features.data);
+    if (up->features.data) {
+        ngx_free(up->features.data);
     }
 
-    pool->features.data = buf;
-    pool->features.len = p - buf;
+    up->features.data = buf;
+    up->features.len = p - buf;
 
-    ngx_log_debug2(NGX_LOG_DEBUG_STREAM, &pool->log, 0,
-                   "xmpp_cm: features for \"%V\": %V", &pool->name,
-                   &pool->features);
+    ngx_log_debug2(NGX_LOG_DEBUG_STREAM, &up->log, 0,
+                   "xmpp_cm: features for \"%V\": %V", &up->name,
+                   &up->features);
 }
 
 
 ngx_xmpp_cm_sock_t *
-ngx_xmpp_cm_pool_pick(ngx_xmpp_cm_pool_t *pool)
+ngx_xmpp_cm_upstream_pick(ngx_xmpp_cm_upstream_t *up)
 {
     ngx_uint_t           i;
     ngx_xmpp_cm_sock_t  *sock;
 
-    if (pool->ready == 0 || pool->exiting) {
+    if (up->ready == 0 || up->exiting) {
         return NULL;
     }
 
-    for (i = 0; i < pool->nsocks; i++) {
-        sock = &pool->socks[pool->rr++ % pool->nsocks];
+    for (i = 0; i < up->nsocks; i++) {
+        sock = &up->socks[up->rr++ % up->nsocks];
 
         if (sock->state == NGX_XMPP_CM_SOCK_READY) {
             return sock;
@@ -1306,7 +1309,7 @@ ngx_xmpp_cm_sock_buf(ngx_xmpp_cm_sock_t *sock, size_t len)
         ngx_post_event(sock->c->write, &ngx_posted_events);
     }
 
-    if (sock->out.size > sock->pool->conf->upstream_watermarks.high) {
+    if (sock->out.size > sock->up->conf->upstream_watermarks.high) {
         sock->throttled = 1;
     }
 
@@ -1378,7 +1381,7 @@ ngx_xmpp_cm_sock_unthrottle(ngx_xmpp_cm_sock_t *sock)
         s = ngx_queue_data(q, ngx_xmpp_cm_session_t, blocked);
         ngx_queue_remove(q);
 
-        sock->pool->streams->unblock(s);
+        sock->up->streams->unblock(s);
     }
 }
 
@@ -1389,32 +1392,32 @@ ngx_xmpp_cm_sock_unthrottle(ngx_xmpp_cm_sock_t *sock)
  */
 
 void
-ngx_xmpp_cm_pool_exit(ngx_xmpp_cm_pool_t *pool)
+ngx_xmpp_cm_upstream_exit(ngx_xmpp_cm_upstream_t *up)
 {
     int                  timeout;
     ngx_uint_t           i;
     ngx_xmpp_cm_sock_t  *sock;
     struct timeval       tv;
 
-    if (pool->exiting) {
+    if (up->exiting) {
         return;
     }
 
-    ngx_log_error(NGX_LOG_NOTICE, &pool->log, 0,
+    ngx_log_error(NGX_LOG_NOTICE, &up->log, 0,
                   "xmpp_cm: worker exiting, closing %ui client sessions of "
-                  "\"%V\"", pool->nsessions, &pool->name);
+                  "\"%V\"", up->nsessions, &up->name);
 
-    pool->streams->end_all(pool, "system-shutdown",
-                           "the connection manager is shutting down", 0);
+    up->streams->end_all(up, "system-shutdown",
+                         "the connection manager is shutting down", 0);
 
-    pool->exiting = 1;
+    up->exiting = 1;
 
     timeout = 2;
     tv.tv_sec = timeout;
     tv.tv_usec = 0;
 
-    for (i = 0; i < pool->nsocks; i++) {
-        sock = &pool->socks[i];
+    for (i = 0; i < up->nsocks; i++) {
+        sock = &up->socks[i];
 
         if (sock->reconnect.timer_set) {
             ngx_del_timer(&sock->reconnect);
@@ -1441,16 +1444,16 @@ ngx_xmpp_cm_pool_exit(ngx_xmpp_cm_pool_t *pool)
         ngx_xmpp_cm_sock_close(sock, NGX_LOG_INFO, "worker exiting");
     }
 
-    if (pool->features.data) {
-        ngx_free(pool->features.data);
-        ngx_str_null(&pool->features);
+    if (up->features.data) {
+        ngx_free(up->features.data);
+        ngx_str_null(&up->features);
     }
 
 #if (NGX_SSL)
-    for (i = 0; i < pool->nsocks; i++) {
-        if (pool->socks[i].ssl_session) {
-            ngx_ssl_free_session(pool->socks[i].ssl_session);
-            pool->socks[i].ssl_session = NULL;
+    for (i = 0; i < up->nsocks; i++) {
+        if (up->socks[i].ssl_session) {
+            ngx_ssl_free_session(up->socks[i].ssl_session);
+            up->socks[i].ssl_session = NULL;
         }
     }
 #endif
@@ -1470,12 +1473,12 @@ static ngx_int_t
 ngx_xmpp_cm_sock_starttls(ngx_xmpp_cm_sock_t *sock,
     ngx_xmpp_cm_node_t *features)
 {
-    ngx_xmpp_cm_pool_t  *pool;
-    ngx_xmpp_cm_node_t  *n;
+    ngx_xmpp_cm_upstream_t  *up;
+    ngx_xmpp_cm_node_t      *n;
 
     static u_char  starttls[] = "<starttls xmlns=\"" NGX_XMPP_NS_TLS "\"/>";
 
-    pool = sock->pool;
+    up = sock->up;
     n = ngx_xmpp_cm_node_child(features, "starttls");
 
     if (n == NULL || !ngx_xmpp_cm_str_is(&n->ns, NGX_XMPP_NS_TLS)) {
@@ -1487,8 +1490,8 @@ ngx_xmpp_cm_sock_starttls(ngx_xmpp_cm_sock_t *sock,
                       "xmpp.multiplex.tls.policy to optional or required, "
                       "or connect to its Direct-TLS port (5263) with "
                       "\"xmpp_cm_upstream_tls direct\"",
-                      sock->pc.name, &pool->conf->conf_file,
-                      pool->conf->conf_line);
+                      sock->pc.name, &up->conf->conf_file,
+                      up->conf->conf_line);
         sock->fail = "no STARTTLS offered, handshake not sent";
         return NGX_DONE;
     }
@@ -1500,7 +1503,7 @@ ngx_xmpp_cm_sock_starttls(ngx_xmpp_cm_sock_t *sock,
     }
 
     sock->state = NGX_XMPP_CM_SOCK_TLS;
-    ngx_xmpp_cm_metrics_socks(pool);
+    ngx_xmpp_cm_metrics_socks(up);
     sock->log->action = "starting TLS with Openfire";
 
     return NGX_OK;
@@ -1510,17 +1513,17 @@ ngx_xmpp_cm_sock_starttls(ngx_xmpp_cm_sock_t *sock,
 static void
 ngx_xmpp_cm_sock_tls(ngx_xmpp_cm_sock_t *sock)
 {
-    ngx_int_t                       rc;
+    ngx_int_t                      rc;
     ngx_connection_t               *c;
-    ngx_xmpp_cm_pool_t             *pool;
+    ngx_xmpp_cm_upstream_t         *up;
     ngx_stream_xmpp_cm_srv_conf_t  *conf;
 
     c = sock->c;
-    pool = sock->pool;
-    conf = pool->conf;
+    up = sock->up;
+    conf = up->conf;
 
     sock->state = NGX_XMPP_CM_SOCK_TLS;
-    ngx_xmpp_cm_metrics_socks(pool);
+    ngx_xmpp_cm_metrics_socks(up);
     sock->log->action = "TLS handshaking with Openfire";
 
     /*
@@ -1586,14 +1589,14 @@ ngx_xmpp_cm_sock_tls(ngx_xmpp_cm_sock_t *sock)
 static void
 ngx_xmpp_cm_sock_tls_done(ngx_connection_t *c)
 {
-    long                            rc;
+    long                           rc;
     ngx_xmpp_cm_sock_t             *sock;
-    ngx_xmpp_cm_pool_t             *pool;
+    ngx_xmpp_cm_upstream_t         *up;
     ngx_stream_xmpp_cm_srv_conf_t  *conf;
 
     sock = c->data;
-    pool = sock->pool;
-    conf = pool->conf;
+    up = sock->up;
+    conf = up->conf;
 
     if (!c->ssl->handshaked) {
         if (c->read->timedout || c->write->timedout) {
@@ -1661,7 +1664,7 @@ ngx_xmpp_cm_sock_tls_done(ngx_connection_t *c)
 
     sock->tls = 1;
     sock->state = NGX_XMPP_CM_SOCK_OPENING;
-    ngx_xmpp_cm_metrics_socks(pool);
+    ngx_xmpp_cm_metrics_socks(up);
     sock->log->action = "opening a stream to Openfire";
 
     c->read->handler = ngx_xmpp_cm_sock_read_handler;

@@ -41,7 +41,7 @@ typedef struct {
 } fuzz_client_t;
 
 
-static fuzz_pool_t  fp;
+static fuzz_upstream_t  fp;
 
 
 static ngx_int_t
@@ -310,7 +310,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ngx_memcpy(fc.session.id, "w4242-00000000000000ab", 22);
     fc.session.node.str.data = fc.session.id;
     fc.session.node.str.len = 22;
-    fc.session.pool = &fp.pool;
+    fc.session.up = &fp.up;
     fc.session.sock = &fp.socks[0];
 
     fc.x = ngx_xmpp_cm_xml_create(pool, &fuzz_log, 0,

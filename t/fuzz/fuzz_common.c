@@ -117,13 +117,13 @@ static ngx_str_t  fuzz_peer_name = ngx_string("127.0.0.1:5262");
 
 
 void
-fuzz_pool_init(fuzz_pool_t *fp)
+fuzz_upstream_init(fuzz_upstream_t *fp)
 {
     ngx_uint_t  i;
 
     fuzz_init();
 
-    ngx_memzero(fp, sizeof(fuzz_pool_t));
+    ngx_memzero(fp, sizeof(fuzz_upstream_t));
 
     fp->conf.upstream_watermarks.high = 16 * 1024 * 1024;
     fp->conf.upstream_watermarks.low = 1024 * 1024;
@@ -133,29 +133,29 @@ fuzz_pool_init(fuzz_pool_t *fp)
     ngx_str_set(&fp->conf.name, "cm1");
     ngx_str_set(&fp->conf.conf_file, "/etc/nginx/nginx.conf");
     fp->conf.conf_line = 42;
-    fp->conf.pool = &fp->pool;
+    fp->conf.up = &fp->up;
 
-    fp->pool.conf = &fp->conf;
-    fp->pool.metrics = &fp->metrics;
-    fp->pool.worker = fuzz_worker;
-    fp->pool.tmp = fuzz_tmp;
+    fp->up.conf = &fp->conf;
+    fp->up.metrics = &fp->metrics;
+    fp->up.worker = fuzz_worker;
+    fp->up.tmp = fuzz_tmp;
     ngx_reset_pool(fuzz_tmp);
-    fp->pool.log = fuzz_log;
-    ngx_str_set(&fp->pool.name, "cm1-4242-a1b2c3");
-    ngx_str_set(&fp->pool.domain, "localhost");
-    ngx_rbtree_init(&fp->pool.sessions, &fp->pool.sentinel,
+    fp->up.log = fuzz_log;
+    ngx_str_set(&fp->up.name, "cm1-4242-a1b2c3");
+    ngx_str_set(&fp->up.domain, "localhost");
+    ngx_rbtree_init(&fp->up.sessions, &fp->up.sentinel,
                     ngx_str_rbtree_insert_value);
-    fp->pool.streams = &ngx_xmpp_cm_streams;
-    fp->pool.closed = fp->closed;
-    fp->pool.socks = fp->socks;
-    fp->pool.nsocks = 2;
-    fp->pool.ready = 2;
-    fp->pool.configured = 1;
-    fp->pool.was_up = 1;
+    fp->up.streams = &ngx_xmpp_cm_streams;
+    fp->up.closed = fp->closed;
+    fp->up.socks = fp->socks;
+    fp->up.nsocks = 2;
+    fp->up.ready = 2;
+    fp->up.configured = 1;
+    fp->up.was_up = 1;
 
     for (i = 0; i < 2; i++) {
-        fp->socks[i].pool = &fp->pool;
-        fp->socks[i].log = &fp->pool.log;
+        fp->socks[i].up = &fp->up;
+        fp->socks[i].log = &fp->up.log;
         fp->socks[i].index = i;
         fp->socks[i].state = NGX_XMPP_CM_SOCK_READY;
         ngx_queue_init(&fp->socks[i].blocked);
@@ -169,7 +169,7 @@ fuzz_pool_init(fuzz_pool_t *fp)
 
 
 ngx_int_t
-fuzz_begin(fuzz_pool_t *fp, const uint8_t **data, size_t *size,
+fuzz_begin(fuzz_upstream_t *fp, const uint8_t **data, size_t *size,
     uint8_t *flags, fuzz_rng_t *rng)
 {
     const uint8_t  *d = *data;
@@ -179,7 +179,7 @@ fuzz_begin(fuzz_pool_t *fp, const uint8_t **data, size_t *size,
     }
 
     fuzz_init();
-    fuzz_pool_init(fp);
+    fuzz_upstream_init(fp);
 
     *flags = d[0];
     rng->s = 0x10000u | d[1] | (d[2] << 8);

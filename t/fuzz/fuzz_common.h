@@ -62,22 +62,22 @@ fuzz_rand(fuzz_rng_t *r)
 
 typedef struct {
     ngx_stream_xmpp_cm_srv_conf_t   conf;
-    ngx_xmpp_cm_pool_t              pool;
+    ngx_xmpp_cm_upstream_t          up;
     ngx_xmpp_cm_sock_t              socks[2];
     ngx_str_t                       domain;
     u_char                          closed[NGX_XMPP_CM_CLOSED_RING
                                            * NGX_XMPP_CM_ID_LEN];
     ngx_xmpp_cm_metrics_t           metrics;      /* the worker's record */
-} fuzz_pool_t;
+} fuzz_upstream_t;
 
-void fuzz_pool_init(fuzz_pool_t *fp);
+void fuzz_upstream_init(fuzz_upstream_t *fp);
 
 /*
  * The head of an input for the targets with a pool: byte 0 is flags,
  * bytes 1-2 seed the RNG; initialises the target and the pool and
  * advances data past the head.  NGX_DECLINED: too short to use.
  */
-ngx_int_t fuzz_begin(fuzz_pool_t *fp, const uint8_t **data, size_t *size,
+ngx_int_t fuzz_begin(fuzz_upstream_t *fp, const uint8_t **data, size_t *size,
     uint8_t *flags, fuzz_rng_t *rng);
 /* the bytes queued on a socket, as one malloc()ed string (caller frees) */
 u_char *fuzz_queue_take(ngx_xmpp_cm_output_t *o, size_t *len);

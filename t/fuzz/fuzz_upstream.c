@@ -33,7 +33,7 @@
 #include "../../src/ngx_stream_xmpp_cm_upstream.c"
 
 
-static fuzz_pool_t  fp;
+static fuzz_upstream_t  fp;
 static ngx_log_t    fu_logs[2];
 static ngx_uint_t   fu_nodes;
 
@@ -202,7 +202,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
 
     pool = ngx_create_pool(4096, &fuzz_log);
-    fp.pool.log = fuzz_log;
+    fp.up.log = fuzz_log;
 
     /* each socket's own log, with the module's handler (formatted) */
 
@@ -213,20 +213,20 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         fp.socks[i].log = &fu_logs[i];
     }
 
-    if (ngx_array_init(&fp.pool.ghosts, pool, 4, NGX_XMPP_CM_ID_LEN)
+    if (ngx_array_init(&fp.up.ghosts, pool, 4, NGX_XMPP_CM_ID_LEN)
         != NGX_OK)
     {
         FUZZ_FAIL("array");
     }
 
     if (flags & 0x08) {
-        fp.pool.configured = 0;
-        fp.pool.was_up = 0;
+        fp.up.configured = 0;
+        fp.up.was_up = 0;
     }
 
     if (flags & 0x10) {
-        fp.pool.was_up = 0;
-        g = ngx_array_push(&fp.pool.ghosts);
+        fp.up.was_up = 0;
+        g = ngx_array_push(&fp.up.ghosts);
         ngx_memcpy(g, "w1-ghost\0", 9);
     }
 
@@ -238,20 +238,20 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         s->node.str.data = s->id;
         s->node.str.len = 3;
         s->node.node.key = ngx_crc32_short(s->id, 3);
-        s->pool = &fp.pool;
+        s->up = &fp.up;
         s->sock = &fp.socks[i % 2];
-        ngx_rbtree_insert(&fp.pool.sessions, &s->node.node);
-        fp.pool.nsessions++;
+        ngx_rbtree_insert(&fp.up.sessions, &s->node.node);
+        fp.up.nsessions++;
     }
 
     sock = &fp.socks[0];
     sock->keepalive.handler = ngx_xmpp_cm_sock_keepalive_handler;
     sock->keepalive.data = sock;
-    sock->keepalive.log = &fp.pool.log;
+    sock->keepalive.log = &fp.up.log;
 
     if (!(flags & 0x04)) {
         sock->state = NGX_XMPP_CM_SOCK_OPENING;
-        fp.pool.ready = 1;
+        fp.up.ready = 1;
     }
 
     if (ngx_xmpp_cm_sock_framer(sock, pool) != NGX_OK) {
@@ -278,14 +278,14 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ngx_xmpp_cm_xml_free(sock->xml);
     sock->xml = NULL;
 
-    while (fp.pool.sessions.root != fp.pool.sessions.sentinel) {
-        node = ngx_rbtree_min(fp.pool.sessions.root,
-                              fp.pool.sessions.sentinel);
+    while (fp.up.sessions.root != fp.up.sessions.sentinel) {
+        node = ngx_rbtree_min(fp.up.sessions.root,
+                              fp.up.sessions.sentinel);
         ngx_xmpp_cm_session_forget((ngx_xmpp_cm_session_t *) node);
     }
 
-    if (fp.pool.features.data) {
-        ngx_free(fp.pool.features.data);
+    if (fp.up.features.data) {
+        ngx_free(fp.up.features.data);
     }
 
     ngx_destroy_pool(pool);

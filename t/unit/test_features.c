@@ -14,7 +14,7 @@
 #include "../../src/ngx_stream_xmpp_cm_upstream.c"
 
 
-static fuzz_pool_t  uf_fp;
+static fuzz_upstream_t  uf_fp;
 
 
 static ngx_int_t
@@ -57,8 +57,8 @@ UNIT_TEST(features_from_openfire_4_1_6)
     char    *out;
     size_t   len;
 
-    fuzz_pool_init(&uf_fp);
-    uf_fp.pool.configured = 0;
+    fuzz_upstream_init(&uf_fp);
+    uf_fp.up.configured = 0;
 
     /* the configuration IQ of the Openfire 4.1.6 transcripts */
 
@@ -74,23 +74,23 @@ UNIT_TEST(features_from_openfire_4_1_6)
                 "<register xmlns=\"http://jabber.org/features/iq-register\"/>"
                 ), &len);
 
-    CHECK_NGX_STR(&uf_fp.pool.features,
+    CHECK_NGX_STR(&uf_fp.up.features,
                   UF_MECHS("<mechanism>PLAIN</mechanism>"
                            "<mechanism>SCRAM-SHA-1</mechanism>"
                            "<mechanism>CRAM-MD5</mechanism>"
                            "<mechanism>DIGEST-MD5</mechanism>")
                   "<register xmlns=\"http://jabber.org/features/"
                   "iq-register\"/>");
-    CHECK_INT(uf_fp.pool.cfg_tls_required, 0);
-    CHECK_INT(uf_fp.pool.cfg_compression, 1);
-    CHECK_INT(uf_fp.pool.configured, 1);
+    CHECK_INT(uf_fp.up.cfg_tls_required, 0);
+    CHECK_INT(uf_fp.up.cfg_compression, 1);
+    CHECK_INT(uf_fp.up.configured, 1);
 
     /* Openfire waits for the result */
 
     CHECK_CSTR(out, "<iq type=\"result\" id=\"877-9\"/>");
 
     free(out);
-    ngx_free(uf_fp.pool.features.data);
+    ngx_free(uf_fp.up.features.data);
 }
 
 
@@ -99,7 +99,7 @@ UNIT_TEST(features_hide_external_and_plus)
     char    *out;
     size_t   len;
 
-    fuzz_pool_init(&uf_fp);
+    fuzz_upstream_init(&uf_fp);
 
     out = uf_iq(UF_CONF("c1",
                 "<starttls xmlns=\"urn:ietf:params:xml:ns:xmpp-tls\">"
@@ -116,12 +116,12 @@ UNIT_TEST(features_hide_external_and_plus)
 
     /* empty and unknown children are dropped, text is escaped again */
 
-    CHECK_NGX_STR(&uf_fp.pool.features,
+    CHECK_NGX_STR(&uf_fp.up.features,
                   UF_MECHS("<mechanism>SCRAM-SHA-256</mechanism>"
                            "<mechanism>X-A&lt;B</mechanism>")
                   "<auth xmlns=\"http://jabber.org/features/iq-auth\"/>");
-    CHECK_INT(uf_fp.pool.cfg_tls_required, 1);
-    CHECK_INT(uf_fp.pool.cfg_compression, 0);
+    CHECK_INT(uf_fp.up.cfg_tls_required, 1);
+    CHECK_INT(uf_fp.up.cfg_compression, 0);
     CHECK_CSTR(out, "<iq type=\"result\" id=\"c1\"/>");
     free(out);
 
@@ -131,16 +131,16 @@ UNIT_TEST(features_hide_external_and_plus)
                         UF_MECHS("<mechanism>EXTERNAL</mechanism>")),
                 &len);
 
-    CHECK_NGX_STR(&uf_fp.pool.features, UF_MECHS(""));
-    CHECK_INT(uf_fp.pool.cfg_tls_required, 0);
+    CHECK_NGX_STR(&uf_fp.up.features, UF_MECHS(""));
+    CHECK_INT(uf_fp.up.cfg_tls_required, 0);
     CHECK_CSTR(out, "<iq type=\"result\" id=\"a&quot;b\"/>");
     free(out);
 
     out = uf_iq(UF_CONF("c3", ""), &len);
-    CHECK_NGX_STR(&uf_fp.pool.features, "");
+    CHECK_NGX_STR(&uf_fp.up.features, "");
     free(out);
 
-    ngx_free(uf_fp.pool.features.data);
+    ngx_free(uf_fp.up.features.data);
 }
 
 

@@ -315,7 +315,7 @@ UNIT_TEST(domain_normalised)
 
 /* ------------------------------------------------------ stanza checks */
 
-static fuzz_pool_t  uj_fp;
+static fuzz_upstream_t  uj_fp;
 
 
 typedef struct {
@@ -388,10 +388,10 @@ uj_stanza(const char *stanza, const char *lang, const char *reject,
     uj_client_t      uc;
     unit_stanzas_t   us;
 
-    fuzz_pool_init(&uj_fp);
+    fuzz_upstream_init(&uj_fp);
 
     ngx_memzero(&uc, sizeof(uj_client_t));
-    uc.session.pool = &uj_fp.pool;
+    uc.session.up = &uj_fp.up;
     uc.session.sock = &uj_fp.socks[0];
     ngx_str_set(&uc.session.node.str, "w1-1");
     ngx_str_set(&uc.jid, "alice@localhost/pc");
@@ -416,7 +416,7 @@ uj_stanza(const char *stanza, const char *lang, const char *reject,
         /* the route's head and tail are test_route.c's business */
 
         head = sizeof("<route to=\"localhost\" from=\"\" streamid=\"w1-1\">")
-               - 1 + uj_fp.pool.name.len;
+               - 1 + uj_fp.up.name.len;
 
         if (uc.len < head + 8) {
             unit_fail(file, line, "a route");
@@ -530,7 +530,7 @@ UNIT_TEST(stanza_error_about_an_error)
 
     /* an error with a malformed JID: rejected, flagged so it is dropped */
 
-    fuzz_pool_init(&uj_fp);
+    fuzz_upstream_init(&uj_fp);
     ngx_memzero(&uc, sizeof(uj_client_t));
 
     unit_framer_open(&us, 0, 0);

@@ -12,7 +12,7 @@
 #include "unit.h"
 
 
-static fuzz_pool_t  ur_fp;
+static fuzz_upstream_t  ur_fp;
 
 
 /* the fake pool's names (t/fuzz/fuzz_common.c): domain, CM, resource */
@@ -149,10 +149,10 @@ typedef struct {
 static void
 ur_session(ur_client_t *uc, char *id)
 {
-    fuzz_pool_init(&ur_fp);
+    fuzz_upstream_init(&ur_fp);
 
     ngx_memzero(uc, sizeof(ur_client_t));
-    uc->session.pool = &ur_fp.pool;
+    uc->session.up = &ur_fp.up;
     uc->session.sock = &ur_fp.socks[0];
     uc->session.node.str.data = (u_char *) id;
     uc->session.node.str.len = strlen(id);
@@ -228,9 +228,9 @@ UNIT_TEST(route_client_refuses_what_openfire_cannot_take)
      * client gets policy-violation) and nothing is queued.
      */
 
-    fuzz_pool_init(&ur_fp);
+    fuzz_upstream_init(&ur_fp);
     head = sizeof("<route to=\"\" from=\"\" streamid=\"w1-1\">") - 1
-           + ur_fp.pool.domain.len + ur_fp.pool.name.len;
+           + ur_fp.up.domain.len + ur_fp.up.name.len;
     fit = NGX_XMPP_CM_FRAGMENT_MAX - head - (sizeof("</route>") - 1);
 
     stanza = malloc(fit + 2);
@@ -266,22 +266,22 @@ UNIT_TEST(route_raw_wraps_only_safe_ids)
     size_t      len;
     ngx_str_t   id;
 
-    fuzz_pool_init(&ur_fp);
+    fuzz_upstream_init(&ur_fp);
 
     ngx_str_set(&id, "w7-ab");
-    CHECK_INT(ngx_xmpp_cm_route_raw(&ur_fp.pool, &ur_fp.socks[1], &id,
+    CHECK_INT(ngx_xmpp_cm_route_raw(&ur_fp.up, &ur_fp.socks[1], &id,
                                     (u_char *) "<presence/>", 11),
               NGX_OK);
 
     /* an id that could break the shared stream, or nothing to route */
 
     ngx_str_set(&id, "w7\"/><x");
-    CHECK_INT(ngx_xmpp_cm_route_raw(&ur_fp.pool, &ur_fp.socks[1], &id,
+    CHECK_INT(ngx_xmpp_cm_route_raw(&ur_fp.up, &ur_fp.socks[1], &id,
                                     (u_char *) "<presence/>", 11),
               NGX_DECLINED);
 
     ngx_str_set(&id, "w7-ab");
-    CHECK_INT(ngx_xmpp_cm_route_raw(&ur_fp.pool, &ur_fp.socks[1], &id,
+    CHECK_INT(ngx_xmpp_cm_route_raw(&ur_fp.up, &ur_fp.socks[1], &id,
                                     (u_char *) "", 0),
               NGX_DECLINED);
 
@@ -297,24 +297,24 @@ UNIT_TEST(session_iqs)
     size_t      len;
     ngx_str_t   id, addr;
 
-    fuzz_pool_init(&ur_fp);
+    fuzz_upstream_init(&ur_fp);
 
     ngx_str_set(&id, "w7-ab");
     ngx_str_set(&addr, "192.0.2.1");
 
-    CHECK_INT(ngx_xmpp_cm_route_session_iq(&ur_fp.pool, &ur_fp.socks[0],
+    CHECK_INT(ngx_xmpp_cm_route_session_iq(&ur_fp.up, &ur_fp.socks[0],
                                            &id, NGX_XMPP_CM_IQ_CREATE, &addr,
                                            NULL, 0),
               NGX_OK);
-    CHECK_INT(ngx_xmpp_cm_route_session_iq(&ur_fp.pool, &ur_fp.socks[0],
+    CHECK_INT(ngx_xmpp_cm_route_session_iq(&ur_fp.up, &ur_fp.socks[0],
                                            &id, NGX_XMPP_CM_IQ_CREATE, NULL,
                                            NULL, 0),
               NGX_OK);
-    CHECK_INT(ngx_xmpp_cm_route_session_iq(&ur_fp.pool, &ur_fp.socks[0],
+    CHECK_INT(ngx_xmpp_cm_route_session_iq(&ur_fp.up, &ur_fp.socks[0],
                                            &id, NGX_XMPP_CM_IQ_FAILED, NULL,
                                            (u_char *) "<message/>", 10),
               NGX_OK);
-    CHECK_INT(ngx_xmpp_cm_route_session_iq(&ur_fp.pool, &ur_fp.socks[0],
+    CHECK_INT(ngx_xmpp_cm_route_session_iq(&ur_fp.up, &ur_fp.socks[0],
                                            &id, NGX_XMPP_CM_IQ_CLOSE, NULL,
                                            NULL, 0),
               NGX_OK);
@@ -331,12 +331,12 @@ UNIT_TEST(session_iqs)
     /* an empty or odd id would kill the shared socket: nothing is sent */
 
     ngx_str_set(&id, "");
-    CHECK_INT(ngx_xmpp_cm_route_session_iq(&ur_fp.pool, &ur_fp.socks[0],
+    CHECK_INT(ngx_xmpp_cm_route_session_iq(&ur_fp.up, &ur_fp.socks[0],
                                            &id, NGX_XMPP_CM_IQ_CLOSE, NULL,
                                            NULL, 0),
               NGX_ERROR);
     ngx_str_set(&id, "a b");
-    CHECK_INT(ngx_xmpp_cm_route_session_iq(&ur_fp.pool, &ur_fp.socks[0],
+    CHECK_INT(ngx_xmpp_cm_route_session_iq(&ur_fp.up, &ur_fp.socks[0],
                                            &id, NGX_XMPP_CM_IQ_CLOSE, NULL,
                                            NULL, 0),
               NGX_ERROR);
@@ -344,7 +344,7 @@ UNIT_TEST(session_iqs)
     /* <failed> without a payload */
 
     ngx_str_set(&id, "w7-ab");
-    CHECK_INT(ngx_xmpp_cm_route_session_iq(&ur_fp.pool, &ur_fp.socks[0],
+    CHECK_INT(ngx_xmpp_cm_route_session_iq(&ur_fp.up, &ur_fp.socks[0],
                                            &id, NGX_XMPP_CM_IQ_FAILED, NULL,
                                            NULL, 0),
               NGX_ERROR);

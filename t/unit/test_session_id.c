@@ -10,7 +10,7 @@
 
 #define US_N  1000
 
-static fuzz_pool_t             us_fp;
+static fuzz_upstream_t             us_fp;
 static ngx_xmpp_cm_session_t  *us_sessions[US_N];
 
 
@@ -34,11 +34,11 @@ UNIT_TEST(stream_ids_have_the_documented_form)
     ngx_uint_t              j, bad;
     ngx_xmpp_cm_session_t  *s;
 
-    fuzz_pool_init(&us_fp);
+    fuzz_upstream_init(&us_fp);
 
     plen = snprintf(prefix, sizeof(prefix), "w%ld-", (long) ngx_pid);
 
-    s = ngx_xmpp_cm_session_create(&us_fp.pool, NULL, NULL);
+    s = ngx_xmpp_cm_session_create(&us_fp.up, NULL, NULL);
     CHECK(s != NULL);
 
     if (s == NULL) {
@@ -59,11 +59,11 @@ UNIT_TEST(stream_ids_have_the_documented_form)
 
     CHECK_INT(bad, 0);
     CHECK(ngx_xmpp_cm_session_id_ok(id));
-    CHECK(ngx_xmpp_cm_session_find(&us_fp.pool, id) == s);
+    CHECK(ngx_xmpp_cm_session_find(&us_fp.up, id) == s);
 
     /* Openfire learns of it by a create IQ on the session's socket */
 
-    CHECK_INT(us_fp.pool.nsessions, 1);
+    CHECK_INT(us_fp.up.nsessions, 1);
     CHECK(s->sock != NULL);
 
     if (s->sock) {
@@ -71,12 +71,12 @@ UNIT_TEST(stream_ids_have_the_documented_form)
         wlen = sizeof("<iq type=\"set\" id=\"c1\" to=\"localhost\" "
                       "from=\"/s0-1\"><session xmlns=\"" NGX_XMPP_NS_CMPROTO
                       "\" id=\"\"><create/></session></iq>") + id->len
-               + us_fp.pool.name.len;
+               + us_fp.up.name.len;
         want = malloc(wlen);
         snprintf(want, wlen, "<iq type=\"set\" id=\"c1\" to=\"localhost\" "
                  "from=\"%.*s/%.*s\"><session xmlns=\"" NGX_XMPP_NS_CMPROTO
                  "\" id=\"%.*s\"><create/></session></iq>",
-                 (int) us_fp.pool.name.len, us_fp.pool.name.data,
+                 (int) us_fp.up.name.len, us_fp.up.name.data,
                  (int) s->sock->resource.len, s->sock->resource.data,
                  (int) id->len, id->data);
         CHECK_CSTR(out, want);
@@ -89,8 +89,8 @@ UNIT_TEST(stream_ids_have_the_documented_form)
     ngx_memcpy(copy, id->data, gone.len);
 
     ngx_xmpp_cm_session_forget(s);
-    CHECK_INT(us_fp.pool.nsessions, 0);
-    CHECK(ngx_xmpp_cm_session_find(&us_fp.pool, &gone) == NULL);
+    CHECK_INT(us_fp.up.nsessions, 0);
+    CHECK(ngx_xmpp_cm_session_find(&us_fp.up, &gone) == NULL);
 }
 
 
@@ -99,10 +99,10 @@ UNIT_TEST(stream_ids_are_unique)
     size_t      len;
     ngx_uint_t  i, dup, n;
 
-    fuzz_pool_init(&us_fp);
+    fuzz_upstream_init(&us_fp);
 
     for (n = 0; n < US_N; n++) {
-        us_sessions[n] = ngx_xmpp_cm_session_create(&us_fp.pool, NULL, NULL);
+        us_sessions[n] = ngx_xmpp_cm_session_create(&us_fp.up, NULL, NULL);
 
         if (us_sessions[n] == NULL) {
             break;
@@ -114,7 +114,7 @@ UNIT_TEST(stream_ids_are_unique)
     }
 
     CHECK_INT(n, US_N);
-    CHECK_INT(us_fp.pool.nsessions, n);
+    CHECK_INT(us_fp.up.nsessions, n);
 
     qsort(us_sessions, n, sizeof(ngx_xmpp_cm_session_t *), us_cmp);
 
@@ -139,7 +139,7 @@ UNIT_TEST(stream_ids_are_unique)
         ngx_xmpp_cm_session_forget(us_sessions[i]);
     }
 
-    CHECK_INT(us_fp.pool.nsessions, 0);
+    CHECK_INT(us_fp.up.nsessions, 0);
 }
 
 
