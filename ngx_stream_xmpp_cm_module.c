@@ -1544,7 +1544,7 @@ ngx_stream_xmpp_cm_init_process(ngx_cycle_t *cycle)
         }
 
         if (ngx_xmpp_cm_upstream_init(cycle, srv[i]) != NGX_OK
-            || ngx_xmpp_cm_session_init(cycle, srv[i]->up) != NGX_OK)
+            || ngx_xmpp_cm_stream_init(cycle, srv[i]->up) != NGX_OK)
         {
             return NGX_ERROR;
         }

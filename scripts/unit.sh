@@ -23,7 +23,7 @@ libs=$(sed -n 's/^\t\(-l[^\\]*\)\\$/\1/p' "$ngx/objs/Makefile" | head -1)
 [ -n "$libs" ] || libs="-lpthread -lexpat -lssl -lcrypto -lz"
 
 srcs=(t/unit/unit.c t/unit/test_route.c t/unit/test_xml.c
-      t/unit/test_session_id.c t/unit/test_features.c t/unit/test_jid.c
+      t/unit/test_stream_id.c t/unit/test_features.c t/unit/test_jid.c
       t/unit/test_output.c)
 
 inc=(-I "$ngx/src/core" -I "$ngx/src/event" -I "$ngx/src/event/modules"

@@ -61,7 +61,7 @@
 
 typedef struct ngx_xmpp_cm_upstream_s     ngx_xmpp_cm_upstream_t;
 typedef struct ngx_xmpp_cm_sock_s     ngx_xmpp_cm_sock_t;
-typedef struct ngx_xmpp_cm_session_s  ngx_xmpp_cm_session_t;
+typedef struct ngx_xmpp_cm_stream_s  ngx_xmpp_cm_stream_t;
 typedef struct ngx_xmpp_cm_client_s   ngx_xmpp_cm_client_t;
 typedef struct ngx_xmpp_cm_conn_s     ngx_xmpp_cm_conn_t;
 typedef struct ngx_xmpp_cm_node_s     ngx_xmpp_cm_node_t;
@@ -435,9 +435,9 @@ void ngx_xmpp_cm_split_name(const XML_Char *qname, ngx_str_t *ns,
 size_t ngx_xmpp_cm_sanitize(ngx_xmpp_cm_xml_t *x, u_char *dst,
     XML_Index start, XML_Index end, ngx_uint_t add_xmlns);
 size_t ngx_xmpp_cm_escape(u_char *dst, u_char *src, size_t len);
-ngx_int_t ngx_xmpp_cm_route_client(ngx_xmpp_cm_session_t *s,
+ngx_int_t ngx_xmpp_cm_route_client(ngx_xmpp_cm_stream_t *s,
     ngx_xmpp_cm_xml_t *x, ngx_xmpp_cm_elem_t *e, u_char *lang);
-ngx_int_t ngx_xmpp_cm_session_id_ok(ngx_str_t *id);
+ngx_int_t ngx_xmpp_cm_stream_id_ok(ngx_str_t *id);
 ngx_int_t ngx_xmpp_cm_route_raw(ngx_xmpp_cm_upstream_t *up,
     ngx_xmpp_cm_sock_t *sock, ngx_str_t *id, u_char *p, size_t len);
 ngx_int_t ngx_xmpp_cm_route_session_iq(ngx_xmpp_cm_upstream_t *up,
@@ -514,7 +514,7 @@ struct ngx_xmpp_cm_sock_s {
 
 /*
  * What the socket group hands up to the stream table: set by
- * ngx_xmpp_cm_session_init(), so that upstream.c calls nothing in
+ * ngx_xmpp_cm_stream_init(), so that upstream.c calls nothing in
  * session.c directly (the stream table calls down into the sockets).
  */
 
@@ -526,7 +526,7 @@ typedef struct {
     void  (*end_all)(ngx_xmpp_cm_upstream_t *up, char *cond, char *text,
                      ngx_uint_t ghost);
     void  (*up)(ngx_xmpp_cm_upstream_t *up);
-    void  (*unblock)(ngx_xmpp_cm_session_t *s);
+    void  (*unblock)(ngx_xmpp_cm_stream_t *s);
 } ngx_xmpp_cm_streams_t;
 
 
@@ -542,9 +542,9 @@ struct ngx_xmpp_cm_upstream_s {
     ngx_uint_t                       rr;
     ngx_uint_t                       iq_seq;
 
-    ngx_rbtree_t                     sessions;
+    ngx_rbtree_t                     ids;          /* id -> stream */
     ngx_rbtree_node_t                sentinel;
-    ngx_uint_t                       nsessions;
+    ngx_uint_t                       nstreams;
 
     ngx_str_t                        features;     /* pre-auth, built */
     unsigned                         cfg_tls_required:1;
@@ -575,7 +575,7 @@ ngx_int_t ngx_xmpp_cm_sock_write(ngx_xmpp_cm_sock_t *sock, u_char *p,
 ngx_buf_t *ngx_xmpp_cm_sock_buf(ngx_xmpp_cm_sock_t *sock, size_t len);
 
 
-/* session table (ngx_stream_xmpp_cm_session.c) */
+/* session table (ngx_stream_xmpp_cm_stream.c) */
 
 /*
  * The connection side of a stream, as the stream table sees it: a
@@ -601,14 +601,14 @@ struct ngx_xmpp_cm_conn_s {
 };
 
 
-/* how a stream ends (ngx_xmpp_cm_session_end) */
+/* how a stream ends (ngx_xmpp_cm_stream_end) */
 
 #define NGX_XMPP_CM_END_CLOSE   0   /* <close/> to Openfire */
 #define NGX_XMPP_CM_END_CLOSED  1   /* Openfire closed or refused it */
 #define NGX_XMPP_CM_END_GHOST   2   /* no socket: closed once one is up */
 
 
-struct ngx_xmpp_cm_session_s {
+struct ngx_xmpp_cm_stream_s {
     ngx_str_node_t                   node;
     u_char                           id[NGX_XMPP_CM_ID_LEN];
     ngx_xmpp_cm_upstream_t          *up;
@@ -623,20 +623,20 @@ struct ngx_xmpp_cm_session_s {
 };
 
 
-ngx_int_t ngx_xmpp_cm_session_init(ngx_cycle_t *cycle,
+ngx_int_t ngx_xmpp_cm_stream_init(ngx_cycle_t *cycle,
     ngx_xmpp_cm_upstream_t *up);
-ngx_xmpp_cm_session_t *ngx_xmpp_cm_session_create(ngx_xmpp_cm_upstream_t *up,
+ngx_xmpp_cm_stream_t  *ngx_xmpp_cm_stream_create(ngx_xmpp_cm_upstream_t *up,
     ngx_xmpp_cm_conn_t *conn, ngx_str_t *addr);
-void ngx_xmpp_cm_session_attach(ngx_xmpp_cm_session_t *s,
+void ngx_xmpp_cm_stream_attach(ngx_xmpp_cm_stream_t *s,
     ngx_xmpp_cm_conn_t *conn);
-void ngx_xmpp_cm_session_detach(ngx_xmpp_cm_session_t *s);
-ngx_int_t ngx_xmpp_cm_session_send(ngx_xmpp_cm_session_t *s,
+void ngx_xmpp_cm_stream_detach(ngx_xmpp_cm_stream_t *s);
+ngx_int_t ngx_xmpp_cm_stream_send(ngx_xmpp_cm_stream_t *s,
     ngx_xmpp_cm_xml_t *x, ngx_xmpp_cm_elem_t *e, u_char *lang);
-ngx_uint_t ngx_xmpp_cm_session_throttled(ngx_xmpp_cm_session_t *s);
-void ngx_xmpp_cm_session_forget(ngx_xmpp_cm_session_t *s);
-ngx_xmpp_cm_session_t *ngx_xmpp_cm_session_find(ngx_xmpp_cm_upstream_t *up,
+ngx_uint_t ngx_xmpp_cm_stream_throttled(ngx_xmpp_cm_stream_t *s);
+void ngx_xmpp_cm_stream_forget(ngx_xmpp_cm_stream_t *s);
+ngx_xmpp_cm_stream_t  *ngx_xmpp_cm_stream_find(ngx_xmpp_cm_upstream_t *up,
     ngx_str_t *id);
-ngx_int_t ngx_xmpp_cm_session_recently_closed(ngx_xmpp_cm_upstream_t *up,
+ngx_int_t ngx_xmpp_cm_stream_recently_closed(ngx_xmpp_cm_upstream_t *up,
     ngx_str_t *id);
 
 extern const ngx_xmpp_cm_streams_t  ngx_xmpp_cm_streams;

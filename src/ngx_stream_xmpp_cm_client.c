@@ -49,7 +49,7 @@ struct ngx_xmpp_cm_client_s {
     ngx_connection_t                *c;
     ngx_stream_xmpp_cm_srv_conf_t   *conf;
     ngx_xmpp_cm_upstream_t          *up;
-    ngx_xmpp_cm_session_t           *session;
+    ngx_xmpp_cm_stream_t            *stream;
     ngx_xmpp_cm_xml_t               *xml;
     ngx_xmpp_cm_output_t             out;
     ngx_xmpp_cm_zlib_t              *zlib;
@@ -539,7 +539,7 @@ ngx_xmpp_cm_client_read(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_rate_t *limit)
 
     for ( ;; ) {
 
-        if (cl->session && ngx_xmpp_cm_session_throttled(cl->session)) {
+        if (cl->stream && ngx_xmpp_cm_stream_throttled(cl->stream)) {
             /*
              * The upstream socket is over its high-water mark, maybe
              * filled by another client just now: do not read what cannot
@@ -674,7 +674,7 @@ ngx_xmpp_cm_client_eof(ngx_xmpp_cm_client_t *cl)
         goto stop;
     }
 
-    if (cl->session == NULL) {
+    if (cl->stream == NULL) {
         return NGX_OK;
     }
 
@@ -1072,7 +1072,7 @@ ngx_xmpp_cm_client_open(void *data, ngx_str_t *name, ngx_str_t *ns,
         }
     }
 
-    if (cl->session == NULL && !cl->authenticated) {
+    if (cl->stream == NULL && !cl->authenticated) {
         if (cl->up->ready == 0 || !cl->up->configured) {
             ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
                           "xmpp_cm: no Openfire connection is up, refusing "
@@ -1096,16 +1096,16 @@ ngx_xmpp_cm_client_open(void *data, ngx_str_t *name, ngx_str_t *ns,
             break;
         }
 
-        cl->session = ngx_xmpp_cm_session_create(cl->up, &cl->conn, &addr);
+        cl->stream = ngx_xmpp_cm_stream_create(cl->up, &cl->conn, &addr);
 
-        if (cl->session == NULL) {
+        if (cl->stream == NULL) {
             ngx_xmpp_cm_client_end(cl, "remote-connection-failed",
                                    "the XMPP server is unreachable",
                                    NULL, 0);
             return NGX_DONE;
         }
 
-        cl->streamid = cl->session->node.str;
+        cl->streamid = cl->stream->node.str;
         cl->streamid.data = ngx_pstrdup(cl->c->pool, &cl->streamid);
         if (cl->streamid.data == NULL) {
             cl->streamid.len = 0;
@@ -1115,10 +1115,10 @@ ngx_xmpp_cm_client_open(void *data, ngx_str_t *name, ngx_str_t *ns,
 
         ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
                       "xmpp_cm: client stream %V opened",
-                      &cl->session->node.str);
+                      &cl->stream->node.str);
     }
 
-    if (cl->session == NULL) {
+    if (cl->stream == NULL) {
         /* restarted after the session ended: nothing to serve */
         ngx_xmpp_cm_client_end(cl, "reset", NULL, NULL, 0);
         return NGX_DONE;
@@ -1171,8 +1171,8 @@ ngx_xmpp_cm_client_header(ngx_xmpp_cm_client_t *cl)
         domain = cl->conf->domains->elts;
     }
 
-    if (cl->session) {
-        id = cl->session->node.str;
+    if (cl->stream) {
+        id = cl->stream->node.str;
 
     } else {
         ngx_str_null(&id);
@@ -1197,7 +1197,7 @@ ngx_xmpp_cm_client_header(ngx_xmpp_cm_client_t *cl)
     ngx_xmpp_cm_client_send(cl, buf, p - buf);
     cl->header_sent = 1;
 
-    if (cl->phase == NGX_XMPP_CM_PHASE_CLOSING || cl->session == NULL) {
+    if (cl->phase == NGX_XMPP_CM_PHASE_CLOSING || cl->stream == NULL) {
         return;
     }
 
@@ -1264,12 +1264,12 @@ ngx_xmpp_cm_client_forward(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
 {
     ngx_int_t  rc;
 
-    if (cl->session == NULL) {
+    if (cl->stream == NULL) {
         ngx_xmpp_cm_client_end(cl, "reset", NULL, NULL, 0);
         return NGX_DONE;
     }
 
-    rc = ngx_xmpp_cm_session_send(cl->session, cl->xml, e, cl->lang);
+    rc = ngx_xmpp_cm_stream_send(cl->stream, cl->xml, e, cl->lang);
 
     if (rc == NGX_DECLINED) {
         ngx_xmpp_cm_client_end(cl, "policy-violation", "stanza too large",
@@ -2351,7 +2351,7 @@ ngx_xmpp_cm_client_ended(ngx_xmpp_cm_conn_t *conn, char *cond, char *text,
 {
     ngx_xmpp_cm_client_t *cl = (ngx_xmpp_cm_client_t *) conn;
 
-    cl->session = NULL;
+    cl->stream = NULL;
 
     ngx_xmpp_cm_client_closing(cl, cond, text, raw, rawlen);
 
@@ -2366,13 +2366,13 @@ ngx_xmpp_cm_client_ended(ngx_xmpp_cm_conn_t *conn, char *cond, char *text,
 static void
 ngx_xmpp_cm_client_detach(ngx_xmpp_cm_client_t *cl)
 {
-    ngx_xmpp_cm_session_t  *s;
+    ngx_xmpp_cm_stream_t  *s;
 
-    s = cl->session;
+    s = cl->stream;
 
     if (s) {
-        cl->session = NULL;
-        ngx_xmpp_cm_session_detach(s);
+        cl->stream = NULL;
+        ngx_xmpp_cm_stream_detach(s);
     }
 }
 
@@ -2438,7 +2438,7 @@ ngx_xmpp_cm_client_closing(ngx_xmpp_cm_client_t *cl, char *cond, char *text,
 
         ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
                       "xmpp_cm: client stream %V ended: %s",
-                      cl->session ? &cl->session->node.str : &cl->domain,
+                      cl->stream ? &cl->stream->node.str : &cl->domain,
                       cond);
     }
 

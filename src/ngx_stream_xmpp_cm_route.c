@@ -609,7 +609,7 @@ ngx_xmpp_cm_fragment_fits(size_t len)
  */
 
 ngx_int_t
-ngx_xmpp_cm_session_id_ok(ngx_str_t *id)
+ngx_xmpp_cm_stream_id_ok(ngx_str_t *id)
 {
     u_char  *p, *end;
 
@@ -636,14 +636,14 @@ ngx_xmpp_cm_session_id_ok(ngx_str_t *id)
  */
 
 ngx_int_t
-ngx_xmpp_cm_route_client(ngx_xmpp_cm_session_t *s, ngx_xmpp_cm_xml_t *x,
+ngx_xmpp_cm_route_client(ngx_xmpp_cm_stream_t *s, ngx_xmpp_cm_xml_t *x,
     ngx_xmpp_cm_elem_t *e, u_char *lang)
 {
     size_t               body, head, len;
     ngx_buf_t           *b;
     ngx_xmpp_cm_sock_t  *sock;
 
-    sock = s->sock;         /* pinned by ngx_xmpp_cm_session_send() */
+    sock = s->sock;         /* pinned by ngx_xmpp_cm_stream_send() */
     if (sock == NULL) {
         return NGX_ERROR;
     }
@@ -687,7 +687,7 @@ ngx_xmpp_cm_route_raw(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_sock_t *sock,
 
     len = ngx_xmpp_cm_route_head(up, id, NULL) + n + sizeof("</route>") - 1;
 
-    if (!ngx_xmpp_cm_session_id_ok(id) || n == 0
+    if (!ngx_xmpp_cm_stream_id_ok(id) || n == 0
         || !ngx_xmpp_cm_fragment_fits(len))
     {
         return NGX_DECLINED;
@@ -720,7 +720,7 @@ ngx_xmpp_cm_route_session_iq(ngx_xmpp_cm_upstream_t *up,
     size_t      len, slen;
     ngx_buf_t  *b;
 
-    if (!ngx_xmpp_cm_session_id_ok(id)) {
+    if (!ngx_xmpp_cm_stream_id_ok(id)) {
         /* an empty or odd session id would kill the shared socket */
         return NGX_ERROR;
     }

@@ -590,7 +590,7 @@ ngx_xmpp_cm_sock_close(ngx_xmpp_cm_sock_t *sock, ngx_uint_t level,
         ngx_log_error(NGX_LOG_ERR, &up->log, 0,
                       "xmpp_cm: no Openfire socket left for \"%V\", "
                       "ending %ui client sessions", &up->name,
-                      up->nsessions);
+                      up->nstreams);
 
         up->streams->end_all(up,
                              up->down_cond ? (char *) up->down_cond
@@ -1366,8 +1366,8 @@ ngx_xmpp_cm_sock_quickack(ngx_xmpp_cm_sock_t *sock)
 static void
 ngx_xmpp_cm_sock_unthrottle(ngx_xmpp_cm_sock_t *sock)
 {
-    ngx_queue_t            *q;
-    ngx_xmpp_cm_session_t  *s;
+    ngx_queue_t           *q;
+    ngx_xmpp_cm_stream_t  *s;
 
     sock->throttled = 0;
 
@@ -1378,7 +1378,7 @@ ngx_xmpp_cm_sock_unthrottle(ngx_xmpp_cm_sock_t *sock)
 
     while (!ngx_queue_empty(&sock->blocked)) {
         q = ngx_queue_head(&sock->blocked);
-        s = ngx_queue_data(q, ngx_xmpp_cm_session_t, blocked);
+        s = ngx_queue_data(q, ngx_xmpp_cm_stream_t, blocked);
         ngx_queue_remove(q);
 
         sock->up->streams->unblock(s);
@@ -1405,7 +1405,7 @@ ngx_xmpp_cm_upstream_exit(ngx_xmpp_cm_upstream_t *up)
 
     ngx_log_error(NGX_LOG_NOTICE, &up->log, 0,
                   "xmpp_cm: worker exiting, closing %ui client sessions of "
-                  "\"%V\"", up->nsessions, &up->name);
+                  "\"%V\"", up->nstreams, &up->name);
 
     up->streams->end_all(up, "system-shutdown",
                          "the connection manager is shutting down", 0);

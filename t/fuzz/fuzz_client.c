@@ -35,7 +35,7 @@
 typedef struct {
     ngx_xmpp_cm_xml_t      *x;
     size_t                  max_size;     /* the framer's limit */
-    ngx_xmpp_cm_session_t   session;
+    ngx_xmpp_cm_stream_t    stream;
     ngx_uint_t              authenticated;
     ngx_uint_t              stanzas;
 } fuzz_client_t;
@@ -254,7 +254,7 @@ fc_element(void *data, ngx_xmpp_cm_elem_t *e)
     same = e->to.len == 0 && e->from.len == 0
            && (e->nshow == 0 || ngx_xmpp_cm_stanza_show_ok(e));
 
-    rc = ngx_xmpp_cm_route_client(&fc->session, fc->x, e, NULL);
+    rc = ngx_xmpp_cm_route_client(&fc->stream, fc->x, e, NULL);
 
     if (rc == NGX_DECLINED) {
         /* too large once quoted: the client gets policy-violation */
@@ -306,12 +306,12 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     pool = ngx_create_pool(1024, &fuzz_log);
 
     ngx_memzero(&fc, sizeof(fuzz_client_t));
-    fc.session.id[0] = '\0';
-    ngx_memcpy(fc.session.id, "w4242-00000000000000ab", 22);
-    fc.session.node.str.data = fc.session.id;
-    fc.session.node.str.len = 22;
-    fc.session.up = &fp.up;
-    fc.session.sock = &fp.socks[0];
+    fc.stream.id[0] = '\0';
+    ngx_memcpy(fc.stream.id, "w4242-00000000000000ab", 22);
+    fc.stream.node.str.data = fc.stream.id;
+    fc.stream.node.str.len = 22;
+    fc.stream.up = &fp.up;
+    fc.stream.sock = &fp.socks[0];
 
     fc.x = ngx_xmpp_cm_xml_create(pool, &fuzz_log, 0,
                                   fuzz_worker->parking);

@@ -143,7 +143,7 @@ fuzz_upstream_init(fuzz_upstream_t *fp)
     fp->up.log = fuzz_log;
     ngx_str_set(&fp->up.name, "cm1-4242-a1b2c3");
     ngx_str_set(&fp->up.domain, "localhost");
-    ngx_rbtree_init(&fp->up.sessions, &fp->up.sentinel,
+    ngx_rbtree_init(&fp->up.ids, &fp->up.sentinel,
                     ngx_str_rbtree_insert_value);
     fp->up.streams = &ngx_xmpp_cm_streams;
     fp->up.closed = fp->closed;

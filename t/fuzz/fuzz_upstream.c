@@ -186,16 +186,16 @@ fu_check_output(void)
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    u_char                 *g;
-    size_t                  off;
-    uint8_t                 flags;
-    ngx_int_t               rc;
-    ngx_uint_t              i;
-    fuzz_rng_t              rng;
-    ngx_pool_t             *pool;
-    ngx_rbtree_node_t      *node;
-    ngx_xmpp_cm_sock_t     *sock;
-    ngx_xmpp_cm_session_t  *s;
+    u_char                *g;
+    size_t                off;
+    uint8_t               flags;
+    ngx_int_t             rc;
+    ngx_uint_t            i;
+    fuzz_rng_t            rng;
+    ngx_pool_t            *pool;
+    ngx_rbtree_node_t     *node;
+    ngx_xmpp_cm_sock_t    *sock;
+    ngx_xmpp_cm_stream_t  *s;
 
     if (fuzz_begin(&fp, &data, &size, &flags, &rng) != NGX_OK) {
         return 0;
@@ -231,7 +231,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
 
     for (i = 0; i < 26; i++) {
-        s = ngx_calloc(sizeof(ngx_xmpp_cm_session_t), &fuzz_log);
+        s = ngx_calloc(sizeof(ngx_xmpp_cm_stream_t), &fuzz_log);
         s->id[0] = 'r';
         s->id[1] = '1';
         s->id[2] = 'a' + i;
@@ -240,8 +240,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         s->node.node.key = ngx_crc32_short(s->id, 3);
         s->up = &fp.up;
         s->sock = &fp.socks[i % 2];
-        ngx_rbtree_insert(&fp.up.sessions, &s->node.node);
-        fp.up.nsessions++;
+        ngx_rbtree_insert(&fp.up.ids, &s->node.node);
+        fp.up.nstreams++;
     }
 
     sock = &fp.socks[0];
@@ -278,10 +278,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ngx_xmpp_cm_xml_free(sock->xml);
     sock->xml = NULL;
 
-    while (fp.up.sessions.root != fp.up.sessions.sentinel) {
-        node = ngx_rbtree_min(fp.up.sessions.root,
-                              fp.up.sessions.sentinel);
-        ngx_xmpp_cm_session_forget((ngx_xmpp_cm_session_t *) node);
+    while (fp.up.ids.root != fp.up.ids.sentinel) {
+        node = ngx_rbtree_min(fp.up.ids.root,
+                              fp.up.ids.sentinel);
+        ngx_xmpp_cm_stream_forget((ngx_xmpp_cm_stream_t *) node);
     }
 
     if (fp.up.features.data) {

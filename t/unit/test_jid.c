@@ -319,7 +319,7 @@ static fuzz_upstream_t  uj_fp;
 
 
 typedef struct {
-    ngx_xmpp_cm_session_t   session;
+    ngx_xmpp_cm_stream_t    stream;
     ngx_str_t               jid;        /* the client's, for errors */
     u_char                 *lang;
     const char             *reject;
@@ -365,7 +365,7 @@ uj_element(unit_stanzas_t *us, ngx_xmpp_cm_elem_t *e)
         return NGX_OK;
     }
 
-    CHECK_INT(ngx_xmpp_cm_route_client(&uc->session, us->x, e, uc->lang),
+    CHECK_INT(ngx_xmpp_cm_route_client(&uc->stream, us->x, e, uc->lang),
               NGX_OK);
     uc->out = (char *) fuzz_queue_take(&uj_fp.socks[0].out, &uc->len);
 
@@ -391,9 +391,9 @@ uj_stanza(const char *stanza, const char *lang, const char *reject,
     fuzz_upstream_init(&uj_fp);
 
     ngx_memzero(&uc, sizeof(uj_client_t));
-    uc.session.up = &uj_fp.up;
-    uc.session.sock = &uj_fp.socks[0];
-    ngx_str_set(&uc.session.node.str, "w1-1");
+    uc.stream.up = &uj_fp.up;
+    uc.stream.sock = &uj_fp.socks[0];
+    ngx_str_set(&uc.stream.node.str, "w1-1");
     ngx_str_set(&uc.jid, "alice@localhost/pc");
     uc.lang = (u_char *) lang;
 

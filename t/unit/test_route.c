@@ -141,7 +141,7 @@ UNIT_TEST(sanitize_mixed)
 /* ------------------------------------------------------------ routes */
 
 typedef struct {
-    ngx_xmpp_cm_session_t  session;
+    ngx_xmpp_cm_stream_t   stream;
     ngx_int_t              rc;
 } ur_client_t;
 
@@ -152,10 +152,10 @@ ur_session(ur_client_t *uc, char *id)
     fuzz_upstream_init(&ur_fp);
 
     ngx_memzero(uc, sizeof(ur_client_t));
-    uc->session.up = &ur_fp.up;
-    uc->session.sock = &ur_fp.socks[0];
-    uc->session.node.str.data = (u_char *) id;
-    uc->session.node.str.len = strlen(id);
+    uc->stream.up = &ur_fp.up;
+    uc->stream.sock = &ur_fp.socks[0];
+    uc->stream.node.str.data = (u_char *) id;
+    uc->stream.node.str.len = strlen(id);
 }
 
 
@@ -164,7 +164,7 @@ ur_route_client(unit_stanzas_t *us, ngx_xmpp_cm_elem_t *e)
 {
     ur_client_t  *uc = us->ctx;
 
-    uc->rc = ngx_xmpp_cm_route_client(&uc->session, us->x, e, NULL);
+    uc->rc = ngx_xmpp_cm_route_client(&uc->stream, us->x, e, NULL);
 
     return NGX_OK;
 }

@@ -14,42 +14,42 @@
 #define NGX_XMPP_CM_GHOSTS_MAX   200000
 
 
-static void ngx_xmpp_cm_session_linger(ngx_xmpp_cm_session_t *s);
-static void ngx_xmpp_cm_session_close_handler(ngx_event_t *ev);
-static void ngx_xmpp_cm_session_end(ngx_xmpp_cm_session_t *s,
+static void ngx_xmpp_cm_stream_linger(ngx_xmpp_cm_stream_t *s);
+static void ngx_xmpp_cm_stream_close_handler(ngx_event_t *ev);
+static void ngx_xmpp_cm_stream_end(ngx_xmpp_cm_stream_t *s,
     ngx_uint_t how, char *cond, char *text, u_char *raw, size_t rawlen);
-static void ngx_xmpp_cm_session_remember(ngx_xmpp_cm_upstream_t *up,
+static void ngx_xmpp_cm_stream_remember(ngx_xmpp_cm_upstream_t *up,
     ngx_str_t *id);
 static void ngx_xmpp_cm_bounce(ngx_xmpp_cm_upstream_t *up,
-    ngx_xmpp_cm_xml_t *x, ngx_xmpp_cm_session_t *s, ngx_str_t *id,
+    ngx_xmpp_cm_xml_t *x, ngx_xmpp_cm_stream_t *s, ngx_str_t *id,
     ngx_xmpp_cm_node_t *c);
-static void ngx_xmpp_cm_session_iq_result(ngx_xmpp_cm_sock_t *sock,
+static void ngx_xmpp_cm_stream_iq_result(ngx_xmpp_cm_sock_t *sock,
     ngx_xmpp_cm_node_t *iq);
-static void ngx_xmpp_cm_session_route(ngx_xmpp_cm_upstream_t *up,
+static void ngx_xmpp_cm_stream_route(ngx_xmpp_cm_upstream_t *up,
     ngx_xmpp_cm_sock_t *sock, ngx_xmpp_cm_node_t *route);
-static void ngx_xmpp_cm_session_iq(ngx_xmpp_cm_upstream_t *up,
+static void ngx_xmpp_cm_stream_iq(ngx_xmpp_cm_upstream_t *up,
     ngx_xmpp_cm_sock_t *sock, ngx_xmpp_cm_node_t *iq);
-static void ngx_xmpp_cm_session_end_all(ngx_xmpp_cm_upstream_t *up,
+static void ngx_xmpp_cm_stream_end_all(ngx_xmpp_cm_upstream_t *up,
     char *cond, char *text, ngx_uint_t ghost);
-static void ngx_xmpp_cm_session_up(ngx_xmpp_cm_upstream_t *up);
-static void ngx_xmpp_cm_session_unblock(ngx_xmpp_cm_session_t *s);
+static void ngx_xmpp_cm_stream_up(ngx_xmpp_cm_upstream_t *up);
+static void ngx_xmpp_cm_stream_unblock(ngx_xmpp_cm_stream_t *s);
 
 
 const ngx_xmpp_cm_streams_t  ngx_xmpp_cm_streams = {
-    ngx_xmpp_cm_session_route,
-    ngx_xmpp_cm_session_iq,
-    ngx_xmpp_cm_session_end_all,
-    ngx_xmpp_cm_session_up,
-    ngx_xmpp_cm_session_unblock
+    ngx_xmpp_cm_stream_route,
+    ngx_xmpp_cm_stream_iq,
+    ngx_xmpp_cm_stream_end_all,
+    ngx_xmpp_cm_stream_up,
+    ngx_xmpp_cm_stream_unblock
 };
 
 
 /* a worker's table for one CM name, beside its sockets */
 
 ngx_int_t
-ngx_xmpp_cm_session_init(ngx_cycle_t *cycle, ngx_xmpp_cm_upstream_t *up)
+ngx_xmpp_cm_stream_init(ngx_cycle_t *cycle, ngx_xmpp_cm_upstream_t *up)
 {
-    ngx_rbtree_init(&up->sessions, &up->sentinel,
+    ngx_rbtree_init(&up->ids, &up->sentinel,
                     ngx_str_rbtree_insert_value);
 
     if (ngx_array_init(&up->ghosts, cycle->pool, 16, NGX_XMPP_CM_ID_LEN)
@@ -70,13 +70,13 @@ ngx_xmpp_cm_session_init(ngx_cycle_t *cycle, ngx_xmpp_cm_upstream_t *up)
 }
 
 
-ngx_xmpp_cm_session_t *
-ngx_xmpp_cm_session_create(ngx_xmpp_cm_upstream_t *up,
+ngx_xmpp_cm_stream_t  *
+ngx_xmpp_cm_stream_create(ngx_xmpp_cm_upstream_t *up,
     ngx_xmpp_cm_conn_t *conn, ngx_str_t *addr)
 {
-    u_char                  rnd[8], *p;
-    ngx_xmpp_cm_sock_t     *sock;
-    ngx_xmpp_cm_session_t  *s;
+    u_char                rnd[8], *p;
+    ngx_xmpp_cm_sock_t    *sock;
+    ngx_xmpp_cm_stream_t  *s;
 
     sock = ngx_xmpp_cm_upstream_pick(up);
     if (sock == NULL) {
@@ -89,7 +89,7 @@ ngx_xmpp_cm_session_create(ngx_xmpp_cm_upstream_t *up,
         return NULL;
     }
 
-    s = ngx_calloc(sizeof(ngx_xmpp_cm_session_t), &up->log);
+    s = ngx_calloc(sizeof(ngx_xmpp_cm_stream_t), &up->log);
     if (s == NULL) {
         return NULL;
     }
@@ -113,11 +113,11 @@ ngx_xmpp_cm_session_create(ngx_xmpp_cm_upstream_t *up,
         return NULL;
     }
 
-    ngx_rbtree_insert(&up->sessions, &s->node.node);
-    up->nsessions++;
+    ngx_rbtree_insert(&up->ids, &s->node.node);
+    up->nstreams++;
     ngx_xmpp_cm_count(up, OPENED);
 
-    ngx_xmpp_cm_session_attach(s, conn);
+    ngx_xmpp_cm_stream_attach(s, conn);
 
     return s;
 }
@@ -126,7 +126,7 @@ ngx_xmpp_cm_session_create(ngx_xmpp_cm_upstream_t *up,
 /* the socket a session writes to: pinned, re-pinned if it went away */
 
 static ngx_xmpp_cm_sock_t *
-ngx_xmpp_cm_session_sock(ngx_xmpp_cm_session_t *s)
+ngx_xmpp_cm_stream_sock(ngx_xmpp_cm_stream_t *s)
 {
     if (s->sock == NULL || s->sock->state != NGX_XMPP_CM_SOCK_READY) {
         s->sock = ngx_xmpp_cm_upstream_pick(s->up);
@@ -139,23 +139,23 @@ ngx_xmpp_cm_session_sock(ngx_xmpp_cm_session_t *s)
 /*
  * A client stanza for Openfire, on the stream's (re-pinned) socket.  A
  * socket over its high-water mark pauses the stream: the connection
- * reads no more until the socket drains (ngx_xmpp_cm_session_unblock).
+ * reads no more until the socket drains (ngx_xmpp_cm_stream_unblock).
  */
 
 ngx_int_t
-ngx_xmpp_cm_session_send(ngx_xmpp_cm_session_t *s, ngx_xmpp_cm_xml_t *x,
+ngx_xmpp_cm_stream_send(ngx_xmpp_cm_stream_t *s, ngx_xmpp_cm_xml_t *x,
     ngx_xmpp_cm_elem_t *e, u_char *lang)
 {
     ngx_int_t  rc;
 
-    if (ngx_xmpp_cm_session_sock(s) == NULL) {
+    if (ngx_xmpp_cm_stream_sock(s) == NULL) {
         return NGX_ERROR;
     }
 
     rc = ngx_xmpp_cm_route_client(s, x, e, lang);
 
     if (rc == NGX_OK) {
-        (void) ngx_xmpp_cm_session_throttled(s);
+        (void) ngx_xmpp_cm_stream_throttled(s);
     }
 
     return rc;
@@ -169,7 +169,7 @@ ngx_xmpp_cm_session_send(ngx_xmpp_cm_session_t *s, ngx_xmpp_cm_xml_t *x,
  */
 
 ngx_uint_t
-ngx_xmpp_cm_session_throttled(ngx_xmpp_cm_session_t *s)
+ngx_xmpp_cm_stream_throttled(ngx_xmpp_cm_stream_t *s)
 {
     if (s->is_blocked) {
         return 1;
@@ -190,7 +190,7 @@ ngx_xmpp_cm_session_throttled(ngx_xmpp_cm_session_t *s)
 /* the socket drained: the upstream side lets the paused stream go on */
 
 static void
-ngx_xmpp_cm_session_unblock(ngx_xmpp_cm_session_t *s)
+ngx_xmpp_cm_stream_unblock(ngx_xmpp_cm_stream_t *s)
 {
     s->is_blocked = 0;
 
@@ -200,19 +200,19 @@ ngx_xmpp_cm_session_unblock(ngx_xmpp_cm_session_t *s)
 }
 
 
-ngx_xmpp_cm_session_t *
-ngx_xmpp_cm_session_find(ngx_xmpp_cm_upstream_t *up, ngx_str_t *id)
+ngx_xmpp_cm_stream_t  *
+ngx_xmpp_cm_stream_find(ngx_xmpp_cm_upstream_t *up, ngx_str_t *id)
 {
-    return (ngx_xmpp_cm_session_t *)
-           ngx_str_rbtree_lookup(&up->sessions, id,
+    return (ngx_xmpp_cm_stream_t *)
+           ngx_str_rbtree_lookup(&up->ids, id,
                                  ngx_crc32_short(id->data, id->len));
 }
 
 
-/* out of the table and freed: only ngx_xmpp_cm_session_end() (and tests) */
+/* out of the table and freed: only ngx_xmpp_cm_stream_end() (and tests) */
 
 void
-ngx_xmpp_cm_session_forget(ngx_xmpp_cm_session_t *s)
+ngx_xmpp_cm_stream_forget(ngx_xmpp_cm_stream_t *s)
 {
     if (s->close_ev) {
         if (s->close_ev->timer_set) {
@@ -231,8 +231,8 @@ ngx_xmpp_cm_session_forget(ngx_xmpp_cm_session_t *s)
         ngx_xmpp_cm_uncount(s->up, DETACHED);
     }
 
-    ngx_rbtree_delete(&s->up->sessions, &s->node.node);
-    s->up->nsessions--;
+    ngx_rbtree_delete(&s->up->ids, &s->node.node);
+    s->up->nstreams--;
 
     ngx_free(s);
 }
@@ -244,7 +244,7 @@ ngx_xmpp_cm_session_forget(ngx_xmpp_cm_session_t *s)
  */
 
 void
-ngx_xmpp_cm_session_attach(ngx_xmpp_cm_session_t *s, ngx_xmpp_cm_conn_t *conn)
+ngx_xmpp_cm_stream_attach(ngx_xmpp_cm_stream_t *s, ngx_xmpp_cm_conn_t *conn)
 {
     if (s->close_ev && s->close_ev->timer_set) {
         ngx_del_timer(s->close_ev);
@@ -272,7 +272,7 @@ ngx_xmpp_cm_session_attach(ngx_xmpp_cm_session_t *s, ngx_xmpp_cm_conn_t *conn)
  */
 
 void
-ngx_xmpp_cm_session_detach(ngx_xmpp_cm_session_t *s)
+ngx_xmpp_cm_stream_detach(ngx_xmpp_cm_stream_t *s)
 {
     s->conn = NULL;
     s->detached = 1;
@@ -288,18 +288,18 @@ ngx_xmpp_cm_session_detach(ngx_xmpp_cm_session_t *s)
         return;
     }
 
-    ngx_xmpp_cm_session_linger(s);
+    ngx_xmpp_cm_stream_linger(s);
 }
 
 
 /* a detached stream: closed now, or after xmpp_cm_close_delay */
 
 static void
-ngx_xmpp_cm_session_linger(ngx_xmpp_cm_session_t *s)
+ngx_xmpp_cm_stream_linger(ngx_xmpp_cm_stream_t *s)
 {
     if (s->up->conf->close_delay == 0 || s->up->exiting) {
-        ngx_xmpp_cm_session_end(s, NGX_XMPP_CM_END_CLOSE, NULL, NULL,
-                                NULL, 0);
+        ngx_xmpp_cm_stream_end(s, NGX_XMPP_CM_END_CLOSE, NULL, NULL,
+                               NULL, 0);
         return;
     }
 
@@ -308,12 +308,12 @@ ngx_xmpp_cm_session_linger(ngx_xmpp_cm_session_t *s)
     if (s->close_ev == NULL) {
         s->close_ev = ngx_calloc(sizeof(ngx_event_t), &s->up->log);
         if (s->close_ev == NULL) {
-            ngx_xmpp_cm_session_end(s, NGX_XMPP_CM_END_CLOSE, NULL, NULL,
-                                    NULL, 0);
+            ngx_xmpp_cm_stream_end(s, NGX_XMPP_CM_END_CLOSE, NULL, NULL,
+                                   NULL, 0);
             return;
         }
 
-        s->close_ev->handler = ngx_xmpp_cm_session_close_handler;
+        s->close_ev->handler = ngx_xmpp_cm_stream_close_handler;
         s->close_ev->data = s;
         s->close_ev->log = &s->up->log;
         s->close_ev->cancelable = 1;
@@ -324,10 +324,10 @@ ngx_xmpp_cm_session_linger(ngx_xmpp_cm_session_t *s)
 
 
 static void
-ngx_xmpp_cm_session_close_handler(ngx_event_t *ev)
+ngx_xmpp_cm_stream_close_handler(ngx_event_t *ev)
 {
-    ngx_xmpp_cm_session_end(ev->data, NGX_XMPP_CM_END_CLOSE, NULL, NULL,
-                            NULL, 0);
+    ngx_xmpp_cm_stream_end(ev->data, NGX_XMPP_CM_END_CLOSE, NULL, NULL,
+                           NULL, 0);
 }
 
 
@@ -340,7 +340,7 @@ ngx_xmpp_cm_session_close_handler(ngx_event_t *ev)
  */
 
 static void
-ngx_xmpp_cm_session_end(ngx_xmpp_cm_session_t *s, ngx_uint_t how,
+ngx_xmpp_cm_stream_end(ngx_xmpp_cm_stream_t *s, ngx_uint_t how,
     char *cond, char *text, u_char *raw, size_t rawlen)
 {
     u_char                  *p;
@@ -359,7 +359,7 @@ ngx_xmpp_cm_session_end(ngx_xmpp_cm_session_t *s, ngx_uint_t how,
     switch (how) {
 
     case NGX_XMPP_CM_END_CLOSE:
-        sock = ngx_xmpp_cm_session_sock(s);
+        sock = ngx_xmpp_cm_stream_sock(s);
 
         if (sock) {
             (void) ngx_xmpp_cm_route_session_iq(up, sock, &s->node.str,
@@ -367,11 +367,11 @@ ngx_xmpp_cm_session_end(ngx_xmpp_cm_session_t *s, ngx_uint_t how,
                                                 NULL, 0);
         }
 
-        ngx_xmpp_cm_session_remember(up, &s->node.str);
+        ngx_xmpp_cm_stream_remember(up, &s->node.str);
         break;
 
     case NGX_XMPP_CM_END_CLOSED:
-        ngx_xmpp_cm_session_remember(up, &s->node.str);
+        ngx_xmpp_cm_stream_remember(up, &s->node.str);
         break;
 
     default: /* NGX_XMPP_CM_END_GHOST */
@@ -385,12 +385,12 @@ ngx_xmpp_cm_session_end(ngx_xmpp_cm_session_t *s, ngx_uint_t how,
         }
     }
 
-    ngx_xmpp_cm_session_forget(s);
+    ngx_xmpp_cm_stream_forget(s);
 }
 
 
 static void
-ngx_xmpp_cm_session_remember(ngx_xmpp_cm_upstream_t *up, ngx_str_t *id)
+ngx_xmpp_cm_stream_remember(ngx_xmpp_cm_upstream_t *up, ngx_str_t *id)
 {
     u_char  *p;
 
@@ -407,7 +407,7 @@ ngx_xmpp_cm_session_remember(ngx_xmpp_cm_upstream_t *up, ngx_str_t *id)
 
 
 ngx_int_t
-ngx_xmpp_cm_session_recently_closed(ngx_xmpp_cm_upstream_t *up, ngx_str_t *id)
+ngx_xmpp_cm_stream_recently_closed(ngx_xmpp_cm_upstream_t *up, ngx_str_t *id)
 {
     u_char      *p;
     ngx_uint_t   i;
@@ -464,16 +464,16 @@ ngx_xmpp_cm_error_condition(ngx_xmpp_cm_node_t *parent)
 /* a route from Openfire: deliver, or answer for the absent client */
 
 static void
-ngx_xmpp_cm_session_route(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_sock_t *sock,
+ngx_xmpp_cm_stream_route(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_sock_t *sock,
     ngx_xmpp_cm_node_t *route)
 {
-    ngx_str_t              *id, *type, *cond;
-    ngx_xmpp_cm_node_t     *c;
-    ngx_xmpp_cm_session_t  *s;
+    ngx_str_t             *id, *type, *cond;
+    ngx_xmpp_cm_node_t    *c;
+    ngx_xmpp_cm_stream_t  *s;
 
     id = ngx_xmpp_cm_node_attr(route, "streamid");
 
-    if (!ngx_xmpp_cm_session_id_ok(id)) {
+    if (!ngx_xmpp_cm_stream_id_ok(id)) {
         ngx_log_error(NGX_LOG_WARN, &up->log, 0,
                       "xmpp_cm: route without a usable streamid dropped");
         up->dropped++;
@@ -481,7 +481,7 @@ ngx_xmpp_cm_session_route(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_sock_t *sock,
         return;
     }
 
-    s = ngx_xmpp_cm_session_find(up, id);
+    s = ngx_xmpp_cm_stream_find(up, id);
     type = ngx_xmpp_cm_node_attr(route, "type");
 
     if (type && ngx_xmpp_cm_str_is(type, "error")) {
@@ -495,9 +495,9 @@ ngx_xmpp_cm_session_route(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_sock_t *sock,
             ngx_log_error(NGX_LOG_INFO, &up->log, 0,
                           "xmpp_cm: Openfire has no session %V any more, "
                           "ending the client stream", id);
-            ngx_xmpp_cm_session_end(s, NGX_XMPP_CM_END_CLOSE, "reset",
-                                    "the session no longer exists on the "
-                                    "server", NULL, 0);
+            ngx_xmpp_cm_stream_end(s, NGX_XMPP_CM_END_CLOSE, "reset",
+                                   "the session no longer exists on the "
+                                   "server", NULL, 0);
             return;
         }
 
@@ -538,7 +538,7 @@ ngx_xmpp_cm_session_route(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_sock_t *sock,
 
         if (s->gone) {
             s->gone = 0;
-            ngx_xmpp_cm_session_linger(s);
+            ngx_xmpp_cm_stream_linger(s);
         }
 
         return;
@@ -548,7 +548,7 @@ ngx_xmpp_cm_session_route(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_sock_t *sock,
         ngx_xmpp_cm_bounce(up, sock->xml, s, id, c);
     }
 
-    if (s == NULL && !ngx_xmpp_cm_session_recently_closed(up, id)) {
+    if (s == NULL && !ngx_xmpp_cm_stream_recently_closed(up, id)) {
         /* a ghost: a session Openfire has and we do not; close it */
 
         ngx_log_error(NGX_LOG_INFO, &up->log, 0,
@@ -563,7 +563,7 @@ ngx_xmpp_cm_session_route(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_sock_t *sock,
                                                 NULL, 0);
         }
 
-        ngx_xmpp_cm_session_remember(up, id);
+        ngx_xmpp_cm_stream_remember(up, id);
     }
 }
 
@@ -576,7 +576,7 @@ ngx_xmpp_cm_session_route(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_sock_t *sock,
 
 static void
 ngx_xmpp_cm_bounce(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_xml_t *x,
-    ngx_xmpp_cm_session_t *s, ngx_str_t *id, ngx_xmpp_cm_node_t *c)
+    ngx_xmpp_cm_stream_t  *s, ngx_str_t *id, ngx_xmpp_cm_node_t *c)
 {
     u_char              *buf, *p;
     size_t               len;
@@ -585,7 +585,7 @@ ngx_xmpp_cm_bounce(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_xml_t *x,
     ngx_str_t           *type, *iqid, *from, *to;
     ngx_xmpp_cm_sock_t  *sock;
 
-    sock = s ? ngx_xmpp_cm_session_sock(s) : ngx_xmpp_cm_upstream_pick(up);
+    sock = s ? ngx_xmpp_cm_stream_sock(s) : ngx_xmpp_cm_upstream_pick(up);
 
     if (sock == NULL) {
         up->dropped++;
@@ -684,7 +684,7 @@ ngx_xmpp_cm_bounce(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_xml_t *x,
      * and IQ results, are normal traffic for a just-closed stream.
      */
 
-    level = (s || ngx_xmpp_cm_session_recently_closed(up, id))
+    level = (s || ngx_xmpp_cm_stream_recently_closed(up, id))
             ? NGX_LOG_DEBUG : NGX_LOG_INFO;
 
     ngx_log_error(level, &up->log, 0,
@@ -696,24 +696,24 @@ ngx_xmpp_cm_bounce(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_xml_t *x,
 /* session IQs from Openfire: close, and replies to ours */
 
 static void
-ngx_xmpp_cm_session_iq(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_sock_t *sock,
+ngx_xmpp_cm_stream_iq(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_sock_t *sock,
     ngx_xmpp_cm_node_t *iq)
 {
-    u_char                 *raw;
-    size_t                  len;
-    ngx_str_t              *type, *id, *cond;
-    ngx_xmpp_cm_node_t     *session, *err, *n;
-    ngx_xmpp_cm_session_t  *s;
+    u_char                *raw;
+    size_t                len;
+    ngx_str_t             *type, *id, *cond;
+    ngx_xmpp_cm_node_t    *session, *err, *n;
+    ngx_xmpp_cm_stream_t  *s;
 
     type = ngx_xmpp_cm_node_attr(iq, "type");
     session = ngx_xmpp_cm_node_child(iq, "session");
     id = session ? ngx_xmpp_cm_node_attr(session, "id") : NULL;
 
-    if (type == NULL || !ngx_xmpp_cm_session_id_ok(id)) {
+    if (type == NULL || !ngx_xmpp_cm_stream_id_ok(id)) {
         return;
     }
 
-    s = ngx_xmpp_cm_session_find(up, id);
+    s = ngx_xmpp_cm_stream_find(up, id);
 
     if (ngx_xmpp_cm_str_is(type, "set")) {
         if (ngx_xmpp_cm_node_child(session, "close") == NULL) {
@@ -724,7 +724,7 @@ ngx_xmpp_cm_session_iq(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_sock_t *sock,
 
         /* RFC 6120 8.2.3 (Openfire ignores it): closed, known or not */
 
-        ngx_xmpp_cm_session_iq_result(sock, iq);
+        ngx_xmpp_cm_stream_iq_result(sock, iq);
 
         if (s == NULL) {
             return;
@@ -758,8 +758,8 @@ ngx_xmpp_cm_session_iq(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_sock_t *sock,
         ngx_log_error(NGX_LOG_INFO, &up->log, 0,
                       "xmpp_cm: Openfire closed session %V", id);
 
-        ngx_xmpp_cm_session_end(s, NGX_XMPP_CM_END_CLOSED, NULL, NULL,
-                                raw, len);
+        ngx_xmpp_cm_stream_end(s, NGX_XMPP_CM_END_CLOSED, NULL, NULL,
+                               raw, len);
         return;
     }
 
@@ -775,10 +775,10 @@ ngx_xmpp_cm_session_iq(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_sock_t *sock,
                       cond ? cond : &iq->name);
 
         if (s) {
-            ngx_xmpp_cm_session_end(s, NGX_XMPP_CM_END_CLOSED,
-                                    "policy-violation",
-                                    "the server refused the session",
-                                    NULL, 0);
+            ngx_xmpp_cm_stream_end(s, NGX_XMPP_CM_END_CLOSED,
+                                   "policy-violation",
+                                   "the server refused the session",
+                                   NULL, 0);
         }
 
         return;
@@ -796,7 +796,7 @@ ngx_xmpp_cm_session_iq(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_sock_t *sock,
 /* <iq type="result"> for an IQ set from Openfire: id kept, to/from swapped */
 
 static void
-ngx_xmpp_cm_session_iq_result(ngx_xmpp_cm_sock_t *sock,
+ngx_xmpp_cm_stream_iq_result(ngx_xmpp_cm_sock_t *sock,
     ngx_xmpp_cm_node_t *iq)
 {
     u_char     *buf, *p;
@@ -843,16 +843,16 @@ ngx_xmpp_cm_session_iq_result(ngx_xmpp_cm_sock_t *sock,
 /* Openfire ended every session of this worker's name (or we exit) */
 
 static void
-ngx_xmpp_cm_session_end_all(ngx_xmpp_cm_upstream_t *up, char *cond, char *text,
+ngx_xmpp_cm_stream_end_all(ngx_xmpp_cm_upstream_t *up, char *cond, char *text,
     ngx_uint_t ghost)
 {
     ngx_rbtree_node_t  *node;
 
-    while (up->sessions.root != up->sessions.sentinel) {
-        node = ngx_rbtree_min(up->sessions.root, up->sessions.sentinel);
+    while (up->ids.root != up->ids.sentinel) {
+        node = ngx_rbtree_min(up->ids.root, up->ids.sentinel);
 
-        ngx_xmpp_cm_session_end((ngx_xmpp_cm_session_t *) node,
-                                ghost ? NGX_XMPP_CM_END_GHOST
+        ngx_xmpp_cm_stream_end((ngx_xmpp_cm_stream_t *) node,
+                               ghost ? NGX_XMPP_CM_END_GHOST
                                       : NGX_XMPP_CM_END_CLOSE,
                                 cond, text, NULL, 0);
     }
@@ -862,7 +862,7 @@ ngx_xmpp_cm_session_end_all(ngx_xmpp_cm_upstream_t *up, char *cond, char *text,
 /* the pool is usable again: close what Openfire may still hold for us */
 
 static void
-ngx_xmpp_cm_session_up(ngx_xmpp_cm_upstream_t *up)
+ngx_xmpp_cm_stream_up(ngx_xmpp_cm_upstream_t *up)
 {
     u_char              *id;
     ngx_str_t            sid;

@@ -1,6 +1,6 @@
 
 /*
- * Stream ids (src/ngx_stream_xmpp_cm_session.c): the ids the CM makes are
+ * Stream ids (src/ngx_stream_xmpp_cm_stream.c): the ids the CM makes are
  * "w<pid>-<16 hex>" (docs/directives.md, $xmpp_cm_streamid), unique, and
  * pass the check every id from Openfire gets before it is written back.
  */
@@ -11,14 +11,14 @@
 #define US_N  1000
 
 static fuzz_upstream_t             us_fp;
-static ngx_xmpp_cm_session_t  *us_sessions[US_N];
+static ngx_xmpp_cm_stream_t  *us_sessions[US_N];
 
 
 static int
 us_cmp(const void *a, const void *b)
 {
-    ngx_xmpp_cm_session_t  *sa = *(ngx_xmpp_cm_session_t **) a;
-    ngx_xmpp_cm_session_t  *sb = *(ngx_xmpp_cm_session_t **) b;
+    ngx_xmpp_cm_stream_t  *sa = *(ngx_xmpp_cm_stream_t **) a;
+    ngx_xmpp_cm_stream_t  *sb = *(ngx_xmpp_cm_stream_t **) b;
 
     return ngx_memn2cmp(sa->node.str.data, sb->node.str.data,
                         sa->node.str.len, sb->node.str.len);
@@ -27,18 +27,18 @@ us_cmp(const void *a, const void *b)
 
 UNIT_TEST(stream_ids_have_the_documented_form)
 {
-    char                    prefix[32], *out, *want;
-    u_char                  copy[NGX_XMPP_CM_ID_LEN];
-    size_t                  plen, len, wlen;
-    ngx_str_t              *id, gone;
-    ngx_uint_t              j, bad;
-    ngx_xmpp_cm_session_t  *s;
+    char                  prefix[32], *out, *want;
+    u_char                copy[NGX_XMPP_CM_ID_LEN];
+    size_t                plen, len, wlen;
+    ngx_str_t             *id, gone;
+    ngx_uint_t            j, bad;
+    ngx_xmpp_cm_stream_t  *s;
 
     fuzz_upstream_init(&us_fp);
 
     plen = snprintf(prefix, sizeof(prefix), "w%ld-", (long) ngx_pid);
 
-    s = ngx_xmpp_cm_session_create(&us_fp.up, NULL, NULL);
+    s = ngx_xmpp_cm_stream_create(&us_fp.up, NULL, NULL);
     CHECK(s != NULL);
 
     if (s == NULL) {
@@ -58,12 +58,12 @@ UNIT_TEST(stream_ids_have_the_documented_form)
     }
 
     CHECK_INT(bad, 0);
-    CHECK(ngx_xmpp_cm_session_id_ok(id));
-    CHECK(ngx_xmpp_cm_session_find(&us_fp.up, id) == s);
+    CHECK(ngx_xmpp_cm_stream_id_ok(id));
+    CHECK(ngx_xmpp_cm_stream_find(&us_fp.up, id) == s);
 
     /* Openfire learns of it by a create IQ on the session's socket */
 
-    CHECK_INT(us_fp.up.nsessions, 1);
+    CHECK_INT(us_fp.up.nstreams, 1);
     CHECK(s->sock != NULL);
 
     if (s->sock) {
@@ -88,9 +88,9 @@ UNIT_TEST(stream_ids_have_the_documented_form)
     gone.len = ngx_min(id->len, sizeof(copy));
     ngx_memcpy(copy, id->data, gone.len);
 
-    ngx_xmpp_cm_session_forget(s);
-    CHECK_INT(us_fp.up.nsessions, 0);
-    CHECK(ngx_xmpp_cm_session_find(&us_fp.up, &gone) == NULL);
+    ngx_xmpp_cm_stream_forget(s);
+    CHECK_INT(us_fp.up.nstreams, 0);
+    CHECK(ngx_xmpp_cm_stream_find(&us_fp.up, &gone) == NULL);
 }
 
 
@@ -102,7 +102,7 @@ UNIT_TEST(stream_ids_are_unique)
     fuzz_upstream_init(&us_fp);
 
     for (n = 0; n < US_N; n++) {
-        us_sessions[n] = ngx_xmpp_cm_session_create(&us_fp.up, NULL, NULL);
+        us_sessions[n] = ngx_xmpp_cm_stream_create(&us_fp.up, NULL, NULL);
 
         if (us_sessions[n] == NULL) {
             break;
@@ -114,9 +114,9 @@ UNIT_TEST(stream_ids_are_unique)
     }
 
     CHECK_INT(n, US_N);
-    CHECK_INT(us_fp.up.nsessions, n);
+    CHECK_INT(us_fp.up.nstreams, n);
 
-    qsort(us_sessions, n, sizeof(ngx_xmpp_cm_session_t *), us_cmp);
+    qsort(us_sessions, n, sizeof(ngx_xmpp_cm_stream_t *), us_cmp);
 
     dup = 0;
     for (i = 1; i < n; i++) {
@@ -136,10 +136,10 @@ UNIT_TEST(stream_ids_are_unique)
     CHECK(i < n);
 
     for (i = 0; i < n; i++) {
-        ngx_xmpp_cm_session_forget(us_sessions[i]);
+        ngx_xmpp_cm_stream_forget(us_sessions[i]);
     }
 
-    CHECK_INT(us_fp.up.nsessions, 0);
+    CHECK_INT(us_fp.up.nstreams, 0);
 }
 
 
@@ -151,7 +151,7 @@ us_id_ok(const char *id, ngx_int_t want, const char *file, int line)
     s.data = (u_char *) id;
     s.len = strlen(id);
 
-    if (ngx_xmpp_cm_session_id_ok(&s) != want) {
+    if (ngx_xmpp_cm_stream_id_ok(&s) != want) {
         unit_fail_int(file, line, id, want, !want);
     }
 }
@@ -173,7 +173,7 @@ UNIT_TEST(stream_id_check)
     CHECK_ID_OK("a\"/><x", 0);
     CHECK_ID_OK("a&amp;", 0);
     CHECK_ID_OK("caf\xc3\xa9", 0);
-    CHECK(!ngx_xmpp_cm_session_id_ok(NULL));
+    CHECK(!ngx_xmpp_cm_stream_id_ok(NULL));
 }
 
 
