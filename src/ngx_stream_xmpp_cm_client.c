@@ -223,6 +223,7 @@ ngx_stream_xmpp_cm_handler(ngx_stream_session_t *s)
     cl->c = c;
     cl->conf = conf;
     cl->up = conf->up;
+    ngx_xmpp_cm_output_init(&cl->out, cl->up->worker);
 
     cl->xml = ngx_xmpp_cm_xml_create(c->pool, c->log, 0,
                                      cl->up->worker->parking);

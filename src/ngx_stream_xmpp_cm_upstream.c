@@ -145,6 +145,7 @@ ngx_xmpp_cm_upstream_init(ngx_cycle_t *cycle,
         sock->up = up;
         sock->index = i;
         ngx_queue_init(&sock->blocked);
+        ngx_xmpp_cm_output_init(&sock->out, up->worker);
 
         /* a log of its own: its lines name it, its action is its own */
 
