@@ -442,6 +442,7 @@ ngx_xmpp_cm_node_t *ngx_xmpp_cm_node_child(ngx_xmpp_cm_node_t *n,
 ngx_int_t ngx_xmpp_cm_str_is(ngx_str_t *s, char *v);
 void ngx_xmpp_cm_split_name(const XML_Char *qname, ngx_str_t *ns,
     ngx_str_t *local);
+size_t ngx_xmpp_cm_escape(u_char *dst, u_char *src, size_t len);
 
 
 /* route codec (ngx_stream_xmpp_cm_route.c) */
@@ -452,7 +453,6 @@ void ngx_xmpp_cm_split_name(const XML_Char *qname, ngx_str_t *ns,
 
 size_t ngx_xmpp_cm_sanitize(ngx_xmpp_cm_xml_t *x, u_char *dst,
     XML_Index start, XML_Index end, ngx_uint_t add_xmlns);
-size_t ngx_xmpp_cm_escape(u_char *dst, u_char *src, size_t len);
 ngx_int_t ngx_xmpp_cm_route_client(ngx_xmpp_cm_stream_t *s,
     ngx_xmpp_cm_xml_t *x, ngx_xmpp_cm_elem_t *e, u_char *lang);
 ngx_int_t ngx_xmpp_cm_stream_id_ok(ngx_str_t *id);
@@ -486,7 +486,6 @@ ngx_int_t ngx_xmpp_cm_jid_domain(u_char *p, size_t len, u_char *dst,
 ngx_int_t ngx_xmpp_cm_jid_domain_eq(ngx_str_t *given, ngx_str_t *conf);
 void ngx_xmpp_cm_stanza_check(ngx_xmpp_cm_elem_t *e, ngx_log_t *log);
 ngx_int_t ngx_xmpp_cm_stanza_show_ok(ngx_xmpp_cm_elem_t *e);
-void ngx_xmpp_cm_stanza_done(ngx_xmpp_cm_elem_t *e);
 
 
 /* upstream pool (ngx_stream_xmpp_cm_upstream.c) */
