@@ -2175,7 +2175,11 @@ ngx_xmpp_cm_client_variable(ngx_stream_session_t *s, ngx_uint_t which,
 }
 
 
-/* Openfire 4.8+: SASL results and stream errors as escaped text */
+/*
+ * Openfire 4.8+: SASL results and stream errors as escaped text.  A stream
+ * error ends the connection here; the table, which called us inside a
+ * route, ends the stream once the route is done, as for deliver().
+ */
 
 static void
 ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_conn_t *conn, ngx_str_t *text)
