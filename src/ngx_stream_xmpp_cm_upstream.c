@@ -1304,9 +1304,7 @@ ngx_xmpp_cm_sock_buf(ngx_xmpp_cm_sock_t *sock, size_t len)
         return NULL;
     }
 
-    if (sock->c && sock->state > NGX_XMPP_CM_SOCK_CONNECTING
-        && !sock->c->write->posted)
-    {
+    if (sock->c && sock->state > NGX_XMPP_CM_SOCK_CONNECTING) {
         ngx_post_event(sock->c->write, &ngx_posted_events);
     }
 
