@@ -1576,7 +1576,7 @@ ngx_stream_xmpp_cm_exit_process(ngx_cycle_t *cycle)
     }
 
     ngx_xmpp_cm_client_shutdown_all(cmcf->worker);
-    ngx_xmpp_cm_output_release();
+    ngx_xmpp_cm_output_release(&cmcf->worker->output);
     ngx_xmpp_cm_xml_release_parked(cmcf->worker->parking);
     ngx_xmpp_cm_metrics_exit(cycle);
 }

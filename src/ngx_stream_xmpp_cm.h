@@ -158,6 +158,20 @@ typedef struct {
 typedef struct ngx_xmpp_cm_worker_s  ngx_xmpp_cm_worker_t;
 
 
+/*
+ * The worker's free output bufs and blocks (ngx_stream_xmpp_cm_output.c).
+ * The links and bufs come from the cycle pool and stay for the worker's
+ * life (as many as the busiest moment needed); block memory above
+ * NGX_XMPP_CM_FREE_MAX free blocks goes back to malloc.
+ */
+
+typedef struct {
+    ngx_chain_t                     *bufs;     /* links with their bufs */
+    ngx_buf_t                       *blocks;   /* free 8 KiB blocks */
+    ngx_uint_t                       nblocks;
+} ngx_xmpp_cm_output_free_t;
+
+
 typedef struct {
     ngx_array_t                      servers;  /* srv_conf_t * with a pass */
     ngx_shm_zone_t                  *metrics_zone;
@@ -231,6 +245,7 @@ struct ngx_xmpp_cm_worker_s {
     ngx_int_t                        metrics_slot; /* NGX_ERROR: none */
     void                            *metrics_ctx;  /* the zone's */
     ngx_xmpp_cm_metrics_t            metrics_void; /* counts to nowhere */
+    ngx_xmpp_cm_output_free_t        output;       /* free bufs, blocks */
 
     u_char                           client_buf[NGX_XMPP_CM_CLIENT_READ];
     u_char                           upstream_buf[NGX_XMPP_CM_UPSTREAM_READ];
@@ -281,6 +296,7 @@ typedef struct {
     ngx_chain_t                     *out;      /* not yet written, in order */
     ngx_chain_t                     *tail;
     size_t                           size;     /* bytes not yet written */
+    ngx_xmpp_cm_output_free_t       *free;     /* the worker's */
 } ngx_xmpp_cm_output_t;
 
 
@@ -311,7 +327,9 @@ void ngx_xmpp_cm_output_classify(ngx_xmpp_cm_output_t *o,
 void ngx_xmpp_cm_output_move(ngx_xmpp_cm_output_t *to,
     ngx_xmpp_cm_output_t *from);
 void ngx_xmpp_cm_output_free(ngx_xmpp_cm_output_t *o);
-void ngx_xmpp_cm_output_release(void);
+void ngx_xmpp_cm_output_init(ngx_xmpp_cm_output_t *o,
+    ngx_xmpp_cm_worker_t *worker);
+void ngx_xmpp_cm_output_release(ngx_xmpp_cm_output_free_t *fl);
 
 
 /*
@@ -424,6 +442,7 @@ ngx_xmpp_cm_node_t *ngx_xmpp_cm_node_child(ngx_xmpp_cm_node_t *n,
 ngx_int_t ngx_xmpp_cm_str_is(ngx_str_t *s, char *v);
 void ngx_xmpp_cm_split_name(const XML_Char *qname, ngx_str_t *ns,
     ngx_str_t *local);
+size_t ngx_xmpp_cm_escape(u_char *dst, u_char *src, size_t len);
 
 
 /* route codec (ngx_stream_xmpp_cm_route.c) */
@@ -434,7 +453,6 @@ void ngx_xmpp_cm_split_name(const XML_Char *qname, ngx_str_t *ns,
 
 size_t ngx_xmpp_cm_sanitize(ngx_xmpp_cm_xml_t *x, u_char *dst,
     XML_Index start, XML_Index end, ngx_uint_t add_xmlns);
-size_t ngx_xmpp_cm_escape(u_char *dst, u_char *src, size_t len);
 ngx_int_t ngx_xmpp_cm_route_client(ngx_xmpp_cm_stream_t *s,
     ngx_xmpp_cm_xml_t *x, ngx_xmpp_cm_elem_t *e, u_char *lang);
 ngx_int_t ngx_xmpp_cm_stream_id_ok(ngx_str_t *id);
@@ -468,7 +486,6 @@ ngx_int_t ngx_xmpp_cm_jid_domain(u_char *p, size_t len, u_char *dst,
 ngx_int_t ngx_xmpp_cm_jid_domain_eq(ngx_str_t *given, ngx_str_t *conf);
 void ngx_xmpp_cm_stanza_check(ngx_xmpp_cm_elem_t *e, ngx_log_t *log);
 ngx_int_t ngx_xmpp_cm_stanza_show_ok(ngx_xmpp_cm_elem_t *e);
-void ngx_xmpp_cm_stanza_done(ngx_xmpp_cm_elem_t *e);
 
 
 /* upstream pool (ngx_stream_xmpp_cm_upstream.c) */

@@ -223,6 +223,7 @@ ngx_stream_xmpp_cm_handler(ngx_stream_session_t *s)
     cl->c = c;
     cl->conf = conf;
     cl->up = conf->up;
+    ngx_xmpp_cm_output_init(&cl->out, cl->up->worker);
 
     cl->xml = ngx_xmpp_cm_xml_create(c->pool, c->log, 0,
                                      cl->up->worker->parking);
@@ -1810,9 +1811,7 @@ ngx_xmpp_cm_client_out(ngx_xmpp_cm_client_t *cl, u_char *p, size_t len,
         return;
     }
 
-    if (!c->write->posted) {
-        ngx_post_event(c->write, &ngx_posted_events);
-    }
+    ngx_post_event(c->write, &ngx_posted_events);
 }
 
 
@@ -1934,9 +1933,7 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_conn_t *conn, ngx_xmpp_cm_xml_t *x,
 
     ngx_xmpp_cm_count_relay(cl->up, TO_CLIENT, len);
 
-    if (!cl->c->write->posted) {
-        ngx_post_event(cl->c->write, &ngx_posted_events);
-    }
+    ngx_post_event(cl->c->write, &ngx_posted_events);
 
     if (ngx_xmpp_cm_str_is(&n->ns, NGX_XMPP_NS_SASL)
         && ngx_xmpp_cm_str_is(&n->name, "failure"))
@@ -2174,7 +2171,11 @@ ngx_xmpp_cm_client_variable(ngx_stream_session_t *s, ngx_uint_t which,
 }
 
 
-/* Openfire 4.8+: SASL results and stream errors as escaped text */
+/*
+ * Openfire 4.8+: SASL results and stream errors as escaped text.  A stream
+ * error ends the connection here; the table, which called us inside a
+ * route, ends the stream once the route is done, as for deliver().
+ */
 
 static void
 ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_conn_t *conn, ngx_str_t *text)
@@ -2453,9 +2454,7 @@ ngx_xmpp_cm_client_closing(ngx_xmpp_cm_client_t *cl, char *cond, char *text,
 
     ngx_add_timer(rev, NGX_XMPP_CM_LINGER);
 
-    if (!rev->posted) {
-        ngx_post_event(rev, &ngx_posted_events);
-    }
+    ngx_post_event(rev, &ngx_posted_events);
 }
 
 
@@ -2594,9 +2593,7 @@ ngx_xmpp_cm_client_unblock(ngx_xmpp_cm_conn_t *conn)
 {
     ngx_xmpp_cm_client_t *cl = (ngx_xmpp_cm_client_t *) conn;
 
-    if (!cl->c->read->posted) {
-        ngx_post_event(cl->c->read, &ngx_posted_events);
-    }
+    ngx_post_event(cl->c->read, &ngx_posted_events);
 }
 
 
@@ -2648,9 +2645,7 @@ ngx_xmpp_cm_client_linger(ngx_xmpp_cm_client_t *cl)
 drain:
 #endif
 
-    if (!c->read->posted) {
-        ngx_post_event(c->read, &ngx_posted_events);
-    }
+    ngx_post_event(c->read, &ngx_posted_events);
 }
 
 

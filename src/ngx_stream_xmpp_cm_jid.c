@@ -609,7 +609,8 @@ ngx_xmpp_cm_type_ok(ngx_str_t *name, ngx_str_t *type, ngx_uint_t has_type)
  * A client's message, presence or iq at its start tag (e->attrs): the
  * stanza error the CM answers instead of routing it (e->reject), or the
  * 'to' and 'from' to route in their folded form (e->to, e->from, in
- * e->fold, which ngx_xmpp_cm_stanza_done() frees).
+ * e->fold, which the framer frees with the element's state at the
+ * stanza's end).
  */
 
 void
@@ -717,17 +718,4 @@ ngx_xmpp_cm_stanza_show_ok(ngx_xmpp_cm_elem_t *e)
 
     return ngx_xmpp_cm_str_is(&v, "chat") || ngx_xmpp_cm_str_is(&v, "away")
            || ngx_xmpp_cm_str_is(&v, "xa") || ngx_xmpp_cm_str_is(&v, "dnd");
-}
-
-
-void
-ngx_xmpp_cm_stanza_done(ngx_xmpp_cm_elem_t *e)
-{
-    if (e->fold) {
-        ngx_free(e->fold);
-        e->fold = NULL;
-    }
-
-    ngx_str_null(&e->to);
-    ngx_str_null(&e->from);
 }

@@ -17,8 +17,9 @@
  *
  * Nothing between us and the socket keeps a copy of the chain, so the
  * chain not yet written is both nginx's "out" and its "busy": one list.
- * Bufs and blocks come from per-worker free lists, so an idle session
- * holds no output memory and the hot path does not allocate.
+ * Bufs and blocks come from the worker's free lists (in its context; each
+ * output keeps a pointer to them), so an idle session holds no output
+ * memory and the hot path does not allocate.
  */
 
 
@@ -27,23 +28,6 @@
 
 #define NGX_XMPP_CM_BLOCK     8192
 #define NGX_XMPP_CM_FREE_MAX  512
-
-
-typedef struct {
-    ngx_chain_t                     *bufs;     /* links with their bufs */
-    ngx_buf_t                       *blocks;   /* free 8 KiB blocks */
-    ngx_uint_t                       nblocks;
-} ngx_xmpp_cm_output_free_t;
-
-
-/*
- * per-worker; moves into the worker context.  The links and bufs come
- * from the cycle pool and stay for the worker's life (as many as the
- * busiest moment needed); block memory above NGX_XMPP_CM_FREE_MAX free
- * blocks goes back to malloc.
- */
-
-static ngx_xmpp_cm_output_free_t  ngx_xmpp_cm_output_free_lists;
 
 
 #define ngx_xmpp_cm_output_tag  ((ngx_buf_tag_t) &ngx_stream_xmpp_cm_module)
@@ -56,12 +40,9 @@ static ngx_xmpp_cm_output_free_t  ngx_xmpp_cm_output_free_lists;
  */
 
 static ngx_buf_t *
-ngx_xmpp_cm_block_get(size_t size)
+ngx_xmpp_cm_block_get(ngx_xmpp_cm_output_free_t *fl, size_t size)
 {
-    ngx_buf_t                  *b;
-    ngx_xmpp_cm_output_free_t  *fl;
-
-    fl = &ngx_xmpp_cm_output_free_lists;
+    ngx_buf_t  *b;
 
     if (size <= NGX_XMPP_CM_BLOCK && fl->blocks) {
         b = fl->blocks;
@@ -92,12 +73,8 @@ ngx_xmpp_cm_block_get(size_t size)
 
 
 static void
-ngx_xmpp_cm_block_put(ngx_buf_t *b)
+ngx_xmpp_cm_block_put(ngx_xmpp_cm_output_free_t *fl, ngx_buf_t *b)
 {
-    ngx_xmpp_cm_output_free_t  *fl;
-
-    fl = &ngx_xmpp_cm_output_free_lists;
-
     if (b->end - b->start == NGX_XMPP_CM_BLOCK
         && fl->nblocks < NGX_XMPP_CM_FREE_MAX)
     {
@@ -108,6 +85,18 @@ ngx_xmpp_cm_block_put(ngx_buf_t *b)
     }
 
     ngx_free(b);
+}
+
+
+/* an empty output, drawing on the worker's free lists */
+
+void
+ngx_xmpp_cm_output_init(ngx_xmpp_cm_output_t *o, ngx_xmpp_cm_worker_t *worker)
+{
+    o->out = NULL;
+    o->tail = NULL;
+    o->size = 0;
+    o->free = &worker->output;
 }
 
 
@@ -150,7 +139,7 @@ ngx_xmpp_cm_output_buf(ngx_xmpp_cm_output_t *o, size_t size,
     }
 
     if (block == NULL) {
-        block = ngx_xmpp_cm_block_get(size);
+        block = ngx_xmpp_cm_block_get(o->free, size);
         if (block == NULL) {
             return NULL;
         }
@@ -159,11 +148,10 @@ ngx_xmpp_cm_output_buf(ngx_xmpp_cm_output_t *o, size_t size,
         fresh = 1;
     }
 
-    cl = ngx_chain_get_free_buf(ngx_cycle->pool,
-                                &ngx_xmpp_cm_output_free_lists.bufs);
+    cl = ngx_chain_get_free_buf(ngx_cycle->pool, &o->free->bufs);
     if (cl == NULL) {
         if (fresh) {
-            ngx_xmpp_cm_block_put(block);
+            ngx_xmpp_cm_block_put(o->free, block);
         }
 
         return NULL;
@@ -221,21 +209,20 @@ ngx_xmpp_cm_output_append(ngx_xmpp_cm_output_t *o, u_char *data, size_t n)
  */
 
 static void
-ngx_xmpp_cm_output_recycle(ngx_chain_t **chain)
+ngx_xmpp_cm_output_recycle(ngx_xmpp_cm_output_free_t *fl,
+    ngx_chain_t **chain)
 {
     ngx_chain_t  *cl, *done, *none;
 
-    done = ngx_xmpp_cm_output_free_lists.bufs;
+    done = fl->bufs;
     none = NULL;
 
-    ngx_chain_update_chains(ngx_cycle->pool,
-                            &ngx_xmpp_cm_output_free_lists.bufs, chain,
-                            &none, ngx_xmpp_cm_output_tag);
+    ngx_chain_update_chains(ngx_cycle->pool, &fl->bufs, chain, &none,
+                            ngx_xmpp_cm_output_tag);
 
-    for (cl = ngx_xmpp_cm_output_free_lists.bufs; cl != done; cl = cl->next)
-    {
+    for (cl = fl->bufs; cl != done; cl = cl->next) {
         if (cl->buf->last_shadow) {
-            ngx_xmpp_cm_block_put(cl->buf->shadow);
+            ngx_xmpp_cm_block_put(fl, cl->buf->shadow);
             cl->buf->last_shadow = 0;
         }
 
@@ -257,7 +244,7 @@ ngx_xmpp_cm_output_update(ngx_xmpp_cm_output_t *o)
         o->tail->buf->last_shadow = 1;
     }
 
-    ngx_xmpp_cm_output_recycle(&o->out);
+    ngx_xmpp_cm_output_recycle(o->free, &o->out);
 
     if (o->out == NULL) {
         o->tail = NULL;
@@ -382,7 +369,7 @@ ngx_xmpp_cm_output_move(ngx_xmpp_cm_output_t *to, ngx_xmpp_cm_output_t *from)
     if (prev) {
         /* a dropped buf frees only a block none of the moved ones use */
         prev->next = NULL;
-        ngx_xmpp_cm_output_recycle(&head);
+        ngx_xmpp_cm_output_recycle(from->free, &head);
     }
 
     if (cl) {
@@ -427,12 +414,9 @@ ngx_xmpp_cm_output_free(ngx_xmpp_cm_output_t *o)
 /* worker exit: the free blocks go back to malloc, the bufs with the pool */
 
 void
-ngx_xmpp_cm_output_release(void)
+ngx_xmpp_cm_output_release(ngx_xmpp_cm_output_free_t *fl)
 {
-    ngx_buf_t                  *b;
-    ngx_xmpp_cm_output_free_t  *fl;
-
-    fl = &ngx_xmpp_cm_output_free_lists;
+    ngx_buf_t  *b;
 
     while (fl->blocks) {
         b = fl->blocks;

@@ -353,54 +353,6 @@ ngx_xmpp_cm_sanitize_stanza(ngx_xmpp_cm_xml_t *x, u_char *dst,
 }
 
 
-/* XML-escapes an attribute value or text; with dst == NULL counts */
-
-size_t
-ngx_xmpp_cm_escape(u_char *dst, u_char *src, size_t len)
-{
-    size_t   n;
-    u_char  *end;
-
-    n = 0;
-
-    for (end = src + len; src < end; src++) {
-        switch (*src) {
-        case '&':
-            if (dst) {
-                dst = ngx_cpymem(dst, "&amp;", 5);
-            }
-            n += 5;
-            break;
-        case '<':
-            if (dst) {
-                dst = ngx_cpymem(dst, "&lt;", 4);
-            }
-            n += 4;
-            break;
-        case '>':
-            if (dst) {
-                dst = ngx_cpymem(dst, "&gt;", 4);
-            }
-            n += 4;
-            break;
-        case '"':
-            if (dst) {
-                dst = ngx_cpymem(dst, "&quot;", 6);
-            }
-            n += 6;
-            break;
-        default:
-            if (dst) {
-                *dst++ = *src;
-            }
-            n++;
-        }
-    }
-
-    return n;
-}
-
-
 /*
  * The stanza error the CM answers a client's stanza with (RFC 6120 8.3):
  * the stanza's start tag without its 'from' and 'type', its 'to' as

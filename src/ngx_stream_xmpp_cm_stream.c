@@ -509,20 +509,21 @@ ngx_xmpp_cm_stream_route(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_sock_t *sock,
 
     if (s && s->conn) {
 
+        /*
+         * A payload, elements or Openfire's escaped text, may end the
+         * client's stream (a stream error, a client that does not read):
+         * the connection detaches, and the table ends the stream here,
+         * after the route, never from inside the connection's call.  What
+         * follows the end goes back as for a closed stream.
+         */
+
+        s->routing = 1;
+
         if (route->child == NULL) {
             if (ngx_xmpp_cm_has_text(&route->text)) {
                 s->conn->handler->deliver_text(s->conn, &route->text);
             }
-            return;
         }
-
-        /*
-         * A payload may end the client's stream (a stream error, a client
-         * that does not read): what follows it goes back as for a closed
-         * stream, and only then is the session closed.
-         */
-
-        s->routing = 1;
 
         for (c = route->child; c; c = c->next) {
             if (s->conn == NULL

@@ -145,6 +145,7 @@ ngx_xmpp_cm_upstream_init(ngx_cycle_t *cycle,
         sock->up = up;
         sock->index = i;
         ngx_queue_init(&sock->blocked);
+        ngx_xmpp_cm_output_init(&sock->out, up->worker);
 
         /* a log of its own: its lines name it, its action is its own */
 
@@ -1303,9 +1304,7 @@ ngx_xmpp_cm_sock_buf(ngx_xmpp_cm_sock_t *sock, size_t len)
         return NULL;
     }
 
-    if (sock->c && sock->state > NGX_XMPP_CM_SOCK_CONNECTING
-        && !sock->c->write->posted)
-    {
+    if (sock->c && sock->state > NGX_XMPP_CM_SOCK_CONNECTING) {
         ngx_post_event(sock->c->write, &ngx_posted_events);
     }
 

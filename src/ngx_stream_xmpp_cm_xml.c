@@ -135,6 +135,7 @@ static u_char  ngx_xmpp_cm_synthetic[] =
 static void ngx_xmpp_cm_parser_handlers(ngx_xmpp_cm_xml_t *x);
 static ngx_int_t ngx_xmpp_cm_parser_new(ngx_xmpp_cm_xml_t *x);
 static void ngx_xmpp_cm_parser_free(ngx_xmpp_cm_xml_t *x);
+static void ngx_xmpp_cm_stanza_done(ngx_xmpp_cm_elem_t *e);
 static ngx_int_t ngx_xmpp_cm_xml_acquire(ngx_xmpp_cm_xml_t *x);
 static void ngx_xmpp_cm_xml_park(ngx_xmpp_cm_xml_t *x);
 static void ngx_xmpp_cm_xml_fail(ngx_xmpp_cm_xml_t *x, const char *cond,
@@ -416,6 +417,24 @@ ngx_xmpp_cm_parser_new(ngx_xmpp_cm_xml_t *x)
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * The element's state is the framer's: what the stanza checks (jid.c)
+ * left in it goes at the stanza's end.
+ */
+
+static void
+ngx_xmpp_cm_stanza_done(ngx_xmpp_cm_elem_t *e)
+{
+    if (e->fold) {
+        ngx_free(e->fold);
+        e->fold = NULL;
+    }
+
+    ngx_str_null(&e->to);
+    ngx_str_null(&e->from);
 }
 
 
@@ -1666,4 +1685,52 @@ ngx_xmpp_cm_str_is(ngx_str_t *s, char *v)
     len = ngx_strlen(v);
 
     return s->len == len && ngx_strncmp(s->data, v, len) == 0;
+}
+
+
+/* XML-escapes an attribute value or text; with dst == NULL counts */
+
+size_t
+ngx_xmpp_cm_escape(u_char *dst, u_char *src, size_t len)
+{
+    size_t   n;
+    u_char  *end;
+
+    n = 0;
+
+    for (end = src + len; src < end; src++) {
+        switch (*src) {
+        case '&':
+            if (dst) {
+                dst = ngx_cpymem(dst, "&amp;", 5);
+            }
+            n += 5;
+            break;
+        case '<':
+            if (dst) {
+                dst = ngx_cpymem(dst, "&lt;", 4);
+            }
+            n += 4;
+            break;
+        case '>':
+            if (dst) {
+                dst = ngx_cpymem(dst, "&gt;", 4);
+            }
+            n += 4;
+            break;
+        case '"':
+            if (dst) {
+                dst = ngx_cpymem(dst, "&quot;", 6);
+            }
+            n += 6;
+            break;
+        default:
+            if (dst) {
+                *dst++ = *src;
+            }
+            n++;
+        }
+    }
+
+    return n;
 }

@@ -82,8 +82,8 @@ UNIT_TEST(output_classify_after_a_partial_write)
     ngx_xmpp_cm_output_t       o, to;
     ngx_xmpp_cm_output_sent_t  st;
 
-    ngx_memzero(&o, sizeof(o));
-    ngx_memzero(&to, sizeof(to));
+    ngx_xmpp_cm_output_init(&o, fuzz_worker);
+    ngx_xmpp_cm_output_init(&to, fuzz_worker);
 
     for (i = 0; i < 5; i++) {
         CHECK(uo_stanza(&o, i, 16) != NULL);
@@ -148,8 +148,8 @@ UNIT_TEST(output_classify_at_a_stanza_boundary)
     ngx_xmpp_cm_output_t       o, to;
     ngx_xmpp_cm_output_sent_t  st;
 
-    ngx_memzero(&o, sizeof(o));
-    ngx_memzero(&to, sizeof(to));
+    ngx_xmpp_cm_output_init(&o, fuzz_worker);
+    ngx_xmpp_cm_output_init(&to, fuzz_worker);
 
     for (i = 0; i < 4; i++) {
         CHECK(uo_stanza(&o, i, 16) != NULL);
@@ -173,7 +173,7 @@ UNIT_TEST(output_classify_at_a_stanza_boundary)
     CHECK_INT(st.written, 2);
     CHECK_INT(st.unwritten, 0);
 
-    ngx_memzero(&o, sizeof(o));
+    ngx_xmpp_cm_output_init(&o, fuzz_worker);
     ngx_xmpp_cm_output_move(&o, &to);
     CHECK(o.out == NULL && to.out == NULL);
     CHECK_INT(o.size, 0);
@@ -222,8 +222,8 @@ UNIT_TEST(output_send_over_a_socket)
     wev.ready = 1;
     wev.log = &fuzz_log;
 
-    ngx_memzero(&o, sizeof(o));
-    ngx_memzero(&to, sizeof(to));
+    ngx_xmpp_cm_output_init(&o, fuzz_worker);
+    ngx_xmpp_cm_output_init(&to, fuzz_worker);
 
     all = malloc(UO_N * 101 + 20000);
     peer = malloc(UO_N * 101 + 20000);
@@ -332,7 +332,7 @@ UNIT_TEST(output_idle_holds_no_block)
     ngx_buf_t             *b;
     ngx_xmpp_cm_output_t   o;
 
-    ngx_memzero(&o, sizeof(o));
+    ngx_xmpp_cm_output_init(&o, fuzz_worker);
 
     b = uo_stanza(&o, 1, 16);
     CHECK(b != NULL);
@@ -366,7 +366,7 @@ UNIT_TEST(output_client_bytes_share_a_buf)
     ngx_buf_t            *b;
     ngx_xmpp_cm_output_t  o;
 
-    ngx_memzero(&o, sizeof(o));
+    ngx_xmpp_cm_output_init(&o, fuzz_worker);
 
     CHECK_INT(ngx_xmpp_cm_output_append(&o, (u_char *) "<a/>", 4), NGX_OK);
     CHECK_INT(ngx_xmpp_cm_output_append(&o, (u_char *) "", 0), NGX_OK);
