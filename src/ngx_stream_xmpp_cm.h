@@ -511,7 +511,7 @@ struct ngx_xmpp_cm_sock_s {
     ngx_xmpp_cm_output_t             out;          /* a buf per stanza */
     ngx_event_t                      reconnect;
     ngx_event_t                      keepalive;
-    ngx_queue_t                      blocked;      /* client sessions */
+    ngx_queue_t                      paused;       /* streams paused on it */
     ngx_str_t                        resource;
     u_char                           resbuf[2 * NGX_INT_T_LEN + 2];
     u_char                           sid[64];
@@ -532,7 +532,7 @@ struct ngx_xmpp_cm_sock_s {
 /*
  * What the socket group hands up to the stream table: set by
  * ngx_xmpp_cm_stream_init(), so that upstream.c calls nothing in
- * session.c directly (the stream table calls down into the sockets).
+ * stream.c directly (the stream table calls down into the sockets).
  */
 
 typedef struct {
@@ -576,7 +576,7 @@ struct ngx_xmpp_cm_upstream_s {
     ngx_pool_t                      *tmp;          /* one Openfire stanza */
     ngx_xmpp_cm_worker_t            *worker;
     ngx_xmpp_cm_metrics_t           *metrics;      /* this worker's slot */
-    const ngx_xmpp_cm_streams_t     *streams;      /* set by session.c */
+    const ngx_xmpp_cm_streams_t     *streams;      /* set by stream.c */
     unsigned                         configured:1;
     unsigned                         exiting:1;
     unsigned                         was_up:1;
@@ -592,13 +592,13 @@ ngx_int_t ngx_xmpp_cm_sock_write(ngx_xmpp_cm_sock_t *sock, u_char *p,
 ngx_buf_t *ngx_xmpp_cm_sock_buf(ngx_xmpp_cm_sock_t *sock, size_t len);
 
 
-/* session table (ngx_stream_xmpp_cm_stream.c) */
+/* stream table (ngx_stream_xmpp_cm_stream.c) */
 
 /*
  * The connection side of a stream, as the stream table sees it: a
  * connection embeds this and sets its handlers when it attaches.  The
  * table tells the connection what Openfire sent and that the stream
- * ended through these only, so session.c calls nothing in client.c.
+ * ended through these only, so stream.c calls nothing in client.c.
  * ended: the stream has already let go of the connection (s->conn is
  * NULL); the connection must not call the stream table back.
  */
@@ -632,8 +632,8 @@ struct ngx_xmpp_cm_stream_s {
     ngx_xmpp_cm_sock_t              *sock;
     ngx_xmpp_cm_conn_t              *conn;       /* NULL: detached */
     ngx_event_t                     *close_ev;   /* during the close delay */
-    ngx_queue_t                      blocked;
-    unsigned                         is_blocked:1;
+    ngx_queue_t                      queue;      /* in sock->paused */
+    unsigned                         paused:1;
     unsigned                         routing:1;   /* in a route's loop */
     unsigned                         gone:1;      /* client left in it */
     unsigned                         detached:1;  /* counted as detached */
@@ -642,7 +642,7 @@ struct ngx_xmpp_cm_stream_s {
 
 ngx_int_t ngx_xmpp_cm_stream_init(ngx_cycle_t *cycle,
     ngx_xmpp_cm_upstream_t *up);
-ngx_xmpp_cm_stream_t  *ngx_xmpp_cm_stream_create(ngx_xmpp_cm_upstream_t *up,
+ngx_xmpp_cm_stream_t *ngx_xmpp_cm_stream_create(ngx_xmpp_cm_upstream_t *up,
     ngx_xmpp_cm_conn_t *conn, ngx_str_t *addr);
 void ngx_xmpp_cm_stream_attach(ngx_xmpp_cm_stream_t *s,
     ngx_xmpp_cm_conn_t *conn);
@@ -651,7 +651,7 @@ ngx_int_t ngx_xmpp_cm_stream_send(ngx_xmpp_cm_stream_t *s,
     ngx_xmpp_cm_xml_t *x, ngx_xmpp_cm_elem_t *e, u_char *lang);
 ngx_uint_t ngx_xmpp_cm_stream_throttled(ngx_xmpp_cm_stream_t *s);
 void ngx_xmpp_cm_stream_forget(ngx_xmpp_cm_stream_t *s);
-ngx_xmpp_cm_stream_t  *ngx_xmpp_cm_stream_find(ngx_xmpp_cm_upstream_t *up,
+ngx_xmpp_cm_stream_t *ngx_xmpp_cm_stream_find(ngx_xmpp_cm_upstream_t *up,
     ngx_str_t *id);
 ngx_int_t ngx_xmpp_cm_stream_recently_closed(ngx_xmpp_cm_upstream_t *up,
     ngx_str_t *id);

@@ -583,7 +583,7 @@ ngx_xmpp_cm_stream_id_ok(ngx_str_t *id)
 
 
 /*
- * Wraps a client stanza in a route on the session's socket.
+ * Wraps a client stanza in a route on the stream's socket.
  * NGX_DECLINED: it would not fit Openfire's fragment limit.
  */
 

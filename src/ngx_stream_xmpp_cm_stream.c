@@ -1,9 +1,10 @@
 
 /*
- * The per-worker session table: stream id -> client session.  The table
- * is the only place where the upstream side finds a client; everything
- * routed to a stream id this worker no longer (or never) had is answered
- * here, so that nothing is dropped without its sender being told.
+ * The per-worker stream table: stream id -> stream (the Openfire session
+ * of one client stream).  The table is the only place where the upstream
+ * side finds a client; everything routed to a stream id this worker no
+ * longer (or never) had is answered here, so that nothing is dropped
+ * without its sender being told.
  */
 
 
@@ -70,7 +71,7 @@ ngx_xmpp_cm_stream_init(ngx_cycle_t *cycle, ngx_xmpp_cm_upstream_t *up)
 }
 
 
-ngx_xmpp_cm_stream_t  *
+ngx_xmpp_cm_stream_t *
 ngx_xmpp_cm_stream_create(ngx_xmpp_cm_upstream_t *up,
     ngx_xmpp_cm_conn_t *conn, ngx_str_t *addr)
 {
@@ -171,7 +172,7 @@ ngx_xmpp_cm_stream_send(ngx_xmpp_cm_stream_t *s, ngx_xmpp_cm_xml_t *x,
 ngx_uint_t
 ngx_xmpp_cm_stream_throttled(ngx_xmpp_cm_stream_t *s)
 {
-    if (s->is_blocked) {
+    if (s->paused) {
         return 1;
     }
 
@@ -180,8 +181,8 @@ ngx_xmpp_cm_stream_throttled(ngx_xmpp_cm_stream_t *s)
     }
 
     ngx_xmpp_cm_count(s->up, FLOW_PAUSES);
-    s->is_blocked = 1;
-    ngx_queue_insert_tail(&s->sock->blocked, &s->blocked);
+    s->paused = 1;
+    ngx_queue_insert_tail(&s->sock->paused, &s->queue);
 
     return 1;
 }
@@ -192,7 +193,7 @@ ngx_xmpp_cm_stream_throttled(ngx_xmpp_cm_stream_t *s)
 static void
 ngx_xmpp_cm_stream_unblock(ngx_xmpp_cm_stream_t *s)
 {
-    s->is_blocked = 0;
+    s->paused = 0;
 
     if (s->conn) {
         s->conn->handler->unblock(s->conn);
@@ -200,7 +201,7 @@ ngx_xmpp_cm_stream_unblock(ngx_xmpp_cm_stream_t *s)
 }
 
 
-ngx_xmpp_cm_stream_t  *
+ngx_xmpp_cm_stream_t *
 ngx_xmpp_cm_stream_find(ngx_xmpp_cm_upstream_t *up, ngx_str_t *id)
 {
     return (ngx_xmpp_cm_stream_t *)
@@ -222,9 +223,9 @@ ngx_xmpp_cm_stream_forget(ngx_xmpp_cm_stream_t *s)
         ngx_free(s->close_ev);
     }
 
-    if (s->is_blocked) {
-        ngx_queue_remove(&s->blocked);
-        s->is_blocked = 0;
+    if (s->paused) {
+        ngx_queue_remove(&s->queue);
+        s->paused = 0;
     }
 
     if (s->detached) {
@@ -278,9 +279,9 @@ ngx_xmpp_cm_stream_detach(ngx_xmpp_cm_stream_t *s)
     s->detached = 1;
     ngx_xmpp_cm_count(s->up, DETACHED);
 
-    if (s->is_blocked) {
-        ngx_queue_remove(&s->blocked);
-        s->is_blocked = 0;
+    if (s->paused) {
+        ngx_queue_remove(&s->queue);
+        s->paused = 0;
     }
 
     if (s->routing) {
@@ -860,7 +861,7 @@ ngx_xmpp_cm_stream_end_all(ngx_xmpp_cm_upstream_t *up, char *cond, char *text,
 }
 
 
-/* the pool is usable again: close what Openfire may still hold for us */
+/* the socket group is up again: close what Openfire may still hold for us */
 
 static void
 ngx_xmpp_cm_stream_up(ngx_xmpp_cm_upstream_t *up)

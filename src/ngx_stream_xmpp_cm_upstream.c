@@ -144,7 +144,7 @@ ngx_xmpp_cm_upstream_init(ngx_cycle_t *cycle,
         sock = &up->socks[i];
         sock->up = up;
         sock->index = i;
-        ngx_queue_init(&sock->blocked);
+        ngx_queue_init(&sock->paused);
         ngx_xmpp_cm_output_init(&sock->out, up->worker);
 
         /* a log of its own: its lines name it, its action is its own */
@@ -1159,7 +1159,7 @@ ngx_xmpp_cm_sock_element(void *data, ngx_xmpp_cm_elem_t *e)
 }
 
 
-/* the pool is usable again: the stream table closes its ghosts */
+/* the socket group is up again: the stream table closes its ghosts */
 
 static void
 ngx_xmpp_cm_upstream_up(ngx_xmpp_cm_upstream_t *up)
@@ -1375,9 +1375,9 @@ ngx_xmpp_cm_sock_unthrottle(ngx_xmpp_cm_sock_t *sock)
      * that fills the socket past the high-water mark again pauses again.
      */
 
-    while (!ngx_queue_empty(&sock->blocked)) {
-        q = ngx_queue_head(&sock->blocked);
-        s = ngx_queue_data(q, ngx_xmpp_cm_stream_t, blocked);
+    while (!ngx_queue_empty(&sock->paused)) {
+        q = ngx_queue_head(&sock->paused);
+        s = ngx_queue_data(q, ngx_xmpp_cm_stream_t, queue);
         ngx_queue_remove(q);
 
         sock->up->streams->unblock(s);

@@ -158,7 +158,7 @@ fuzz_upstream_init(fuzz_upstream_t *fp)
         fp->socks[i].log = &fp->up.log;
         fp->socks[i].index = i;
         fp->socks[i].state = NGX_XMPP_CM_SOCK_READY;
-        ngx_queue_init(&fp->socks[i].blocked);
+        ngx_queue_init(&fp->socks[i].paused);
         ngx_xmpp_cm_output_init(&fp->socks[i].out, fuzz_worker);
         fp->socks[i].pc.name = &fuzz_peer_name;
         fp->socks[i].resource.data = fp->socks[i].resbuf;

@@ -11,7 +11,7 @@
 #define US_N  1000
 
 static fuzz_upstream_t             us_fp;
-static ngx_xmpp_cm_stream_t  *us_sessions[US_N];
+static ngx_xmpp_cm_stream_t  *us_streams[US_N];
 
 
 static int
@@ -102,25 +102,25 @@ UNIT_TEST(stream_ids_are_unique)
     fuzz_upstream_init(&us_fp);
 
     for (n = 0; n < US_N; n++) {
-        us_sessions[n] = ngx_xmpp_cm_stream_create(&us_fp.up, NULL, NULL);
+        us_streams[n] = ngx_xmpp_cm_stream_create(&us_fp.up, NULL, NULL);
 
-        if (us_sessions[n] == NULL) {
+        if (us_streams[n] == NULL) {
             break;
         }
 
         /* the create IQs are not what is tested here */
 
-        free(fuzz_queue_take(&us_sessions[n]->sock->out, &len));
+        free(fuzz_queue_take(&us_streams[n]->sock->out, &len));
     }
 
     CHECK_INT(n, US_N);
     CHECK_INT(us_fp.up.nstreams, n);
 
-    qsort(us_sessions, n, sizeof(ngx_xmpp_cm_stream_t *), us_cmp);
+    qsort(us_streams, n, sizeof(ngx_xmpp_cm_stream_t *), us_cmp);
 
     dup = 0;
     for (i = 1; i < n; i++) {
-        dup += us_cmp(&us_sessions[i - 1], &us_sessions[i]) == 0;
+        dup += us_cmp(&us_streams[i - 1], &us_streams[i]) == 0;
     }
 
     CHECK_INT(dup, 0);
@@ -128,7 +128,7 @@ UNIT_TEST(stream_ids_are_unique)
     /* both sockets of the pool get sessions */
 
     for (i = 0; i < n; i++) {
-        if (us_sessions[i]->sock != us_sessions[0]->sock) {
+        if (us_streams[i]->sock != us_streams[0]->sock) {
             break;
         }
     }
@@ -136,7 +136,7 @@ UNIT_TEST(stream_ids_are_unique)
     CHECK(i < n);
 
     for (i = 0; i < n; i++) {
-        ngx_xmpp_cm_stream_forget(us_sessions[i]);
+        ngx_xmpp_cm_stream_forget(us_streams[i]);
     }
 
     CHECK_INT(us_fp.up.nstreams, 0);
