@@ -130,6 +130,7 @@ static ngx_int_t ngx_xmpp_cm_client_iq_auth_set(void *data,
     ngx_xmpp_cm_elem_t *e);
 static void ngx_xmpp_cm_client_iq_auth_result(ngx_xmpp_cm_client_t *cl,
     ngx_xmpp_cm_node_t *iq);
+static void ngx_xmpp_cm_client_limits(ngx_xmpp_cm_client_t *cl);
 static ngx_uint_t ngx_xmpp_cm_client_tls(ngx_xmpp_cm_client_t *cl);
 static void ngx_xmpp_cm_client_timer(ngx_xmpp_cm_client_t *cl);
 static size_t ngx_xmpp_cm_client_rate(ngx_xmpp_cm_client_t *cl,
@@ -1204,6 +1205,7 @@ ngx_xmpp_cm_client_header(ngx_xmpp_cm_client_t *cl)
 
     if (cl->authenticated) {
         ngx_xmpp_cm_client_send(cl, post, sizeof(post) - 1);
+        ngx_xmpp_cm_client_limits(cl);
 
         if (cl->zlib == NULL && cl->conf->compression
             && up->cfg_compression)
@@ -1232,7 +1234,51 @@ ngx_xmpp_cm_client_header(ngx_xmpp_cm_client_t *cl)
     }
 
     ngx_xmpp_cm_client_send(cl, up->features.data, up->features.len);
+    ngx_xmpp_cm_client_limits(cl);
     ngx_xmpp_cm_client_send(cl, (u_char *) "</stream:features>", 18);
+}
+
+
+/*
+ * XEP-0478: the limits this stream is held to, as the framer and the
+ * read timer enforce them.  max-bytes is the framer's stanza limit (a
+ * stanza of max-bytes is taken, one byte more is policy-violation).
+ * idle-seconds after authentication is xmpp_cm_idle_timeout (omitted
+ * when 0); before it, the authentication deadline, which traffic does
+ * not move: the seconds left until it, so that a client idle for that
+ * long is never cut off earlier than it was told.
+ */
+
+static void
+ngx_xmpp_cm_client_limits(ngx_xmpp_cm_client_t *cl)
+{
+    u_char      *p, buf[sizeof("<limits xmlns=\"" NGX_XMPP_NS_LIMITS "\">"
+                               "<max-bytes></max-bytes><idle-seconds>"
+                               "</idle-seconds></limits>")
+                        + NGX_SIZE_T_LEN + NGX_INT_T_LEN];
+    size_t       max;
+    ngx_msec_t   idle;
+
+    if (cl->authenticated) {
+        max = cl->conf->max_stanza;
+        idle = cl->conf->idle_timeout;
+
+    } else {
+        max = cl->conf->preauth_max_stanza;
+        idle = (ngx_msec_int_t) (cl->auth_deadline - ngx_current_msec) > 0
+               ? cl->auth_deadline - ngx_current_msec : 0;
+    }
+
+    p = ngx_sprintf(buf, "<limits xmlns=\"" NGX_XMPP_NS_LIMITS "\">"
+                    "<max-bytes>%uz</max-bytes>", max);
+
+    if (idle >= 1000) {
+        p = ngx_sprintf(p, "<idle-seconds>%M</idle-seconds>", idle / 1000);
+    }
+
+    p = ngx_cpymem(p, "</limits>", sizeof("</limits>") - 1);
+
+    ngx_xmpp_cm_client_send(cl, buf, p - buf);
 }
 
 
