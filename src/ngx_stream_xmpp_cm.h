@@ -120,6 +120,7 @@ typedef struct {
     size_t                           preauth_max_stanza;
     ngx_uint_t                       max_depth;
     size_t                           client_output_limit;
+    size_t                           csi_hold_limit;  /* 0: no XEP-0352 */
     ngx_xmpp_cm_watermarks_t         upstream_watermarks;
     ngx_xmpp_cm_rate_t               limit_rate;
     ngx_xmpp_cm_rate_t               preauth_limit_rate;
