@@ -5,6 +5,7 @@ held; anything else goes out at once, after what was held before it;
 <active/> flushes; the hold limit flushes rather than drops; CSI never
 reaches Openfire."""
 import asyncio
+import re
 import time
 
 from lib import xmpp
@@ -266,3 +267,36 @@ def test_slixmpp_csi(standin, nginx):
 
     xmpp.run(go())
     assert sb.inbound("urn:xmpp:csi") == []
+
+
+def test_held_stanzas_compressed(standin, nginx):
+    """XEP-0138 on: what was held goes out deflated, in order."""
+    from test_compression import HEADER, ZClient, z_sid
+    sb = standin()
+    ngx = nginx(standin=sb, extra=EXTRA + "xmpp_cm_compression on;")
+    z = ZClient(ngx.port)
+    z.login(b"alice", b"alicepw")
+    z.start_zlib()
+    z.send(HEADER)
+    z.until(rb"</stream:features>")
+    z.bind(b"csi")
+    sid = z_sid(sb, "alice")
+    cm = sb.session(sid)["cm"]
+
+    def route(payload):
+        sb.call("send_route", cm=cm, streamid=sid, payload=payload)
+
+    z.send(INACTIVE.encode())
+    time.sleep(0.2)
+    route(presence("bob@localhost/b", "b1"))
+    route(chatstate("bob@localhost/b", "composing", "cs1"))
+    route(presence("bob@localhost/b", "b2"))
+    time.sleep(0.4)
+    route(chat("bob@localhost/b", "hello", "m1"))
+    got = z.until(rb'id="m1"><body>hello</body></message>')
+    held = re.findall(rb"<status>(b\d)</status>|id=\"(cs1|m1)\"", got)
+    assert [a or b for a, b in held] == [b"cs1", b"b2", b"m1"], got
+    route(presence("bob@localhost/b", "b3"))
+    time.sleep(0.3)
+    z.send(ACTIVE.encode())
+    z.until(rb"<status>b3</status></presence>")
