@@ -2138,7 +2138,7 @@ ngx_xmpp_cm_client_csi_hold(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
     if (n->has_xmlns && !ngx_xmpp_cm_str_is(&n->xmlns, NGX_XMPP_NS_CLIENT)) {
         tmp = ngx_pnalloc(cl->up->tmp, len);
         if (tmp == NULL) {
-            return NGX_DECLINED;
+            goto failed;
         }
 
         (void) ngx_xmpp_cm_xml_copy(x, tmp, n->start, n->end);
@@ -2148,7 +2148,7 @@ ngx_xmpp_cm_client_csi_hold(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
     h = ngx_alloc(sizeof(ngx_xmpp_cm_held_t) + size
                   + (from ? from->len : 0), cl->c->log);
     if (h == NULL) {
-        return NGX_DECLINED;
+        goto failed;
     }
 
     data = (u_char *) (h + 1);
@@ -2200,6 +2200,13 @@ ngx_xmpp_cm_client_csi_hold(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
     csi->size += size;
 
     return NGX_OK;
+
+failed:
+
+    /* not held: it goes out now, so what was held before it goes first */
+    ngx_xmpp_cm_client_csi_flush(cl);
+
+    return NGX_DECLINED;
 }
 
 
