@@ -283,6 +283,13 @@ static ngx_command_t  ngx_stream_xmpp_cm_commands[] = {
       offsetof(ngx_stream_xmpp_cm_srv_conf_t, client_output_limit),
       NULL },
 
+    { ngx_string("xmpp_cm_csi_hold_limit"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, csi_hold_limit),
+      NULL },
+
     { ngx_string("xmpp_cm_starttls"),
       NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_enum_slot,
@@ -559,6 +566,7 @@ ngx_stream_xmpp_cm_create_srv_conf(ngx_conf_t *cf)
     conf->preauth_max_stanza = NGX_CONF_UNSET_SIZE;
     conf->max_depth = NGX_CONF_UNSET_UINT;
     conf->client_output_limit = NGX_CONF_UNSET_SIZE;
+    conf->csi_hold_limit = NGX_CONF_UNSET_SIZE;
     conf->upstream_watermarks.high = NGX_CONF_UNSET_SIZE;
     conf->limit_rate.rate = NGX_CONF_UNSET_SIZE;
     conf->limit_rate.burst = NGX_CONF_UNSET_SIZE;
@@ -635,6 +643,8 @@ ngx_stream_xmpp_cm_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_uint_value(conf->max_depth, prev->max_depth, 32);
     ngx_conf_merge_size_value(conf->client_output_limit,
                               prev->client_output_limit, 1024 * 1024);
+    ngx_conf_merge_size_value(conf->csi_hold_limit, prev->csi_hold_limit,
+                              128 * 1024);
 
     if (conf->upstream_watermarks.high == NGX_CONF_UNSET_SIZE) {
         conf->upstream_watermarks = prev->upstream_watermarks;

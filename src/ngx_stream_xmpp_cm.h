@@ -30,6 +30,8 @@
 #define NGX_XMPP_NS_STANZAS   "urn:ietf:params:xml:ns:xmpp-stanzas"
 #define NGX_XMPP_NS_COMPRESS  "http://jabber.org/protocol/compress"
 #define NGX_XMPP_NS_FCOMPRESS "http://jabber.org/features/compress"
+#define NGX_XMPP_NS_LIMITS    "urn:xmpp:stream-limits:0"
+#define NGX_XMPP_NS_CSI       "urn:xmpp:csi:0"
 
 /* Openfire's xmpp.parser.buffer.size: a whole <route> must stay below it */
 #define NGX_XMPP_CM_OPENFIRE_MAX      1048576
@@ -118,6 +120,7 @@ typedef struct {
     size_t                           preauth_max_stanza;
     ngx_uint_t                       max_depth;
     size_t                           client_output_limit;
+    size_t                           csi_hold_limit;  /* 0: no XEP-0352 */
     ngx_xmpp_cm_watermarks_t         upstream_watermarks;
     ngx_xmpp_cm_rate_t               limit_rate;
     ngx_xmpp_cm_rate_t               preauth_limit_rate;

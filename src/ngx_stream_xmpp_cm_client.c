@@ -42,6 +42,30 @@ typedef struct {
 } ngx_xmpp_cm_iq_auth_t;
 
 
+/*
+ * XEP-0352: what is held for an inactive client, in arrival order.  Each
+ * held stanza is one malloc'd block (its bytes, then for a presence the
+ * sender it is the latest of); the list is allocated with the first held
+ * stanza and freed when it is written, so a client that holds nothing
+ * holds no memory for it.
+ */
+
+typedef struct ngx_xmpp_cm_held_s  ngx_xmpp_cm_held_t;
+
+struct ngx_xmpp_cm_held_s {
+    ngx_xmpp_cm_held_t              *next;
+    size_t                           len;
+    size_t                           from_len;    /* presence: its key */
+    unsigned                         presence:1;
+};
+
+typedef struct {
+    ngx_xmpp_cm_held_t              *head;
+    ngx_xmpp_cm_held_t             **last;
+    size_t                           size;        /* bytes held */
+} ngx_xmpp_cm_csi_t;
+
+
 
 struct ngx_xmpp_cm_client_s {
     ngx_xmpp_cm_conn_t               conn;        /* first: the stream's view */
@@ -57,7 +81,13 @@ struct ngx_xmpp_cm_client_s {
     ngx_str_t                        domain;
     ngx_str_t                        streamid;
     ngx_str_t                        jid;
-    ngx_xmpp_cm_iq_auth_t           *iq_auth;     /* heap, while pending */
+
+    /* one phase at a time: iq_auth before authentication, csi after it */
+    union {
+        ngx_xmpp_cm_iq_auth_t       *iq_auth;     /* heap, while pending */
+        ngx_xmpp_cm_csi_t           *csi;         /* heap, while holding */
+    } heap;
+
     ngx_msec_t                       partial_since;
     XML_Index                        partial_base;
     ngx_msec_t                       auth_deadline;
@@ -67,7 +97,7 @@ struct ngx_xmpp_cm_client_s {
     u_char                           lang[36];
 
     unsigned                         phase:3;     /* NGX_XMPP_CM_PHASE_* */
-    unsigned                         kind:3;      /* the stanza's, at start */
+    unsigned                         kind:4;      /* the stanza's, at start */
     unsigned                         authenticated:1;
     unsigned                         sasl_started:1;
     unsigned                         sasl_pending:1;  /* until the result */
@@ -77,6 +107,7 @@ struct ngx_xmpp_cm_client_s {
     unsigned                         mech_refused:1;
     unsigned                         iq_request:1;
     unsigned                         rate_logged:1;
+    unsigned                         inactive:1;  /* XEP-0352 */
 
     ngx_uint_t                       iq_pending;   /* IQ get/set unanswered */
 };
@@ -130,7 +161,14 @@ static ngx_int_t ngx_xmpp_cm_client_iq_auth_set(void *data,
     ngx_xmpp_cm_elem_t *e);
 static void ngx_xmpp_cm_client_iq_auth_result(ngx_xmpp_cm_client_t *cl,
     ngx_xmpp_cm_node_t *iq);
+static void ngx_xmpp_cm_client_limits(ngx_xmpp_cm_client_t *cl);
 static ngx_uint_t ngx_xmpp_cm_client_tls(ngx_xmpp_cm_client_t *cl);
+static ngx_int_t ngx_xmpp_cm_client_csi_hold(ngx_xmpp_cm_client_t *cl,
+    ngx_xmpp_cm_xml_t *x, ngx_xmpp_cm_node_t *n, size_t len);
+static ngx_uint_t ngx_xmpp_cm_client_csi_urgent(ngx_xmpp_cm_node_t *n,
+    ngx_str_t **from);
+static void ngx_xmpp_cm_client_csi_flush(ngx_xmpp_cm_client_t *cl);
+static void ngx_xmpp_cm_client_csi_free(ngx_xmpp_cm_client_t *cl);
 static void ngx_xmpp_cm_client_timer(ngx_xmpp_cm_client_t *cl);
 static size_t ngx_xmpp_cm_client_rate(ngx_xmpp_cm_client_t *cl,
     ngx_xmpp_cm_rate_t *limit, size_t size);
@@ -1159,6 +1197,7 @@ ngx_xmpp_cm_client_header(ngx_xmpp_cm_client_t *cl)
         "<stream:features><bind xmlns=\"urn:ietf:params:xml:ns:xmpp-bind\"/>"
         "<session xmlns=\"urn:ietf:params:xml:ns:xmpp-session\">"
         "<optional/></session>";
+    static u_char  csi[] = "<csi xmlns=\"" NGX_XMPP_NS_CSI "\"/>";
     static u_char  compression[] =
         "<compression xmlns=\"" NGX_XMPP_NS_FCOMPRESS "\">"
         "<method>zlib</method></compression>";
@@ -1204,6 +1243,11 @@ ngx_xmpp_cm_client_header(ngx_xmpp_cm_client_t *cl)
 
     if (cl->authenticated) {
         ngx_xmpp_cm_client_send(cl, post, sizeof(post) - 1);
+        ngx_xmpp_cm_client_limits(cl);
+
+        if (cl->conf->csi_hold_limit) {
+            ngx_xmpp_cm_client_send(cl, csi, sizeof(csi) - 1);
+        }
 
         if (cl->zlib == NULL && cl->conf->compression
             && up->cfg_compression)
@@ -1232,7 +1276,51 @@ ngx_xmpp_cm_client_header(ngx_xmpp_cm_client_t *cl)
     }
 
     ngx_xmpp_cm_client_send(cl, up->features.data, up->features.len);
+    ngx_xmpp_cm_client_limits(cl);
     ngx_xmpp_cm_client_send(cl, (u_char *) "</stream:features>", 18);
+}
+
+
+/*
+ * XEP-0478: the limits this stream is held to, as the framer and the
+ * read timer enforce them.  max-bytes is the framer's stanza limit (a
+ * stanza of max-bytes is taken, one byte more is policy-violation).
+ * idle-seconds after authentication is xmpp_cm_idle_timeout (omitted
+ * when 0); before it, the authentication deadline, which traffic does
+ * not move: the seconds left until it, so that a client idle for that
+ * long is never cut off earlier than it was told.
+ */
+
+static void
+ngx_xmpp_cm_client_limits(ngx_xmpp_cm_client_t *cl)
+{
+    u_char      *p, buf[sizeof("<limits xmlns=\"" NGX_XMPP_NS_LIMITS "\">"
+                               "<max-bytes></max-bytes><idle-seconds>"
+                               "</idle-seconds></limits>")
+                        + NGX_SIZE_T_LEN + NGX_INT_T_LEN];
+    size_t       max;
+    ngx_msec_t   idle;
+
+    if (cl->authenticated) {
+        max = cl->conf->max_stanza;
+        idle = cl->conf->idle_timeout;
+
+    } else {
+        max = cl->conf->preauth_max_stanza;
+        idle = (ngx_msec_int_t) (cl->auth_deadline - ngx_current_msec) > 0
+               ? cl->auth_deadline - ngx_current_msec : 0;
+    }
+
+    p = ngx_sprintf(buf, "<limits xmlns=\"" NGX_XMPP_NS_LIMITS "\">"
+                    "<max-bytes>%uz</max-bytes>", max);
+
+    if (idle >= 1000) {
+        p = ngx_sprintf(p, "<idle-seconds>%M</idle-seconds>", idle / 1000);
+    }
+
+    p = ngx_cpymem(p, "</limits>", sizeof("</limits>") - 1);
+
+    ngx_xmpp_cm_client_send(cl, buf, p - buf);
 }
 
 
@@ -1352,6 +1440,7 @@ ngx_xmpp_cm_client_reject(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
 #define NGX_XMPP_CM_E_REFUSE    5
 #define NGX_XMPP_CM_E_ENCRYPT   6
 #define NGX_XMPP_CM_E_COMPRESS  7
+#define NGX_XMPP_CM_E_CSI       8
 
 
 /* the pre-authentication policy (NGX_XMPP_CM_PHASE_AUTH) */
@@ -1399,6 +1488,10 @@ ngx_xmpp_cm_client_auth_start(void *data, ngx_xmpp_cm_elem_t *e)
             cl->kind = NGX_XMPP_CM_E_REFUSE;
         }
 
+    } else if (ngx_xmpp_cm_str_is(ns, NGX_XMPP_NS_CSI)) {
+        /* RFC 6120 4.9.3.12: data that needs authentication, before it */
+        cl->kind = NGX_XMPP_CM_E_NOAUTH;
+
     } else {
         cl->kind = ngx_xmpp_cm_client_stream_level(e);
     }
@@ -1436,6 +1529,14 @@ ngx_xmpp_cm_client_stream_start(void *data, ngx_xmpp_cm_elem_t *e)
         } else {
             cl->kind = NGX_XMPP_CM_E_REFUSE;
         }
+
+    } else if (ngx_xmpp_cm_str_is(&e->ns, NGX_XMPP_NS_CSI)
+               && cl->conf->csi_hold_limit
+               && (ngx_xmpp_cm_str_is(name, "active")
+                   || ngx_xmpp_cm_str_is(name, "inactive")))
+    {
+        /* XEP-0352: handled here, Openfire's CM protocol cannot carry it */
+        cl->kind = NGX_XMPP_CM_E_CSI;
 
     } else {
         cl->kind = ngx_xmpp_cm_client_stream_level(e);
@@ -1664,6 +1765,20 @@ ngx_xmpp_cm_client_element(void *data, ngx_xmpp_cm_elem_t *e)
     case NGX_XMPP_CM_E_COMPRESS:
         return ngx_xmpp_cm_client_compress(cl, e);
 
+    case NGX_XMPP_CM_E_CSI:
+        if (ngx_xmpp_cm_str_is(&e->name, "inactive")) {
+            cl->inactive = 1;
+
+        } else {
+            /* <active/>: what was held goes out first, in order */
+            ngx_xmpp_cm_client_csi_flush(cl);
+            cl->inactive = 0;
+        }
+
+        ngx_log_debug1(NGX_LOG_DEBUG_STREAM, cl->c->log, 0,
+                       "xmpp_cm: client is %V", &e->name);
+        return NGX_OK;
+
     case NGX_XMPP_CM_E_ENCRYPT:
         ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
                       "xmpp_cm: client tried SASL before the required TLS");
@@ -1864,6 +1979,12 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_conn_t *conn, ngx_xmpp_cm_xml_t *x,
 
     len = ngx_xmpp_cm_xml_copy(x, NULL, n->start, n->end);
 
+    if (cl->inactive && cl->phase != NGX_XMPP_CM_PHASE_CLOSING
+        && ngx_xmpp_cm_client_csi_hold(cl, x, n, len) == NGX_OK)
+    {
+        return NGX_OK;
+    }
+
     if (cl->phase == NGX_XMPP_CM_PHASE_CLOSING
         || ngx_xmpp_cm_client_full(cl, len))
     {
@@ -1945,7 +2066,9 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_conn_t *conn, ngx_xmpp_cm_xml_t *x,
     if (success) {
         ngx_xmpp_cm_client_success(cl);
 
-    } else if (cl->iq_auth && ngx_xmpp_cm_str_is(&n->name, "iq")) {
+    } else if (cl->heap.iq_auth && !cl->authenticated
+               && ngx_xmpp_cm_str_is(&n->name, "iq"))
+    {
         ngx_xmpp_cm_client_iq_auth_result(cl, n);
 
     } else if (cl->jid.len == 0 && ngx_xmpp_cm_str_is(&n->name, "iq")) {
@@ -1957,6 +2080,234 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_conn_t *conn, ngx_xmpp_cm_xml_t *x,
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * XEP-0352: a stanza from Openfire for an inactive client.  NGX_OK: held
+ * (or dropped in favour of a newer presence of the same sender).
+ * NGX_DECLINED: it goes out now, after what was held before it, which is
+ * written here first: an urgent stanza, or one that would take the held
+ * bytes past xmpp_cm_csi_hold_limit (nothing is dropped for the bound).
+ */
+
+static ngx_int_t
+ngx_xmpp_cm_client_csi_hold(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
+    ngx_xmpp_cm_node_t *n, size_t len)
+{
+    u_char               *tmp, *data;
+    size_t                size;
+    ngx_str_t            *from;
+    ngx_xmpp_cm_csi_t    *csi;
+    ngx_xmpp_cm_held_t   *h, *old, **hp;
+
+    from = NULL;
+
+    if (ngx_xmpp_cm_client_csi_urgent(n, &from)) {
+        ngx_xmpp_cm_client_csi_flush(cl);
+        return NGX_DECLINED;
+    }
+
+    csi = cl->heap.csi;
+
+    if ((csi ? csi->size : 0) + len > cl->conf->csi_hold_limit) {
+        ngx_log_debug1(NGX_LOG_DEBUG_STREAM, cl->c->log, 0,
+                       "xmpp_cm: csi hold limit reached, %uz bytes written",
+                       csi ? csi->size : 0);
+        ngx_xmpp_cm_client_csi_flush(cl);
+        return NGX_DECLINED;
+    }
+
+    if (csi == NULL) {
+        csi = ngx_alloc(sizeof(ngx_xmpp_cm_csi_t), cl->c->log);
+        if (csi == NULL) {
+            return NGX_DECLINED;
+        }
+
+        csi->head = NULL;
+        csi->last = &csi->head;
+        csi->size = 0;
+        cl->heap.csi = csi;
+    }
+
+    /* the bytes as deliver() writes them: server namespaces removed */
+
+    tmp = NULL;
+    size = len;
+
+    if (n->has_xmlns && !ngx_xmpp_cm_str_is(&n->xmlns, NGX_XMPP_NS_CLIENT)) {
+        tmp = ngx_pnalloc(cl->up->tmp, len);
+        if (tmp == NULL) {
+            goto failed;
+        }
+
+        (void) ngx_xmpp_cm_xml_copy(x, tmp, n->start, n->end);
+        size = ngx_xmpp_cm_strip_server_ns(NULL, tmp, len, n);
+    }
+
+    h = ngx_alloc(sizeof(ngx_xmpp_cm_held_t) + size
+                  + (from ? from->len : 0), cl->c->log);
+    if (h == NULL) {
+        goto failed;
+    }
+
+    data = (u_char *) (h + 1);
+
+    if (tmp) {
+        (void) ngx_xmpp_cm_strip_server_ns(data, tmp, len, n);
+
+    } else {
+        (void) ngx_xmpp_cm_xml_copy(x, data, n->start, n->end);
+    }
+
+    h->next = NULL;
+    h->len = size;
+    h->presence = ngx_xmpp_cm_str_is(&n->name, "presence");
+    h->from_len = 0;
+
+    if (from) {
+        h->from_len = from->len;
+        ngx_memcpy(data + size, from->data, from->len);
+    }
+
+    /* a presence replaces the one held for the same sender */
+
+    if (h->presence) {
+        for (hp = &csi->head; *hp; hp = &(*hp)->next) {
+            if ((*hp)->presence && (*hp)->from_len == h->from_len
+                && ngx_memcmp((u_char *) (*hp + 1) + (*hp)->len,
+                              data + size, h->from_len) == 0)
+            {
+                break;
+            }
+        }
+
+        if (*hp) {
+            old = *hp;
+            *hp = old->next;
+
+            if (csi->last == &old->next) {
+                csi->last = hp;
+            }
+
+            csi->size -= old->len;
+            ngx_free(old);
+        }
+    }
+
+    *csi->last = h;
+    csi->last = &h->next;
+    csi->size += size;
+
+    return NGX_OK;
+
+failed:
+
+    /* not held: it goes out now, so what was held before it goes first */
+    ngx_xmpp_cm_client_csi_flush(cl);
+
+    return NGX_DECLINED;
+}
+
+
+/*
+ * What may wait for an inactive client (docs/architecture.md, "Client
+ * state indication"): presence updates (available or unavailable, no
+ * type other than that) and messages with no body that carry only chat
+ * states, receipts, chat markers, PEP events and their decorations.
+ * Anything else is urgent: IQs, SASL, stream errors, presence
+ * subscriptions and errors, messages with a body, a subject, an invite,
+ * an error type, carbons, MAM results, encrypted payloads, calls.
+ */
+
+static ngx_uint_t
+ngx_xmpp_cm_client_csi_urgent(ngx_xmpp_cm_node_t *n, ngx_str_t **from)
+{
+    ngx_str_t           *type;
+    ngx_uint_t           i;
+    ngx_xmpp_cm_node_t  *c;
+
+    static char  *held[] = {
+        "http://jabber.org/protocol/chatstates",
+        "urn:xmpp:receipts",
+        "urn:xmpp:chat-markers:0",
+        "http://jabber.org/protocol/pubsub#event",
+        "urn:xmpp:hints",
+        "urn:xmpp:sid:0",
+        "urn:xmpp:delay",
+        NULL
+    };
+
+    type = ngx_xmpp_cm_node_attr(n, "type");
+
+    if (ngx_xmpp_cm_str_is(&n->name, "presence")) {
+        if (type == NULL || ngx_xmpp_cm_str_is(type, "unavailable")) {
+            *from = ngx_xmpp_cm_node_attr(n, "from");
+            return 0;
+        }
+
+        return 1;
+    }
+
+    if (!ngx_xmpp_cm_str_is(&n->name, "message") || n->child == NULL
+        || (type && ngx_xmpp_cm_str_is(type, "error")))
+    {
+        return 1;
+    }
+
+    for (c = n->child; c; c = c->next) {
+        if (ngx_xmpp_cm_str_is(&c->name, "thread")) {
+            continue;
+        }
+
+        for (i = 0; held[i]; i++) {
+            if (ngx_xmpp_cm_str_is(&c->ns, held[i])) {
+                break;
+            }
+        }
+
+        if (held[i] == NULL) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/* what was held is written, in order, and its memory goes back */
+
+static void
+ngx_xmpp_cm_client_csi_flush(ngx_xmpp_cm_client_t *cl)
+{
+    ngx_xmpp_cm_held_t  *h;
+
+    if (cl->heap.csi == NULL) {
+        return;
+    }
+
+    for (h = cl->heap.csi->head; h; h = h->next) {
+        ngx_xmpp_cm_client_out(cl, (u_char *) (h + 1), h->len,
+                               h->next == NULL);
+        ngx_xmpp_cm_count_relay(cl->up, TO_CLIENT, h->len);
+    }
+
+    ngx_xmpp_cm_client_csi_free(cl);
+}
+
+
+static void
+ngx_xmpp_cm_client_csi_free(ngx_xmpp_cm_client_t *cl)
+{
+    ngx_xmpp_cm_held_t  *h, *next;
+
+    for (h = cl->heap.csi->head; h; h = next) {
+        next = h->next;
+        ngx_free(h);
+    }
+
+    ngx_free(cl->heap.csi);
+    cl->heap.csi = NULL;
 }
 
 
@@ -2058,11 +2409,11 @@ ngx_xmpp_cm_client_iq_auth_set(void *data, ngx_xmpp_cm_elem_t *e)
     p = ngx_cpymem(p, res.data, res.len);
     a->jid.len = p - a->jid.data;
 
-    if (cl->iq_auth) {
-        ngx_free(cl->iq_auth);
+    if (cl->heap.iq_auth) {
+        ngx_free(cl->heap.iq_auth);
     }
 
-    cl->iq_auth = a;
+    cl->heap.iq_auth = a;
 
     return NGX_OK;
 }
@@ -2083,7 +2434,7 @@ ngx_xmpp_cm_client_iq_auth_result(ngx_xmpp_cm_client_t *cl,
     ngx_str_t              *id, *type, *to, *jid;
     ngx_xmpp_cm_iq_auth_t  *a;
 
-    a = cl->iq_auth;
+    a = cl->heap.iq_auth;
     id = ngx_xmpp_cm_node_attr(iq, "id");
     type = ngx_xmpp_cm_node_attr(iq, "type");
     to = ngx_xmpp_cm_node_attr(iq, "to");
@@ -2094,7 +2445,7 @@ ngx_xmpp_cm_client_iq_auth_result(ngx_xmpp_cm_client_t *cl,
         return;
     }
 
-    cl->iq_auth = NULL;
+    cl->heap.iq_auth = NULL;
     ngx_xmpp_cm_metrics_iq_auth(cl->up, type);
 
     jid = to ? to : &a->jid;
@@ -2287,9 +2638,9 @@ ngx_xmpp_cm_client_success(ngx_xmpp_cm_client_t *cl)
 static void
 ngx_xmpp_cm_client_authenticated(ngx_xmpp_cm_client_t *cl)
 {
-    if (cl->iq_auth) {
-        ngx_free(cl->iq_auth);
-        cl->iq_auth = NULL;
+    if (cl->heap.iq_auth) {
+        ngx_free(cl->heap.iq_auth);
+        cl->heap.iq_auth = NULL;
     }
 
     ngx_xmpp_cm_metrics_authenticated(cl->up, cl->authenticated);
@@ -2406,6 +2757,11 @@ ngx_xmpp_cm_client_closing(ngx_xmpp_cm_client_t *cl, char *cond, char *text,
 
     if (!cl->header_sent) {
         ngx_xmpp_cm_client_header(cl);
+    }
+
+    if (cl->authenticated && cl->heap.csi) {
+        /* what was held for an inactive client goes before the end */
+        ngx_xmpp_cm_client_csi_flush(cl);
     }
 
     if (raw) {
@@ -2701,8 +3057,18 @@ ngx_xmpp_cm_client_cleanup(void *data)
 
     ngx_xmpp_cm_client_detach(cl);
 
-    if (cl->iq_auth) {
-        ngx_free(cl->iq_auth);
+    if (cl->authenticated) {
+        if (cl->heap.csi) {
+            ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                          "xmpp_cm: %uz bytes held for the inactive client "
+                          "were not delivered (connection closed)",
+                          cl->heap.csi->size);
+            cl->inactive = 0;
+            ngx_xmpp_cm_client_csi_free(cl);
+        }
+
+    } else if (cl->heap.iq_auth) {
+        ngx_free(cl->heap.iq_auth);
     }
 
     ngx_xmpp_cm_metrics_stream_closed(cl->up, cl->authenticated);

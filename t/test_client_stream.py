@@ -104,7 +104,8 @@ def test_preauth_features(standin, nginx, raw):
     for child in feats:
         assert child.tag in (q(NS_SASL, "mechanisms"),
                              q(NS_REGISTER, "register"),
-                             q("http://jabber.org/features/iq-auth", "auth")), \
+                             q("http://jabber.org/features/iq-auth", "auth"),
+                             q("urn:xmpp:stream-limits:0", "limits")), \
             "unexpected feature %s" % tostr(child)
 
 
