@@ -32,9 +32,6 @@ domain=localhost
 secret=cmsecret
 users=alice:alicepw,bob:bobpw
 
-sudo=
-[ "$(id -u)" -eq 0 ] || sudo=sudo
-
 say() { printf 'demo: %s\n' "$*"; }
 die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
 
@@ -94,31 +91,7 @@ status() {
 }
 
 install() {
-    local missing=()
-    [ -x "$nginx" ] || missing+=(nginx)
-    [ -f /usr/share/nginx/src/conf_flags ] || missing+=(nginx-dev)
-    [ -f "$stream_so" ] || missing+=(libnginx-mod-stream)
-    [ -f /usr/include/expat.h ] || missing+=(libexpat1-dev)
-    [ -f /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
-    [ -f /usr/include/pcre2.h ] || missing+=(libpcre2-dev)
-    [ -f /usr/include/zlib.h ] || missing+=(zlib1g-dev)
-    command -v cc >/dev/null 2>&1 || missing+=(gcc)
-    command -v make >/dev/null 2>&1 || missing+=(make)
-    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
-    if [ -x "$py" ]; then
-        "$py" -c 'import slixmpp' 2>/dev/null || missing+=(python3-slixmpp)
-        "$py" -c 'import pytest' 2>/dev/null || missing+=(python3-pytest)
-    else
-        missing+=(python3 python3-slixmpp python3-pytest)
-    fi
-    [ ${#missing[@]} -eq 0 ] && return 0
-    say "installing from Debian: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get update
-    $sudo apt-get install -y \
-        nginx nginx-dev libnginx-mod-stream libexpat1-dev libssl-dev \
-        libpcre2-dev zlib1g-dev python3-slixmpp python3-pytest gcc make \
-        openssl
+    bash "$top/scripts/deps.sh" --run
 }
 
 # a self-signed certificate for the demo domain, made once and kept

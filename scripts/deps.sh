@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Install from Debian what the end-to-end suite needs (scripts/test.sh and
-# scripts/sanitize.sh call it; CI runs on machines that may have nothing).
+# Install from Debian what is missing.  Default: what the end-to-end suite
+# needs (scripts/test.sh and scripts/sanitize.sh call it; CI runs on
+# machines that may have nothing).  --run: only what building and running
+# the CM in front of the stand-in needs (scripts/demo.sh).
 set -euo pipefail
+suite=1
+[ "${1:-}" = --run ] && suite=0
 py=/usr/bin/python3
 missing=()
 [ -x /usr/sbin/nginx ] || missing+=(nginx)
@@ -13,27 +17,28 @@ missing=()
 [ -f /usr/include/zlib.h ] || missing+=(zlib1g-dev)
 command -v cc >/dev/null 2>&1 || missing+=(gcc)
 command -v make >/dev/null 2>&1 || missing+=(make)
-# TLS tests: certificates made with the openssl CLI, a libstrophe client
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
-command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
-[ -f /usr/include/strophe.h ] || missing+=(libstrophe-dev)
-# t/test_metrics.py: promtool check metrics
-command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ -x "$py" ]; then
     "$py" -c 'import slixmpp' 2>/dev/null || missing+=(python3-slixmpp)
     "$py" -c 'import pytest' 2>/dev/null || missing+=(python3-pytest)
 else
     missing+=(python3 python3-slixmpp python3-pytest)
 fi
+packages=(nginx nginx-dev libnginx-mod-stream libexpat1-dev libssl-dev
+          libpcre2-dev zlib1g-dev python3-slixmpp python3-pytest gcc make
+          openssl)
+if [ $suite = 1 ]; then
+    # TLS tests: a libstrophe client; t/test_metrics.py: promtool
+    command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+    [ -f /usr/include/strophe.h ] || missing+=(libstrophe-dev)
+    command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+    packages+=(pkg-config libstrophe-dev prometheus)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
-    echo "deps.sh: installing ${missing[*]}" >&2
+    echo "deps.sh: installing from Debian: ${missing[*]}" >&2
     sudo=
     [ "$(id -u)" -eq 0 ] || sudo=sudo
     export DEBIAN_FRONTEND=noninteractive
     $sudo apt-get update
-    $sudo apt-get install -y \
-        nginx nginx-dev libnginx-mod-stream libexpat1-dev libssl-dev \
-        libpcre2-dev zlib1g-dev python3-slixmpp python3-pytest gcc make \
-        openssl pkg-config libstrophe-dev prometheus
+    $sudo apt-get install -y "${packages[@]}"
 fi
-
