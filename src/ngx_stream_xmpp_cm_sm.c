@@ -499,16 +499,16 @@ ngx_xmpp_cm_sm_user(ngx_pool_t *pool, u_char *p, size_t len,
 }
 
 
-/* RFC 5802 5.1: a saslname, "=2C" and "=3D" unescaped in place */
+/* RFC 5802 5.1: a saslname, "=2C" and "=3D" unescaped into dst */
 
 static size_t
-ngx_xmpp_cm_sm_saslname(u_char *p, size_t len)
+ngx_xmpp_cm_sm_saslname(u_char *dst, u_char *p, size_t len)
 {
     u_char  *s, *d, *end;
 
     end = p + len;
 
-    for (s = p, d = p; s < end; s++) {
+    for (s = p, d = dst; s < end; s++) {
         if (*s == '=' && end - s >= 3) {
             if (s[1] == '2' && (s[2] == 'C' || s[2] == 'c')) {
                 *d++ = ',';
@@ -526,7 +526,7 @@ ngx_xmpp_cm_sm_saslname(u_char *p, size_t len)
         *d++ = *s;
     }
 
-    return d - p;
+    return d - dst;
 }
 
 
@@ -609,9 +609,14 @@ ngx_xmpp_cm_sm_account(ngx_pool_t *pool, ngx_str_t *mech, ngx_str_t *data,
             ulen = (v ? v : end) - user;
         }
 
-        ulen = ngx_xmpp_cm_sm_saslname(user, ulen);
+        v = ngx_pnalloc(pool, ulen + 1);
+        if (v == NULL) {
+            return NGX_ERROR;
+        }
 
-        return ngx_xmpp_cm_sm_user(pool, user, ulen, domain, account);
+        ulen = ngx_xmpp_cm_sm_saslname(v, user, ulen);
+
+        return ngx_xmpp_cm_sm_user(pool, v, ulen, domain, account);
     }
 
     if (ngx_xmpp_cm_str_is(mech, "DIGEST-MD5")) {
