@@ -606,3 +606,34 @@ def test_fifty_clients_resume_at_once(standin, nginx, raw):
         c2.wait_for(lambda: bodies(c2) == ["before%d" % i],
                     what="before%d" % i)
     assert len(sb.sessions()) >= n
+
+
+def test_held_for_inactive_client_survive_a_drop(standin, nginx, raw):
+    """XEP-0352 and XEP-0198 together: what the CM held for an inactive
+    client when its connection dropped is kept with the stream and
+    written after the resumption, counted like any stanza."""
+    sb, ngx = start(standin, nginx)
+    a, en = login(raw, ngx)
+    a.send('<inactive xmlns="urn:xmpp:csi:0"/>')
+    route_to(sb, a, '<presence from="carol@localhost/c" '
+                    'to="alice@localhost/sm"><status>away1</status>'
+                    '</presence>')
+    route_to(sb, a, chat("alice@localhost/sm", "urgent", "u1"))
+    a.wait_for(lambda: bodies(a) == ["urgent"], what="urgent")
+    route_to(sb, a, '<presence from="dave@localhost/d" '
+                    'to="alice@localhost/sm"><status>held</status>'
+                    '</presence>')
+    # the held presence does not come while inactive
+    a.pump(0.3)
+    assert "held" not in a.text
+    a.send(ack(2))
+    drop(a)
+    c = authenticate(raw, ngx, "alice", "alicepw")
+    r = resume(c, en.get("id"), 2)
+    assert r.tag == q(SM, "resumed"), tostr(r)
+    p = c.next_element(None, lambda e: e.tag == q(NS_CLIENT, "presence"))
+    assert p.get("from") == "dave@localhost/d"
+    c.send(ack(3))
+    c.send(R)
+    c.wait_tag(q(SM, "a"))
+    assert c.stream_error() is None
