@@ -637,3 +637,20 @@ def test_held_for_inactive_client_survive_a_drop(standin, nginx, raw):
     c.send(R)
     c.wait_tag(q(SM, "a"))
     assert c.stream_error() is None
+
+
+def test_resume_refused_when_the_account_is_unknown(standin, nginx, raw):
+    """SASL ANONYMOUS names no account: resumption is refused with
+    not-authorized, and the held stream stays resumable."""
+    sb, ngx = start(standin, nginx, mechanisms=["PLAIN", "ANONYMOUS"])
+    a, en = login(raw, ngx)
+    drop(a)
+    c = raw(ngx.port)
+    c.open()
+    c.send('<auth xmlns="%s" mechanism="ANONYMOUS"/>' % NS_SASL)
+    assert sasl_result(c).tag == q(NS_SASL, "success")
+    c.restart()
+    f = resume(c, en.get("id"), 0)
+    assert f.find(q(STANZAS, "not-authorized")) is not None, tostr(f)
+    a2 = authenticate(raw, ngx, "alice", "alicepw")
+    assert resume(a2, en.get("id"), 0).tag == q(SM, "resumed")
