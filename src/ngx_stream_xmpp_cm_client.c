@@ -15,6 +15,17 @@
 
 
 #define NGX_XMPP_CM_LINGER         5000
+
+/* XEP-0198: when the CM asks the client for an ack (<r/>) */
+#define NGX_XMPP_CM_SM_R_COUNT     10      /* stanzas since the last <r/> */
+#define NGX_XMPP_CM_SM_R_BYTES     16384   /* bytes since the last <r/> */
+#define NGX_XMPP_CM_SM_R_DELAY     1000    /* ms after a write */
+
+/* the SASL mechanisms whose messages name the account (XEP-0198) */
+#define NGX_XMPP_CM_MECH_OTHER     0
+#define NGX_XMPP_CM_MECH_PLAIN     1
+#define NGX_XMPP_CM_MECH_SCRAM     2
+#define NGX_XMPP_CM_MECH_DIGEST    3
 #define NGX_XMPP_NS_IQAUTH         "jabber:iq:auth"
 
 
@@ -81,6 +92,7 @@ struct ngx_xmpp_cm_client_s {
     ngx_str_t                        domain;
     ngx_str_t                        streamid;
     ngx_str_t                        jid;
+    ngx_str_t                        account;     /* SASL's, for resume */
 
     /* one phase at a time: iq_auth before authentication, csi after it */
     union {
@@ -108,6 +120,8 @@ struct ngx_xmpp_cm_client_s {
     unsigned                         iq_request:1;
     unsigned                         rate_logged:1;
     unsigned                         inactive:1;  /* XEP-0352 */
+    unsigned                         dropped:1;   /* no clean end: resumable */
+    unsigned                         sasl_mech:2; /* NGX_XMPP_CM_MECH_* */
 
     ngx_uint_t                       iq_pending;   /* IQ get/set unanswered */
 };
@@ -199,6 +213,23 @@ static void ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_conn_t *conn,
 static void ngx_xmpp_cm_client_ended(ngx_xmpp_cm_conn_t *conn, char *cond,
     char *text, u_char *raw, size_t rawlen);
 static void ngx_xmpp_cm_client_unblock(ngx_xmpp_cm_conn_t *conn);
+static void ngx_xmpp_cm_client_confirmed(ngx_xmpp_cm_conn_t *conn);
+static void ngx_xmpp_cm_client_stanza_out(ngx_xmpp_cm_client_t *cl,
+    u_char *p1, size_t len1, u_char *p2, size_t len2);
+static void ngx_xmpp_cm_client_sm_kept(ngx_xmpp_cm_client_t *cl,
+    u_char *p1, size_t len1, u_char *p2, size_t len2);
+static ngx_int_t ngx_xmpp_cm_client_sm(ngx_xmpp_cm_client_t *cl,
+    ngx_xmpp_cm_elem_t *e);
+static void ngx_xmpp_cm_client_sm_failed(ngx_xmpp_cm_client_t *cl,
+    char *cond);
+static void ngx_xmpp_cm_client_sm_answer(ngx_xmpp_cm_client_t *cl);
+static void ngx_xmpp_cm_client_sm_request(ngx_xmpp_cm_client_t *cl);
+static ngx_int_t ngx_xmpp_cm_client_resume(ngx_xmpp_cm_client_t *cl,
+    ngx_str_t *account, ngx_str_t *previd, uint32_t h);
+static ngx_int_t ngx_xmpp_cm_client_resend(void *data, u_char *p,
+    size_t len);
+static void ngx_xmpp_cm_client_sasl_account(ngx_xmpp_cm_client_t *cl,
+    ngx_xmpp_cm_elem_t *e);
 static void ngx_xmpp_cm_client_bound(ngx_xmpp_cm_client_t *cl,
     ngx_xmpp_cm_node_t *iq);
 static ngx_uint_t ngx_xmpp_cm_client_offered(ngx_xmpp_cm_client_t *cl,
@@ -214,7 +245,8 @@ static const ngx_xmpp_cm_conn_handler_t  ngx_xmpp_cm_client_conn = {
     ngx_xmpp_cm_client_deliver,
     ngx_xmpp_cm_client_deliver_text,
     ngx_xmpp_cm_client_ended,
-    ngx_xmpp_cm_client_unblock
+    ngx_xmpp_cm_client_unblock,
+    ngx_xmpp_cm_client_confirmed
 };
 
 
@@ -543,6 +575,10 @@ ngx_xmpp_cm_client_wake(ngx_xmpp_cm_client_t *cl, ngx_event_t *rev)
 
         ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
                       "xmpp_cm: client timed out");
+
+        /* XEP-0198: a dead connection, its stream may be resumed */
+        cl->dropped = 1;
+
         ngx_xmpp_cm_client_end(cl, "connection-timeout",
                                cl->partial_since && cl->conf->stanza_timeout
                                && ngx_current_msec - cl->partial_since
@@ -717,7 +753,12 @@ ngx_xmpp_cm_client_eof(ngx_xmpp_cm_client_t *cl)
         return NGX_OK;
     }
 
-    if (cl->iq_pending == 0) {
+    if (cl->stream->sm && cl->stream->sm->resume) {
+        /* XEP-0198: no </stream:stream>, so the stream waits for a resume */
+        cl->dropped = 1;
+    }
+
+    if (cl->iq_pending == 0 || cl->dropped) {
         ngx_xmpp_cm_client_end(cl, NULL, NULL, (u_char *) "", 0);
         goto stop;
     }
@@ -1198,6 +1239,7 @@ ngx_xmpp_cm_client_header(ngx_xmpp_cm_client_t *cl)
         "<session xmlns=\"urn:ietf:params:xml:ns:xmpp-session\">"
         "<optional/></session>";
     static u_char  csi[] = "<csi xmlns=\"" NGX_XMPP_NS_CSI "\"/>";
+    static u_char  sm[] = "<sm xmlns=\"" NGX_XMPP_NS_SM "\"/>";
     static u_char  compression[] =
         "<compression xmlns=\"" NGX_XMPP_NS_FCOMPRESS "\">"
         "<method>zlib</method></compression>";
@@ -1247,6 +1289,10 @@ ngx_xmpp_cm_client_header(ngx_xmpp_cm_client_t *cl)
 
         if (cl->conf->csi_hold_limit) {
             ngx_xmpp_cm_client_send(cl, csi, sizeof(csi) - 1);
+        }
+
+        if (cl->conf->sm) {
+            ngx_xmpp_cm_client_send(cl, sm, sizeof(sm) - 1);
         }
 
         if (cl->zlib == NULL && cl->conf->compression
@@ -1420,7 +1466,7 @@ ngx_xmpp_cm_client_reject(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
 
     (void) ngx_xmpp_cm_stanza_error(cl->xml, e, &cl->jid, p);
 
-    ngx_xmpp_cm_client_send(cl, p, len);
+    ngx_xmpp_cm_client_stanza_out(cl, p, len, NULL, 0);
     ngx_free(p);
 
     return NGX_OK;
@@ -1441,6 +1487,7 @@ ngx_xmpp_cm_client_reject(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
 #define NGX_XMPP_CM_E_ENCRYPT   6
 #define NGX_XMPP_CM_E_COMPRESS  7
 #define NGX_XMPP_CM_E_CSI       8
+#define NGX_XMPP_CM_E_SM        9
 
 
 /* the pre-authentication policy (NGX_XMPP_CM_PHASE_AUTH) */
@@ -1488,7 +1535,9 @@ ngx_xmpp_cm_client_auth_start(void *data, ngx_xmpp_cm_elem_t *e)
             cl->kind = NGX_XMPP_CM_E_REFUSE;
         }
 
-    } else if (ngx_xmpp_cm_str_is(ns, NGX_XMPP_NS_CSI)) {
+    } else if (ngx_xmpp_cm_str_is(ns, NGX_XMPP_NS_CSI)
+               || ngx_xmpp_cm_str_is(ns, NGX_XMPP_NS_SM))
+    {
         /* RFC 6120 4.9.3.12: data that needs authentication, before it */
         cl->kind = NGX_XMPP_CM_E_NOAUTH;
 
@@ -1537,6 +1586,15 @@ ngx_xmpp_cm_client_stream_start(void *data, ngx_xmpp_cm_elem_t *e)
     {
         /* XEP-0352: handled here, Openfire's CM protocol cannot carry it */
         cl->kind = NGX_XMPP_CM_E_CSI;
+
+    } else if (ngx_xmpp_cm_str_is(&e->ns, NGX_XMPP_NS_SM) && cl->conf->sm
+               && (ngx_xmpp_cm_str_is(name, "enable")
+                   || ngx_xmpp_cm_str_is(name, "r")
+                   || ngx_xmpp_cm_str_is(name, "a")
+                   || ngx_xmpp_cm_str_is(name, "resume")))
+    {
+        /* XEP-0198: handled here, never routed */
+        cl->kind = NGX_XMPP_CM_E_SM;
 
     } else {
         cl->kind = ngx_xmpp_cm_client_stream_level(e);
@@ -1617,11 +1675,39 @@ ngx_xmpp_cm_client_start(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
         if (ngx_xmpp_cm_str_is(&e->name, "auth")) {
             cl->mech_refused = !ngx_xmpp_cm_client_offered(cl, e->attrs);
 
+            /* XEP-0198: which mechanism names the account, for resume */
+
+            cl->sasl_mech = NGX_XMPP_CM_MECH_OTHER;
+            ngx_str_null(&cl->account);
+
+            if (ngx_xmpp_cm_client_attr(e->attrs, "", "mechanism", &type)) {
+                if (ngx_xmpp_cm_str_is(&type, "PLAIN")) {
+                    cl->sasl_mech = NGX_XMPP_CM_MECH_PLAIN;
+
+                } else if (ngx_xmpp_cm_str_is(&type, "DIGEST-MD5")) {
+                    cl->sasl_mech = NGX_XMPP_CM_MECH_DIGEST;
+
+                } else if (ngx_xmpp_cm_str_is(&type, "SCRAM-SHA-1")
+                           || ngx_xmpp_cm_str_is(&type, "SCRAM-SHA-256")
+                           || ngx_xmpp_cm_str_is(&type, "SCRAM-SHA-512"))
+                {
+                    cl->sasl_mech = NGX_XMPP_CM_MECH_SCRAM;
+                }
+            }
+
         } else if (ngx_xmpp_cm_str_is(&e->name, "iq")) {
             cl->iq_request =
                 ngx_xmpp_cm_client_attr(e->attrs, "", "type", &type) != NULL
                 && (ngx_xmpp_cm_str_is(&type, "get")
                     || ngx_xmpp_cm_str_is(&type, "set"));
+        }
+
+        break;
+
+    case NGX_XMPP_CM_E_SM:
+        if (e->attrs) {
+            /* XEP-0198's elements are empty: all is in the start tag */
+            return ngx_xmpp_cm_client_sm(cl, e);
         }
 
         break;
@@ -1720,16 +1806,34 @@ ngx_xmpp_cm_client_element(void *data, ngx_xmpp_cm_elem_t *e)
             cl->sasl_started = 1;
             cl->sasl_pending = 1;
 
+            if (cl->sasl_mech && cl->account.len == 0 && cl->conf->sm
+                && cl->conf->resume_timeout)
+            {
+                ngx_xmpp_cm_client_sasl_account(cl, e);
+            }
+
         } else if (!cl->authenticated && ngx_xmpp_cm_str_is(&e->name, "iq"))
         {
             ngx_xmpp_cm_client_iq_auth(cl, e);
         }
 
         if (e->reject || e->nshow > 1) {
-            return ngx_xmpp_cm_client_reject(cl, e);
+            rc = ngx_xmpp_cm_client_reject(cl, e);
+
+            if (rc == NGX_OK && cl->stream && cl->stream->sm) {
+                /* XEP-0198: answered here, handled in its turn */
+                ngx_xmpp_cm_sm_received(cl->stream, 1);
+            }
+
+            return rc;
         }
 
         rc = ngx_xmpp_cm_client_forward(cl, e);
+
+        if (rc == NGX_OK && cl->stream && cl->stream->sm) {
+            /* XEP-0198: counted when Openfire confirms the route */
+            ngx_xmpp_cm_sm_received(cl->stream, 0);
+        }
 
         if (rc == NGX_OK && cl->iq_request) {
             /* awaited even if the client half-closes its socket */
@@ -1777,6 +1881,10 @@ ngx_xmpp_cm_client_element(void *data, ngx_xmpp_cm_elem_t *e)
 
         ngx_log_debug1(NGX_LOG_DEBUG_STREAM, cl->c->log, 0,
                        "xmpp_cm: client is %V", &e->name);
+        return NGX_OK;
+
+    case NGX_XMPP_CM_E_SM:
+        /* handled at its start tag */
         return NGX_OK;
 
     case NGX_XMPP_CM_E_ENCRYPT:
@@ -2037,6 +2145,9 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_conn_t *conn, ngx_xmpp_cm_xml_t *x,
 
         (void) ngx_xmpp_cm_strip_server_ns(p, tmp, len, n);
         ngx_xmpp_cm_client_out(cl, p, out, 1);
+        p1.data = p;
+        p1.len = out;
+        ngx_str_null(&p2);
 
     } else if (cl->zlib) {
         ngx_xmpp_cm_xml_pieces(x, n->start, n->end, &p1, &p2);
@@ -2049,7 +2160,17 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_conn_t *conn, ngx_xmpp_cm_xml_t *x,
             return NGX_OK;
         }
 
-        b->last += ngx_xmpp_cm_xml_copy(x, b->last, n->start, n->end);
+        p1.data = b->last;
+        p1.len = ngx_xmpp_cm_xml_copy(x, b->last, n->start, n->end);
+        ngx_str_null(&p2);
+        b->last += p1.len;
+    }
+
+    if (cl->stream && cl->stream->sm
+        && !ngx_xmpp_cm_str_is(&n->ns, NGX_XMPP_NS_SASL))
+    {
+        /* XEP-0198: kept until the client acknowledges it */
+        ngx_xmpp_cm_client_sm_kept(cl, p1.data, p1.len, p2.data, p2.len);
     }
 
     ngx_xmpp_cm_count_relay(cl->up, TO_CLIENT, len);
@@ -2280,19 +2401,52 @@ ngx_xmpp_cm_client_csi_urgent(ngx_xmpp_cm_node_t *n, ngx_str_t **from)
 static void
 ngx_xmpp_cm_client_csi_flush(ngx_xmpp_cm_client_t *cl)
 {
-    ngx_xmpp_cm_held_t  *h;
+    ngx_xmpp_cm_csi_t   *csi;
+    ngx_xmpp_cm_held_t  *h, *next;
 
-    if (cl->heap.csi == NULL) {
+    csi = cl->heap.csi;
+
+    if (csi == NULL) {
         return;
     }
 
-    for (h = cl->heap.csi->head; h; h = h->next) {
-        ngx_xmpp_cm_client_out(cl, (u_char *) (h + 1), h->len,
-                               h->next == NULL);
-        ngx_xmpp_cm_count_relay(cl->up, TO_CLIENT, h->len);
+    /* an end on the way (XEP-0198's bound) finds nothing held */
+    cl->heap.csi = NULL;
+
+    for (h = csi->head; h; h = next) {
+        next = h->next;
+
+        /*
+         * XEP-0198: kept until acknowledged.  Once the connection ends
+         * (over the bound of what is kept), the rest is kept only, to go
+         * back to Openfire with the stream.
+         */
+
+        if (cl->stream && cl->stream->sm) {
+            if (cl->phase == NGX_XMPP_CM_PHASE_CLOSING) {
+                (void) ngx_xmpp_cm_sm_queue(cl->stream->sm,
+                                            (u_char *) (h + 1), h->len,
+                                            NULL, 0);
+                ngx_free(h);
+                continue;
+            }
+
+            ngx_xmpp_cm_client_sm_kept(cl, (u_char *) (h + 1), h->len,
+                                       NULL, 0);
+        }
+
+        if (cl->phase != NGX_XMPP_CM_PHASE_CLOSING || cl->stream == NULL
+            || cl->stream->sm == NULL)
+        {
+            ngx_xmpp_cm_client_out(cl, (u_char *) (h + 1), h->len,
+                                   next == NULL);
+            ngx_xmpp_cm_count_relay(cl->up, TO_CLIENT, h->len);
+        }
+
+        ngx_free(h);
     }
 
-    ngx_xmpp_cm_client_csi_free(cl);
+    ngx_free(csi);
 }
 
 
@@ -2308,6 +2462,523 @@ ngx_xmpp_cm_client_csi_free(ngx_xmpp_cm_client_t *cl)
 
     ngx_free(cl->heap.csi);
     cl->heap.csi = NULL;
+}
+
+
+/*
+ * XEP-0198 stream management: the elements, handled here at their start
+ * tag (they are empty), never routed.  The state that outlives the
+ * connection is the stream's (ngx_stream_xmpp_cm_sm.c).
+ */
+
+static ngx_int_t
+ngx_xmpp_cm_client_sm(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
+{
+    u_char            *p, buf[sizeof("<enabled xmlns=\"" NGX_XMPP_NS_SM
+                                     "\" id=\"\" resume=\"true\" max=\"\"/>")
+                              + NGX_XMPP_CM_ID_LEN + NGX_INT_T_LEN];
+    ngx_int_t          n;
+    ngx_str_t          v, previd;
+    ngx_msec_t         max;
+    ngx_xmpp_cm_sm_t  *sm;
+
+    sm = cl->stream ? cl->stream->sm : NULL;
+
+    if (ngx_xmpp_cm_str_is(&e->name, "enable")) {
+
+        /* XEP-0198 3: once, and after resource binding */
+
+        if (cl->stream == NULL || sm || cl->jid.len == 0) {
+            ngx_xmpp_cm_client_sm_failed(cl, "unexpected-request");
+            return NGX_OK;
+        }
+
+        sm = ngx_xmpp_cm_sm_create(cl->stream, &cl->jid, cl->c->log);
+        if (sm == NULL) {
+            ngx_xmpp_cm_client_sm_failed(cl, "internal-server-error");
+            return NGX_OK;
+        }
+
+        cl->stream->sm = sm;
+        sm->limit = cl->conf->client_output_limit;
+
+        if (cl->conf->resume_timeout
+            && ngx_xmpp_cm_client_attr(e->attrs, "", "resume", &v)
+            && (ngx_xmpp_cm_str_is(&v, "true") || ngx_xmpp_cm_str_is(&v, "1")))
+        {
+            sm->resume = 1;
+            max = cl->conf->resume_timeout;
+
+            /* the client's preferred maximum, when shorter (seconds) */
+
+            if (ngx_xmpp_cm_client_attr(e->attrs, "", "max", &v)) {
+                n = ngx_atoi(v.data, v.len);
+
+                if (n > 0 && n < 86400 && (ngx_msec_t) n * 1000 < max) {
+                    max = (ngx_msec_t) n * 1000;
+                }
+            }
+
+            sm->max = max;
+
+            p = ngx_sprintf(buf, "<enabled xmlns=\"" NGX_XMPP_NS_SM "\" "
+                            "id=\"%V\" resume=\"true\" max=\"%M\"/>",
+                            &cl->stream->node.str,
+                            (max + 999) / 1000);
+
+        } else {
+            p = ngx_sprintf(buf, "<enabled xmlns=\"" NGX_XMPP_NS_SM "\"/>");
+        }
+
+        ngx_xmpp_cm_client_send(cl, buf, p - buf);
+
+        ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                      "xmpp_cm: stream management enabled on %V%s",
+                      &cl->streamid, sm->resume ? ", resumable" : "");
+        return NGX_OK;
+    }
+
+    if (ngx_xmpp_cm_str_is(&e->name, "resume")) {
+
+        /* XEP-0198 5: instead of resource binding, not after it */
+
+        if (cl->stream == NULL || sm || cl->jid.len) {
+            ngx_xmpp_cm_client_sm_failed(cl, "unexpected-request");
+            return NGX_OK;
+        }
+
+        if (ngx_xmpp_cm_client_attr(e->attrs, "", "previd", &previd) == NULL
+            || ngx_xmpp_cm_client_attr(e->attrs, "", "h", &v) == NULL
+            || (n = ngx_atoi(v.data, v.len)) == NGX_ERROR
+            || (uint64_t) n > NGX_MAX_UINT32_VALUE)
+        {
+            ngx_xmpp_cm_client_end(cl, "bad-format",
+                                   "<resume/> needs previd and h", NULL, 0);
+            return NGX_DONE;
+        }
+
+        if (ngx_xmpp_cm_client_resume(cl, &cl->account, &previd,
+                                      (uint32_t) n)
+            == NGX_DECLINED)
+        {
+            /* another worker's stream: not reachable from here */
+            ngx_xmpp_cm_client_sm_failed(cl, "item-not-found");
+        }
+
+        return cl->phase == NGX_XMPP_CM_PHASE_CLOSING ? NGX_DONE : NGX_OK;
+    }
+
+    if (sm == NULL) {
+        /* <r/> or <a/> before <enable/>: nothing is counted */
+        ngx_xmpp_cm_client_end(cl, "unsupported-stanza-type",
+                               "stream management is not enabled", NULL, 0);
+        return NGX_DONE;
+    }
+
+    if (ngx_xmpp_cm_str_is(&e->name, "r")) {
+        if (ngx_xmpp_cm_sm_request(cl->stream)) {
+            ngx_xmpp_cm_client_sm_answer(cl);
+        }
+
+        /* else answered when Openfire confirms (client_confirmed) */
+
+        return NGX_OK;
+    }
+
+    /* <a h/> */
+
+    if (ngx_xmpp_cm_client_attr(e->attrs, "", "h", &v) == NULL
+        || (n = ngx_atoi(v.data, v.len)) == NGX_ERROR
+        || (uint64_t) n > NGX_MAX_UINT32_VALUE)
+    {
+        ngx_xmpp_cm_client_end(cl, "bad-format", "<a/> needs h", NULL, 0);
+        return NGX_DONE;
+    }
+
+    if (ngx_xmpp_cm_sm_ack(sm, (uint32_t) n) != NGX_OK) {
+        p = ngx_pnalloc(cl->c->pool, sizeof("<stream:error>"
+                        "<undefined-condition xmlns=\"" NGX_XMPP_NS_XSTREAMS
+                        "\"/><handled-count-too-high xmlns=\"" NGX_XMPP_NS_SM
+                        "\" h=\"\" send-count=\"\"/></stream:error>")
+                        + 2 * NGX_INT_T_LEN);
+        if (p == NULL) {
+            ngx_xmpp_cm_client_end(cl, "undefined-condition", NULL, NULL, 0);
+            return NGX_DONE;
+        }
+
+        ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                      "xmpp_cm: client acknowledged %i stanzas, %uD were "
+                      "sent", n, sm->sent);
+
+        ngx_xmpp_cm_metrics_stream_error(cl->up, "undefined-condition");
+
+        v.data = p;
+        v.len = ngx_sprintf(p, "<stream:error><undefined-condition xmlns=\""
+                            NGX_XMPP_NS_XSTREAMS "\"/><handled-count-too-high"
+                            " xmlns=\"" NGX_XMPP_NS_SM "\" h=\"%i\" "
+                            "send-count=\"%uD\"/></stream:error>",
+                            n, sm->sent)
+                - p;
+
+        ngx_xmpp_cm_client_end(cl, NULL, NULL, v.data, v.len);
+        return NGX_DONE;
+    }
+
+    /* any <a/> answers our <r/> */
+
+    sm->r_out = 0;
+
+    if (sm->count == 0) {
+        if (cl->c->write->timer_set) {
+            ngx_del_timer(cl->c->write);
+        }
+
+    } else if (!cl->c->write->timer_set) {
+        cl->c->write->cancelable = 1;
+        ngx_add_timer(cl->c->write, NGX_XMPP_CM_SM_R_DELAY);
+    }
+
+    return NGX_OK;
+}
+
+
+/* XEP-0198 <failed/> with a stanza error condition: the stream goes on */
+
+static void
+ngx_xmpp_cm_client_sm_failed(ngx_xmpp_cm_client_t *cl, char *cond)
+{
+    u_char  *p, buf[sizeof("<failed xmlns=\"" NGX_XMPP_NS_SM "\"><"
+                           " xmlns=\"" NGX_XMPP_NS_STANZAS "\"/></failed>")
+                    + 32];
+
+    p = ngx_snprintf(buf, sizeof(buf), "<failed xmlns=\"" NGX_XMPP_NS_SM
+                     "\"><%s xmlns=\"" NGX_XMPP_NS_STANZAS "\"/></failed>",
+                     cond);
+
+    ngx_xmpp_cm_client_send(cl, buf, p - buf);
+}
+
+
+/* <a h/> for the client's <r/>: h covers what came before the <r/> */
+
+static void
+ngx_xmpp_cm_client_sm_answer(ngx_xmpp_cm_client_t *cl)
+{
+    u_char  *p, buf[sizeof("<a xmlns=\"" NGX_XMPP_NS_SM "\" h=\"\"/>")
+                    + NGX_INT_T_LEN];
+
+    p = ngx_sprintf(buf, "<a xmlns=\"" NGX_XMPP_NS_SM "\" h=\"%uD\"/>",
+                    cl->stream->sm->h);
+
+    ngx_xmpp_cm_client_send(cl, buf, p - buf);
+}
+
+
+/* Openfire confirmed routes of this stream: a waiting <r/> is answered */
+
+static void
+ngx_xmpp_cm_client_confirmed(ngx_xmpp_cm_conn_t *conn)
+{
+    ngx_xmpp_cm_client_t *cl = (ngx_xmpp_cm_client_t *) conn;
+
+    if (cl->phase == NGX_XMPP_CM_PHASE_CLOSING || cl->stream == NULL) {
+        return;
+    }
+
+    ngx_xmpp_cm_client_sm_answer(cl);
+}
+
+
+/* our <r/>: at most one unanswered */
+
+static void
+ngx_xmpp_cm_client_sm_request(ngx_xmpp_cm_client_t *cl)
+{
+    ngx_xmpp_cm_sm_t  *sm;
+
+    static u_char  r[] = "<r xmlns=\"" NGX_XMPP_NS_SM "\"/>";
+
+    sm = cl->stream->sm;
+
+    ngx_xmpp_cm_client_send(cl, r, sizeof(r) - 1);
+
+    sm->r_out = 1;
+    sm->requested = sm->sent;
+    sm->requested_size = 0;
+
+    if (cl->c->write->timer_set) {
+        ngx_del_timer(cl->c->write);
+    }
+}
+
+
+/* a stanza for the client: written, and with XEP-0198 kept */
+
+static void
+ngx_xmpp_cm_client_stanza_out(ngx_xmpp_cm_client_t *cl, u_char *p1,
+    size_t len1, u_char *p2, size_t len2)
+{
+    if (cl->stream && cl->stream->sm) {
+        ngx_xmpp_cm_client_sm_kept(cl, p1, len1, p2, len2);
+
+        if (cl->phase == NGX_XMPP_CM_PHASE_CLOSING) {
+            /* over the bound: kept, to go back with the stream */
+            return;
+        }
+    }
+
+    if (len2) {
+        ngx_xmpp_cm_client_out(cl, p1, len1, 0);
+        ngx_xmpp_cm_client_out(cl, p2, len2, 1);
+
+    } else {
+        ngx_xmpp_cm_client_out(cl, p1, len1, 1);
+    }
+}
+
+
+/*
+ * Keeps a stanza written to the client until it is acknowledged, and
+ * asks for an ack: after NGX_XMPP_CM_SM_R_COUNT stanzas or
+ * NGX_XMPP_CM_SM_R_BYTES bytes since the last <r/>, else
+ * NGX_XMPP_CM_SM_R_DELAY after the write (the write event's timer), with
+ * at most one <r/> unanswered.  More than xmpp_cm_client_output_limit
+ * bytes kept is a stream error: the client does not acknowledge.
+ */
+
+static void
+ngx_xmpp_cm_client_sm_kept(ngx_xmpp_cm_client_t *cl, u_char *p1,
+    size_t len1, u_char *p2, size_t len2)
+{
+    ngx_xmpp_cm_sm_t  *sm;
+
+    sm = cl->stream->sm;
+
+    if (ngx_xmpp_cm_sm_queue(sm, p1, len1, p2, len2) != NGX_OK) {
+        ngx_xmpp_cm_client_end(cl, "internal-server-error", NULL, NULL, 0);
+        return;
+    }
+
+    sm->requested_size += len1 + len2;
+
+    if (cl->phase != NGX_XMPP_CM_PHASE_STREAM) {
+        return;
+    }
+
+    if (sm->size > sm->limit) {
+        ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                      "xmpp_cm: client does not acknowledge: %ui stanzas, "
+                      "%uz bytes kept (xmpp_cm_client_output_limit), "
+                      "closing it", sm->count, sm->size);
+
+        ngx_xmpp_cm_client_end(cl, "policy-violation",
+                               "too many unacknowledged stanzas", NULL, 0);
+        return;
+    }
+
+    if (sm->r_out) {
+        return;
+    }
+
+    if (sm->sent - sm->requested >= NGX_XMPP_CM_SM_R_COUNT
+        || sm->requested_size >= NGX_XMPP_CM_SM_R_BYTES)
+    {
+        ngx_xmpp_cm_client_sm_request(cl);
+        return;
+    }
+
+    if (!cl->c->write->timer_set) {
+        cl->c->write->cancelable = 1;
+        ngx_add_timer(cl->c->write, NGX_XMPP_CM_SM_R_DELAY);
+    }
+}
+
+
+/*
+ * XEP-0198 5: an authenticated connection, not bound yet, takes over
+ * the stream previd names, if it belongs to the same account.  The entry
+ * point for a resumption; NGX_DECLINED when previd names another worker
+ * (nothing sent: the caller decides), else NGX_OK with <resumed/> or
+ * <failed/> sent (the held stream untouched on failure).
+ */
+
+static ngx_int_t
+ngx_xmpp_cm_client_resume(ngx_xmpp_cm_client_t *cl, ngx_str_t *account,
+    ngx_str_t *previd, uint32_t h)
+{
+    u_char                *p, buf[sizeof("<resumed xmlns=\"" NGX_XMPP_NS_SM
+                                         "\" previd=\"\" h=\"\"/>")
+                                  + NGX_XMPP_CM_ID_LEN + NGX_INT_T_LEN];
+    ngx_pid_t              pid;
+    ngx_xmpp_cm_sm_t      *sm;
+    ngx_xmpp_cm_stream_t  *s, *own;
+
+    if (ngx_xmpp_cm_sm_previd(previd, &pid) == NGX_OK && pid != ngx_pid) {
+        return NGX_DECLINED;
+    }
+
+    s = ngx_xmpp_cm_stream_find(cl->up, previd);
+    sm = s ? s->sm : NULL;
+
+    if (sm == NULL || !sm->resume || s == cl->stream) {
+        ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                      "xmpp_cm: resumption of unknown or expired stream "
+                      "\"%V\" refused", previd);
+        ngx_xmpp_cm_client_sm_failed(cl, "item-not-found");
+        return NGX_OK;
+    }
+
+    if (account->len == 0) {
+        /* ANONYMOUS, EXTERNAL, a mechanism that names no account */
+        ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                      "xmpp_cm: resumption of %V refused: the account of "
+                      "this connection is not known", previd);
+        ngx_xmpp_cm_client_sm_failed(cl, "not-authorized");
+        return NGX_OK;
+    }
+
+    if (account->len != sm->account.len
+        || ngx_strncasecmp(account->data, sm->account.data, account->len)
+           != 0)
+    {
+        /* as for an unknown id: says nothing about other accounts */
+        ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                      "xmpp_cm: resumption of %V by %V refused: the stream "
+                      "belongs to another account", previd, account);
+        ngx_xmpp_cm_client_sm_failed(cl, "item-not-found");
+        return NGX_OK;
+    }
+
+    if (ngx_xmpp_cm_sm_ack(sm, h) != NGX_OK) {
+        ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                      "xmpp_cm: resumption of %V refused: h %uD, %uD sent",
+                      previd, h, sm->sent);
+        ngx_xmpp_cm_client_sm_failed(cl, "unexpected-request");
+        return NGX_OK;
+    }
+
+    /* the new connection's own session (never bound) is closed now */
+
+    own = cl->stream;
+    cl->stream = NULL;
+    own->discard = 1;
+    ngx_xmpp_cm_stream_detach(own);
+
+    ngx_xmpp_cm_stream_take(s, &cl->conn, "conflict",
+                            "the stream was resumed on another connection");
+
+    cl->stream = s;
+
+    cl->streamid.data = ngx_pstrdup(cl->c->pool, &s->node.str);
+    cl->streamid.len = cl->streamid.data ? s->node.str.len : 0;
+
+    cl->jid.data = ngx_pstrdup(cl->c->pool, &sm->jid);
+    cl->jid.len = cl->jid.data ? sm->jid.len : 0;
+
+    p = ngx_sprintf(buf, "<resumed xmlns=\"" NGX_XMPP_NS_SM "\" "
+                    "previd=\"%V\" h=\"%uD\"/>", &s->node.str, sm->h);
+
+    ngx_xmpp_cm_client_send(cl, buf, p - buf);
+
+    ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                  "xmpp_cm: stream %V resumed as %V, %ui stanzas sent again",
+                  &s->node.str, &cl->jid, sm->count);
+
+    /* what the client has not acknowledged, then what came meanwhile */
+
+    (void) ngx_xmpp_cm_sm_walk(sm, ngx_xmpp_cm_client_resend, cl);
+
+    if (sm->count) {
+        ngx_xmpp_cm_client_sm_request(cl);
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_xmpp_cm_client_resend(void *data, u_char *p, size_t len)
+{
+    ngx_xmpp_cm_client_t *cl = data;
+
+    ngx_xmpp_cm_client_out(cl, p, len, 1);
+    ngx_xmpp_cm_count_relay(cl->up, TO_CLIENT, len);
+
+    return NGX_OK;
+}
+
+
+/*
+ * XEP-0198: the account a SASL message names (the mechanisms of
+ * ngx_xmpp_cm_sm_account), kept for a resumption; it is trusted only
+ * once Openfire's <success/> authenticated this connection, and a new
+ * <auth> forgets it.
+ */
+
+static void
+ngx_xmpp_cm_client_sasl_account(ngx_xmpp_cm_client_t *cl,
+    ngx_xmpp_cm_elem_t *e)
+{
+    u_char     *raw, *p, *q, *end;
+    size_t      len;
+    ngx_str_t   src, dec, mech;
+
+    static const ngx_str_t  mechs[] = {
+        ngx_null_string,
+        ngx_string("PLAIN"),
+        ngx_string("SCRAM"),
+        ngx_string("DIGEST-MD5")
+    };
+
+    if (e->body == 0 || e->body_end <= e->body || e->body_end > e->end) {
+        return;
+    }
+
+    len = ngx_xmpp_cm_xml_copy(cl->xml, NULL, e->body, e->body_end);
+
+    if (len == 0 || len > 4096) {
+        return;
+    }
+
+    raw = ngx_alloc(len + ngx_base64_decoded_length(len), cl->c->log);
+    if (raw == NULL) {
+        return;
+    }
+
+    (void) ngx_xmpp_cm_xml_copy(cl->xml, raw, e->body, e->body_end);
+
+    /* base64 without the white space a client may put in */
+
+    q = raw;
+    end = raw + len;
+
+    for (p = raw; p < end; p++) {
+        if (!ngx_xmpp_cm_is_space(*p)) {
+            *q++ = *p;
+        }
+    }
+
+    src.data = raw;
+    src.len = q - raw;
+    dec.data = raw + len;
+
+    if (src.len && ngx_decode_base64(&dec, &src) == NGX_OK) {
+        mech = mechs[cl->sasl_mech];
+
+        if (cl->sasl_mech == NGX_XMPP_CM_MECH_SCRAM) {
+            mech.len = sizeof("SCRAM-") - 1;
+            mech.data = (u_char *) "SCRAM-";
+        }
+
+        if (ngx_xmpp_cm_sm_account(cl->c->pool, &mech, &dec, &cl->domain,
+                                   &cl->account)
+            != NGX_OK)
+        {
+            ngx_str_null(&cl->account);
+        }
+    }
+
+    ngx_free(raw);
 }
 
 
@@ -2723,6 +3394,13 @@ ngx_xmpp_cm_client_detach(ngx_xmpp_cm_client_t *cl)
     s = cl->stream;
 
     if (s) {
+        if (s->sm && s->sm->resume && cl->dropped && !cl->up->exiting) {
+            /* XEP-0198: kept for xmpp_cm_resume_timeout, collecting */
+            s->sm->hold = 1;
+            s->sm->r_in = 0;
+            s->sm->r_out = 0;
+        }
+
         cl->stream = NULL;
         ngx_xmpp_cm_stream_detach(s);
     }
@@ -2829,6 +3507,18 @@ ngx_xmpp_cm_client_write_handler(ngx_event_t *wev)
     if (c->error) {
         ngx_xmpp_cm_client_finalize(cl);
         return;
+    }
+
+    if (wev->timedout) {
+        /* XEP-0198: the delay after a write is over, ask for an ack */
+        wev->timedout = 0;
+
+        if (cl->phase == NGX_XMPP_CM_PHASE_STREAM && cl->stream
+            && cl->stream->sm && cl->stream->sm->count
+            && !cl->stream->sm->r_out)
+        {
+            ngx_xmpp_cm_client_sm_request(cl);
+        }
     }
 
     rc = ngx_xmpp_cm_output_send(c, &cl->out);
@@ -3053,6 +3743,16 @@ ngx_xmpp_cm_client_cleanup(void *data)
         ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
                       "xmpp_cm: %uz bytes for the client were not delivered "
                       "(connection closed)", cl->out.size);
+    }
+
+    if (cl->stream && cl->stream->sm) {
+        /* the connection died: held stanzas are kept with the stream */
+        cl->dropped = 1;
+
+        if (cl->authenticated && cl->heap.csi) {
+            cl->phase = NGX_XMPP_CM_PHASE_CLOSING;
+            ngx_xmpp_cm_client_csi_flush(cl);
+        }
     }
 
     ngx_xmpp_cm_client_detach(cl);
