@@ -79,11 +79,13 @@ def ws(ngx, **kw):
 
 
 # ------------------------------------------------------------ the core
-def test_login_and_messages_with_a_tcp_client(standin, nginx, raw):
+@pytest.mark.parametrize("version", ["4.1", "4.8"])
+def test_login_and_messages_with_a_tcp_client(standin, nginx, raw, version):
     """A web client logs in over WebSocket (SASL PLAIN through the
     stand-in, restart by a new <open/>, bind, session), and exchanges
-    messages both ways with a TCP client through the same CM sockets."""
-    sb = standin()
+    messages both ways with a TCP client through the same CM sockets;
+    with Openfire 4.1's inline and 4.8's escaped-text SASL payloads."""
+    sb = standin(version=version)
     ngx = start(nginx, sb)
     c = ws(ngx)
     o, feats = c.open()
