@@ -1254,7 +1254,9 @@ ngx_xmpp_cm_ws_output(ngx_xmpp_cm_transport_t *t, u_char *p, size_t n)
     ngx_int_t    rc;
     ngx_uint_t   ev;
 
-    if (ws->closed) {
+    /* an empty piece (the second of ngx_xmpp_cm_xml_pieces) may be NULL */
+
+    if (ws->closed || n == 0) {
         return NGX_OK;
     }
 
