@@ -88,7 +88,10 @@ http {
 
 
 def page_url(port, transport, jid, password, path=None):
-    q = "transport=%s&jid=%s&password=%s" % (transport, jid, password)
+    """The page's URL; loglevel=debug has Converse log every element it
+    sends and receives to the console (drive.js writes it to stderr)."""
+    q = "transport=%s&jid=%s&password=%s&loglevel=debug" % (
+        transport, jid, password)
     if path:
         q += "&path=" + path
     return "http://127.0.0.1:%d/?%s" % (port, q)
@@ -125,9 +128,11 @@ class Browser:
     def stderr_text(self):
         try:
             with open(self.stderr_path, "rb") as f:
-                return f.read().decode("utf-8", "replace")[-4000:]
+                text = f.read().decode("utf-8", "replace")
         except OSError:
             return ""
+        return "%s (last 6000 characters):\n%s" % (self.stderr_path,
+                                                   text[-6000:])
 
     def call(self, cmd, timeout=None, **args):
         """One command; the answer's dict.  The deadline is drive.js's

@@ -91,6 +91,13 @@ async function open(cmd) {
     });
     page.on('pageerror', (e) => pageErrors.push(String(e)));
     page.on('console', (m) => {
+        // all of it to stderr (the test keeps it in drive.stderr): with
+        // loglevel=debug that is every XML element in and out
+        // (Converse colours what it sends cyan, what it gets golden)
+        const text = m.text()
+            .replace(/^%c%s color: darkcyan /, 'SENT ')
+            .replace(/^%c%s color: darkgoldenrod /, 'RECV ');
+        process.stderr.write('[' + m.type() + '] ' + text + '\n');
         if (m.type() === 'error' || m.type() === 'warning') {
             consoleLines.push(m.type() + ': ' + m.text());
         }
