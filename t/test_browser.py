@@ -50,9 +50,11 @@ def _timed(steps, name, t0):
     steps.append("%s %.2fs" % (name, time.monotonic() - t0))
 
 
-def chat(port, tcp_port, transport, shot, tmp_path, peer_pw="bobpw"):
+def chat(port, tcp_port, transport, shot, tmp_path, peer_pw="bobpw",
+         while_on=None):
     """alice in the browser (page on 127.0.0.1:port, the given transport),
-    bob over TCP on tcp_port: browser -> bob, bob -> browser, screenshot.
+    bob over TCP on tcp_port: browser -> bob, bob -> browser, screenshot;
+    then while_on(alice's full JID), while both are still logged in.
     Returns (alice's full JID, the per-step times)."""
     steps = []
     to_bob = "hello bob <&> \u00e9 %s" % transport
@@ -111,6 +113,8 @@ def chat(port, tcp_port, transport, shot, tmp_path, peer_pw="bobpw"):
             assert offsite == [], why
             assert rep["http_errors"] == [], why
             assert rep["page_errors"] == [], why
+            if while_on is not None:
+                while_on(alice)
             return alice
         finally:
             await bob.close()
@@ -155,14 +159,21 @@ def test_converse_through_cm(web_ready, standin, nginx, module_path,
     ngx = nginx(standin=sb, port=stream_port, main_extra=http)
     ngx.wait_port(http_port)
     shot = os.path.join(OUT_DIR, "converse-%s-cm.png" % transport)
-    alice, _ = chat(http_port, stream_port, transport, shot, tmp_path)
-    # both sessions came to Openfire from the CM, and the messages were
-    # routed there
+
+    def both_at_openfire(alice):
+        # Openfire has both sessions, bound, from this CM's sockets
+        got = {s["jid"]: s for s in sb.sessions(bound=True)}
+        for jid in (alice, "bob@localhost/phone"):
+            assert jid in got, (jid, got)
+            assert str(got[jid]["cm"]).startswith("cm1-"), got[jid]
+
+    chat(http_port, stream_port, transport, shot, tmp_path,
+         while_on=both_at_openfire)
+    # and the CM routed the messages both ways
     evs = [e["xml"] for e in sb.events() if e["dir"] == "in"]
     assert any("<route" in x and "hello bob &lt;&amp;&gt;" in x
                for x in evs), "browser's message not routed by the CM"
     assert any("<route" in x and "hi alice" in x for x in evs)
-    assert alice.split("/")[1] in "".join(evs)
 
 
 @pytest.mark.parametrize("transport", ["websocket", "bosh"])
