@@ -54,7 +54,8 @@ def chat(port, tcp_port, transport, shot, tmp_path, peer_pw="bobpw",
          while_on=None):
     """alice in the browser (page on 127.0.0.1:port, the given transport),
     bob over TCP on tcp_port: browser -> bob, bob -> browser, screenshot;
-    then while_on(alice's full JID), while both are still logged in.
+    then while_on(alice's full JID), while both are still logged in;
+    then alice logs out and bob sees her unavailable presence.
     Returns (alice's full JID, the per-step times)."""
     steps = []
     to_bob = "hello bob <&> \u00e9 %s" % transport
@@ -115,6 +116,12 @@ def chat(port, tcp_port, transport, shot, tmp_path, peer_pw="bobpw",
             assert rep["page_errors"] == [], why
             if while_on is not None:
                 while_on(alice)
+
+            # a clean logout: bob sees alice go
+            t0 = time.monotonic()
+            await call("logout")
+            await bob.wait_presence("alice@localhost", "unavailable")
+            _timed(steps, "logout", t0)
             return alice
         finally:
             await bob.close()
@@ -160,15 +167,21 @@ def test_converse_through_cm(web_ready, standin, nginx, module_path,
     ngx.wait_port(http_port)
     shot = os.path.join(OUT_DIR, "converse-%s-cm.png" % transport)
 
+    streamid = []
+
     def both_at_openfire(alice):
         # Openfire has both sessions, bound, from this CM's sockets
         got = {s["jid"]: s for s in sb.sessions(bound=True)}
         for jid in (alice, "bob@localhost/phone"):
             assert jid in got, (jid, got)
             assert str(got[jid]["cm"]).startswith("cm1-"), got[jid]
+        streamid.append(got[alice]["streamid"])
 
     chat(http_port, stream_port, transport, shot, tmp_path,
          while_on=both_at_openfire)
+    # the logout closed alice's session at Openfire (close IQ, section 5)
+    sb.wait(lambda: sb.close_iqs_for(streamid[0]), 10,
+            what="close IQ for the browser's session")
     # and the CM routed the messages both ways
     evs = [e["xml"] for e in sb.events() if e["dir"] == "in"]
     assert any("<route" in x and "hello bob &lt;&amp;&gt;" in x

@@ -14,6 +14,9 @@
 //   {"cmd": "expect", "from": JID, "body": B}
 //        wait until the chat with JID shows a message from JID with text
 //        B; answers the text the DOM shows
+//   {"cmd": "logout"}
+//        log out (Converse's api.user.logout(), what its Log out button
+//        calls) and wait until the page shows it is disconnected
 //   {"cmd": "screenshot", "path": P}
 //   {"cmd": "report"}
 //        requests that left the page's origin (aborted), failed requests,
@@ -156,6 +159,15 @@ async function expect(cmd) {
     return { text: text.trim(), from: from, ms: Date.now() - t0 };
 }
 
+async function logout() {
+    const t0 = Date.now();
+    await page.evaluate(() => window.xmppCmTest.api.user.logout());
+    await page.waitForSelector('body[data-xmpp-cm="disconnected"]',
+                               { state: 'attached' });
+    await page.waitForSelector('converse-login-form', { state: 'visible' });
+    return { ms: Date.now() - t0 };
+}
+
 async function screenshot(cmd) {
     await page.screenshot({ path: cmd.path });
     return { path: cmd.path };
@@ -174,7 +186,7 @@ async function close() {
     return {};
 }
 
-const handlers = { open, send, expect, screenshot, report, close };
+const handlers = { open, send, expect, logout, screenshot, report, close };
 
 async function main() {
     const rl = readline.createInterface({ input: process.stdin });
