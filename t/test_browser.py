@@ -5,7 +5,7 @@ WebSocket or BOSH; bob is a slixmpp client on the CM's TCP port. They
 exchange messages both ways, the browser's side read from its DOM, and a
 screenshot of the chat goes to t/out/ (XMPP_CM_TEST_OUT overrides).
 
-test_harness_prosody_* run the same page and the same driver against
+test_harness_prosody[websocket|bosh] run the same page and the same driver against
 Debian's Prosody 0.12 (mod_websocket, mod_bosh) behind the same nginx as a
 proxy: they are not tests of the CM but of the harness, so that a failure
 of the CM tests is known to be the CM's."""
@@ -31,17 +31,21 @@ LOCATION = {
 }
 
 
-@pytest.fixture(scope="module")
-def web_ready():
-    """The browser, node and the npm packages (scripts/deps.sh installs
-    them): a skip where they are missing, a failure in CI."""
-    gone = web.missing()
+def need(gone):
+    """A skip where parts are missing, a failure in CI (where
+    scripts/deps.sh has installed them)."""
     if gone:
         msg = "not installed: %s; scripts/deps.sh installs them" % \
             ", ".join(gone)
         if os.environ.get("CI"):
             pytest.fail(msg, pytrace=False)
         pytest.skip(msg)
+
+
+@pytest.fixture(scope="module")
+def web_ready():
+    """The browser, node and the npm packages."""
+    need(web.missing())
     os.makedirs(OUT_DIR, exist_ok=True)
     return True
 
@@ -194,9 +198,7 @@ def test_harness_prosody(web_ready, nginx, tmp_path, transport):
     """Harness self-check, not a CM test: the same page and driver against
     Debian's Prosody (mod_websocket / mod_bosh) behind this nginx as a
     proxy, bob on Prosody's own c2s port."""
-    gone = web.missing(prosody=True)
-    if gone:
-        pytest.skip("not installed: %s" % ", ".join(gone))
+    need(web.missing(prosody=True))
     p = web.Prosody(tmp_path, {"alice": "alicepw", "bob": "bobpw"})
     try:
         http_port = free_port()
