@@ -11,11 +11,14 @@ WebSocket/BOSH server for the harness's own check.
   Prosody       prosody 0.12 on loopback with mod_websocket and mod_bosh
   missing()     what is not installed (scripts/deps.sh installs it all)
 """
+import atexit
 import json
 import os
 import queue
 import shutil
+import stat
 import subprocess
+import tempfile
 import threading
 
 from .util import free_port, port_accepts, wait_until
@@ -50,12 +53,53 @@ def missing(prosody=False):
     return out
 
 
+def _others_can_read(path):
+    """Whether a user other than the owner can read the file at path
+    (o+r on it, o+x on every directory above it)."""
+    p = os.path.abspath(path)
+    if not os.stat(p).st_mode & stat.S_IROTH:
+        return False
+    p = os.path.dirname(p)
+    while True:
+        if not os.stat(p).st_mode & stat.S_IXOTH:
+            return False
+        if os.path.dirname(p) == p:
+            return True
+        p = os.path.dirname(p)
+
+
+_served = []
+
+
+def served_dirs():
+    """(directory of index.html, Converse.js's dist/) as nginx's workers
+    can read them.  They run as nobody when the tests run as root: a
+    checkout under a private directory (a home, a CI work folder) is
+    copied once per run to a temporary directory they can read."""
+    if _served:
+        return _served[0]
+    index = os.path.join(WEB_DIR, "index.html")
+    if os.geteuid() != 0 or (_others_can_read(index) and _others_can_read(
+            os.path.join(DIST, "converse.min.js"))):
+        _served.append((WEB_DIR, DIST))
+        return _served[0]
+    top = tempfile.mkdtemp(prefix="xmpp-cm-web-")
+    atexit.register(shutil.rmtree, top, True)
+    os.chmod(top, 0o755)
+    shutil.copy(index, top)
+    shutil.copytree(DIST, os.path.join(top, "dist"))
+    for d, dirs, files in os.walk(top):
+        for f in dirs + files:
+            os.chmod(os.path.join(d, f), 0o755 if f in dirs else 0o644)
+    _served.append((top, os.path.join(top, "dist")))
+    return _served[0]
+
+
 def web_block(port, locations=""):
     """Main-context http {}: the page at /, Converse.js at /dist/, and
     `locations` (nginx text) on 127.0.0.1:port.  Temporary paths are
-    relative to nginx's prefix, as in t/lib/metrics.py.  The files are
-    read in place: nginx's workers (nobody when the tests run as root)
-    need read access to t/web, which a checkout with umask 022 gives."""
+    relative to nginx's prefix, as in t/lib/metrics.py."""
+    web_dir, dist = served_dirs()
     return """
 http {
     include %(mime)s;
@@ -82,7 +126,7 @@ http {
 %(locations)s
     }
 }
-""" % {"mime": MIME_TYPES, "port": port, "web": WEB_DIR, "dist": DIST,
+""" % {"mime": MIME_TYPES, "port": port, "web": web_dir, "dist": dist,
        "locations": "\n".join("        " + l for l in
                               locations.strip().splitlines())}
 
