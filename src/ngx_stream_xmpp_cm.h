@@ -547,6 +547,14 @@ typedef struct {
                      ngx_uint_t ghost);
     void  (*up)(ngx_xmpp_cm_upstream_t *up);
     void  (*unblock)(ngx_xmpp_cm_stream_t *s);
+
+    /*
+     * Openfire has accepted n more routed client stanzas (<route>s that
+     * ngx_xmpp_cm_route_client wrote) of the stream with this id, in
+     * routing order: a barrier IQ written after them was answered.
+     */
+    void  (*confirmed)(ngx_xmpp_cm_upstream_t *up, ngx_str_t *id,
+                       ngx_uint_t n);
 } ngx_xmpp_cm_streams_t;
 
 
@@ -636,6 +644,11 @@ struct ngx_xmpp_cm_stream_s {
     ngx_xmpp_cm_conn_t              *conn;       /* NULL: detached */
     ngx_event_t                     *close_ev;   /* during the close delay */
     ngx_queue_t                      queue;      /* in sock->paused */
+
+    /* client stanzas routed, and confirmed by Openfire (both wrap) */
+    uint32_t                         routed;
+    uint32_t                         confirmed;
+
     unsigned                         paused:1;
     unsigned                         routing:1;   /* in a route's loop */
     unsigned                         gone:1;      /* client left in it */

@@ -34,6 +34,8 @@ static void ngx_xmpp_cm_stream_end_all(ngx_xmpp_cm_upstream_t *up,
     char *cond, char *text, ngx_uint_t ghost);
 static void ngx_xmpp_cm_stream_up(ngx_xmpp_cm_upstream_t *up);
 static void ngx_xmpp_cm_stream_unblock(ngx_xmpp_cm_stream_t *s);
+static void ngx_xmpp_cm_stream_confirmed(ngx_xmpp_cm_upstream_t *up,
+    ngx_str_t *id, ngx_uint_t n);
 
 
 const ngx_xmpp_cm_streams_t  ngx_xmpp_cm_streams = {
@@ -41,7 +43,8 @@ const ngx_xmpp_cm_streams_t  ngx_xmpp_cm_streams = {
     ngx_xmpp_cm_stream_iq,
     ngx_xmpp_cm_stream_end_all,
     ngx_xmpp_cm_stream_up,
-    ngx_xmpp_cm_stream_unblock
+    ngx_xmpp_cm_stream_unblock,
+    ngx_xmpp_cm_stream_confirmed
 };
 
 
@@ -156,6 +159,7 @@ ngx_xmpp_cm_stream_send(ngx_xmpp_cm_stream_t *s, ngx_xmpp_cm_xml_t *x,
     rc = ngx_xmpp_cm_route_client(s, x, e, lang);
 
     if (rc == NGX_OK) {
+        s->routed++;
         (void) ngx_xmpp_cm_stream_throttled(s);
     }
 
@@ -198,6 +202,28 @@ ngx_xmpp_cm_stream_unblock(ngx_xmpp_cm_stream_t *s)
     if (s->conn) {
         s->conn->handler->unblock(s->conn);
     }
+}
+
+
+/*
+ * Openfire has accepted n more of the stream's routed client stanzas:
+ * s->routed - s->confirmed are in flight.  A stream already ended has
+ * nothing left to count.
+ */
+
+static void
+ngx_xmpp_cm_stream_confirmed(ngx_xmpp_cm_upstream_t *up, ngx_str_t *id,
+    ngx_uint_t n)
+{
+    ngx_xmpp_cm_stream_t  *s;
+
+    s = ngx_xmpp_cm_stream_find(up, id);
+
+    if (s == NULL) {
+        return;
+    }
+
+    s->confirmed += (uint32_t) n;
 }
 
 
