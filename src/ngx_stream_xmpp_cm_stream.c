@@ -36,6 +36,8 @@ static void ngx_xmpp_cm_stream_up(ngx_xmpp_cm_upstream_t *up);
 static void ngx_xmpp_cm_stream_unblock(ngx_xmpp_cm_stream_t *s);
 static void ngx_xmpp_cm_stream_confirmed(ngx_xmpp_cm_upstream_t *up,
     ngx_str_t *id, ngx_uint_t n);
+static ngx_uint_t ngx_xmpp_cm_stream_resend(ngx_xmpp_cm_upstream_t *up,
+    ngx_xmpp_cm_sock_t *to, ngx_uint_t kind, ngx_str_t *id);
 
 
 const ngx_xmpp_cm_streams_t  ngx_xmpp_cm_streams = {
@@ -44,7 +46,8 @@ const ngx_xmpp_cm_streams_t  ngx_xmpp_cm_streams = {
     ngx_xmpp_cm_stream_end_all,
     ngx_xmpp_cm_stream_up,
     ngx_xmpp_cm_stream_unblock,
-    ngx_xmpp_cm_stream_confirmed
+    ngx_xmpp_cm_stream_confirmed,
+    ngx_xmpp_cm_stream_resend
 };
 
 
@@ -224,6 +227,33 @@ ngx_xmpp_cm_stream_confirmed(ngx_xmpp_cm_upstream_t *up, ngx_str_t *id,
     }
 
     s->confirmed += (uint32_t) n;
+}
+
+
+/*
+ * A reset socket's unconfirmed element of this stream goes again on the
+ * socket to, and so does everything newer of the stream, in order.  A
+ * create goes again only while nothing shows that Openfire acted on it
+ * (its result, or a route for the stream): a second create with the same
+ * id would replace the session (docs/delivery.md).  The elements of a
+ * stream already ended go again too (its close is among them).
+ */
+
+static ngx_uint_t
+ngx_xmpp_cm_stream_resend(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_sock_t *to,
+    ngx_uint_t kind, ngx_str_t *id)
+{
+    ngx_xmpp_cm_stream_t  *s;
+
+    s = ngx_xmpp_cm_stream_find(up, id);
+
+    if (s == NULL) {
+        return kind != NGX_XMPP_CM_BUF_CREATE;
+    }
+
+    s->sock = to;
+
+    return kind != NGX_XMPP_CM_BUF_CREATE || !s->created;
 }
 
 
@@ -534,6 +564,11 @@ ngx_xmpp_cm_stream_route(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_sock_t *sock,
         return;
     }
 
+    if (s) {
+        /* a route for it: Openfire has its session (a resend skips create) */
+        s->created = 1;
+    }
+
     if (s && s->conn) {
 
         /*
@@ -788,6 +823,14 @@ ngx_xmpp_cm_stream_iq(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_sock_t *sock,
 
         ngx_xmpp_cm_stream_end(s, NGX_XMPP_CM_END_CLOSED, NULL, NULL,
                                raw, len);
+        return;
+    }
+
+    if (ngx_xmpp_cm_str_is(type, "result")) {
+        if (s && ngx_xmpp_cm_node_child(session, "create")) {
+            s->created = 1;
+        }
+
         return;
     }
 
