@@ -703,7 +703,7 @@ ngx_stream_xmpp_cm_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
         conf->confirm_window.size = NGX_XMPP_CM_CONFIRM_BYTES;
     }
 
-    ngx_conf_merge_msec_value(conf->confirm_delay, prev->confirm_delay, 10);
+    ngx_conf_merge_msec_value(conf->confirm_delay, prev->confirm_delay, 50);
 
     /*
      * A rate and its burst go together: a server that sets the rate does
