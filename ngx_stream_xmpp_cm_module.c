@@ -30,6 +30,8 @@ static char *ngx_stream_xmpp_cm_watermarks(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_stream_xmpp_cm_limit_rate(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_stream_xmpp_cm_window(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static ngx_int_t ngx_stream_xmpp_cm_same_cm(ngx_stream_xmpp_cm_srv_conf_t *a,
     ngx_stream_xmpp_cm_srv_conf_t *b);
 static ngx_int_t ngx_stream_xmpp_cm_shared_agree(ngx_conf_t *cf,
@@ -99,6 +101,12 @@ static ngx_conf_bitmask_t  ngx_stream_xmpp_cm_ssl_protocols[] = {
 #define NGX_XMPP_CM_SHARED_MSEC        8
 #define NGX_XMPP_CM_SHARED_BACKOFF     9
 #define NGX_XMPP_CM_SHARED_WATERMARKS  10
+#define NGX_XMPP_CM_SHARED_WINDOW      11
+
+
+/* the default of xmpp_cm_confirm_window */
+#define NGX_XMPP_CM_CONFIRM_STANZAS    4096
+#define NGX_XMPP_CM_CONFIRM_BYTES      (2 * 1024 * 1024)
 
 
 typedef struct {
@@ -130,6 +138,11 @@ static ngx_stream_xmpp_cm_shared_t  ngx_stream_xmpp_cm_shared_settings[] = {
     ngx_stream_xmpp_cm_shared("xmpp_cm_upstream_watermarks", WATERMARKS,
                               upstream_watermarks, NULL, 0),
     ngx_stream_xmpp_cm_shared("xmpp_cm_close_delay", MSEC, close_delay,
+                              NULL, 0),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_confirm", FLAG, confirm, NULL, 0),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_confirm_window", WINDOW,
+                              confirm_window, NULL, 0),
+    ngx_stream_xmpp_cm_shared("xmpp_cm_confirm_delay", MSEC, confirm_delay,
                               NULL, 0),
     ngx_stream_xmpp_cm_shared("xmpp_cm_upstream_tls", ENUM, upstream_tls,
                               ngx_stream_xmpp_cm_upstream_tls_values, 0),
@@ -323,6 +336,27 @@ static ngx_command_t  ngx_stream_xmpp_cm_commands[] = {
       ngx_stream_xmpp_cm_watermarks,
       NGX_STREAM_SRV_CONF_OFFSET,
       offsetof(ngx_stream_xmpp_cm_srv_conf_t, upstream_watermarks),
+      NULL },
+
+    { ngx_string("xmpp_cm_confirm"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, confirm),
+      NULL },
+
+    { ngx_string("xmpp_cm_confirm_window"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE2,
+      ngx_stream_xmpp_cm_window,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, confirm_window),
+      NULL },
+
+    { ngx_string("xmpp_cm_confirm_delay"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, confirm_delay),
       NULL },
 
     { ngx_string("xmpp_cm_limit_rate"),
@@ -584,6 +618,9 @@ ngx_stream_xmpp_cm_create_srv_conf(ngx_conf_t *cf)
     conf->client_output_limit = NGX_CONF_UNSET_SIZE;
     conf->csi_hold_limit = NGX_CONF_UNSET_SIZE;
     conf->upstream_watermarks.high = NGX_CONF_UNSET_SIZE;
+    conf->confirm = NGX_CONF_UNSET;
+    conf->confirm_window.stanzas = NGX_CONF_UNSET_UINT;
+    conf->confirm_delay = NGX_CONF_UNSET_MSEC;
     conf->limit_rate.rate = NGX_CONF_UNSET_SIZE;
     conf->limit_rate.burst = NGX_CONF_UNSET_SIZE;
     conf->preauth_limit_rate.rate = NGX_CONF_UNSET_SIZE;
@@ -673,6 +710,19 @@ ngx_stream_xmpp_cm_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
         conf->upstream_watermarks.high = 1024 * 1024;
         conf->upstream_watermarks.low = 256 * 1024;
     }
+
+    ngx_conf_merge_value(conf->confirm, prev->confirm, 1);
+
+    if (conf->confirm_window.stanzas == NGX_CONF_UNSET_UINT) {
+        conf->confirm_window = prev->confirm_window;
+    }
+
+    if (conf->confirm_window.stanzas == NGX_CONF_UNSET_UINT) {
+        conf->confirm_window.stanzas = NGX_XMPP_CM_CONFIRM_STANZAS;
+        conf->confirm_window.size = NGX_XMPP_CM_CONFIRM_BYTES;
+    }
+
+    ngx_conf_merge_msec_value(conf->confirm_delay, prev->confirm_delay, 50);
 
     /*
      * A rate and its burst go together: a server that sets the rate does
@@ -782,6 +832,24 @@ ngx_stream_xmpp_cm_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"xmpp_cm_upstream_watermarks\" needs "
                            "low < high");
+        return NGX_CONF_ERROR;
+    }
+
+    /* a barrier goes out at a quarter of the window: room for four */
+
+    if (conf->confirm_window.stanzas < 16
+        || conf->confirm_window.size < 64 * 1024)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"xmpp_cm_confirm_window\" needs at least 16 "
+                           "stanzas and 64k");
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->confirm_delay == 0 || conf->confirm_delay > 10000) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"xmpp_cm_confirm_delay\" must be between 1ms "
+                           "and 10s");
         return NGX_CONF_ERROR;
     }
 
@@ -961,6 +1029,12 @@ ngx_stream_xmpp_cm_shared_equal(ngx_stream_xmpp_cm_shared_t *sh,
         wb = (ngx_xmpp_cm_watermarks_t *) pb;
         return wa->high == wb->high && wa->low == wb->low;
 
+    case NGX_XMPP_CM_SHARED_WINDOW:
+        return ((ngx_xmpp_cm_window_t *) pa)->stanzas
+               == ((ngx_xmpp_cm_window_t *) pb)->stanzas
+               && ((ngx_xmpp_cm_window_t *) pa)->size
+                  == ((ngx_xmpp_cm_window_t *) pb)->size;
+
     default: /* NUM, ENUM, BITMASK */
         return *(ngx_uint_t *) pa == *(ngx_uint_t *) pb;
     }
@@ -1108,6 +1182,13 @@ ngx_stream_xmpp_cm_shared_text(ngx_conf_t *cf, ngx_stream_xmpp_cm_shared_t *sh,
         p = ngx_stream_xmpp_cm_size_text(p, w->high);
         *p++ = ' ';
         p = ngx_stream_xmpp_cm_size_text(p, w->low);
+        break;
+
+    case NGX_XMPP_CM_SHARED_WINDOW:
+        p = ngx_sprintf(p, "%ui ",
+                        ((ngx_xmpp_cm_window_t *) field)->stanzas);
+        p = ngx_stream_xmpp_cm_size_text(p,
+                                  ((ngx_xmpp_cm_window_t *) field)->size);
         break;
 
     default: /* NUM, an ENUM value without a name */
@@ -1457,6 +1538,50 @@ ngx_stream_xmpp_cm_watermarks(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     w->high = (size_t) n[0];
     w->low = (size_t) n[1];
+
+    return NGX_CONF_OK;
+}
+
+
+/* xmpp_cm_confirm_window stanzas size */
+
+static char *
+ngx_stream_xmpp_cm_window(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    char  *p = conf;
+
+    ssize_t                size;
+    ngx_int_t              n;
+    ngx_str_t             *value;
+    ngx_xmpp_cm_window_t  *w;
+
+    w = (ngx_xmpp_cm_window_t *) (p + cmd->offset);
+
+    if (w->stanzas != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    n = ngx_atoi(value[1].data, value[1].len);
+    size = ngx_parse_size(&value[2]);
+
+    if (n == NGX_ERROR || n > 1000000) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid number of stanzas \"%V\" in \"%V\" "
+                           "(up to 1000000)", &value[1], &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (size == NGX_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid size \"%V\" in \"%V\"",
+                           &value[2], &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    w->stanzas = (ngx_uint_t) n;
+    w->size = (size_t) size;
 
     return NGX_CONF_OK;
 }

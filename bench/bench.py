@@ -19,6 +19,11 @@ Scenarios:
             fakexmpp --nagle, the "directly to Openfire" case), cm-nagle
             (the CM -> fakeof --nagle) and cm (fakeof with TCP_NODELAY, the
             xmpp.socket.tcp-nodelay=true case), in the same run
+  confirm   at --confirm-rates, cm (xmpp_cm_confirm on, the default) and
+            cm-noconfirm (off) in the same run: CPU per message of the
+            worker, end-to-end latency, and from the CM's metrics the
+            barriers sent and the mean wait of a barrier's oldest element
+            from being queued to Openfire's answer (the ack latency)
 """
 import argparse
 import datetime
@@ -143,6 +148,7 @@ def stop_all():
 NGINX_CONF = """\
 load_module {stream};
 {module}
+{http}
 daemon off;
 master_process on;
 worker_processes 1;
@@ -158,6 +164,37 @@ stream {{
 }}
 """
 
+# the CM's metrics endpoint (xmpp_cm_metrics): barriers and ack latency
+HTTP_METRICS = """\
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/http_body;
+    proxy_temp_path {prefix}/http_proxy;
+    fastcgi_temp_path {prefix}/http_fastcgi;
+    uwsgi_temp_path {prefix}/http_uwsgi;
+    scgi_temp_path {prefix}/http_scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location = /metrics {{ xmpp_cm_metrics; }}
+    }}
+}}
+"""
+
+
+def scrape(port):
+    """The CM's counters, summed over CM names: {name{labels}: value}."""
+    import urllib.request
+    out = {}
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port,
+                                timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            m = re.match(r'^(\w+)\{cm="[^"]*"(?:,(\w+)="([^"]*)")?\} (\S+)$',
+                         line)
+            if m:
+                key = m.group(1) + ("{%s}" % m.group(3) if m.group(2) else "")
+                out[key] = out.get(key, 0.0) + float(m.group(4))
+    return out
+
 
 class Target:
     name = ""
@@ -171,12 +208,15 @@ class Target:
 
 
 class NginxTarget(Target):
-    def start_nginx(self, body, module):
+    def start_nginx(self, body, module, http=""):
         self.prefix = tempfile.mkdtemp(prefix="ngx-", dir=WORK)
         self.port = free_port()
+        if http:
+            self.mport = free_port()
+            http = HTTP_METRICS.format(prefix=self.prefix, port=self.mport)
         conf = NGINX_CONF.format(stream=STREAM_SO, module=module,
                                  fds=FD_LIMIT, prefix=self.prefix,
-                                 port=self.port, body=body)
+                                 port=self.port, body=body, http=http)
         path = os.path.join(self.prefix, "nginx.conf")
         with open(path, "w") as f:
             f.write(conf)
@@ -197,6 +237,7 @@ class CmTarget(NginxTarget):
     name = "cm"
     measured = "worker"
     far_args = ()
+    extra = ""
 
     def start(self, n_users):
         self.far = Proc("fakeof", [os.path.join(BENCH, "fakeof"), "--listen",
@@ -209,7 +250,9 @@ class CmTarget(NginxTarget):
                 "        xmpp_cm_name bench;\n") % (self.far.port, DOMAIN, SECRET)
         if CM_EXTRA:
             body += "        %s\n" % CM_EXTRA
-        self.start_nginx(body, "load_module %s;" % MODULE_SO)
+        if self.extra:
+            body += "        %s\n" % self.extra
+        self.start_nginx(body, "load_module %s;" % MODULE_SO, http=True)
         errlog = os.path.join(self.prefix, "error.log")
         wait_for(lambda: read(errlog).count("connected to Openfire") >= 4, 15,
                  "CM pool up")
@@ -220,13 +263,34 @@ class CmTarget(NginxTarget):
 
     def stop(self):
         issues = self.log_issues()
+        try:
+            mx = scrape(self.mport)
+        except Exception as e:
+            mx = {}
+            issues.append("metrics: %s" % e)
         self.nginx.stop()
         out = self.far.stop()
         stats = {}
         for line in out.splitlines():
             if line.startswith("{"):
                 stats = json.loads(line)
-        return {"far_stats": stats, "log_issues": issues}
+        answers = mx.get("xmpp_cm_upstream_barrier_answers_total", 0)
+        confirm = {
+            "barriers": mx.get("xmpp_cm_upstream_barriers_total"),
+            "answers": answers,
+            "resent": mx.get("xmpp_cm_upstream_resent_total"),
+            "ack_wait_mean_ms": 1000.0 * mx.get(
+                "xmpp_cm_upstream_confirm_wait_seconds_total", 0) / answers
+            if answers else None,
+        }
+        return {"far_stats": stats, "log_issues": issues,
+                "confirm": confirm}
+
+
+class CmNoConfirmTarget(CmTarget):
+    """The CM without confirmed delivery (xmpp_cm_confirm off)."""
+    name = "cm-noconfirm"
+    extra = "xmpp_cm_confirm off;"
 
 
 class CmNagleTarget(CmTarget):
@@ -489,6 +553,10 @@ def main():
     ap.add_argument("--nagle-rates", default="1000,5000",
                     help="offered rates (msg/s) of the Nagle rows: direct, "
                          "cm-nagle and cm at --lat-sessions; '' for none")
+    ap.add_argument("--confirm-rates", default="5000,20000",
+                    help="offered rates (msg/s) of the confirm rows: cm "
+                         "(xmpp_cm_confirm on) and cm-noconfirm at "
+                         "--lat-sessions; '' for none")
     ap.add_argument("--module", default=MODULE_SO,
                     help="the module to load (e.g. one built from another "
                          "commit, for a before/after)")
@@ -511,11 +579,15 @@ def main():
         args.lat_rates = ""
         if "--nagle-rates" not in sys.argv:
             args.nagle_rates = "1000"
+        if "--confirm-rates" not in sys.argv:
+            args.confirm_rates = "2000"
         if "--targets" not in sys.argv:
             args.targets = "cm,relay"
     args.ramp = [float(x) for x in args.ramp.split(",") if x]
     args.lat_rates = [float(x) for x in args.lat_rates.split(",") if x]
     args.nagle_rates = [float(x) for x in args.nagle_rates.split(",") if x]
+    args.confirm_rates = [float(x) for x in args.confirm_rates.split(",")
+                          if x]
     MODULE_SO = os.path.abspath(args.module)
     CM_EXTRA = args.cm_extra
     PIN = not args.no_pin and len(os.sched_getaffinity(0)) >= 2 and \
@@ -551,12 +623,13 @@ def main():
                    "ramp_duration": args.ramp_duration,
                    "lat_sessions": args.lat_sessions,
                    "lat_duration": args.lat_duration, "window": args.window,
-                   "nagle_rates": args.nagle_rates, "module": MODULE_SO,
+                   "nagle_rates": args.nagle_rates,
+                   "confirm_rates": args.confirm_rates, "module": MODULE_SO,
                    "cm_extra": CM_EXTRA,
                    "pinned": PIN,
                    "targets": targets},
         "scale": [], "skipped": [], "ramp": {}, "latency": {},
-        "latency_at": {}, "nagle": {}, "errors": [],
+        "latency_at": {}, "nagle": {}, "confirm": {}, "errors": [],
     }
     if "jabberd2" in targets and not have_jd:
         res["jabberd2_unavailable"] = have_jd_reason
@@ -624,6 +697,19 @@ def main():
                                        half_rate=rate)
                 except Exception as e:
                     res["errors"].append("nagle %s at %d: %s" % (tn, rate, e))
+                    stop_all()
+        # confirmed delivery on and off, in the same run
+        confirm = {"cm": CmTarget, "cm-noconfirm": CmNoConfirmTarget}
+        for rate in args.confirm_rates if "cm" in targets else ():
+            row = res["confirm"].setdefault(str(int(rate)), {})
+            for tn, tcls in confirm.items():
+                log("bench: confirm %s at %d msg/s" % (tn, rate))
+                try:
+                    row[tn] = ramp_run(tcls, args.lat_sessions, args,
+                                       half_rate=rate)
+                except Exception as e:
+                    res["errors"].append("confirm %s at %d: %s"
+                                         % (tn, rate, e))
                     stop_all()
     finally:
         stop_all()
@@ -765,6 +851,28 @@ def print_table(res):
         if q:
             print("  cm-nagle / direct: p50 %.2f, p99 %.2f" % (q["p50"],
                                                                q["p99"]))
+    for rate, row in sorted(res.get("confirm", {}).items(),
+                            key=lambda x: int(x[0])):
+        print("confirmed delivery at %s msg/s (%d sessions):"
+              % (rate, res["params"]["lat_sessions"]))
+        for tn, r in row.items():
+            c = r.get("confirm") or {}
+            print("  %-12s CPU/msg %s us  p50 %s us  p99 %s us  "
+                  "(%d/%d delivered)  barriers %s (%s per 1000 msg)  "
+                  "ack wait mean %s ms" % (
+                      tn, fmt(r["cpu_per_msg_us"], "%.2f"),
+                      fmt(r["lat_p50_us"], "%.0f"),
+                      fmt(r["lat_p99_us"], "%.0f"), r["received"], r["sent"],
+                      fmt(c.get("barriers"), "%.0f"),
+                      fmt(1000.0 * c["barriers"] / r["received"]
+                          if c.get("barriers") is not None and r["received"]
+                          else None, "%.1f"),
+                      fmt(c.get("ack_wait_mean_ms"), "%.1f")))
+        if "cm" in row and "cm-noconfirm" in row \
+                and row["cm-noconfirm"]["cpu_per_msg_us"]:
+            print("  CPU/msg on / off: %.3f" % (
+                row["cm"]["cpu_per_msg_us"]
+                / row["cm-noconfirm"]["cpu_per_msg_us"]))
     s = res.get("summary", {})
     print("targets (goals, not assertions):")
     for n, v in sorted(s.get("cpu_ratio_cm_relay", {}).items(), key=lambda x: int(x[0])):

@@ -21,6 +21,12 @@
 #                     's/_session_/_stream_/'
 #   --keep DIR        keep the callgrind files, nginx logs and loadgen JSON
 #   --no-build        TREE: use TREE/build/ngx_stream_xmpp_cm_module.so as is
+#   --conf1 TEXT      directives added to the CM's server block in the runs
+#   --conf2 TEXT      of the first / second module; the same module twice
+#                     compares two settings in one run, e.g. confirmed
+#                     delivery off (before) and on (after):
+#                       bench/callgrind.sh --conf1 'xmpp_cm_confirm off;' \
+#                           --conf2 'xmpp_cm_confirm on;' M.so M.so
 #
 # One nginx (master_process off, daemon off: the worker is the process
 # valgrind starts) runs under callgrind with the module in front of
@@ -56,6 +62,8 @@ topn=10
 keep=
 build=1
 alias=
+conf1=
+conf2=
 
 usage() {
     sed -n '2,/^#$/{/^#$/d;p}' "$0" | sed 's/^# \{0,1\}//' >&2
@@ -74,6 +82,8 @@ while [ $# -gt 0 ]; do
     --keep) keep=$2; shift 2 ;;
     --alias) alias=$2; shift 2 ;;
     --no-build) build=0; shift ;;
+    --conf1) conf1=$2; shift 2 ;;
+    --conf2) conf2=$2; shift 2 ;;
     -h|--help) usage ;;
     -*) echo "callgrind.sh: unknown option $1" >&2; usage ;;
     *) break ;;
@@ -144,7 +154,10 @@ for arg in "$@"; do
     [ -f "$so" ] || { log "no module $so"; exit 1; }
     mkdir -p "$work/$label"
     cp "$so" "$work/$label/ngx_stream_xmpp_cm_module.so"
+    if [ $i = 0 ]; then conf=$conf1; else conf=$conf2; fi
+    [ -z "$conf" ] || desc="$desc [$conf]"
     echo "$desc" > "$work/$label/desc"
+    echo "$conf" > "$work/$label/conf"
     i=$((i + 1))
 done
 
@@ -215,6 +228,7 @@ stream {
         xmpp_cm_domain localhost;
         xmpp_cm_secret cmsecret;
         xmpp_cm_name bench;
+        $(cat "$work/$label/conf")
     }
 }
 EOF

@@ -56,7 +56,8 @@ static conn_t      *dirty;
 static conn_t      *all[1024];
 static int          nall;
 static unsigned long  n_conns, n_creates, n_closes, n_auth, n_bind,
-                      n_msg_in, n_msg_out, n_msg_drop, n_other, n_elems;
+                      n_msg_in, n_msg_out, n_msg_drop, n_other, n_elems,
+                      n_gets;
 
 static void
 mark_dirty(conn_t *c)
@@ -208,11 +209,31 @@ on_iq(conn_t *c, const char *s, size_t len)
     buf_t       *o = &c->out;
 
     tl = attr_get(s, len, "type", &type);
+    il = attr_get(s, len, "id", &id);
+    fl = attr_get(s, len, "from", &from);
+    if (tl == 3 && memcmp(type, "get", 3) == 0) {
+        /* any IQ get: bad-request, as Openfire (the CM's barriers) */
+        n_gets++;
+        buf_adds(o, "<iq type=\"error\" id=\"");
+        if (il > 0) {
+            buf_add(o, id, il);
+        }
+        buf_adds(o, "\" from=\"");
+        buf_adds(o, domain);
+        buf_adds(o, "\" to=\"");
+        if (fl > 0) {
+            buf_add(o, from, fl);
+        } else {
+            buf_adds(o, c->cm);
+        }
+        buf_adds(o, "\"><ping xmlns=\"urn:xmpp:ping\"/><error code=\"400\" "
+                 "type=\"modify\"><bad-request xmlns=\"urn:ietf:params:xml"
+                 ":ns:xmpp-stanzas\"/></error></iq>");
+        return;
+    }
     if (tl != 3 || memcmp(type, "set", 3) != 0) {
         return;                      /* results / errors: ignored */
     }
-    il = attr_get(s, len, "id", &id);
-    fl = attr_get(s, len, "from", &from);
     sess = mem_find(s, len, "<session");
     if (sess == NULL) {
         n_other++;
@@ -549,7 +570,8 @@ main(int argc, char **argv)
     }
     printf("{\"conns\":%lu,\"creates\":%lu,\"closes\":%lu,\"auth\":%lu,"
            "\"bind\":%lu,\"msg_in\":%lu,\"msg_out\":%lu,\"msg_drop\":%lu,"
-           "\"other\":%lu,\"elements\":%lu}\n", n_conns, n_creates, n_closes,
-           n_auth, n_bind, n_msg_in, n_msg_out, n_msg_drop, n_other, n_elems);
+           "\"other\":%lu,\"elements\":%lu,\"iq_gets\":%lu}\n", n_conns,
+           n_creates, n_closes, n_auth, n_bind, n_msg_in, n_msg_out,
+           n_msg_drop, n_other, n_elems, n_gets);
     return 0;
 }

@@ -98,6 +98,11 @@ typedef struct {
 } ngx_xmpp_cm_watermarks_t;           /* xmpp_cm_upstream_watermarks */
 
 typedef struct {
+    ngx_uint_t                       stanzas;
+    size_t                           size;
+} ngx_xmpp_cm_window_t;                    /* xmpp_cm_confirm_window */
+
+typedef struct {
     size_t                           rate;     /* bytes/s, 0: off */
     size_t                           burst;
 } ngx_xmpp_cm_rate_t;                         /* xmpp_cm_*limit_rate */
@@ -126,6 +131,9 @@ typedef struct {
     size_t                           client_output_limit;
     size_t                           csi_hold_limit;  /* 0: no XEP-0352 */
     ngx_xmpp_cm_watermarks_t         upstream_watermarks;
+    ngx_flag_t                       confirm;
+    ngx_xmpp_cm_window_t             confirm_window;
+    ngx_msec_t                       confirm_delay;
     ngx_xmpp_cm_rate_t               limit_rate;
     ngx_xmpp_cm_rate_t               preauth_limit_rate;
     ngx_uint_t                       starttls;
@@ -201,6 +209,8 @@ enum {
     NGX_XMPP_CM_M_SOCK_HANDSHAKE,
     NGX_XMPP_CM_M_SOCK_READY,
     NGX_XMPP_CM_M_WEBSOCKET,
+    NGX_XMPP_CM_M_UNCONFIRMED,
+    NGX_XMPP_CM_M_UNCONFIRMED_BYTES,
 
     /* counters */
     NGX_XMPP_CM_M_OPENED,
@@ -214,6 +224,10 @@ enum {
     NGX_XMPP_CM_M_LOGIN_SUCCESS,
     NGX_XMPP_CM_M_LOGIN_FAILURE,
     NGX_XMPP_CM_M_FLOW_PAUSES,
+    NGX_XMPP_CM_M_BARRIERS,
+    NGX_XMPP_CM_M_CONFIRMS,
+    NGX_XMPP_CM_M_CONFIRM_WAIT_MS,
+    NGX_XMPP_CM_M_RESENT,
     NGX_XMPP_CM_M_DROP_BAD_ROUTE,
     NGX_XMPP_CM_M_DROP_NO_SOCKET,
     NGX_XMPP_CM_M_DROP_CLOSED_STREAM,
@@ -326,6 +340,43 @@ typedef struct {
 } ngx_xmpp_cm_output_sent_t;
 
 
+/*
+ * Confirmed delivery on an Openfire socket (docs/delivery.md): what each
+ * buf carries, in fields a memory buf does not use otherwise: b->num the
+ * kind, b->file_pos and b->file_last the offset and length of the stream
+ * id in the buf (a barrier: its sequence number in b->file_pos).
+ */
+
+#define NGX_XMPP_CM_BUF_LINK     0    /* the socket's own: never resent */
+#define NGX_XMPP_CM_BUF_BARRIER  1    /* a barrier IQ */
+#define NGX_XMPP_CM_BUF_CLIENT   2    /* a route of a client stanza */
+#define NGX_XMPP_CM_BUF_RAW      3    /* a route the CM built */
+#define NGX_XMPP_CM_BUF_CREATE   4    /* session IQs */
+#define NGX_XMPP_CM_BUF_CLOSE    5
+#define NGX_XMPP_CM_BUF_FAILED   6
+
+#define ngx_xmpp_cm_buf_mark(b, kind, off, len)                              \
+    do {                                                                     \
+        (b)->num = kind;                                                     \
+        (b)->file_pos = (off_t) (off);                                       \
+        (b)->file_last = (off_t) (len);                                      \
+    } while (0)
+
+
+/* written to Openfire and not yet confirmed, in the order written */
+
+typedef struct {
+    ngx_chain_t                     *out;
+    ngx_chain_t                     *tail;
+    size_t                           size;     /* their bytes */
+    ngx_uint_t                       n;        /* their bufs */
+} ngx_xmpp_cm_kept_t;
+
+
+/* whether a buf of a dead socket goes out again (0: dropped) */
+typedef ngx_uint_t (*ngx_xmpp_cm_resend_pt)(void *data, ngx_buf_t *b);
+
+
 ngx_buf_t *ngx_xmpp_cm_output_buf(ngx_xmpp_cm_output_t *o, size_t size,
     ngx_uint_t stanza);
 ngx_int_t ngx_xmpp_cm_output_append(ngx_xmpp_cm_output_t *o, u_char *p,
@@ -338,6 +389,13 @@ void ngx_xmpp_cm_output_classify(ngx_xmpp_cm_output_t *o,
 void ngx_xmpp_cm_output_move(ngx_xmpp_cm_output_t *to,
     ngx_xmpp_cm_output_t *from);
 void ngx_xmpp_cm_output_free(ngx_xmpp_cm_output_t *o);
+ngx_int_t ngx_xmpp_cm_output_send_kept(ngx_connection_t *c,
+    ngx_xmpp_cm_output_t *o, ngx_xmpp_cm_kept_t *k);
+void ngx_xmpp_cm_output_confirm(ngx_xmpp_cm_output_free_t *fl,
+    ngx_xmpp_cm_kept_t *k, ngx_chain_t *last);
+ngx_uint_t ngx_xmpp_cm_output_resend(ngx_xmpp_cm_output_t *to,
+    ngx_xmpp_cm_kept_t *k, ngx_xmpp_cm_output_t *from,
+    ngx_xmpp_cm_resend_pt resend, void *data);
 void ngx_xmpp_cm_output_init(ngx_xmpp_cm_output_t *o,
     ngx_xmpp_cm_worker_t *worker);
 void ngx_xmpp_cm_output_release(ngx_xmpp_cm_output_free_t *fl);
@@ -523,6 +581,16 @@ struct ngx_xmpp_cm_sock_s {
     ngx_event_t                      reconnect;
     ngx_event_t                      keepalive;
     ngx_queue_t                      paused;       /* streams paused on it */
+
+    /* confirmed delivery (docs/delivery.md) */
+    ngx_xmpp_cm_kept_t               kept;         /* written, unconfirmed */
+    ngx_event_t                      barrier;      /* the barrier's delay */
+    ngx_uint_t                       bseq;         /* last barrier queued */
+    ngx_uint_t                       bconf;        /* last one answered */
+    ngx_uint_t                       blost;        /* answers maybe lost */
+    ngx_uint_t                       since_n;      /* bufs since a barrier */
+    size_t                           since_size;
+    ngx_msec_t                       since_at;     /* the first of those */
     ngx_str_t                        resource;
     u_char                           resbuf[2 * NGX_INT_T_LEN + 2];
     u_char                           sid[64];
@@ -555,8 +623,23 @@ typedef struct {
                      ngx_uint_t ghost);
     void  (*up)(ngx_xmpp_cm_upstream_t *up);
     void  (*unblock)(ngx_xmpp_cm_stream_t *s);
+
+    /*
+     * Openfire has accepted n more routed client stanzas (<route>s that
+     * ngx_xmpp_cm_route_client wrote) of the stream with this id, in
+     * routing order: a barrier IQ written after them was answered.
+     */
     void  (*confirmed)(ngx_xmpp_cm_upstream_t *up, ngx_str_t *id,
                        ngx_uint_t n);
+
+    /*
+     * An element of the stream with this id (kind NGX_XMPP_CM_BUF_*) that
+     * a reset socket had not got confirmed goes again on the socket to:
+     * the stream moves there; 0: it does not go (a create Openfire has
+     * acted on).
+     */
+    ngx_uint_t  (*resend)(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_sock_t *to,
+                          ngx_uint_t kind, ngx_str_t *id);
 } ngx_xmpp_cm_streams_t;
 
 
@@ -648,13 +731,17 @@ struct ngx_xmpp_cm_stream_s {
     ngx_event_t                     *close_ev;   /* during the close delay */
     ngx_queue_t                      queue;      /* in sock->paused */
     ngx_xmpp_cm_sm_t                *sm;         /* XEP-0198, once enabled */
-    uint32_t                         routed;     /* client stanzas routed */
-    uint32_t                         confirmed;  /* of them, accepted */
+
+    /* client stanzas routed, and confirmed by Openfire (both wrap) */
+    uint32_t                         routed;
+    uint32_t                         confirmed;
+
     unsigned                         paused:1;
     unsigned                         routing:1;   /* in a route's loop */
     unsigned                         gone:1;      /* client left in it */
     unsigned                         detached:1;  /* counted as detached */
     unsigned                         discard:1;   /* close at once */
+    unsigned                         created:1;   /* Openfire has it */
 };
 
 

@@ -99,6 +99,10 @@ static char  *ngx_xmpp_cm_metrics_sock_states[] = {
     "connecting", "handshake", "ready"
 };
 
+static char  *ngx_xmpp_cm_metrics_units[] = {
+    "stanzas", "bytes"
+};
+
 static char  *ngx_xmpp_cm_metrics_directions[] = {
     "to_openfire", "to_client"
 };
@@ -146,6 +150,12 @@ static ngx_xmpp_cm_metrics_family_t  ngx_xmpp_cm_metrics_families[] = {
       "and secret handshake under way), ready (carrying sessions).",
       "state", NGX_XMPP_CM_M_SOCK_CONNECTING, 3,
       ngx_xmpp_cm_metrics_sock_states },
+
+    { "xmpp_cm_upstream_unconfirmed", "gauge",
+      "Stanzas written to Openfire and not confirmed by a barrier yet "
+      "(xmpp_cm_confirm), kept to be sent again if their socket resets: "
+      "how many (stanzas) and their size (bytes).",
+      "unit", NGX_XMPP_CM_M_UNCONFIRMED, 2, ngx_xmpp_cm_metrics_units },
 
     { "xmpp_cm_upstream_reconnects_total", "counter",
       "Connection attempts to Openfire after a socket closed or failed.",
@@ -196,6 +206,26 @@ static ngx_xmpp_cm_metrics_family_t  ngx_xmpp_cm_metrics_families[] = {
     { "xmpp_cm_websocket_upgrades_total", "counter",
       "WebSocket upgrades taken (101 answered) for XMPP (RFC 7395).",
       NULL, NGX_XMPP_CM_M_WEBSOCKET_OPENED, 1, NULL },
+    { "xmpp_cm_upstream_barriers_total", "counter",
+      "Barrier IQs sent to Openfire to confirm the stanzas written before "
+      "them (xmpp_cm_confirm).",
+      NULL, NGX_XMPP_CM_M_BARRIERS, 1, NULL },
+
+    { "xmpp_cm_upstream_barrier_answers_total", "counter",
+      "Answers to barrier IQs that confirmed elements written to Openfire.",
+      NULL, NGX_XMPP_CM_M_CONFIRMS, 1, NULL },
+
+    { "xmpp_cm_upstream_confirm_wait_seconds_total", "counter",
+      "For each barrier answer, the time from the first element it "
+      "confirmed being queued to the answer, summed (millisecond "
+      "resolution): divided by the answers, the mean wait of the oldest "
+      "element of a barrier for its confirmation.",
+      NULL, NGX_XMPP_CM_M_CONFIRM_WAIT_MS, 1, NULL },
+
+    { "xmpp_cm_upstream_resent_total", "counter",
+      "Stanzas sent again on another socket because the socket they were "
+      "written to reset before Openfire confirmed them.",
+      NULL, NGX_XMPP_CM_M_RESENT, 1, NULL },
 
     { "xmpp_cm_workers", "gauge",
       "Worker processes with at least one ready socket to Openfire (up) "
@@ -721,7 +751,7 @@ ngx_xmpp_cm_metrics_render(ngx_cycle_t *cycle, ngx_pool_t *pool,
 {
     u_char                           *p, *last;
     size_t                            len;
-    int64_t                          *sums, *sum;
+    int64_t                          *sums, *sum, v;
     ngx_pid_t                         pid;
     ngx_uint_t                        s, n, k, f, names, nfam;
     ngx_xmpp_cm_metrics_t            *rec;
@@ -828,8 +858,16 @@ ngx_xmpp_cm_metrics_render(ngx_cycle_t *cycle, ngx_pool_t *pool,
 
                 /* a gauge summed over workers cannot be negative */
 
-                p = ngx_slprintf(p, last, "} %L\n",
-                                 ngx_max(sum[fam->first + k], 0));
+                v = ngx_max(sum[fam->first + k], 0);
+
+                if (fam->first == NGX_XMPP_CM_M_CONFIRM_WAIT_MS) {
+                    /* counted in milliseconds, shown in seconds */
+                    p = ngx_slprintf(p, last, "} %L.%03L\n", v / 1000,
+                                     v % 1000);
+
+                } else {
+                    p = ngx_slprintf(p, last, "} %L\n", v);
+                }
             }
         }
     }

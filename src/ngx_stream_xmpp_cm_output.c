@@ -168,6 +168,7 @@ ngx_xmpp_cm_output_buf(ngx_xmpp_cm_output_t *o, size_t size,
     b->temporary = 1;
     b->last_shadow = 0;
     b->flush = 0;
+    b->num = NGX_XMPP_CM_BUF_LINK;
 
     if (o->out) {
         o->tail->next = cl;
@@ -391,6 +392,212 @@ ngx_xmpp_cm_output_move(ngx_xmpp_cm_output_t *to, ngx_xmpp_cm_output_t *from)
     from->out = NULL;
     from->tail = NULL;
     from->size = 0;
+}
+
+
+/*
+ * Confirmed delivery (docs/delivery.md): as ngx_xmpp_cm_output_send(), but
+ * the bufs written whole move to the kept chain, in order, instead of
+ * going back to the free list; ngx_xmpp_cm_output_confirm() recycles them
+ * once Openfire has confirmed them.  A block still goes with the last buf
+ * carved from it, whichever chain that buf is in then.
+ */
+
+ngx_int_t
+ngx_xmpp_cm_output_send_kept(ngx_connection_t *c, ngx_xmpp_cm_output_t *o,
+    ngx_xmpp_cm_kept_t *k)
+{
+    off_t         sent;
+    ngx_chain_t  *cl, *last;
+
+    if (o->size == 0) {
+        return NGX_OK;
+    }
+
+    o->tail->buf->flush = 1;
+
+    sent = c->sent;
+
+    cl = c->send_chain(c, o->out, 0);
+
+    if (cl == NGX_CHAIN_ERROR) {
+        c->error = 1;
+        return NGX_ERROR;
+    }
+
+    o->size -= (size_t) (c->sent - sent);
+
+    last = NULL;
+
+    for (cl = o->out; cl && ngx_buf_size(cl->buf) == 0; cl = cl->next) {
+        last = cl;
+        k->n++;
+        k->size += cl->buf->last - cl->buf->start;
+    }
+
+    if (last == NULL) {
+        return NGX_AGAIN;
+    }
+
+    if (cl == NULL) {
+        /* all written: the block being filled goes with its last buf */
+        last->buf->last_shadow = 1;
+        o->tail = NULL;
+    }
+
+    if (k->out) {
+        k->tail->next = o->out;
+
+    } else {
+        k->out = o->out;
+    }
+
+    k->tail = last;
+    last->next = NULL;
+    o->out = cl;
+
+    return o->size ? NGX_AGAIN : NGX_OK;
+}
+
+
+/* Openfire confirmed the kept bufs up to and with last: they are recycled */
+
+void
+ngx_xmpp_cm_output_confirm(ngx_xmpp_cm_output_free_t *fl,
+    ngx_xmpp_cm_kept_t *k, ngx_chain_t *last)
+{
+    ngx_chain_t  *cl, *head;
+
+    head = k->out;
+
+    for (cl = head; cl; cl = cl->next) {
+        k->n--;
+        k->size -= cl->buf->last - cl->buf->start;
+
+        if (cl == last) {
+            break;
+        }
+    }
+
+    k->out = last->next;
+    last->next = NULL;
+
+    if (k->out == NULL) {
+        k->tail = NULL;
+    }
+
+    ngx_xmpp_cm_output_recycle(fl, &head);
+}
+
+
+/*
+ * A dead socket's stanzas not confirmed: the kept ones, then those still
+ * queued (at most one cut, then unwritten ones), go whole to the end of
+ * another socket's chain (to), those that resend() keeps, in their order;
+ * the others are dropped.  With no socket to go to (to is NULL) all are
+ * dropped.  Bufs of one block are consecutive and the block goes with the
+ * last of them: when that one is dropped, the block goes with the last
+ * one kept instead.  Returns how many were kept.
+ */
+
+ngx_uint_t
+ngx_xmpp_cm_output_resend(ngx_xmpp_cm_output_t *to, ngx_xmpp_cm_kept_t *k,
+    ngx_xmpp_cm_output_t *from, ngx_xmpp_cm_resend_pt resend, void *data)
+{
+    ngx_buf_t    *b;
+    ngx_uint_t    n;
+    ngx_chain_t  *cl, *next, *head, *last, *kept, *ktail, *drop, *dtail;
+
+    n = 0;
+
+    if (k->out) {
+        head = k->out;
+        k->tail->next = from->out;
+        last = from->out ? from->tail : k->tail;
+
+    } else {
+        head = from->out;
+        last = from->tail;
+    }
+
+    k->out = NULL;
+    k->tail = NULL;
+    k->size = 0;
+    k->n = 0;
+
+    from->out = NULL;
+    from->tail = NULL;
+    from->size = 0;
+
+    if (head == NULL) {
+        return 0;
+    }
+
+    last->buf->last_shadow = 1;
+
+    kept = NULL;
+    ktail = NULL;
+    drop = NULL;
+    dtail = NULL;
+
+    for (cl = head; cl; cl = next) {
+        next = cl->next;
+        cl->next = NULL;
+        b = cl->buf;
+
+        if (to && resend(data, b)) {
+            b->pos = b->start;
+            b->flush = 0;
+            to->size += b->last - b->start;
+            n++;
+
+            if (ktail) {
+                ktail->next = cl;
+
+            } else {
+                kept = cl;
+            }
+
+            ktail = cl;
+            continue;
+        }
+
+        if (b->last_shadow && ktail && ktail->buf->shadow == b->shadow) {
+            ktail->buf->last_shadow = 1;
+            b->last_shadow = 0;
+        }
+
+        b->pos = b->last;
+
+        if (dtail) {
+            dtail->next = cl;
+
+        } else {
+            drop = cl;
+        }
+
+        dtail = cl;
+    }
+
+    if (drop) {
+        ngx_xmpp_cm_output_recycle(from->free, &drop);
+    }
+
+    if (kept == NULL) {
+        return 0;
+    }
+
+    if (to->out) {
+        to->tail->buf->last_shadow = 1;
+        to->tail->next = kept;
+
+    } else {
+        to->out = kept;
+    }
+
+    to->tail = ktail;
+
+    return n;
 }
 
 

@@ -544,6 +544,16 @@ ngx_xmpp_cm_route_head(ngx_xmpp_cm_upstream_t *up, ngx_str_t *id, u_char *dst)
 }
 
 
+/* where the stream id is in a route head: kept beside the buf */
+
+static ngx_inline size_t
+ngx_xmpp_cm_route_id_at(ngx_xmpp_cm_upstream_t *up)
+{
+    return sizeof("<route to=\"\" from=\"\" streamid=\"") - 1
+           + up->domain.len + up->name.len;
+}
+
+
 /* the one check of Openfire's fragment limit */
 
 static ngx_inline ngx_uint_t
@@ -624,6 +634,9 @@ ngx_xmpp_cm_route_client(ngx_xmpp_cm_stream_t *s, ngx_xmpp_cm_xml_t *x,
     b->last += ngx_xmpp_cm_sanitize_stanza(x, b->last, e, lang);
     b->last = ngx_cpymem(b->last, "</route>", sizeof("</route>") - 1);
 
+    ngx_xmpp_cm_buf_mark(b, NGX_XMPP_CM_BUF_CLIENT,
+                         ngx_xmpp_cm_route_id_at(s->up), s->node.str.len);
+
     return NGX_OK;
 }
 
@@ -653,6 +666,9 @@ ngx_xmpp_cm_route_raw(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_sock_t *sock,
     b->last += ngx_xmpp_cm_route_head(up, id, b->last);
     b->last = ngx_cpymem(b->last, data, n);
     b->last = ngx_cpymem(b->last, "</route>", sizeof("</route>") - 1);
+
+    ngx_xmpp_cm_buf_mark(b, NGX_XMPP_CM_BUF_RAW, ngx_xmpp_cm_route_id_at(up),
+                         id->len);
 
     return NGX_OK;
 }
@@ -723,6 +739,11 @@ ngx_xmpp_cm_route_session_iq(ngx_xmpp_cm_upstream_t *up,
                     "from=\"%V/%V\"><session xmlns=\"" NGX_XMPP_NS_CMPROTO
                     "\" id=\"%V\">", slen, seq, &up->domain, &up->name,
                     &sock->resource, id);
+
+    /* the stream id ends just before the '">' of the session start tag */
+
+    ngx_xmpp_cm_buf_mark(b, NGX_XMPP_CM_BUF_CREATE + type,
+                         p - 2 - id->len - b->start, id->len);
 
     switch (type) {
 

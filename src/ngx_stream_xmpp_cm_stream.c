@@ -39,6 +39,8 @@ static void ngx_xmpp_cm_stream_confirmed(ngx_xmpp_cm_upstream_t *up,
 static void ngx_xmpp_cm_bounce_iq(ngx_xmpp_cm_upstream_t *up,
     ngx_xmpp_cm_sock_t *sock, ngx_str_t *id, ngx_xmpp_cm_node_t *c);
 static void ngx_xmpp_cm_stream_return(ngx_xmpp_cm_stream_t *s);
+static ngx_uint_t ngx_xmpp_cm_stream_resend(ngx_xmpp_cm_upstream_t *up,
+    ngx_xmpp_cm_sock_t *to, ngx_uint_t kind, ngx_str_t *id);
 
 
 const ngx_xmpp_cm_streams_t  ngx_xmpp_cm_streams = {
@@ -47,7 +49,8 @@ const ngx_xmpp_cm_streams_t  ngx_xmpp_cm_streams = {
     ngx_xmpp_cm_stream_end_all,
     ngx_xmpp_cm_stream_up,
     ngx_xmpp_cm_stream_unblock,
-    ngx_xmpp_cm_stream_confirmed
+    ngx_xmpp_cm_stream_confirmed,
+    ngx_xmpp_cm_stream_resend
 };
 
 
@@ -236,6 +239,33 @@ ngx_xmpp_cm_stream_unblock(ngx_xmpp_cm_stream_t *s)
     if (s->conn) {
         s->conn->handler->unblock(s->conn);
     }
+}
+
+
+/*
+ * A reset socket's unconfirmed element of this stream goes again on the
+ * socket to, and so does everything newer of the stream, in order.  A
+ * create goes again only while nothing shows that Openfire acted on it
+ * (its result, or a route for the stream): a second create with the same
+ * id would replace the session (docs/delivery.md).  The elements of a
+ * stream already ended go again too (its close is among them).
+ */
+
+static ngx_uint_t
+ngx_xmpp_cm_stream_resend(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_sock_t *to,
+    ngx_uint_t kind, ngx_str_t *id)
+{
+    ngx_xmpp_cm_stream_t  *s;
+
+    s = ngx_xmpp_cm_stream_find(up, id);
+
+    if (s == NULL) {
+        return kind != NGX_XMPP_CM_BUF_CREATE;
+    }
+
+    s->sock = to;
+
+    return kind != NGX_XMPP_CM_BUF_CREATE || !s->created;
 }
 
 
@@ -601,6 +631,11 @@ ngx_xmpp_cm_stream_route(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_sock_t *sock,
                       "xmpp_cm: Openfire refused a stanza of session %V: %V",
                       id, cond ? cond : &route->name);
         return;
+    }
+
+    if (s) {
+        /* a route for it: Openfire has its session (a resend skips create) */
+        s->created = 1;
     }
 
     if (s && s->conn) {
@@ -1052,6 +1087,14 @@ ngx_xmpp_cm_stream_iq(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_sock_t *sock,
 
         ngx_xmpp_cm_stream_end(s, NGX_XMPP_CM_END_CLOSED, NULL, NULL,
                                raw, len);
+        return;
+    }
+
+    if (ngx_xmpp_cm_str_is(type, "result")) {
+        if (s && ngx_xmpp_cm_node_child(session, "create")) {
+            s->created = 1;
+        }
+
         return;
     }
 

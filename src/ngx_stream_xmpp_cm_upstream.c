@@ -47,6 +47,19 @@ static void ngx_xmpp_cm_upstream_up(ngx_xmpp_cm_upstream_t *up);
 static void ngx_xmpp_cm_sock_unthrottle(ngx_xmpp_cm_sock_t *sock);
 static ngx_int_t ngx_xmpp_cm_sock_header(ngx_xmpp_cm_sock_t *sock);
 static void ngx_xmpp_cm_sock_quickack(ngx_xmpp_cm_sock_t *sock);
+static ngx_int_t ngx_xmpp_cm_sock_send(ngx_xmpp_cm_sock_t *sock);
+static ngx_uint_t ngx_xmpp_cm_sock_drained(ngx_xmpp_cm_sock_t *sock);
+static void ngx_xmpp_cm_sock_barrier_due(ngx_xmpp_cm_sock_t *sock);
+static ngx_int_t ngx_xmpp_cm_sock_barrier(ngx_xmpp_cm_sock_t *sock);
+static void ngx_xmpp_cm_sock_barrier_handler(ngx_event_t *ev);
+static void ngx_xmpp_cm_sock_confirmed(ngx_xmpp_cm_upstream_t *up,
+    ngx_str_t *id);
+static void ngx_xmpp_cm_sock_requeue(ngx_xmpp_cm_sock_t *sock,
+    ngx_xmpp_cm_sock_t *other, ngx_uint_t was_ready);
+static ngx_uint_t ngx_xmpp_cm_sock_resend(void *data, ngx_buf_t *b);
+static void ngx_xmpp_cm_sock_lost_answers(ngx_xmpp_cm_upstream_t *up);
+static void ngx_xmpp_cm_sock_gauge(ngx_xmpp_cm_sock_t *sock, ngx_uint_t n,
+    size_t size);
 #if (NGX_SSL)
 static ngx_int_t ngx_xmpp_cm_sock_starttls(ngx_xmpp_cm_sock_t *sock,
     ngx_xmpp_cm_node_t *features);
@@ -168,6 +181,11 @@ ngx_xmpp_cm_upstream_init(ngx_cycle_t *cycle,
         sock->keepalive.data = sock;
         sock->keepalive.log = sock->log;
         sock->keepalive.cancelable = 1;
+
+        sock->barrier.handler = ngx_xmpp_cm_sock_barrier_handler;
+        sock->barrier.data = sock;
+        sock->barrier.log = sock->log;
+        sock->barrier.cancelable = 1;
 
         ngx_xmpp_cm_sock_connect(sock);
     }
@@ -528,6 +546,14 @@ ngx_xmpp_cm_sock_close(ngx_xmpp_cm_sock_t *sock, ngx_uint_t level,
         ngx_del_timer(&sock->keepalive);
     }
 
+    if (sock->barrier.timer_set) {
+        ngx_del_timer(&sock->barrier);
+    }
+
+    sock->since_n = 0;
+    sock->since_size = 0;
+    sock->blost = sock->bseq;
+
     sock->state = NGX_XMPP_CM_SOCK_IDLE;
     ngx_xmpp_cm_metrics_socks(up);
 
@@ -536,8 +562,10 @@ ngx_xmpp_cm_sock_close(ngx_xmpp_cm_sock_t *sock, ngx_uint_t level,
     }
 
     /*
-     * Stanzas not written at all move to a live socket of the same CM
-     * name; one cut by the reset is lost (half a stanza cannot be resent).
+     * With xmpp_cm_confirm, what Openfire has not confirmed goes whole to
+     * a live socket of the same CM name (ngx_xmpp_cm_sock_requeue).
+     * Without, stanzas not written at all move; one cut by the reset is
+     * lost (half a stanza cannot be resent), and so are those written.
      * A socket that never got ready holds only its own stream opening (a
      * header still queued behind a TLS handshake, <starttls/>, the
      * handshake).
@@ -547,6 +575,11 @@ ngx_xmpp_cm_sock_close(ngx_xmpp_cm_sock_t *sock, ngx_uint_t level,
 
     if (up->ready) {
         other = ngx_xmpp_cm_upstream_pick(up);
+    }
+
+    if (up->conf->confirm) {
+        ngx_xmpp_cm_sock_requeue(sock, other, was_ready);
+        goto unthrottle;
     }
 
     ngx_xmpp_cm_output_classify(&sock->out, &st);
@@ -578,6 +611,8 @@ ngx_xmpp_cm_sock_close(ngx_xmpp_cm_sock_t *sock, ngx_uint_t level,
     }
 
     ngx_xmpp_cm_output_free(&sock->out);
+
+unthrottle:
 
     /* clients paused behind this socket re-pin to another one */
 
@@ -701,7 +736,7 @@ ngx_xmpp_cm_sock_write_handler(ngx_event_t *wev)
 #endif
     }
 
-    rc = ngx_xmpp_cm_output_send(c, &sock->out);
+    rc = ngx_xmpp_cm_sock_send(sock);
 
     if (rc == NGX_ERROR) {
         ngx_xmpp_cm_sock_close(sock, NGX_LOG_ERR, "write failed");
@@ -713,11 +748,454 @@ ngx_xmpp_cm_sock_write_handler(ngx_event_t *wev)
         return;
     }
 
-    if (sock->throttled
-        && sock->out.size <= sock->up->conf->upstream_watermarks.low)
-    {
+    if (sock->throttled && ngx_xmpp_cm_sock_drained(sock)) {
         ngx_xmpp_cm_sock_unthrottle(sock);
     }
+}
+
+
+/*
+ * One send_chain() of the socket's queue.  With xmpp_cm_confirm, once the
+ * socket is ready, what is written is kept until a barrier confirms it,
+ * and a barrier goes out when one is due (docs/delivery.md).
+ */
+
+static ngx_int_t
+ngx_xmpp_cm_sock_send(ngx_xmpp_cm_sock_t *sock)
+{
+    size_t                          size;
+    ngx_int_t                       rc;
+    ngx_uint_t                      n;
+    ngx_stream_xmpp_cm_srv_conf_t  *conf;
+
+    conf = sock->up->conf;
+
+    if (!conf->confirm || sock->state != NGX_XMPP_CM_SOCK_READY) {
+        return ngx_xmpp_cm_output_send(sock->c, &sock->out);
+    }
+
+    ngx_xmpp_cm_sock_barrier_due(sock);
+
+    n = sock->kept.n;
+    size = sock->kept.size;
+
+    rc = ngx_xmpp_cm_output_send_kept(sock->c, &sock->out, &sock->kept);
+
+    ngx_xmpp_cm_sock_gauge(sock, n, size);
+
+    if (sock->kept.n >= conf->confirm_window.stanzas
+        || sock->kept.size + sock->out.size > conf->confirm_window.size)
+    {
+        sock->throttled = 1;
+    }
+
+    return rc;
+}
+
+
+/* below the low-water mark, and (confirming) within half the window */
+
+static ngx_uint_t
+ngx_xmpp_cm_sock_drained(ngx_xmpp_cm_sock_t *sock)
+{
+    ngx_stream_xmpp_cm_srv_conf_t  *conf;
+
+    conf = sock->up->conf;
+
+    if (sock->out.size > conf->upstream_watermarks.low) {
+        return 0;
+    }
+
+    return !conf->confirm
+           || (sock->kept.n <= conf->confirm_window.stanzas / 2
+               && sock->kept.size + sock->out.size
+                  <= conf->confirm_window.size / 2);
+}
+
+
+/* the kept chain's change since n and size, in the metrics' gauges */
+
+static void
+ngx_xmpp_cm_sock_gauge(ngx_xmpp_cm_sock_t *sock, ngx_uint_t n, size_t size)
+{
+    uint64_t  *v;
+
+    v = sock->up->metrics->v;
+
+    if (sock->kept.n >= n) {
+        v[NGX_XMPP_CM_M_UNCONFIRMED] += sock->kept.n - n;
+
+    } else {
+        v[NGX_XMPP_CM_M_UNCONFIRMED] -= n - sock->kept.n;
+    }
+
+    if (sock->kept.size >= size) {
+        v[NGX_XMPP_CM_M_UNCONFIRMED_BYTES] += sock->kept.size - size;
+
+    } else {
+        v[NGX_XMPP_CM_M_UNCONFIRMED_BYTES] -= size - sock->kept.size;
+    }
+}
+
+
+/*
+ * Barriers: a barrier is an IQ get with a child, which Openfire answers
+ * with a bad-request error (docs/openfire-protocol.md, section 5.5) after
+ * everything the socket carried before it, since it reads each socket in
+ * order; the answer may come on any socket of the CM name, so its id
+ * names the socket: "b<index>-<generation>-<sequence>" (session IQs are
+ * "c<n>", Openfire's own ids are digits).  One goes out after a quarter
+ * of the window, or xmpp_cm_confirm_delay after the first stanza it
+ * covers, with at most NGX_XMPP_CM_BARRIERS outstanding per socket.
+ */
+
+#define NGX_XMPP_CM_BARRIERS  4
+
+#define ngx_xmpp_cm_barriers_out(sock)                                       \
+    ((sock)->bseq - ngx_max((sock)->bconf, (sock)->blost))
+
+
+static void
+ngx_xmpp_cm_sock_barrier_due(ngx_xmpp_cm_sock_t *sock)
+{
+    ngx_stream_xmpp_cm_srv_conf_t  *conf;
+
+    if (sock->since_n == 0 || sock->state != NGX_XMPP_CM_SOCK_READY
+        || ngx_xmpp_cm_barriers_out(sock) >= NGX_XMPP_CM_BARRIERS)
+    {
+        /* with all out, the next answer calls this again */
+        return;
+    }
+
+    conf = sock->up->conf;
+
+    if (sock->since_n >= conf->confirm_window.stanzas / 4
+        || sock->since_size >= conf->confirm_window.size / 4)
+    {
+        (void) ngx_xmpp_cm_sock_barrier(sock);
+        return;
+    }
+
+    if (!sock->barrier.timer_set) {
+        ngx_add_timer(&sock->barrier, conf->confirm_delay);
+    }
+}
+
+
+static void
+ngx_xmpp_cm_sock_barrier_handler(ngx_event_t *ev)
+{
+    ngx_xmpp_cm_sock_t  *sock = ev->data;
+
+    if (sock->since_n == 0 || sock->state != NGX_XMPP_CM_SOCK_READY
+        || ngx_xmpp_cm_barriers_out(sock) >= NGX_XMPP_CM_BARRIERS)
+    {
+        return;
+    }
+
+    if (ngx_xmpp_cm_sock_barrier(sock) == NGX_OK) {
+        ngx_post_event(sock->c->write, &ngx_posted_events);
+    }
+}
+
+
+static ngx_int_t
+ngx_xmpp_cm_sock_barrier(ngx_xmpp_cm_sock_t *sock)
+{
+    u_char                  id[sizeof("b--") - 1 + 3 * NGX_INT_T_LEN];
+    size_t                  len, n;
+    ngx_buf_t              *b;
+    ngx_xmpp_cm_upstream_t  *up;
+
+    up = sock->up;
+
+    n = ngx_sprintf(id, "b%ui-%ui-%ui", sock->index, sock->generation,
+                    sock->bseq + 1)
+        - id;
+
+    len = sizeof("<iq type=\"get\" id=\"\" to=\"\" from=\"/\">"
+                 "<ping xmlns=\"urn:xmpp:ping\"/></iq>") - 1
+          + n + up->domain.len + up->name.len + sock->resource.len;
+
+    b = ngx_xmpp_cm_output_buf(&sock->out, len, 1);
+    if (b == NULL) {
+        return NGX_ERROR;
+    }
+
+    b->last = ngx_sprintf(b->last, "<iq type=\"get\" id=\"%*s\" to=\"%V\" "
+                          "from=\"%V/%V\"><ping xmlns=\"urn:xmpp:ping\"/>"
+                          "</iq>", n, id, &up->domain, &up->name,
+                          &sock->resource);
+
+    /* beside its number, when the first element it covers was queued */
+
+    sock->bseq++;
+    ngx_xmpp_cm_buf_mark(b, NGX_XMPP_CM_BUF_BARRIER, sock->bseq,
+                         sock->since_at);
+
+    sock->since_n = 0;
+    sock->since_size = 0;
+
+    if (sock->barrier.timer_set) {
+        ngx_del_timer(&sock->barrier);
+    }
+
+    ngx_xmpp_cm_count(up, BARRIERS);
+
+    return NGX_OK;
+}
+
+
+/*
+ * The answer to a barrier, on whichever socket: everything its socket
+ * wrote before it is confirmed.  The routed client stanzas are counted
+ * to their streams (one call per run of one stream), and the bufs go.  An
+ * answer to an earlier barrier than one already answered, or for a socket
+ * since reset, confirms nothing more.
+ */
+
+static void
+ngx_xmpp_cm_sock_confirmed(ngx_xmpp_cm_upstream_t *up, ngx_str_t *id)
+{
+    size_t               size;
+    u_char              *p, *end, *q;
+    ngx_int_t            v[3];
+    ngx_str_t            run, sid;
+    ngx_buf_t           *b;
+    ngx_uint_t           i, n, kn;
+    ngx_chain_t         *cl, *last;
+    ngx_xmpp_cm_sock_t  *sock;
+
+    p = id->data + 1;
+    end = id->data + id->len;
+
+    for (i = 0; i < 3; i++) {
+        q = (i < 2) ? ngx_strlchr(p, end, '-') : end;
+
+        if (q == NULL || (v[i] = ngx_atoi(p, q - p)) == NGX_ERROR) {
+            return;
+        }
+
+        p = q + 1;
+    }
+
+    if ((ngx_uint_t) v[0] >= up->nsocks) {
+        return;
+    }
+
+    sock = &up->socks[v[0]];
+
+    if ((ngx_uint_t) v[1] != sock->generation
+        || sock->state != NGX_XMPP_CM_SOCK_READY
+        || (ngx_uint_t) v[2] <= sock->bconf)
+    {
+        return;
+    }
+
+    for (last = sock->kept.out; last; last = last->next) {
+        if (last->buf->num == NGX_XMPP_CM_BUF_BARRIER
+            && last->buf->file_pos == (off_t) v[2])
+        {
+            break;
+        }
+    }
+
+    if (last == NULL) {
+        return;
+    }
+
+    n = 0;
+    ngx_str_null(&run);
+
+    for (cl = sock->kept.out; /* void */ ; cl = cl->next) {
+        b = cl->buf;
+
+        if (b->num == NGX_XMPP_CM_BUF_CLIENT) {
+            sid.data = b->start + b->file_pos;
+            sid.len = (size_t) b->file_last;
+
+            if (n && sid.len == run.len
+                && ngx_strncmp(sid.data, run.data, run.len) == 0)
+            {
+                n++;
+
+            } else {
+                if (n) {
+                    up->streams->confirmed(up, &run, n);
+                }
+
+                run = sid;
+                n = 1;
+            }
+        }
+
+        if (cl == last) {
+            break;
+        }
+    }
+
+    if (n) {
+        up->streams->confirmed(up, &run, n);
+    }
+
+    kn = sock->kept.n;
+    size = sock->kept.size;
+
+    sock->bconf = (ngx_uint_t) v[2];
+
+    up->metrics->v[NGX_XMPP_CM_M_CONFIRMS]++;
+    up->metrics->v[NGX_XMPP_CM_M_CONFIRM_WAIT_MS] +=
+                      ngx_current_msec - (ngx_msec_t) last->buf->file_last;
+
+    ngx_xmpp_cm_output_confirm(sock->out.free, &sock->kept, last);
+
+    ngx_xmpp_cm_sock_gauge(sock, kn, size);
+
+    ngx_log_debug4(NGX_LOG_DEBUG_STREAM, sock->log, 0,
+                   "xmpp_cm: barrier %ui confirmed %ui bufs, %ui (%uz "
+                   "bytes) unconfirmed", sock->bconf, kn - sock->kept.n,
+                   sock->kept.n, sock->kept.size);
+
+    if (sock->throttled && ngx_xmpp_cm_sock_drained(sock)) {
+        ngx_xmpp_cm_sock_unthrottle(sock);
+    }
+
+    if (sock->state == NGX_XMPP_CM_SOCK_READY && sock->since_n) {
+        ngx_xmpp_cm_sock_barrier_due(sock);
+        ngx_post_event(sock->c->write, &ngx_posted_events);
+    }
+}
+
+
+/*
+ * A socket reset: what Openfire has not confirmed goes whole to another
+ * ready socket, after that socket's queue and ahead of anything newer of
+ * the same streams (each moves there), in the order it was written; with
+ * no ready socket it is dropped, and the stream table ends every stream
+ * (end_all).  The socket's own elements (header, handshake, keepalives,
+ * IQ results, barriers) are dropped.  docs/delivery.md says what each
+ * kind of element does on a resend.
+ */
+
+static void
+ngx_xmpp_cm_sock_requeue(ngx_xmpp_cm_sock_t *sock, ngx_xmpp_cm_sock_t *other,
+    ngx_uint_t was_ready)
+{
+    size_t                     size, before;
+    ngx_uint_t                 n, resent;
+    ngx_xmpp_cm_upstream_t    *up;
+    ngx_xmpp_cm_output_sent_t  st;
+
+    up = sock->up;
+
+    ngx_xmpp_cm_output_classify(&sock->out, &st);
+
+    n = sock->kept.n;
+    size = sock->kept.size;
+
+    if (!was_ready) {
+        /* only its own stream opening */
+        other = NULL;
+
+    } else if (n || sock->out.out) {
+        ngx_log_error(NGX_LOG_INFO, &up->log, 0,
+                      "xmpp_cm: on the socket %V/%V: %ui written and not "
+                      "confirmed, %ui cut, %ui not written (%s)",
+                      &up->name, &sock->resource, n + st.written, st.cut,
+                      st.unwritten,
+                      other ? "sent again on another socket" : "dropped");
+    }
+
+    if (other == NULL) {
+        (void) ngx_xmpp_cm_output_resend(NULL, &sock->kept, &sock->out,
+                                         NULL, NULL);
+        ngx_xmpp_cm_sock_gauge(sock, n, size);
+        return;
+    }
+
+    before = other->out.size;
+
+    resent = ngx_xmpp_cm_output_resend(&other->out, &sock->kept,
+                                       &sock->out, ngx_xmpp_cm_sock_resend,
+                                       other);
+    ngx_xmpp_cm_sock_gauge(sock, n, size);
+
+    if (resent) {
+        up->metrics->v[NGX_XMPP_CM_M_RESENT] += resent;
+
+        /* the next barrier on the other socket covers them */
+
+        if (other->since_n == 0) {
+            other->since_at = ngx_current_msec;
+        }
+
+        other->since_n += resent;
+        other->since_size += other->out.size - before;
+
+        ngx_log_error(NGX_LOG_INFO, &up->log, 0,
+                      "xmpp_cm: %ui elements not confirmed by Openfire sent "
+                      "again on the socket %V/%V", resent, &up->name,
+                      &other->resource);
+
+        if (other->c) {
+            ngx_post_event(other->c->write, &ngx_posted_events);
+        }
+    }
+
+    ngx_xmpp_cm_sock_lost_answers(up);
+}
+
+
+/*
+ * Answers to the barriers of the other sockets may have been on their
+ * way on a socket that reset: their outstanding barriers no longer hold
+ * new ones back, and one more is due where something waits for one (a
+ * late answer still confirms).
+ */
+
+static void
+ngx_xmpp_cm_sock_lost_answers(ngx_xmpp_cm_upstream_t *up)
+{
+    ngx_uint_t           i;
+    ngx_xmpp_cm_sock_t  *s;
+
+    for (i = 0; i < up->nsocks; i++) {
+        s = &up->socks[i];
+
+        if (s->bseq == s->blost) {
+            continue;
+        }
+
+        s->blost = s->bseq;
+
+        if (s->state == NGX_XMPP_CM_SOCK_READY && s->kept.n) {
+            if (s->since_n++ == 0) {
+                s->since_at = ngx_current_msec;
+            }
+
+            ngx_xmpp_cm_sock_barrier_due(s);
+        }
+    }
+}
+
+
+/* whether a dead socket's buf goes again on the socket data */
+
+static ngx_uint_t
+ngx_xmpp_cm_sock_resend(void *data, ngx_buf_t *b)
+{
+    ngx_xmpp_cm_sock_t *to = data;
+
+    ngx_str_t  id;
+
+    if (b->num < NGX_XMPP_CM_BUF_CLIENT) {
+        return 0;
+    }
+
+    id.data = b->start + b->file_pos;
+    id.len = (size_t) b->file_last;
+
+    return to->up->streams->resend(to->up, to, b->num, &id);
 }
 
 
@@ -1022,7 +1500,7 @@ ngx_xmpp_cm_sock_element(void *data, ngx_xmpp_cm_elem_t *e)
 
     size_t               len;
     ngx_buf_t           *b;
-    ngx_str_t           *id;
+    ngx_str_t           *id, *type;
     ngx_xmpp_cm_upstream_t  *up;
     ngx_xmpp_cm_node_t  *root, *child;
 
@@ -1047,6 +1525,16 @@ ngx_xmpp_cm_sock_element(void *data, ngx_xmpp_cm_elem_t *e)
     if (ngx_xmpp_cm_str_is(&root->name, "iq")) {
         child = ngx_xmpp_cm_node_child(root, NULL);
         id = ngx_xmpp_cm_node_attr(root, "id");
+        type = ngx_xmpp_cm_node_attr(root, "type");
+
+        if (id && id->len > 1 && id->data[0] == 'b' && type
+            && (ngx_xmpp_cm_str_is(type, "error")
+                || ngx_xmpp_cm_str_is(type, "result")))
+        {
+            /* the answer to a barrier, on any socket of the name */
+            ngx_xmpp_cm_sock_confirmed(up, id);
+            return NGX_OK;
+        }
 
         if (child && ngx_xmpp_cm_str_is(&child->name, "configuration")) {
             ngx_xmpp_cm_upstream_configure(up, child);
@@ -1310,6 +1798,26 @@ ngx_xmpp_cm_sock_buf(ngx_xmpp_cm_sock_t *sock, size_t len)
 
     if (sock->out.size > sock->up->conf->upstream_watermarks.high) {
         sock->throttled = 1;
+    }
+
+    if (sock->up->conf->confirm) {
+        /* what the next barrier will confirm; a full window pauses */
+
+        if (sock->since_n++ == 0) {
+            sock->since_at = ngx_current_msec;
+        }
+
+        sock->since_size += len;
+
+        /* those queued since the last barrier are not written yet */
+
+        if (sock->kept.n + sock->since_n
+            >= sock->up->conf->confirm_window.stanzas
+            || sock->kept.size + sock->out.size
+               > sock->up->conf->confirm_window.size)
+        {
+            sock->throttled = 1;
+        }
     }
 
     return b;

@@ -175,14 +175,14 @@ def test_openfire_killed_with_thousands_of_sessions(standin, nginx, swarm):
 
 
 def test_one_socket_reset_under_traffic(standin, nginx, swarm):
-    """One of four CM sockets is reset by Openfire while 500 sessions
-    chat: the sessions stay up (the others carry them), what was queued on
-    the lost socket moves to a live one, and every message sent after the
-    reset is delivered.  Stanzas already in the kernel's buffers of the
-    reset socket, either way, can be lost without their sender being
-    told: TCP does not say what the peer read, and the CM protocol has no
-    acknowledgements (docs/security.md).  The test counts them and
-    requires that they are only those in flight at the reset."""
+    """One of four CM sockets stops being read by Openfire while 500
+    sessions chat, and is reset 0.3 s later: what the CM wrote to it in
+    that time reached the kernel but was never processed, and the reset
+    destroys it, as a real one does.  The sessions stay up (the others
+    carry them) and no message is lost: everything on the reset socket
+    that Openfire had not confirmed (xmpp_cm_confirm, docs/delivery.md)
+    goes again on another socket, so each message sent arrives, some of
+    them twice (counted, allowed), none zero times."""
     N = 500 // SCALE
     sb = standin()
     ngx = nginx(standin=sb, connections=4, log_level="info", extra=FAST)
@@ -192,14 +192,14 @@ def test_one_socket_reset_under_traffic(standin, nginx, swarm):
     sw.login(clients, 60)
     tick = throttled(chatter(clients), 0.05)
     sw.run_for(1.0, tick)
-    assert sb.call("drop_sockets", count=1, abort=True)["dropped"] == 1
-    reset = time.monotonic()
-    sw.run_for(1.0, tick)
+    r = sb.call("drop_sockets", count=1, hold=0.3)
+    assert r["dropped"] == 1
+    sw.run_for(1.3, tick)
     # let everything still on its way arrive
     got = [-1]
 
     def quiet():
-        n = sum(len(c.received) for c in clients)
+        n = len({m for c in clients for m in c.received})
         if n == sum(len(c.sent) for c in clients):
             return True
         if n != got[0]:
@@ -210,14 +210,16 @@ def test_one_socket_reset_under_traffic(standin, nginx, swarm):
     sw.run_until(quiet, 30, "the traffic to settle")
     assert all(c.state == "ready" for c in clients), sw.summary()
     acc = account(clients)
-    sent_at = {m: t for c in clients for m, t in c.sent.items()}
-    late = [m for m in acc["lost"] if sent_at[m] > reset + 0.5]
-    print("one socket reset: sent %d, delivered %d, lost in flight at the "
-          "reset %d, duplicated %d" % (acc["sent"], acc["delivered"],
-                                       len(acc["lost"]), len(acc["dup"])))
-    assert not late, "%d messages sent after the reset were lost, e.g. " \
-        "%s" % (len(late), late[:5])
-    assert not acc["dup"], acc["dup"][:5]
+    distinct = {m for c in clients for m in c.received}
+    copies = sum(len(c.received) for c in clients) - len(distinct)
+    print("one socket reset: sent %d, delivered %d (distinct), %d "
+          "delivered twice, lost %d" % (acc["sent"], len(distinct), copies,
+                                        len(acc["lost"])))
+    assert not acc["lost"], "%d messages lost at the reset, e.g. %s" % (
+        len(acc["lost"]), acc["lost"][:5])
+    assert len(distinct) == acc["sent"] == acc["delivered"]
+    assert ngx.log_lines(r"sent again on the socket cm1-"), \
+        "nothing was sent again: the reset cut nothing"
     wait_until(lambda: len(sb.cm_sockets("cm1-")) == 4, 10,
                what="the lost socket reconnected")
     assert ngx.worker_pids() == [worker]

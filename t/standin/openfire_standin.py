@@ -20,6 +20,7 @@ import codecs
 import collections
 import copy
 import datetime
+import fcntl
 import hashlib
 import hmac
 import itertools
@@ -31,7 +32,9 @@ import secrets
 import signal
 import socket
 import ssl
+import struct
 import sys
+import termios
 import time
 import uuid
 import xml.etree.ElementTree as ET
@@ -495,6 +498,7 @@ class CMConnection(asyncio.Protocol):
         self.last_read = time.monotonic()
         self.idle_mark = self.last_read
         self.idle_flag = False
+        self.held = False            # reading stopped until a reset
 
     # asyncio callbacks
     def connection_made(self, transport):
@@ -535,6 +539,20 @@ class CMConnection(asyncio.Protocol):
                 "direct": self.direct, "nodelay": self.nodelay}
 
 
+def unsent(conn):
+    """Bytes the kernel holds in the socket's send queue, not yet
+    acknowledged (Nagle keeps the last small ones back): a reset would
+    destroy them."""
+    sock = conn.transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    try:
+        buf = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return struct.unpack("i", buf)[0]
+
+
 # ----------------------------------------------------------------- server
 class Openfire:
     def __init__(self, args):
@@ -554,6 +572,8 @@ class Openfire:
         self.rosters = args.rosters
         self.accept = True
         self.read_paused = False
+        self.answer_gets = True      # fault injection: hold IQ get answers
+        self.held_gets = []
         self.blocked_ips = set()
         self.socket_order = args.socket_order
         self.chm_size = 16
@@ -992,6 +1012,13 @@ class Openfire:
             self.send_random(conn.cm, serialize(r))
 
         if typ != "set":
+            # section 5 step 5, row 13: any get is a bad-request (the CM's
+            # delivery barriers); fault injection may hold the answers
+            if typ == "get" and not self.answer_gets:
+                r = iq_reply(iq, "error", child)
+                r.append(error_el("bad-request"))
+                self.held_gets.append((conn.cm, serialize(r)))
+                return
             return reply("bad-request")
         sid = child.get("id")
         if sid is None:
@@ -1801,18 +1828,54 @@ class Openfire:
         socks[0].send(xml)
         return {"sock": socks[0].id}
 
-    def ctl_drop_sockets(self, cm=None, abort=False, count=None):
-        victims = [c for c in list(self.conns)
-                   if cm is None or c.cm == cm.lower()]
+    def ctl_drop_sockets(self, cm=None, abort=False, count=None, hold=None,
+                         resource=None):
+        """Close CM sockets (a FIN after what is queued), or reset them
+        (abort: a RST; what the kernel holds unread is lost, as with a
+        real reset).  hold=S: stop reading them now and reset them S
+        seconds later, so that what the CM writes meanwhile reaches the
+        kernel but is never processed (Openfire reads each socket in
+        order: nothing after the first unread byte is acted on)."""
+        victims = [c for c in sorted(self.conns, key=lambda c: c.id)
+                   if (cm is None or c.cm == cm.lower())
+                   and (resource is None or c.resource == resource)]
         if count is not None:
             victims = victims[:int(count)]
+        if hold is not None:
+            for c in victims:
+                c.held = True
+                c.transport.pause_reading()
+            asyncio.get_event_loop().call_later(
+                float(hold), self.reset_held, victims)
+            return {"dropped": len(victims),
+                    "resources": [c.resource for c in victims]}
         for c in victims:
             if abort:
                 self.cleanup(c)
                 c.transport.abort()
             else:
                 self.close_conn(c)
-        return {"dropped": len(victims)}
+        return {"dropped": len(victims),
+                "resources": [c.resource for c in victims]}
+
+    def reset_held(self, victims):
+        """The reset of held sockets, once what the stand-in itself wrote
+        to them has left its buffer and the kernel's send queue: a test of
+        the CM's side counts what the CM wrote, and Openfire's own output
+        queued on a dead socket is lost by Openfire (section 4.3), which
+        no CM can help."""
+        left = []
+        for c in victims:
+            if c.closed:
+                continue
+            if c.transport.get_write_buffer_size() or unsent(c):
+                left.append(c)
+                continue
+            self.event(c, "reset", "")
+            self.cleanup(c)
+            c.transport.abort()
+        if left:
+            asyncio.get_event_loop().call_later(0.01, self.reset_held, left)
 
     def ctl_set(self, key, value):
         if key == "version":
@@ -1823,12 +1886,18 @@ class Openfire:
             self.secret = str(value)
         elif key == "accept":
             self.accept = bool(value)
+        elif key == "answer_gets":
+            self.answer_gets = bool(value)
+            if self.answer_gets:
+                held, self.held_gets = self.held_gets, []
+                for cm, xml in held:
+                    self.send_random(cm, xml)
         elif key == "read_paused":
             self.read_paused = bool(value)
             for c in self.conns:
                 if self.read_paused:
                     c.transport.pause_reading()
-                else:
+                elif not c.held:
                     c.transport.resume_reading()
         elif key == "heartbeat":
             self.heartbeat = float(value)

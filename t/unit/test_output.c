@@ -387,6 +387,196 @@ UNIT_TEST(output_client_bytes_share_a_buf)
     CHECK(o.out == NULL);
 }
 
+/*
+ * Confirmed delivery: bufs written whole are kept, in order, until
+ * confirmed; confirmed ones are recycled; at a reset the kept and queued
+ * ones that the callback keeps go whole, in order, to another chain, the
+ * others are dropped, and the blocks stay alive exactly as long as a buf
+ * uses them: stanzas carved afterwards do not overwrite the resent ones.
+ */
+
+static ngx_uint_t
+uo_resend_not_link(void *data, ngx_buf_t *b)
+{
+    return b->num != NGX_XMPP_CM_BUF_LINK;
+}
+
+
+UNIT_TEST(output_kept_confirmed_and_resent)
+{
+    int                    fd[2], sndbuf;
+    u_char                *all, *want, *got, *p;
+    size_t                 size, wlen, len, off[UO_N + 1];
+    ssize_t                r;
+    ngx_int_t              rc;
+    ngx_uint_t             i, kept, resent, nblocks;
+    ngx_buf_t             *b;
+    ngx_chain_t           *cl;
+    ngx_event_t            wev;
+    ngx_connection_t       c;
+    ngx_xmpp_cm_kept_t     k;
+    ngx_xmpp_cm_output_t   o, to;
+
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, fd) == -1) {
+        CHECK(0);
+        return;
+    }
+
+    sndbuf = 4096;
+    (void) setsockopt(fd[0], SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(int));
+    (void) fcntl(fd[0], F_SETFL, O_NONBLOCK);
+    (void) fcntl(fd[1], F_SETFL, O_NONBLOCK);
+
+    ngx_memzero(&c, sizeof(c));
+    ngx_memzero(&wev, sizeof(wev));
+    ngx_memzero(&k, sizeof(k));
+    c.fd = fd[0];
+    c.log = &fuzz_log;
+    c.write = &wev;
+    c.send_chain = ngx_writev_chain;
+    wev.data = &c;
+    wev.ready = 1;
+    wev.log = &fuzz_log;
+
+    nblocks = fuzz_worker->output.nblocks;
+
+    ngx_xmpp_cm_output_init(&o, fuzz_worker);
+    ngx_xmpp_cm_output_init(&to, fuzz_worker);
+
+    all = malloc(UO_N * 101);
+    want = malloc(UO_N * 101 + 64);
+    got = malloc(2 * UO_N * 101 + 64);
+    size = 0;
+
+    /* every 7th is the socket's own (a keepalive): never resent */
+
+    for (i = 0; i < UO_N; i++) {
+        b = uo_stanza(&o, i, 101);
+        CHECK(b != NULL);
+        if (b == NULL) {
+            goto done;
+        }
+
+        ngx_xmpp_cm_buf_mark(b, (i % 7 == 3) ? NGX_XMPP_CM_BUF_LINK
+                                             : NGX_XMPP_CM_BUF_CLIENT,
+                             0, 0);
+        off[i] = size;
+        ngx_memcpy(all + size, b->pos, 101);
+        size += 101;
+    }
+
+    /* two writes: the first part is kept, one stanza may be cut */
+
+    rc = ngx_xmpp_cm_output_send_kept(&c, &o, &k);
+    CHECK_INT(rc, NGX_AGAIN);
+
+    while (read(fd[1], got, UO_N * 101) > 0) { /* void */ }
+    wev.ready = 1;
+
+    rc = ngx_xmpp_cm_output_send_kept(&c, &o, &k);
+    CHECK_INT(rc, NGX_AGAIN);
+
+    kept = k.n;
+    CHECK(kept > 20 && kept < UO_N);
+    CHECK_INT(k.size, kept * 101);
+    CHECK_INT(o.size + c.sent, size);
+    CHECK_INT(c.sent - k.size, o.out->buf->pos - o.out->buf->start);
+
+    /* in order: the kept chain then the queue are the stanzas as queued */
+
+    i = 0;
+    for (cl = k.out; cl; cl = cl->next, i++) {
+        CHECK(cl->buf->start == NULL
+              || ngx_memcmp(cl->buf->start, all + off[i], 101) == 0);
+    }
+
+    CHECK_INT(i, kept);
+
+    /* the first 10 are confirmed and recycled */
+
+    for (cl = k.out, i = 1; i < 10; i++) {
+        cl = cl->next;
+    }
+
+    ngx_xmpp_cm_output_confirm(o.free, &k, cl);
+    CHECK_INT(k.n, kept - 10);
+    CHECK_INT(k.size, (kept - 10) * 101);
+
+    /* the other socket has its own queue; then the reset */
+
+    CHECK(uo_stanza(&to, 9999, 101) != NULL);
+
+    resent = ngx_xmpp_cm_output_resend(&to, &k, &o, uo_resend_not_link,
+                                       NULL);
+
+    CHECK(k.out == NULL && k.n == 0 && k.size == 0);
+    CHECK(o.out == NULL && o.size == 0);
+
+    wlen = 0;
+    p = ngx_sprintf(want, "<m i='9999'>");
+    while (p - want < 97) {
+        *p++ = 'x';
+    }
+    p = ngx_cpymem(p, "</m>", 4);
+    wlen = p - want;
+
+    for (i = 10; i < UO_N; i++) {
+        if (i % 7 != 3) {
+            wlen = ngx_cpymem(want + wlen, all + off[i], 101) - want;
+        }
+    }
+
+    CHECK_INT(resent, (wlen - 101) / 101);
+    CHECK_INT(to.size, wlen);
+
+    /* new stanzas on both chains take fresh room: the resent stay whole */
+
+    for (i = 0; i < 100; i++) {
+        CHECK(uo_stanza(&to, 5000 + i, 101) != NULL);
+        CHECK(uo_stanza(&o, 6000 + i, 101) != NULL);
+    }
+
+    len = uo_take(&to, got);
+    CHECK_INT(len, wlen + 100 * 101);
+    CHECK(ngx_memcmp(got, want, wlen) == 0);
+
+    ngx_xmpp_cm_output_free(&o);
+
+    len = uo_take(&to, got);
+    CHECK(ngx_memcmp(got, want, wlen) == 0);
+
+    /* everything gone: every block is back on the free list */
+
+    ngx_xmpp_cm_output_free(&to);
+    CHECK(to.out == NULL);
+    CHECK(fuzz_worker->output.nblocks >= nblocks);
+
+    /* with nowhere to go, all is dropped */
+
+    for (i = 0; i < 50; i++) {
+        CHECK(uo_stanza(&o, i, 101) != NULL);
+    }
+
+    wev.ready = 1;
+    while (read(fd[1], got, UO_N * 101) > 0) { /* void */ }
+    (void) ngx_xmpp_cm_output_send_kept(&c, &o, &k);
+    CHECK(k.n > 0);
+    CHECK_INT(ngx_xmpp_cm_output_resend(NULL, &k, &o, NULL, NULL), 0);
+    CHECK(k.out == NULL && o.out == NULL && o.size == 0);
+
+done:
+
+    while ((r = read(fd[1], got, UO_N * 101)) > 0) { /* void */ }
+
+    ngx_xmpp_cm_output_free(&o);
+    ngx_xmpp_cm_output_free(&to);
+    free(all);
+    free(want);
+    free(got);
+    close(fd[0]);
+    close(fd[1]);
+}
+
 
 void
 unit_suite_output(void)
@@ -396,4 +586,5 @@ unit_suite_output(void)
     UNIT_RUN(output_send_over_a_socket);
     UNIT_RUN(output_idle_holds_no_block);
     UNIT_RUN(output_client_bytes_share_a_buf);
+    UNIT_RUN(output_kept_confirmed_and_resent);
 }
