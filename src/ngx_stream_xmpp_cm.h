@@ -242,6 +242,27 @@ typedef struct {
 #define NGX_XMPP_CM_UPSTREAM_READ    65536
 #define NGX_XMPP_CM_ZLIB_CHUNK       16384
 
+/* a resumed stream handed to its worker (ngx_stream_xmpp_cm_handoff.c) */
+
+/* what the owner needs to attach the relayed connection */
+
+typedef struct {
+    ngx_str_t                        account;  /* established by SASL */
+    ngx_str_t                        previd;
+    ngx_str_t                        addr;     /* the client's, for logs */
+    ngx_str_t                        lang;     /* the stream's xml:lang */
+    uint32_t                         h;        /* the client's count */
+} ngx_xmpp_cm_handoff_hdr_t;
+
+/*
+ * The owner attaches a relayed connection (client.c, through the worker
+ * context): NGX_OK, it is a client connection now; NGX_DECLINED with the
+ * condition of <failed/> in cond; NGX_ERROR.
+ */
+
+typedef ngx_int_t (*ngx_xmpp_cm_adopt_pt)(ngx_connection_t *c,
+    ngx_xmpp_cm_handoff_hdr_t *h, void *data, ngx_str_t *cond);
+
 struct ngx_xmpp_cm_worker_s {
     ngx_queue_t                      clients;      /* for exit */
     ngx_xmpp_cm_parking_t           *parking;      /* parked parsers */
@@ -249,6 +270,9 @@ struct ngx_xmpp_cm_worker_s {
     void                            *metrics_ctx;  /* the zone's */
     ngx_xmpp_cm_metrics_t            metrics_void; /* counts to nowhere */
     ngx_xmpp_cm_output_free_t        output;       /* free bufs, blocks */
+    ngx_connection_t                *handoff;      /* local listener */
+    ngx_xmpp_cm_adopt_pt             adopt;        /* client.c's */
+    void                            *adopt_data;
 
     u_char                           client_buf[NGX_XMPP_CM_CLIENT_READ];
     u_char                           upstream_buf[NGX_XMPP_CM_UPSTREAM_READ];
@@ -690,12 +714,55 @@ ngx_int_t ngx_xmpp_cm_zlib_inflate(ngx_xmpp_cm_zlib_t *z, u_char *p,
     size_t len, ngx_xmpp_cm_zlib_pt handler, void *data);
 
 
+/*
+ * Handing a resumed stream to the worker that holds it
+ * (ngx_stream_xmpp_cm_handoff.c).  Each worker listens on a local socket
+ * of its own; the worker that accepted a resumption relays the client's
+ * decrypted, inflated bytes to the owner and the owner's bytes back.
+ */
+
+#define NGX_XMPP_CM_HANDOFF_OK      0
+#define NGX_XMPP_CM_HANDOFF_FAILED  1
+
+typedef struct ngx_xmpp_cm_relay_s  ngx_xmpp_cm_relay_t;
+
+/* how the relay reaches the client connection it serves */
+
+typedef struct {
+    /* the owner's bytes; NGX_AGAIN: taken, but read no more for now */
+    ngx_int_t  (*out)(void *data, u_char *p, size_t n);
+    /* the owner's answer: NGX_XMPP_CM_HANDOFF_OK, or FAILED with cond */
+    void       (*status)(void *data, ngx_uint_t status, ngx_str_t *cond);
+    /* the relay drained below its mark: read the client again */
+    void       (*unblock)(void *data);
+    /* the relay ended (the owner closed, failed, or timed out) */
+    void       (*closed)(void *data);
+} ngx_xmpp_cm_relay_handler_t;
+
+ngx_int_t ngx_xmpp_cm_handoff_init(ngx_cycle_t *cycle,
+    ngx_xmpp_cm_worker_t *wk, ngx_xmpp_cm_adopt_pt adopt, void *data);
+void ngx_xmpp_cm_handoff_exit(ngx_xmpp_cm_worker_t *wk);
+ngx_pid_t ngx_xmpp_cm_handoff_owner(ngx_str_t *previd);
+ngx_xmpp_cm_relay_t *ngx_xmpp_cm_relay_create(ngx_connection_t *client,
+    ngx_xmpp_cm_worker_t *wk, const ngx_xmpp_cm_relay_handler_t *handler,
+    void *data);
+ngx_xmpp_cm_handoff_hdr_t *ngx_xmpp_cm_relay_hdr(ngx_xmpp_cm_relay_t *r);
+ngx_int_t ngx_xmpp_cm_relay_start(ngx_xmpp_cm_relay_t *r, ngx_pid_t owner);
+ngx_int_t ngx_xmpp_cm_relay_send(ngx_xmpp_cm_relay_t *r, u_char *p,
+    size_t n);
+ngx_uint_t ngx_xmpp_cm_relay_full(ngx_xmpp_cm_relay_t *r);
+void ngx_xmpp_cm_relay_drained(ngx_xmpp_cm_relay_t *r);
+void ngx_xmpp_cm_relay_close(ngx_xmpp_cm_relay_t *r);
+
+
 /* client stream (ngx_stream_xmpp_cm_client.c) */
 
 void ngx_stream_xmpp_cm_handler(ngx_stream_session_t *s);
 void ngx_xmpp_cm_client_shutdown_all(ngx_xmpp_cm_worker_t *worker);
 ngx_int_t ngx_xmpp_cm_client_variable(ngx_stream_session_t *s,
     ngx_uint_t which, ngx_str_t *value);
+ngx_int_t ngx_xmpp_cm_client_adopt(ngx_connection_t *c,
+    ngx_xmpp_cm_handoff_hdr_t *h, void *data, ngx_str_t *cond);
 
 
 #endif /* _NGX_STREAM_XMPP_CM_H_INCLUDED_ */

@@ -15,6 +15,9 @@
 
 
 #define NGX_XMPP_CM_LINGER         5000
+
+/* a relayed client's queued output over which the owner is not read */
+#define NGX_XMPP_CM_CLIENT_RELAY_MARK  65536
 #define NGX_XMPP_NS_IQAUTH         "jabber:iq:auth"
 
 
@@ -32,6 +35,10 @@
 #define NGX_XMPP_CM_PHASE_STARTTLS  2   /* <proceed/> drains: no reads */
 #define NGX_XMPP_CM_PHASE_HALF      3   /* client EOF: IQ replies awaited */
 #define NGX_XMPP_CM_PHASE_CLOSING   4   /* end queued: input dropped, linger */
+#define NGX_XMPP_CM_PHASE_HANDOFF   5   /* <resume/> sent to its worker */
+#define NGX_XMPP_CM_PHASE_RELAY     6   /* bytes relayed to that worker */
+
+#define NGX_XMPP_NS_SM              "urn:xmpp:sm:3"
 
 
 /* XEP-0078: the client's jabber:iq:auth set waiting for Openfire */
@@ -77,6 +84,7 @@ struct ngx_xmpp_cm_client_s {
     ngx_xmpp_cm_xml_t               *xml;
     ngx_xmpp_cm_output_t             out;
     ngx_xmpp_cm_zlib_t              *zlib;
+    ngx_xmpp_cm_relay_t             *relay;       /* to another worker */
     XML_Index                        zstart;
     ngx_str_t                        domain;
     ngx_str_t                        streamid;
@@ -120,6 +128,27 @@ static void ngx_xmpp_cm_client_stream_handler(ngx_event_t *rev);
 static void ngx_xmpp_cm_client_block_read(ngx_event_t *rev);
 static void ngx_xmpp_cm_client_half_closed_handler(ngx_event_t *rev);
 static void ngx_xmpp_cm_client_closing_handler(ngx_event_t *rev);
+static void ngx_xmpp_cm_client_relay_handler(ngx_event_t *rev);
+static ngx_xmpp_cm_client_t *ngx_xmpp_cm_client_create(
+    ngx_stream_session_t *s);
+static ngx_int_t ngx_xmpp_cm_client_relayed(ngx_xmpp_cm_client_t *cl,
+    u_char *buf, size_t n);
+static ngx_int_t ngx_xmpp_cm_client_relay_in(void *data, u_char *p,
+    size_t n);
+static ngx_int_t ngx_xmpp_cm_client_relay_out(void *data, u_char *p,
+    size_t n);
+static void ngx_xmpp_cm_client_relay_status(void *data, ngx_uint_t status,
+    ngx_str_t *cond);
+static void ngx_xmpp_cm_client_relay_unblock(void *data);
+static void ngx_xmpp_cm_client_relay_closed(void *data);
+static ngx_int_t ngx_xmpp_cm_client_resume_start(ngx_xmpp_cm_client_t *cl,
+    ngx_xmpp_cm_elem_t *e);
+static ngx_int_t ngx_xmpp_cm_client_resume(ngx_xmpp_cm_client_t *cl);
+static void ngx_xmpp_cm_client_failed(ngx_xmpp_cm_client_t *cl,
+    ngx_str_t *cond);
+static ngx_int_t ngx_xmpp_cm_client_reroot(ngx_xmpp_cm_client_t *cl);
+static ngx_int_t ngx_xmpp_cm_client_relayed_open(void *data,
+    ngx_str_t *name, ngx_str_t *ns, const XML_Char **attrs);
 static ngx_int_t ngx_xmpp_cm_client_wake(ngx_xmpp_cm_client_t *cl,
     ngx_event_t *rev);
 static void ngx_xmpp_cm_client_shutdown(ngx_xmpp_cm_client_t *cl);
@@ -236,52 +265,41 @@ static ngx_xmpp_cm_xml_handlers_t  ngx_xmpp_cm_client_stream_xml = {
     ngx_xmpp_cm_client_close
 };
 
+/* a relayed connection's synthetic root (ngx_xmpp_cm_client_adopt) */
+
+static ngx_xmpp_cm_xml_handlers_t  ngx_xmpp_cm_client_relayed_xml = {
+    ngx_xmpp_cm_client_relayed_open,
+    ngx_xmpp_cm_client_stream_start,
+    ngx_xmpp_cm_client_element,
+    ngx_xmpp_cm_client_close
+};
+
+/* how a relay to another worker reaches this connection */
+
+static const ngx_xmpp_cm_relay_handler_t  ngx_xmpp_cm_client_relay = {
+    ngx_xmpp_cm_client_relay_out,
+    ngx_xmpp_cm_client_relay_status,
+    ngx_xmpp_cm_client_relay_unblock,
+    ngx_xmpp_cm_client_relay_closed
+};
+
 
 void
 ngx_stream_xmpp_cm_handler(ngx_stream_session_t *s)
 {
     ngx_connection_t               *c;
-    ngx_pool_cleanup_t             *cln;
     ngx_xmpp_cm_client_t           *cl;
     ngx_stream_xmpp_cm_srv_conf_t  *conf;
 
     c = s->connection;
-    conf = ngx_stream_get_module_srv_conf(s, ngx_stream_xmpp_cm_module);
 
-    cl = ngx_pcalloc(c->pool, sizeof(ngx_xmpp_cm_client_t));
+    cl = ngx_xmpp_cm_client_create(s);
     if (cl == NULL) {
         ngx_stream_finalize_session(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
         return;
     }
 
-    ngx_stream_set_ctx(s, cl, ngx_stream_xmpp_cm_module);
-
-    cl->conn.handler = &ngx_xmpp_cm_client_conn;
-    cl->s = s;
-    cl->c = c;
-    cl->conf = conf;
-    cl->up = conf->up;
-    ngx_xmpp_cm_output_init(&cl->out, cl->up->worker);
-
-    cl->xml = ngx_xmpp_cm_xml_create(c->pool, c->log, 0,
-                                     cl->up->worker->parking);
-    if (cl->xml == NULL) {
-        ngx_stream_finalize_session(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
-        return;
-    }
-
-    cln = ngx_pool_cleanup_add(c->pool, 0);
-    if (cln == NULL) {
-        ngx_xmpp_cm_xml_free(cl->xml);
-        ngx_stream_finalize_session(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
-        return;
-    }
-
-    cln->handler = ngx_xmpp_cm_client_cleanup;
-    cln->data = cl;
-    ngx_xmpp_cm_metrics_stream_opened(cl->up);
-
-    ngx_queue_insert_tail(&cl->up->worker->clients, &cl->link);
+    conf = cl->conf;
 
     ngx_xmpp_cm_xml_handlers(cl->xml, &ngx_xmpp_cm_client_auth_xml, cl);
     ngx_xmpp_cm_xml_limits(cl->xml, conf->preauth_max_stanza,
@@ -314,6 +332,55 @@ ngx_stream_xmpp_cm_handler(ngx_stream_session_t *s)
 }
 
 
+/* the client object of a session: a new connection, or a relayed one */
+
+static ngx_xmpp_cm_client_t *
+ngx_xmpp_cm_client_create(ngx_stream_session_t *s)
+{
+    ngx_connection_t               *c;
+    ngx_pool_cleanup_t             *cln;
+    ngx_xmpp_cm_client_t           *cl;
+    ngx_stream_xmpp_cm_srv_conf_t  *conf;
+
+    c = s->connection;
+    conf = ngx_stream_get_module_srv_conf(s, ngx_stream_xmpp_cm_module);
+
+    cl = ngx_pcalloc(c->pool, sizeof(ngx_xmpp_cm_client_t));
+    if (cl == NULL) {
+        return NULL;
+    }
+
+    ngx_stream_set_ctx(s, cl, ngx_stream_xmpp_cm_module);
+
+    cl->conn.handler = &ngx_xmpp_cm_client_conn;
+    cl->s = s;
+    cl->c = c;
+    cl->conf = conf;
+    cl->up = conf->up;
+    ngx_xmpp_cm_output_init(&cl->out, cl->up->worker);
+
+    cl->xml = ngx_xmpp_cm_xml_create(c->pool, c->log, 0,
+                                     cl->up->worker->parking);
+    if (cl->xml == NULL) {
+        return NULL;
+    }
+
+    cln = ngx_pool_cleanup_add(c->pool, 0);
+    if (cln == NULL) {
+        ngx_xmpp_cm_xml_free(cl->xml);
+        return NULL;
+    }
+
+    cln->handler = ngx_xmpp_cm_client_cleanup;
+    cln->data = cl;
+    ngx_xmpp_cm_metrics_stream_opened(cl->up);
+
+    ngx_queue_insert_tail(&cl->up->worker->clients, &cl->link);
+
+    return cl;
+}
+
+
 /* the client of a connection's read or write event */
 
 static ngx_inline ngx_xmpp_cm_client_t *
@@ -342,7 +409,9 @@ ngx_xmpp_cm_client_phase(ngx_xmpp_cm_client_t *cl, ngx_uint_t phase)
         ngx_xmpp_cm_client_stream_handler,
         ngx_xmpp_cm_client_block_read,
         ngx_xmpp_cm_client_half_closed_handler,
-        ngx_xmpp_cm_client_closing_handler
+        ngx_xmpp_cm_client_closing_handler,
+        ngx_xmpp_cm_client_block_read,
+        ngx_xmpp_cm_client_relay_handler
     };
 
     cl->phase = phase;
@@ -914,6 +983,10 @@ ngx_xmpp_cm_client_input(ngx_xmpp_cm_client_t *cl, u_char *buf, size_t n)
     size_t     rest;
     ngx_int_t  rc;
 
+    if (cl->phase == NGX_XMPP_CM_PHASE_RELAY) {
+        return ngx_xmpp_cm_client_relayed(cl, buf, n);
+    }
+
     if (cl->zlib && !cl->zlib_pending) {
         goto inflate;
     }
@@ -1441,6 +1514,7 @@ ngx_xmpp_cm_client_reject(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
 #define NGX_XMPP_CM_E_ENCRYPT   6
 #define NGX_XMPP_CM_E_COMPRESS  7
 #define NGX_XMPP_CM_E_CSI       8
+#define NGX_XMPP_CM_E_RESUME    9
 
 
 /* the pre-authentication policy (NGX_XMPP_CM_PHASE_AUTH) */
@@ -1538,6 +1612,13 @@ ngx_xmpp_cm_client_stream_start(void *data, ngx_xmpp_cm_elem_t *e)
         /* XEP-0352: handled here, Openfire's CM protocol cannot carry it */
         cl->kind = NGX_XMPP_CM_E_CSI;
 
+    } else if (ngx_xmpp_cm_str_is(&e->ns, NGX_XMPP_NS_SM)
+               && ngx_xmpp_cm_str_is(name, "resume")
+               && cl->jid.len == 0 && cl->stream && cl->relay == NULL)
+    {
+        /* XEP-0198 <resume/>, before a resource is bound */
+        cl->kind = NGX_XMPP_CM_E_RESUME;
+
     } else {
         cl->kind = ngx_xmpp_cm_client_stream_level(e);
     }
@@ -1603,6 +1684,9 @@ ngx_xmpp_cm_client_start(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
                       &e->name, &e->ns);
         ngx_xmpp_cm_client_end(cl, "unsupported-stanza-type", NULL, NULL, 0);
         return NGX_DONE;
+
+    case NGX_XMPP_CM_E_RESUME:
+        return e->attrs ? ngx_xmpp_cm_client_resume_start(cl, e) : NGX_OK;
 
     case NGX_XMPP_CM_E_FORWARD:
         if (e->attrs == NULL) {
@@ -1778,6 +1862,9 @@ ngx_xmpp_cm_client_element(void *data, ngx_xmpp_cm_elem_t *e)
         ngx_log_debug1(NGX_LOG_DEBUG_STREAM, cl->c->log, 0,
                        "xmpp_cm: client is %V", &e->name);
         return NGX_OK;
+
+    case NGX_XMPP_CM_E_RESUME:
+        return ngx_xmpp_cm_client_resume(cl);
 
     case NGX_XMPP_CM_E_ENCRYPT:
         ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
@@ -2843,6 +2930,11 @@ ngx_xmpp_cm_client_write_handler(ngx_event_t *wev)
         return;
     }
 
+    if (cl->relay && cl->out.size < NGX_XMPP_CM_CLIENT_RELAY_MARK) {
+        /* the owner worker's output is read again */
+        ngx_xmpp_cm_relay_drained(cl->relay);
+    }
+
 #if (NGX_STREAM_SSL)
     if (rc == NGX_OK && cl->phase == NGX_XMPP_CM_PHASE_STARTTLS
         && c->ssl == NULL)
@@ -3057,6 +3149,11 @@ ngx_xmpp_cm_client_cleanup(void *data)
 
     ngx_xmpp_cm_client_detach(cl);
 
+    if (cl->relay) {
+        ngx_xmpp_cm_relay_close(cl->relay);
+        cl->relay = NULL;
+    }
+
     if (cl->authenticated) {
         if (cl->heap.csi) {
             ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
@@ -3105,4 +3202,479 @@ ngx_xmpp_cm_client_shutdown_all(ngx_xmpp_cm_worker_t *worker)
         ngx_xmpp_cm_client_drain(cl);
         ngx_xmpp_cm_client_finalize(cl);
     }
+}
+
+
+/*
+ * XEP-0198 resumption at another worker than the one holding the stream
+ * (ngx_stream_xmpp_cm_handoff.c).  The accepting worker's side: the
+ * <resume/> is sent to the owner as a request, reading stops until its
+ * answer; then the client's bytes, decrypted and inflated here, go to the
+ * owner, and the owner's come back through this connection's output
+ * (deflate, TLS).
+ *
+ * Until the XEP-0198 state lives in the client (the stream management
+ * branch), this handles <resume/> only for a previd of another worker and
+ * answers <failed/> for one of its own; that branch's resume entry point
+ * calls ngx_xmpp_cm_client_resume() for a previd it does not hold.
+ */
+
+static ngx_int_t
+ngx_xmpp_cm_client_resume_start(ngx_xmpp_cm_client_t *cl,
+    ngx_xmpp_cm_elem_t *e)
+{
+    ngx_str_t                   previd, h;
+    ngx_int_t                   n;
+    ngx_xmpp_cm_handoff_hdr_t  *hdr;
+
+    if (ngx_xmpp_cm_client_attr(e->attrs, "", "previd", &previd) == NULL
+        || ngx_xmpp_cm_client_attr(e->attrs, "", "h", &h) == NULL
+        || previd.len == 0 || previd.len > NGX_XMPP_CM_ID_LEN)
+    {
+        return NGX_OK;
+    }
+
+    n = ngx_atoi(h.data, h.len);
+
+    if (n == NGX_ERROR || n > 0xffffffff) {
+        return NGX_OK;
+    }
+
+    cl->relay = ngx_xmpp_cm_relay_create(cl->c, cl->up->worker,
+                                         &ngx_xmpp_cm_client_relay, cl);
+    if (cl->relay == NULL) {
+        return NGX_OK;
+    }
+
+    hdr = ngx_xmpp_cm_relay_hdr(cl->relay);
+
+    hdr->previd.data = ngx_pstrdup(cl->c->pool, &previd);
+    hdr->previd.len = hdr->previd.data ? previd.len : 0;
+    hdr->h = (uint32_t) n;
+    hdr->account = cl->jid;
+    hdr->addr = cl->c->addr_text;
+    hdr->lang.data = cl->lang;
+    hdr->lang.len = ngx_strlen(cl->lang);
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_xmpp_cm_client_resume(ngx_xmpp_cm_client_t *cl)
+{
+    ngx_pid_t                   owner;
+    ngx_xmpp_cm_relay_t        *r;
+    ngx_xmpp_cm_handoff_hdr_t  *hdr;
+
+    r = cl->relay;
+
+    if (r == NULL) {
+        ngx_xmpp_cm_client_failed(cl, NULL);
+        return NGX_OK;
+    }
+
+    hdr = ngx_xmpp_cm_relay_hdr(r);
+    owner = ngx_xmpp_cm_handoff_owner(&hdr->previd);
+
+    if (owner == 0 || owner == ngx_pid
+        || ngx_xmpp_cm_relay_start(r, owner) != NGX_OK)
+    {
+        cl->relay = NULL;
+        ngx_xmpp_cm_relay_close(r);
+        ngx_xmpp_cm_client_failed(cl, NULL);
+        return NGX_OK;
+    }
+
+    ngx_xmpp_cm_client_phase(cl, NGX_XMPP_CM_PHASE_HANDOFF);
+    cl->c->log->action = "handing a resumed stream to its worker";
+
+    /* the client awaits <resumed/>: the rest of this read is not read */
+    return NGX_DONE;
+}
+
+
+/* <failed/>: the previd is unknown here and at its worker (cond NULL) */
+
+static void
+ngx_xmpp_cm_client_failed(ngx_xmpp_cm_client_t *cl, ngx_str_t *cond)
+{
+    u_char     *p, buf[sizeof("<failed xmlns=\"" NGX_XMPP_NS_SM "\">"
+                              "< xmlns=\"" NGX_XMPP_NS_STANZAS "\"/>"
+                              "</failed>") + 255];
+    ngx_str_t   c;
+
+    ngx_str_set(&c, "item-not-found");
+
+    if (cond && cond->len && cond->len <= 255) {
+        c = *cond;
+    }
+
+    p = ngx_snprintf(buf, sizeof(buf),
+                     "<failed xmlns=\"" NGX_XMPP_NS_SM "\"><%V xmlns=\""
+                     NGX_XMPP_NS_STANZAS "\"/></failed>", &c);
+
+    ngx_xmpp_cm_client_send(cl, buf, p - buf);
+}
+
+
+static void
+ngx_xmpp_cm_client_relay_status(void *data, ngx_uint_t status,
+    ngx_str_t *cond)
+{
+    ngx_xmpp_cm_client_t *cl = data;
+
+    ngx_connection_t  *c;
+
+    c = cl->c;
+
+    if (status != NGX_XMPP_CM_HANDOFF_OK) {
+        /*
+         * The relay ends itself; this stream goes on as it was, on a
+         * fresh parser inside a synthetic root (the framer stopped at the
+         * <resume/>).
+         */
+
+        cl->relay = NULL;
+
+        ngx_xmpp_cm_client_failed(cl, cond);
+
+        if (ngx_xmpp_cm_client_reroot(cl) != NGX_OK) {
+            ngx_xmpp_cm_client_end(cl, "internal-server-error", NULL,
+                                   NULL, 0);
+            return;
+        }
+
+        ngx_xmpp_cm_client_phase(cl, NGX_XMPP_CM_PHASE_STREAM);
+        c->log->action = "in an authenticated XMPP stream";
+        ngx_post_event(c->read, &ngx_posted_events);
+        return;
+    }
+
+    /*
+     * The owner took the stream over: this connection's own Openfire
+     * session goes (close delay, then <close/>), and the owner's idle
+     * timeout governs the relayed stream.
+     */
+
+    ngx_xmpp_cm_client_detach(cl);
+    ngx_xmpp_cm_client_phase(cl, NGX_XMPP_CM_PHASE_RELAY);
+    c->log->action = "relaying a resumed stream";
+
+    if (c->read->timer_set && !c->read->delayed) {
+        ngx_del_timer(c->read);
+    }
+
+    ngx_post_event(c->read, &ngx_posted_events);
+}
+
+
+/* relaying: the client's bytes to the owner, as long as it drains them */
+
+static void
+ngx_xmpp_cm_client_relay_handler(ngx_event_t *rev)
+{
+    ssize_t                n;
+    ngx_connection_t      *c;
+    ngx_xmpp_cm_client_t  *cl;
+
+    cl = ngx_xmpp_cm_client_of(rev);
+    c = cl->c;
+
+    if (c->close) {
+        ngx_xmpp_cm_client_shutdown(cl);
+        return;
+    }
+
+    if (rev->timedout) {
+        /* only xmpp_cm_limit_rate sets a timer here */
+        rev->timedout = 0;
+        rev->delayed = 0;
+    }
+
+    while (cl->relay && !ngx_xmpp_cm_relay_full(cl->relay)) {
+
+        if (!rev->ready && c->ssl == NULL) {
+            break;
+        }
+
+        n = ngx_xmpp_cm_client_recv(cl, NGX_XMPP_CM_CLIENT_READ);
+
+        if (n == NGX_AGAIN) {
+            break;
+        }
+
+        if (n == NGX_DONE) {
+            return;
+        }
+
+        if (ngx_xmpp_cm_client_input(cl, cl->up->worker->client_buf, n)
+            != NGX_OK)
+        {
+            return;
+        }
+    }
+
+    if (ngx_handle_read_event(rev, 0) != NGX_OK) {
+        ngx_xmpp_cm_client_finalize(cl);
+    }
+}
+
+
+static ngx_int_t
+ngx_xmpp_cm_client_relayed(ngx_xmpp_cm_client_t *cl, u_char *buf, size_t n)
+{
+    ngx_int_t  rc;
+
+    if (cl->zlib) {
+        rc = ngx_xmpp_cm_zlib_inflate(cl->zlib, buf, n,
+                                      ngx_xmpp_cm_client_relay_in, cl);
+
+    } else {
+        rc = ngx_xmpp_cm_client_relay_in(cl, buf, n);
+    }
+
+    if (rc != NGX_OK) {
+        ngx_xmpp_cm_client_finalize(cl);
+        return NGX_DONE;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_xmpp_cm_client_relay_in(void *data, u_char *p, size_t n)
+{
+    ngx_xmpp_cm_client_t *cl = data;
+
+    if (cl->relay == NULL
+        || ngx_xmpp_cm_relay_send(cl->relay, p, n) == NGX_ERROR)
+    {
+        return NGX_ERROR;
+    }
+
+    /* over the mark: the read loop stops, the relay's unblock resumes it */
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_xmpp_cm_client_relay_out(void *data, u_char *p, size_t n)
+{
+    ngx_xmpp_cm_client_t *cl = data;
+
+    if (cl->phase != NGX_XMPP_CM_PHASE_RELAY) {
+        return NGX_ERROR;
+    }
+
+    ngx_xmpp_cm_client_out(cl, p, n, 1);
+
+    if (cl->c->error) {
+        return NGX_ERROR;
+    }
+
+    return cl->out.size >= NGX_XMPP_CM_CLIENT_RELAY_MARK ? NGX_AGAIN : NGX_OK;
+}
+
+
+static void
+ngx_xmpp_cm_client_relay_unblock(void *data)
+{
+    ngx_xmpp_cm_client_t *cl = data;
+
+    ngx_post_event(cl->c->read, &ngx_posted_events);
+}
+
+
+/*
+ * The owner ended the relayed stream (its </stream:stream> or stream
+ * error came through already), or the relay failed: what is queued goes
+ * out, then the linger, as for any end; nothing is added.
+ */
+
+static void
+ngx_xmpp_cm_client_relay_closed(void *data)
+{
+    ngx_xmpp_cm_client_t *cl = data;
+
+    ngx_event_t  *rev;
+
+    cl->relay = NULL;
+
+    ngx_xmpp_cm_client_phase(cl, NGX_XMPP_CM_PHASE_CLOSING);
+
+    rev = cl->c->read;
+    rev->delayed = 0;
+
+    if (rev->timer_set) {
+        ngx_del_timer(rev);
+    }
+
+    ngx_add_timer(rev, NGX_XMPP_CM_LINGER);
+    ngx_post_event(cl->c->write, &ngx_posted_events);
+}
+
+
+/*
+ * The owner's side: a relayed connection becomes a client connection of
+ * the held stream, authenticated, in the post-authentication phase, as
+ * if it had just sent <resume/>.  The framer gets a synthetic root.
+ * NGX_DECLINED with cond: <failed/> through the relay, the held stream
+ * untouched.
+ *
+ * Until the XEP-0198 state exists (the stream management branch, whose
+ * local resume replaces ngx_xmpp_cm_client_take() below), the stream
+ * taken over is one in its close delay: detached, Openfire's session
+ * still open.
+ */
+
+ngx_int_t
+ngx_xmpp_cm_client_adopt(ngx_connection_t *c, ngx_xmpp_cm_handoff_hdr_t *h,
+    void *data, ngx_str_t *cond)
+{
+    u_char                          *p, buf[sizeof("<resumed xmlns=\""
+                                                   NGX_XMPP_NS_SM "\" previd"
+                                                   "=\"\" h=\"\"/>")
+                                            + NGX_XMPP_CM_ID_LEN
+                                            + NGX_INT32_LEN];
+    ngx_uint_t                       i;
+    ngx_time_t                      *tp;
+    ngx_stream_session_t            *s;
+    ngx_xmpp_cm_stream_t            *st;
+    ngx_xmpp_cm_client_t            *cl;
+    ngx_stream_core_srv_conf_t      *cscf;
+    ngx_stream_core_main_conf_t     *ccmf;
+    ngx_stream_xmpp_cm_srv_conf_t  **srv, *conf;
+    ngx_stream_xmpp_cm_main_conf_t  *cmcf = data;
+
+    st = NULL;
+    srv = cmcf->servers.elts;
+
+    for (i = 0; i < cmcf->servers.nelts && st == NULL; i++) {
+        if (srv[i]->up) {
+            st = ngx_xmpp_cm_stream_find(srv[i]->up, &h->previd);
+        }
+    }
+
+    if (st == NULL || st->conn || st->gone) {
+        ngx_str_set(cond, "item-not-found");
+        return NGX_DECLINED;
+    }
+
+    conf = st->up->conf;
+
+    s = ngx_pcalloc(c->pool, sizeof(ngx_stream_session_t));
+    if (s == NULL) {
+        return NGX_ERROR;
+    }
+
+    s->signature = NGX_STREAM_MODULE;
+    s->main_conf = conf->ctx->main_conf;
+    s->srv_conf = conf->ctx->srv_conf;
+    s->connection = c;
+
+    ccmf = ngx_stream_get_module_main_conf(s, ngx_stream_core_module);
+
+    s->ctx = ngx_pcalloc(c->pool, sizeof(void *) * ngx_stream_max_module);
+    s->variables = ngx_pcalloc(c->pool, ccmf->variables.nelts
+                                        * sizeof(ngx_stream_variable_value_t));
+    if (s->ctx == NULL || s->variables == NULL) {
+        return NGX_ERROR;
+    }
+
+    tp = ngx_timeofday();
+    s->start_sec = tp->sec;
+    s->start_msec = tp->msec;
+
+    c->data = s;
+    c->addr_text = h->addr;
+
+    cscf = ngx_stream_get_module_srv_conf(s, ngx_stream_core_module);
+    ngx_set_connection_log(c, cscf->error_log);
+
+    cl = ngx_xmpp_cm_client_create(s);
+    if (cl == NULL) {
+        return NGX_ERROR;
+    }
+
+#if (NGX_STAT_STUB)
+    /* ngx_stream_close_connection() counts it out */
+    (void) ngx_atomic_fetch_add(ngx_stat_active, 1);
+#endif
+
+    if (ngx_xmpp_cm_client_reroot(cl) != NGX_OK) {
+        c->error = 1;
+        ngx_post_event(c->write, &ngx_posted_events);
+        return NGX_OK;
+    }
+
+    ngx_xmpp_cm_metrics_authenticated(cl->up, 0);
+    cl->authenticated = 1;
+    cl->header_sent = 1;
+    cl->rate_credit = NGX_MAX_OFF_T_VALUE;
+    cl->domain = cl->up->domain;
+
+    if (h->lang.len < sizeof(cl->lang)) {
+        p = ngx_cpymem(cl->lang, h->lang.data, h->lang.len);
+        *p = '\0';
+    }
+
+    ngx_xmpp_cm_xml_limits(cl->xml, conf->max_stanza, conf->max_depth);
+    ngx_xmpp_cm_client_phase(cl, NGX_XMPP_CM_PHASE_STREAM);
+    c->write->handler = ngx_xmpp_cm_client_write_handler;
+    c->log->action = "in a relayed XMPP stream";
+
+    cl->stream = st;
+    cl->streamid.data = ngx_pstrdup(c->pool, &st->node.str);
+    cl->streamid.len = cl->streamid.data ? st->node.str.len : 0;
+    ngx_xmpp_cm_stream_attach(st, &cl->conn);
+
+    ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                  "xmpp_cm: client %V resumed stream %V through a relay",
+                  &h->addr, &st->node.str);
+
+    p = ngx_snprintf(buf, sizeof(buf), "<resumed xmlns=\"" NGX_XMPP_NS_SM
+                     "\" previd=\"%V\" h=\"0\"/>", &st->node.str);
+    ngx_xmpp_cm_client_send(cl, buf, p - buf);
+
+    if (conf->idle_timeout) {
+        ngx_add_timer(c->read, conf->idle_timeout);
+    }
+
+    ngx_post_event(c->read, &ngx_posted_events);
+
+    return NGX_OK;
+}
+
+
+/*
+ * A fresh parser inside a synthetic root, as if the stream had been
+ * opened and answered: a relayed connection at the owner, or a stream
+ * whose framer stopped at a <resume/> that failed at the owner.
+ */
+
+static ngx_int_t
+ngx_xmpp_cm_client_reroot(ngx_xmpp_cm_client_t *cl)
+{
+    static u_char  root[] = "<stream:stream xmlns=\"" NGX_XMPP_NS_CLIENT
+                            "\" xmlns:stream=\"" NGX_XMPP_NS_STREAMS "\">";
+
+    if (ngx_xmpp_cm_xml_reset(cl->xml) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    ngx_xmpp_cm_xml_handlers(cl->xml, &ngx_xmpp_cm_client_relayed_xml, cl);
+
+    return ngx_xmpp_cm_xml_feed(cl->xml, root, sizeof(root) - 1);
+}
+
+
+/* the synthetic root of a relayed connection: already answered */
+
+static ngx_int_t
+ngx_xmpp_cm_client_relayed_open(void *data, ngx_str_t *name, ngx_str_t *ns,
+    const XML_Char **attrs)
+{
+    return NGX_OK;
 }

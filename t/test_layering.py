@@ -16,6 +16,7 @@ RANK = {
     "ngx_http_xmpp_cm_metrics_module": 9,
     "ngx_stream_xmpp_cm_client": 8,
     "ngx_stream_xmpp_cm_stream": 7,
+    "ngx_stream_xmpp_cm_handoff": 7,
     "ngx_stream_xmpp_cm_route": 6,
     "ngx_stream_xmpp_cm_upstream": 5,
     "ngx_stream_xmpp_cm_output": 4,
