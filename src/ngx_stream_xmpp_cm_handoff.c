@@ -270,10 +270,12 @@ static void
 ngx_xmpp_cm_handoff_accept(ngx_event_t *ev)
 {
     ngx_log_t                 *log;
+    socklen_t                  len;
     ngx_uint_t                 i;
     ngx_err_t                  err;
     ngx_pool_t                *pool;
     ngx_socket_t               s;
+    struct sockaddr_un         sun, *peer, *local;
     ngx_connection_t          *lc, *c;
     ngx_xmpp_cm_worker_t      *wk;
     ngx_xmpp_cm_handoff_in_t  *in;
@@ -283,7 +285,9 @@ ngx_xmpp_cm_handoff_accept(ngx_event_t *ev)
 
     for (i = 0; i < 64; i++) {
 
-        s = accept4(lc->fd, NULL, NULL, SOCK_NONBLOCK|SOCK_CLOEXEC);
+        len = sizeof(struct sockaddr_un);
+        s = accept4(lc->fd, (struct sockaddr *) &sun, &len,
+                    SOCK_NONBLOCK|SOCK_CLOEXEC);
 
         if (s == (ngx_socket_t) -1) {
             err = ngx_socket_errno;
@@ -316,7 +320,11 @@ ngx_xmpp_cm_handoff_accept(ngx_event_t *ev)
         log = ngx_palloc(pool, sizeof(ngx_log_t));
         in = ngx_palloc(pool, sizeof(ngx_xmpp_cm_handoff_in_t));
 
-        if (log == NULL || in == NULL) {
+        /* the session variables ($remote_port, $server_addr) read them */
+        peer = ngx_pcalloc(pool, sizeof(struct sockaddr_un));
+        local = ngx_pcalloc(pool, sizeof(struct sockaddr_un));
+
+        if (log == NULL || in == NULL || peer == NULL || local == NULL) {
             ngx_destroy_pool(pool);
             (void) ngx_close_socket(s);
             return;
@@ -331,7 +339,14 @@ ngx_xmpp_cm_handoff_accept(ngx_event_t *ev)
             return;
         }
 
+        ngx_memcpy(peer, &sun, len);
+        local->sun_family = AF_UNIX;
+
         c->pool = pool;
+        c->sockaddr = (struct sockaddr *) peer;
+        c->socklen = len;
+        c->local_sockaddr = (struct sockaddr *) local;
+        c->local_socklen = sizeof(sa_family_t);
         c->log = log;
         c->read->log = log;
         c->write->log = log;

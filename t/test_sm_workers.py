@@ -31,10 +31,11 @@ def pid_of(stream_id):
     return int(m.group(1))
 
 
-def start(standin, nginx, extra=EXTRA):
+def start(standin, nginx, extra=EXTRA, stream_extra=""):
     sb = standin()
     ngx = nginx(standin=sb, workers=4, connections=2,
-                listen_extra=" reuseport", extra=extra)
+                listen_extra=" reuseport", extra=extra,
+                stream_extra=stream_extra)
     return sb, ngx
 
 
@@ -277,3 +278,130 @@ def test_foreign_process_refused(standin, nginx, raw):
     c = authenticated(raw, ngx, "alice", avoid_pid=owner)
     el = resume(c, sid)
     assert el.tag == q(NS_SM, "resumed")
+
+
+def sid_of(header_bytes):
+    m = re.search(rb'id="(w\d+-[0-9a-f]{16})"', header_bytes)
+    assert m, header_bytes
+    return m.group(1).decode()
+
+
+def test_relay_compressed_flow_control_and_drop_again(standin, nginx, raw,
+                                                      tmp_path):
+    from test_compression import HEADER, ZClient
+    log = tmp_path / "access.log"
+    sb, ngx = start(standin, nginx, extra=EXTRA + "\nxmpp_cm_compression on;",
+                    stream_extra='log_format x "$pid|$remote_addr|'
+                                 '$remote_port|$server_addr|$server_port|'
+                                 '$xmpp_cm_streamid|$bytes_received|'
+                                 '$bytes_sent";\naccess_log %s x;' % log)
+    bob = raw(ngx.port)
+    bob.login("bob", "bobpw", resource="b")
+    a = raw(ngx.port)
+    jid = a.login("alice", "alicepw", resource="z")
+    sid = a.stream_id
+    owner = pid_of(sid)
+    drop(a)
+
+    # XEP-0138 at the accepting worker: it inflates and deflates, the
+    # relay carries plain XML
+    for _ in range(80):
+        z = ZClient(ngx.port)
+        z.login(b"alice", b"alicepw")
+        z.start_zlib()
+        z.send(HEADER)
+        feats = z.until(rb"</stream:features>")
+        if pid_of(sid_of(feats)) != owner:
+            break
+        z.s.close()
+    else:
+        raise AssertionError("no compressed connection off the owner")
+    z.send(b"<resume xmlns='urn:xmpp:sm:3' previd='%s' h='0'/>"
+           % sid.encode())
+    assert b"previd=\"%s\"" % sid.encode() in z.until(rb"<resumed[^>]*/>")
+
+    # the client reads nothing while 300 stanzas of 2 KiB come: the relay
+    # stops reading the owner over its mark; then all arrive, in order
+    pad = "x" * 2048
+    n = 300
+    for i in range(n):
+        bob.send('<message to="%s" type="chat"><body>d%d %s</body>'
+                 '</message>' % (jid, i, pad))
+    bob.pump(0.5)
+    got = z.until(rb"<body>d%d " % (n - 1), timeout=20)
+    assert re.findall(rb"<body>d(\d+) ", got) == \
+        [b"%d" % i for i in range(n)]
+
+    # and the other way, written as fast as the socket takes it
+    for i in range(n):
+        z.send(b'<message to="bob@localhost/b" type="chat"><body>u%d %s'
+               b'</body></message>' % (i, pad.encode()))
+    assert bodies(bob, n, timeout=20, prefix="u") == \
+        ["u%d %s" % (i, pad) for i in range(n)]
+
+    # the relayed connection dies too: the owner holds the stream again,
+    # and a third connection, at any other worker, resumes it
+    z.s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                   struct.pack("ii", 1, 0))
+    z.s.close()
+    # the owner logs the relayed session like any: the client's address,
+    # the held stream's id, the bytes it took and gave
+    # (the first line of the stream is its first connection's)
+    def owner_lines():
+        out = [line.split("|") for line in
+               (log.read_text().splitlines() if log.exists() else [])]
+        out = [f for f in out if f[0] == str(owner) and f[5] == sid]
+        return out if len(out) == 2 else None
+    f = wait_until(owner_lines, 10, what="the owner's access log lines")[1]
+    assert f[1] == "127.0.0.1" and int(f[6]) > n * 2048 \
+        and int(f[7]) > n * 2048, f
+    # the relayed connection's own ends are the local socket's
+    assert f[3] == "unix:", f
+    c = None
+    for _ in range(20):
+        c = authenticated(raw, ngx, "alice", avoid_pid=owner)
+        el = resume(c, sid)
+        if el.tag == q(NS_SM, "resumed"):
+            break
+        # the owner has not seen the drop yet: a live connection is not
+        # taken over by this hook; try again
+        time.sleep(0.1)
+    assert el.tag == q(NS_SM, "resumed"), el.tag
+    bob.send('<message to="%s" type="chat" id="again"><body>again</body>'
+             '</message>' % jid)
+    assert bodies(c, 1) == ["again"]
+
+
+def test_backpressure_reaches_the_owner(standin, nginx, raw):
+    """A relayed client that does not read: the accepting worker holds at
+    most its mark, so the owner's xmpp_cm_client_output_limit is what cuts
+    the stream, at the owner, as for a local client."""
+    sb, ngx = start(standin, nginx, extra=EXTRA + "\n"
+                    "xmpp_cm_client_output_limit 256k;")
+    bob = raw(ngx.port)
+    bob.login("bob", "bobpw", resource="b")
+    a = raw(ngx.port)
+    jid = a.login("alice", "alicepw", resource="slow")
+    sid = a.stream_id
+    owner = pid_of(sid)
+    drop(a)
+    for _ in range(80):
+        c = raw(ngx.port, rcvbuf=4096)
+        c.open()
+        if pid_of(c.stream_id) != owner:
+            break
+        c.close()
+    assert c.auth_plain("alice", "alicepw").tag.endswith("success")
+    c.restart()
+    assert resume(c, sid).tag == q(NS_SM, "resumed")
+    pad = "y" * 4000
+    for i in range(1500):                  # 6 MB, the client reads none
+        bob.send('<message to="%s" type="chat"><body>%d %s</body>'
+                 '</message>' % (jid, i, pad))
+        if i % 100 == 0:
+            bob.pump(0.01)
+    wait_until(lambda: ngx.log_lines(r"\[info\] %d#.*client is not reading"
+                                     % owner), 20,
+               what="the owner worker cutting the relayed client")
+    assert not ngx.log_lines(r"\[info\] (?!%d#)\d+#.*client is not reading"
+                             % owner)
