@@ -255,6 +255,20 @@ static ngx_command_t  ngx_stream_xmpp_cm_commands[] = {
       offsetof(ngx_stream_xmpp_cm_srv_conf_t, close_delay),
       NULL },
 
+    { ngx_string("xmpp_cm_stream_management"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, sm),
+      NULL },
+
+    { ngx_string("xmpp_cm_resume_timeout"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_xmpp_cm_srv_conf_t, resume_timeout),
+      NULL },
+
     { ngx_string("xmpp_cm_max_stanza_size"),
       NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_size_slot,
@@ -562,6 +576,8 @@ ngx_stream_xmpp_cm_create_srv_conf(ngx_conf_t *cf)
     conf->idle_timeout = NGX_CONF_UNSET_MSEC;
     conf->stanza_timeout = NGX_CONF_UNSET_MSEC;
     conf->close_delay = NGX_CONF_UNSET_MSEC;
+    conf->resume_timeout = NGX_CONF_UNSET_MSEC;
+    conf->sm = NGX_CONF_UNSET;
     conf->max_stanza = NGX_CONF_UNSET_SIZE;
     conf->preauth_max_stanza = NGX_CONF_UNSET_SIZE;
     conf->max_depth = NGX_CONF_UNSET_UINT;
@@ -635,6 +651,9 @@ ngx_stream_xmpp_cm_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_msec_value(conf->stanza_timeout, prev->stanza_timeout,
                               60000);
     ngx_conf_merge_msec_value(conf->close_delay, prev->close_delay, 0);
+    ngx_conf_merge_msec_value(conf->resume_timeout, prev->resume_timeout,
+                              300000);
+    ngx_conf_merge_value(conf->sm, prev->sm, 1);
     ngx_conf_merge_size_value(conf->max_stanza, prev->max_stanza,
                               256 * 1024);
     ngx_conf_merge_size_value(conf->preauth_max_stanza,
@@ -774,6 +793,13 @@ ngx_stream_xmpp_cm_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
                            "\"xmpp_cm_upstream_timeout\", "
                            "\"xmpp_cm_connect_timeout\" and "
                            "\"xmpp_cm_auth_timeout\" must not be 0");
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->resume_timeout > 86400000) {
+        /* XEP-0198's max is in seconds; a day is long for a phone */
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"xmpp_cm_resume_timeout\" must be at most 1d");
         return NGX_CONF_ERROR;
     }
 

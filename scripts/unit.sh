@@ -24,7 +24,7 @@ libs=$(sed -n 's/^\t\(-l[^\\]*\)\\$/\1/p' "$ngx/objs/Makefile" | head -1)
 
 srcs=(t/unit/unit.c t/unit/test_route.c t/unit/test_xml.c
       t/unit/test_stream_id.c t/unit/test_features.c t/unit/test_jid.c
-      t/unit/test_output.c)
+      t/unit/test_output.c t/unit/test_sm.c)
 
 inc=(-I "$ngx/src/core" -I "$ngx/src/event" -I "$ngx/src/event/modules"
      -I "$ngx/src/os/unix" -I "$ngx/objs" -I "$ngx/src/stream" -I src

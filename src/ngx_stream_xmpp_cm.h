@@ -32,6 +32,7 @@
 #define NGX_XMPP_NS_FCOMPRESS "http://jabber.org/features/compress"
 #define NGX_XMPP_NS_LIMITS    "urn:xmpp:stream-limits:0"
 #define NGX_XMPP_NS_CSI       "urn:xmpp:csi:0"
+#define NGX_XMPP_NS_SM        "urn:xmpp:sm:3"
 
 /* Openfire's xmpp.parser.buffer.size: a whole <route> must stay below it */
 #define NGX_XMPP_CM_OPENFIRE_MAX      1048576
@@ -68,6 +69,7 @@ typedef struct ngx_xmpp_cm_client_s   ngx_xmpp_cm_client_t;
 typedef struct ngx_xmpp_cm_conn_s     ngx_xmpp_cm_conn_t;
 typedef struct ngx_xmpp_cm_node_s     ngx_xmpp_cm_node_t;
 typedef struct ngx_xmpp_cm_parking_s  ngx_xmpp_cm_parking_t;
+typedef struct ngx_xmpp_cm_sm_s       ngx_xmpp_cm_sm_t;
 
 
 /* configuration (ngx_stream_xmpp_cm_module.c) */
@@ -116,6 +118,8 @@ typedef struct {
     ngx_msec_t                       idle_timeout;
     ngx_msec_t                       stanza_timeout;
     ngx_msec_t                       close_delay;
+    ngx_msec_t                       resume_timeout;  /* 0: no resume */
+    ngx_flag_t                       sm;              /* XEP-0198 */
     size_t                           max_stanza;
     size_t                           preauth_max_stanza;
     ngx_uint_t                       max_depth;
@@ -256,12 +260,13 @@ typedef struct {
 
 /*
  * The owner attaches a relayed connection (client.c, through the worker
- * context): NGX_OK, it is a client connection now; NGX_DECLINED with the
- * condition of <failed/> in cond; NGX_ERROR.
+ * context): NGX_OK, it is a client connection now and has answered;
+ * NGX_DONE, it answered failed and closed; NGX_DECLINED, no such stream
+ * (nothing done); NGX_ERROR.
  */
 
 typedef ngx_int_t (*ngx_xmpp_cm_adopt_pt)(ngx_connection_t *c,
-    ngx_xmpp_cm_handoff_hdr_t *h, void *data, ngx_str_t *cond);
+    ngx_xmpp_cm_handoff_hdr_t *h, void *data);
 
 struct ngx_xmpp_cm_worker_s {
     ngx_queue_t                      clients;      /* for exit */
@@ -571,6 +576,8 @@ typedef struct {
                      ngx_uint_t ghost);
     void  (*up)(ngx_xmpp_cm_upstream_t *up);
     void  (*unblock)(ngx_xmpp_cm_stream_t *s);
+    void  (*confirmed)(ngx_xmpp_cm_upstream_t *up, ngx_str_t *id,
+                       ngx_uint_t n);
 } ngx_xmpp_cm_streams_t;
 
 
@@ -637,6 +644,7 @@ typedef struct {
     void       (*ended)(ngx_xmpp_cm_conn_t *conn, char *cond, char *text,
                         u_char *raw, size_t rawlen);
     void       (*unblock)(ngx_xmpp_cm_conn_t *conn);
+    void       (*confirmed)(ngx_xmpp_cm_conn_t *conn);  /* XEP-0198 h */
 } ngx_xmpp_cm_conn_handler_t;
 
 
@@ -660,10 +668,14 @@ struct ngx_xmpp_cm_stream_s {
     ngx_xmpp_cm_conn_t              *conn;       /* NULL: detached */
     ngx_event_t                     *close_ev;   /* during the close delay */
     ngx_queue_t                      queue;      /* in sock->paused */
+    ngx_xmpp_cm_sm_t                *sm;         /* XEP-0198, once enabled */
+    uint32_t                         routed;     /* client stanzas routed */
+    uint32_t                         confirmed;  /* of them, accepted */
     unsigned                         paused:1;
     unsigned                         routing:1;   /* in a route's loop */
     unsigned                         gone:1;      /* client left in it */
     unsigned                         detached:1;  /* counted as detached */
+    unsigned                         discard:1;   /* close at once */
 };
 
 
@@ -683,7 +695,73 @@ ngx_xmpp_cm_stream_t *ngx_xmpp_cm_stream_find(ngx_xmpp_cm_upstream_t *up,
 ngx_int_t ngx_xmpp_cm_stream_recently_closed(ngx_xmpp_cm_upstream_t *up,
     ngx_str_t *id);
 
+void ngx_xmpp_cm_stream_take(ngx_xmpp_cm_stream_t *s,
+    ngx_xmpp_cm_conn_t *conn, char *cond, char *text);
+
 extern const ngx_xmpp_cm_streams_t  ngx_xmpp_cm_streams;
+
+
+/*
+ * XEP-0198 stream management (ngx_stream_xmpp_cm_sm.c): the state that
+ * outlives a connection, owned by its stream (malloc'd at <enable/>,
+ * freed with the stream).  Counts are the XEP's: unsigned 32-bit,
+ * wrapping, compared by their signed difference.
+ */
+
+typedef struct ngx_xmpp_cm_sm_chunk_s  ngx_xmpp_cm_sm_chunk_t;
+
+struct ngx_xmpp_cm_sm_s {
+    /* inbound: the client's stanzas */
+    uint32_t                         received;   /* counted since enable */
+    uint32_t                         h;          /* handled: the <a h> */
+    uint32_t                         covered;    /* s->confirmed h counts */
+    uint32_t                         r_target;   /* received at the <r/> */
+    uint32_t                        *marks;      /* answered at the CM */
+    ngx_uint_t                       nmarks;     /* ring: s->routed then */
+    ngx_uint_t                       mark_head;
+    ngx_uint_t                       mark_cap;
+
+    /* outbound: stanzas for the client, kept until acknowledged */
+    uint32_t                         sent;       /* queued since enable */
+    uint32_t                         acked;      /* the client's last h */
+    uint32_t                         requested;  /* sent at our last <r/> */
+    size_t                           requested_size;
+    ngx_xmpp_cm_sm_chunk_t          *head;
+    ngx_xmpp_cm_sm_chunk_t          *tail;
+    size_t                           size;       /* bytes not acked */
+    ngx_uint_t                       count;      /* stanzas not acked */
+
+    ngx_str_t                        account;    /* bare JID, lower case */
+    ngx_str_t                        jid;        /* the bound full JID */
+    ngx_msec_t                       max;        /* resumption wait */
+    size_t                           limit;      /* bytes kept at most */
+
+    unsigned                         resume:1;   /* resumption enabled */
+    unsigned                         hold:1;     /* dropped: wait for it */
+    unsigned                         r_in:1;     /* client <r/> unanswered */
+    unsigned                         r_out:1;    /* our <r/> unanswered */
+};
+
+/* what ngx_xmpp_cm_sm_record() hands to its walker */
+typedef ngx_int_t (*ngx_xmpp_cm_sm_pt)(void *data, u_char *p, size_t len);
+
+ngx_xmpp_cm_sm_t *ngx_xmpp_cm_sm_create(ngx_xmpp_cm_stream_t *s,
+    ngx_str_t *jid, ngx_log_t *log);
+void ngx_xmpp_cm_sm_free(ngx_xmpp_cm_sm_t *sm);
+void ngx_xmpp_cm_sm_received(ngx_xmpp_cm_stream_t *s, ngx_uint_t local);
+ngx_uint_t ngx_xmpp_cm_sm_advance(ngx_xmpp_cm_stream_t *s);
+ngx_uint_t ngx_xmpp_cm_sm_request(ngx_xmpp_cm_stream_t *s);
+ngx_int_t ngx_xmpp_cm_sm_queue(ngx_xmpp_cm_sm_t *sm, u_char *p1,
+    size_t len1, u_char *p2, size_t len2);
+ngx_int_t ngx_xmpp_cm_sm_ack(ngx_xmpp_cm_sm_t *sm, uint32_t h);
+ngx_int_t ngx_xmpp_cm_sm_walk(ngx_xmpp_cm_sm_t *sm,
+    ngx_xmpp_cm_sm_pt handler, void *data);
+void ngx_xmpp_cm_sm_resumed(ngx_xmpp_cm_stream_t *s);
+ngx_int_t ngx_xmpp_cm_sm_hold(ngx_xmpp_cm_stream_t *s, ngx_xmpp_cm_xml_t *x,
+    ngx_xmpp_cm_node_t *n);
+ngx_int_t ngx_xmpp_cm_sm_previd(ngx_str_t *previd, ngx_pid_t *pid);
+ngx_int_t ngx_xmpp_cm_sm_account(ngx_pool_t *pool, ngx_str_t *mech,
+    ngx_str_t *data, ngx_str_t *domain, ngx_str_t *account);
 
 
 /* TLS (ngx_stream_xmpp_cm_tls.c) */
@@ -723,6 +801,7 @@ ngx_int_t ngx_xmpp_cm_zlib_inflate(ngx_xmpp_cm_zlib_t *z, u_char *p,
 
 #define NGX_XMPP_CM_HANDOFF_OK      0
 #define NGX_XMPP_CM_HANDOFF_FAILED  1
+#define NGX_XMPP_CM_HANDOFF_FAILED_MAX  255    /* its <failed/> */
 
 typedef struct ngx_xmpp_cm_relay_s  ngx_xmpp_cm_relay_t;
 
@@ -731,8 +810,11 @@ typedef struct ngx_xmpp_cm_relay_s  ngx_xmpp_cm_relay_t;
 typedef struct {
     /* the owner's bytes; NGX_AGAIN: taken, but read no more for now */
     ngx_int_t  (*out)(void *data, u_char *p, size_t n);
-    /* the owner's answer: NGX_XMPP_CM_HANDOFF_OK, or FAILED with cond */
-    void       (*status)(void *data, ngx_uint_t status, ngx_str_t *cond);
+    /*
+     * the owner's answer: NGX_XMPP_CM_HANDOFF_OK, or FAILED with the
+     * owner's <failed/> element (NULL: not reached, item-not-found)
+     */
+    void       (*status)(void *data, ngx_uint_t status, ngx_str_t *failed);
     /* the relay drained below its mark: read the client again */
     void       (*unblock)(void *data);
     /* the relay ended (the owner closed, failed, or timed out) */
@@ -742,7 +824,8 @@ typedef struct {
 ngx_int_t ngx_xmpp_cm_handoff_init(ngx_cycle_t *cycle,
     ngx_xmpp_cm_worker_t *wk, ngx_xmpp_cm_adopt_pt adopt, void *data);
 void ngx_xmpp_cm_handoff_exit(ngx_xmpp_cm_worker_t *wk);
-ngx_pid_t ngx_xmpp_cm_handoff_owner(ngx_str_t *previd);
+ngx_int_t ngx_xmpp_cm_handoff_reply(ngx_connection_t *c, ngx_uint_t status,
+    u_char *failed, size_t len);
 ngx_xmpp_cm_relay_t *ngx_xmpp_cm_relay_create(ngx_connection_t *client,
     ngx_xmpp_cm_worker_t *wk, const ngx_xmpp_cm_relay_handler_t *handler,
     void *data);
@@ -762,7 +845,7 @@ void ngx_xmpp_cm_client_shutdown_all(ngx_xmpp_cm_worker_t *worker);
 ngx_int_t ngx_xmpp_cm_client_variable(ngx_stream_session_t *s,
     ngx_uint_t which, ngx_str_t *value);
 ngx_int_t ngx_xmpp_cm_client_adopt(ngx_connection_t *c,
-    ngx_xmpp_cm_handoff_hdr_t *h, void *data, ngx_str_t *cond);
+    ngx_xmpp_cm_handoff_hdr_t *h, void *data);
 
 
 #endif /* _NGX_STREAM_XMPP_CM_H_INCLUDED_ */

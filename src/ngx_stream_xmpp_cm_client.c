@@ -18,6 +18,16 @@
 
 /* a relayed client's queued output over which the owner is not read */
 #define NGX_XMPP_CM_CLIENT_RELAY_MARK  65536
+/* XEP-0198: when the CM asks the client for an ack (<r/>) */
+#define NGX_XMPP_CM_SM_R_COUNT     10      /* stanzas since the last <r/> */
+#define NGX_XMPP_CM_SM_R_BYTES     16384   /* bytes since the last <r/> */
+#define NGX_XMPP_CM_SM_R_DELAY     1000    /* ms after a write */
+
+/* the SASL mechanisms whose messages name the account (XEP-0198) */
+#define NGX_XMPP_CM_MECH_OTHER     0
+#define NGX_XMPP_CM_MECH_PLAIN     1
+#define NGX_XMPP_CM_MECH_SCRAM     2
+#define NGX_XMPP_CM_MECH_DIGEST    3
 #define NGX_XMPP_NS_IQAUTH         "jabber:iq:auth"
 
 
@@ -89,6 +99,7 @@ struct ngx_xmpp_cm_client_s {
     ngx_str_t                        domain;
     ngx_str_t                        streamid;
     ngx_str_t                        jid;
+    ngx_str_t                        account;     /* SASL's, for resume */
 
     /* one phase at a time: iq_auth before authentication, csi after it */
     union {
@@ -116,6 +127,8 @@ struct ngx_xmpp_cm_client_s {
     unsigned                         iq_request:1;
     unsigned                         rate_logged:1;
     unsigned                         inactive:1;  /* XEP-0352 */
+    unsigned                         dropped:1;   /* no clean end: resumable */
+    unsigned                         sasl_mech:2; /* NGX_XMPP_CM_MECH_* */
 
     ngx_uint_t                       iq_pending;   /* IQ get/set unanswered */
 };
@@ -138,14 +151,11 @@ static ngx_int_t ngx_xmpp_cm_client_relay_in(void *data, u_char *p,
 static ngx_int_t ngx_xmpp_cm_client_relay_out(void *data, u_char *p,
     size_t n);
 static void ngx_xmpp_cm_client_relay_status(void *data, ngx_uint_t status,
-    ngx_str_t *cond);
+    ngx_str_t *failed);
 static void ngx_xmpp_cm_client_relay_unblock(void *data);
 static void ngx_xmpp_cm_client_relay_closed(void *data);
-static ngx_int_t ngx_xmpp_cm_client_resume_start(ngx_xmpp_cm_client_t *cl,
-    ngx_xmpp_cm_elem_t *e);
-static ngx_int_t ngx_xmpp_cm_client_resume(ngx_xmpp_cm_client_t *cl);
-static void ngx_xmpp_cm_client_failed(ngx_xmpp_cm_client_t *cl,
-    ngx_str_t *cond);
+static ngx_int_t ngx_xmpp_cm_client_handoff(ngx_xmpp_cm_client_t *cl,
+    ngx_str_t *previd, uint32_t h);
 static ngx_int_t ngx_xmpp_cm_client_reroot(ngx_xmpp_cm_client_t *cl);
 static ngx_int_t ngx_xmpp_cm_client_relayed_open(void *data,
     ngx_str_t *name, ngx_str_t *ns, const XML_Char **attrs);
@@ -228,6 +238,23 @@ static void ngx_xmpp_cm_client_deliver_text(ngx_xmpp_cm_conn_t *conn,
 static void ngx_xmpp_cm_client_ended(ngx_xmpp_cm_conn_t *conn, char *cond,
     char *text, u_char *raw, size_t rawlen);
 static void ngx_xmpp_cm_client_unblock(ngx_xmpp_cm_conn_t *conn);
+static void ngx_xmpp_cm_client_confirmed(ngx_xmpp_cm_conn_t *conn);
+static void ngx_xmpp_cm_client_stanza_out(ngx_xmpp_cm_client_t *cl,
+    u_char *p1, size_t len1, u_char *p2, size_t len2);
+static void ngx_xmpp_cm_client_sm_kept(ngx_xmpp_cm_client_t *cl,
+    u_char *p1, size_t len1, u_char *p2, size_t len2);
+static ngx_int_t ngx_xmpp_cm_client_sm(ngx_xmpp_cm_client_t *cl,
+    ngx_xmpp_cm_elem_t *e);
+static void ngx_xmpp_cm_client_sm_failed(ngx_xmpp_cm_client_t *cl,
+    char *cond);
+static void ngx_xmpp_cm_client_sm_answer(ngx_xmpp_cm_client_t *cl);
+static void ngx_xmpp_cm_client_sm_request(ngx_xmpp_cm_client_t *cl);
+static ngx_int_t ngx_xmpp_cm_client_resume(ngx_xmpp_cm_client_t *cl,
+    ngx_str_t *account, ngx_str_t *previd, uint32_t h);
+static ngx_int_t ngx_xmpp_cm_client_resend(void *data, u_char *p,
+    size_t len);
+static void ngx_xmpp_cm_client_sasl_account(ngx_xmpp_cm_client_t *cl,
+    ngx_xmpp_cm_elem_t *e);
 static void ngx_xmpp_cm_client_bound(ngx_xmpp_cm_client_t *cl,
     ngx_xmpp_cm_node_t *iq);
 static ngx_uint_t ngx_xmpp_cm_client_offered(ngx_xmpp_cm_client_t *cl,
@@ -243,7 +270,8 @@ static const ngx_xmpp_cm_conn_handler_t  ngx_xmpp_cm_client_conn = {
     ngx_xmpp_cm_client_deliver,
     ngx_xmpp_cm_client_deliver_text,
     ngx_xmpp_cm_client_ended,
-    ngx_xmpp_cm_client_unblock
+    ngx_xmpp_cm_client_unblock,
+    ngx_xmpp_cm_client_confirmed
 };
 
 
@@ -612,6 +640,10 @@ ngx_xmpp_cm_client_wake(ngx_xmpp_cm_client_t *cl, ngx_event_t *rev)
 
         ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
                       "xmpp_cm: client timed out");
+
+        /* XEP-0198: a dead connection, its stream may be resumed */
+        cl->dropped = 1;
+
         ngx_xmpp_cm_client_end(cl, "connection-timeout",
                                cl->partial_since && cl->conf->stanza_timeout
                                && ngx_current_msec - cl->partial_since
@@ -786,7 +818,12 @@ ngx_xmpp_cm_client_eof(ngx_xmpp_cm_client_t *cl)
         return NGX_OK;
     }
 
-    if (cl->iq_pending == 0) {
+    if (cl->stream->sm && cl->stream->sm->resume) {
+        /* XEP-0198: no </stream:stream>, so the stream waits for a resume */
+        cl->dropped = 1;
+    }
+
+    if (cl->iq_pending == 0 || cl->dropped) {
         ngx_xmpp_cm_client_end(cl, NULL, NULL, (u_char *) "", 0);
         goto stop;
     }
@@ -1271,6 +1308,7 @@ ngx_xmpp_cm_client_header(ngx_xmpp_cm_client_t *cl)
         "<session xmlns=\"urn:ietf:params:xml:ns:xmpp-session\">"
         "<optional/></session>";
     static u_char  csi[] = "<csi xmlns=\"" NGX_XMPP_NS_CSI "\"/>";
+    static u_char  sm[] = "<sm xmlns=\"" NGX_XMPP_NS_SM "\"/>";
     static u_char  compression[] =
         "<compression xmlns=\"" NGX_XMPP_NS_FCOMPRESS "\">"
         "<method>zlib</method></compression>";
@@ -1320,6 +1358,10 @@ ngx_xmpp_cm_client_header(ngx_xmpp_cm_client_t *cl)
 
         if (cl->conf->csi_hold_limit) {
             ngx_xmpp_cm_client_send(cl, csi, sizeof(csi) - 1);
+        }
+
+        if (cl->conf->sm) {
+            ngx_xmpp_cm_client_send(cl, sm, sizeof(sm) - 1);
         }
 
         if (cl->zlib == NULL && cl->conf->compression
@@ -1493,7 +1535,7 @@ ngx_xmpp_cm_client_reject(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
 
     (void) ngx_xmpp_cm_stanza_error(cl->xml, e, &cl->jid, p);
 
-    ngx_xmpp_cm_client_send(cl, p, len);
+    ngx_xmpp_cm_client_stanza_out(cl, p, len, NULL, 0);
     ngx_free(p);
 
     return NGX_OK;
@@ -1514,7 +1556,7 @@ ngx_xmpp_cm_client_reject(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
 #define NGX_XMPP_CM_E_ENCRYPT   6
 #define NGX_XMPP_CM_E_COMPRESS  7
 #define NGX_XMPP_CM_E_CSI       8
-#define NGX_XMPP_CM_E_RESUME    9
+#define NGX_XMPP_CM_E_SM        9
 
 
 /* the pre-authentication policy (NGX_XMPP_CM_PHASE_AUTH) */
@@ -1562,7 +1604,9 @@ ngx_xmpp_cm_client_auth_start(void *data, ngx_xmpp_cm_elem_t *e)
             cl->kind = NGX_XMPP_CM_E_REFUSE;
         }
 
-    } else if (ngx_xmpp_cm_str_is(ns, NGX_XMPP_NS_CSI)) {
+    } else if (ngx_xmpp_cm_str_is(ns, NGX_XMPP_NS_CSI)
+               || ngx_xmpp_cm_str_is(ns, NGX_XMPP_NS_SM))
+    {
         /* RFC 6120 4.9.3.12: data that needs authentication, before it */
         cl->kind = NGX_XMPP_CM_E_NOAUTH;
 
@@ -1612,12 +1656,14 @@ ngx_xmpp_cm_client_stream_start(void *data, ngx_xmpp_cm_elem_t *e)
         /* XEP-0352: handled here, Openfire's CM protocol cannot carry it */
         cl->kind = NGX_XMPP_CM_E_CSI;
 
-    } else if (ngx_xmpp_cm_str_is(&e->ns, NGX_XMPP_NS_SM)
-               && ngx_xmpp_cm_str_is(name, "resume")
-               && cl->jid.len == 0 && cl->stream && cl->relay == NULL)
+    } else if (ngx_xmpp_cm_str_is(&e->ns, NGX_XMPP_NS_SM) && cl->conf->sm
+               && (ngx_xmpp_cm_str_is(name, "enable")
+                   || ngx_xmpp_cm_str_is(name, "r")
+                   || ngx_xmpp_cm_str_is(name, "a")
+                   || ngx_xmpp_cm_str_is(name, "resume")))
     {
-        /* XEP-0198 <resume/>, before a resource is bound */
-        cl->kind = NGX_XMPP_CM_E_RESUME;
+        /* XEP-0198: handled here, never routed */
+        cl->kind = NGX_XMPP_CM_E_SM;
 
     } else {
         cl->kind = ngx_xmpp_cm_client_stream_level(e);
@@ -1685,9 +1731,6 @@ ngx_xmpp_cm_client_start(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
         ngx_xmpp_cm_client_end(cl, "unsupported-stanza-type", NULL, NULL, 0);
         return NGX_DONE;
 
-    case NGX_XMPP_CM_E_RESUME:
-        return e->attrs ? ngx_xmpp_cm_client_resume_start(cl, e) : NGX_OK;
-
     case NGX_XMPP_CM_E_FORWARD:
         if (e->attrs == NULL) {
             break;
@@ -1701,11 +1744,39 @@ ngx_xmpp_cm_client_start(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
         if (ngx_xmpp_cm_str_is(&e->name, "auth")) {
             cl->mech_refused = !ngx_xmpp_cm_client_offered(cl, e->attrs);
 
+            /* XEP-0198: which mechanism names the account, for resume */
+
+            cl->sasl_mech = NGX_XMPP_CM_MECH_OTHER;
+            ngx_str_null(&cl->account);
+
+            if (ngx_xmpp_cm_client_attr(e->attrs, "", "mechanism", &type)) {
+                if (ngx_xmpp_cm_str_is(&type, "PLAIN")) {
+                    cl->sasl_mech = NGX_XMPP_CM_MECH_PLAIN;
+
+                } else if (ngx_xmpp_cm_str_is(&type, "DIGEST-MD5")) {
+                    cl->sasl_mech = NGX_XMPP_CM_MECH_DIGEST;
+
+                } else if (ngx_xmpp_cm_str_is(&type, "SCRAM-SHA-1")
+                           || ngx_xmpp_cm_str_is(&type, "SCRAM-SHA-256")
+                           || ngx_xmpp_cm_str_is(&type, "SCRAM-SHA-512"))
+                {
+                    cl->sasl_mech = NGX_XMPP_CM_MECH_SCRAM;
+                }
+            }
+
         } else if (ngx_xmpp_cm_str_is(&e->name, "iq")) {
             cl->iq_request =
                 ngx_xmpp_cm_client_attr(e->attrs, "", "type", &type) != NULL
                 && (ngx_xmpp_cm_str_is(&type, "get")
                     || ngx_xmpp_cm_str_is(&type, "set"));
+        }
+
+        break;
+
+    case NGX_XMPP_CM_E_SM:
+        if (e->attrs) {
+            /* XEP-0198's elements are empty: all is in the start tag */
+            return ngx_xmpp_cm_client_sm(cl, e);
         }
 
         break;
@@ -1804,16 +1875,34 @@ ngx_xmpp_cm_client_element(void *data, ngx_xmpp_cm_elem_t *e)
             cl->sasl_started = 1;
             cl->sasl_pending = 1;
 
+            if (cl->sasl_mech && cl->account.len == 0 && cl->conf->sm
+                && cl->conf->resume_timeout)
+            {
+                ngx_xmpp_cm_client_sasl_account(cl, e);
+            }
+
         } else if (!cl->authenticated && ngx_xmpp_cm_str_is(&e->name, "iq"))
         {
             ngx_xmpp_cm_client_iq_auth(cl, e);
         }
 
         if (e->reject || e->nshow > 1) {
-            return ngx_xmpp_cm_client_reject(cl, e);
+            rc = ngx_xmpp_cm_client_reject(cl, e);
+
+            if (rc == NGX_OK && cl->stream && cl->stream->sm) {
+                /* XEP-0198: answered here, handled in its turn */
+                ngx_xmpp_cm_sm_received(cl->stream, 1);
+            }
+
+            return rc;
         }
 
         rc = ngx_xmpp_cm_client_forward(cl, e);
+
+        if (rc == NGX_OK && cl->stream && cl->stream->sm) {
+            /* XEP-0198: counted when Openfire confirms the route */
+            ngx_xmpp_cm_sm_received(cl->stream, 0);
+        }
 
         if (rc == NGX_OK && cl->iq_request) {
             /* awaited even if the client half-closes its socket */
@@ -1863,8 +1952,9 @@ ngx_xmpp_cm_client_element(void *data, ngx_xmpp_cm_elem_t *e)
                        "xmpp_cm: client is %V", &e->name);
         return NGX_OK;
 
-    case NGX_XMPP_CM_E_RESUME:
-        return ngx_xmpp_cm_client_resume(cl);
+    case NGX_XMPP_CM_E_SM:
+        /* handled at its start tag */
+        return NGX_OK;
 
     case NGX_XMPP_CM_E_ENCRYPT:
         ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
@@ -2124,6 +2214,9 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_conn_t *conn, ngx_xmpp_cm_xml_t *x,
 
         (void) ngx_xmpp_cm_strip_server_ns(p, tmp, len, n);
         ngx_xmpp_cm_client_out(cl, p, out, 1);
+        p1.data = p;
+        p1.len = out;
+        p2.len = 0;
 
     } else if (cl->zlib) {
         ngx_xmpp_cm_xml_pieces(x, n->start, n->end, &p1, &p2);
@@ -2136,7 +2229,17 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_conn_t *conn, ngx_xmpp_cm_xml_t *x,
             return NGX_OK;
         }
 
-        b->last += ngx_xmpp_cm_xml_copy(x, b->last, n->start, n->end);
+        p1.data = b->last;
+        p1.len = ngx_xmpp_cm_xml_copy(x, b->last, n->start, n->end);
+        p2.len = 0;
+        b->last += p1.len;
+    }
+
+    if (cl->stream && cl->stream->sm
+        && !ngx_xmpp_cm_str_is(&n->ns, NGX_XMPP_NS_SASL))
+    {
+        /* XEP-0198: kept until the client acknowledges it */
+        ngx_xmpp_cm_client_sm_kept(cl, p1.data, p1.len, p2.data, p2.len);
     }
 
     ngx_xmpp_cm_count_relay(cl->up, TO_CLIENT, len);
@@ -2367,19 +2470,52 @@ ngx_xmpp_cm_client_csi_urgent(ngx_xmpp_cm_node_t *n, ngx_str_t **from)
 static void
 ngx_xmpp_cm_client_csi_flush(ngx_xmpp_cm_client_t *cl)
 {
-    ngx_xmpp_cm_held_t  *h;
+    ngx_xmpp_cm_csi_t   *csi;
+    ngx_xmpp_cm_held_t  *h, *next;
 
-    if (cl->heap.csi == NULL) {
+    csi = cl->heap.csi;
+
+    if (csi == NULL) {
         return;
     }
 
-    for (h = cl->heap.csi->head; h; h = h->next) {
-        ngx_xmpp_cm_client_out(cl, (u_char *) (h + 1), h->len,
-                               h->next == NULL);
-        ngx_xmpp_cm_count_relay(cl->up, TO_CLIENT, h->len);
+    /* an end on the way (XEP-0198's bound) finds nothing held */
+    cl->heap.csi = NULL;
+
+    for (h = csi->head; h; h = next) {
+        next = h->next;
+
+        /*
+         * XEP-0198: kept until acknowledged.  Once the connection ends
+         * (over the bound of what is kept), the rest is kept only, to go
+         * back to Openfire with the stream.
+         */
+
+        if (cl->stream && cl->stream->sm) {
+            if (cl->phase == NGX_XMPP_CM_PHASE_CLOSING) {
+                (void) ngx_xmpp_cm_sm_queue(cl->stream->sm,
+                                            (u_char *) (h + 1), h->len,
+                                            NULL, 0);
+                ngx_free(h);
+                continue;
+            }
+
+            ngx_xmpp_cm_client_sm_kept(cl, (u_char *) (h + 1), h->len,
+                                       NULL, 0);
+        }
+
+        if (cl->phase != NGX_XMPP_CM_PHASE_CLOSING || cl->stream == NULL
+            || cl->stream->sm == NULL)
+        {
+            ngx_xmpp_cm_client_out(cl, (u_char *) (h + 1), h->len,
+                                   next == NULL);
+            ngx_xmpp_cm_count_relay(cl->up, TO_CLIENT, h->len);
+        }
+
+        ngx_free(h);
     }
 
-    ngx_xmpp_cm_client_csi_free(cl);
+    ngx_free(csi);
 }
 
 
@@ -2395,6 +2531,529 @@ ngx_xmpp_cm_client_csi_free(ngx_xmpp_cm_client_t *cl)
 
     ngx_free(cl->heap.csi);
     cl->heap.csi = NULL;
+}
+
+
+/*
+ * XEP-0198 stream management: the elements, handled here at their start
+ * tag (they are empty), never routed.  The state that outlives the
+ * connection is the stream's (ngx_stream_xmpp_cm_sm.c).
+ */
+
+static ngx_int_t
+ngx_xmpp_cm_client_sm(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
+{
+    u_char            *p, buf[sizeof("<enabled xmlns=\"" NGX_XMPP_NS_SM
+                                     "\" id=\"\" resume=\"true\" max=\"\"/>")
+                              + NGX_XMPP_CM_ID_LEN + NGX_INT_T_LEN];
+    ngx_int_t          n;
+    ngx_str_t          v, previd;
+    ngx_msec_t         max;
+    ngx_xmpp_cm_sm_t  *sm;
+
+    sm = cl->stream ? cl->stream->sm : NULL;
+
+    if (ngx_xmpp_cm_str_is(&e->name, "enable")) {
+
+        /* XEP-0198 3: once, and after resource binding */
+
+        if (cl->stream == NULL || sm || cl->jid.len == 0) {
+            ngx_xmpp_cm_client_sm_failed(cl, "unexpected-request");
+            return NGX_OK;
+        }
+
+        sm = ngx_xmpp_cm_sm_create(cl->stream, &cl->jid, cl->c->log);
+        if (sm == NULL) {
+            ngx_xmpp_cm_client_sm_failed(cl, "internal-server-error");
+            return NGX_OK;
+        }
+
+        cl->stream->sm = sm;
+        sm->limit = cl->conf->client_output_limit;
+
+        if (cl->conf->resume_timeout
+            && ngx_xmpp_cm_client_attr(e->attrs, "", "resume", &v)
+            && (ngx_xmpp_cm_str_is(&v, "true") || ngx_xmpp_cm_str_is(&v, "1")))
+        {
+            sm->resume = 1;
+            max = cl->conf->resume_timeout;
+
+            /* the client's preferred maximum, when shorter (seconds) */
+
+            if (ngx_xmpp_cm_client_attr(e->attrs, "", "max", &v)) {
+                n = ngx_atoi(v.data, v.len);
+
+                if (n > 0 && n < 86400 && (ngx_msec_t) n * 1000 < max) {
+                    max = (ngx_msec_t) n * 1000;
+                }
+            }
+
+            sm->max = max;
+
+            p = ngx_sprintf(buf, "<enabled xmlns=\"" NGX_XMPP_NS_SM "\" "
+                            "id=\"%V\" resume=\"true\" max=\"%M\"/>",
+                            &cl->stream->node.str,
+                            (max + 999) / 1000);
+
+        } else {
+            p = ngx_sprintf(buf, "<enabled xmlns=\"" NGX_XMPP_NS_SM "\"/>");
+        }
+
+        ngx_xmpp_cm_client_send(cl, buf, p - buf);
+
+        ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                      "xmpp_cm: stream management enabled on %V%s",
+                      &cl->streamid, sm->resume ? ", resumable" : "");
+        return NGX_OK;
+    }
+
+    if (ngx_xmpp_cm_str_is(&e->name, "resume")) {
+
+        /* XEP-0198 5: instead of resource binding, not after it */
+
+        if (cl->stream == NULL || sm || cl->jid.len) {
+            ngx_xmpp_cm_client_sm_failed(cl, "unexpected-request");
+            return NGX_OK;
+        }
+
+        if (ngx_xmpp_cm_client_attr(e->attrs, "", "previd", &previd) == NULL
+            || ngx_xmpp_cm_client_attr(e->attrs, "", "h", &v) == NULL
+            || (n = ngx_atoi(v.data, v.len)) == NGX_ERROR
+            || (uint64_t) n > NGX_MAX_UINT32_VALUE)
+        {
+            ngx_xmpp_cm_client_end(cl, "bad-format",
+                                   "<resume/> needs previd and h", NULL, 0);
+            return NGX_DONE;
+        }
+
+        if (ngx_xmpp_cm_client_resume(cl, &cl->account, &previd,
+                                      (uint32_t) n)
+            == NGX_DECLINED
+            && ngx_xmpp_cm_client_handoff(cl, &previd, (uint32_t) n)
+               == NGX_DONE)
+        {
+            /* another worker's stream: handed to it, its answer awaited */
+            return NGX_DONE;
+        }
+
+        return cl->phase == NGX_XMPP_CM_PHASE_CLOSING ? NGX_DONE : NGX_OK;
+    }
+
+    if (sm == NULL) {
+        /* <r/> or <a/> before <enable/>: nothing is counted */
+        ngx_xmpp_cm_client_end(cl, "unsupported-stanza-type",
+                               "stream management is not enabled", NULL, 0);
+        return NGX_DONE;
+    }
+
+    if (ngx_xmpp_cm_str_is(&e->name, "r")) {
+        if (ngx_xmpp_cm_sm_request(cl->stream)) {
+            ngx_xmpp_cm_client_sm_answer(cl);
+        }
+
+        /* else answered when Openfire confirms (client_confirmed) */
+
+        return NGX_OK;
+    }
+
+    /* <a h/> */
+
+    if (ngx_xmpp_cm_client_attr(e->attrs, "", "h", &v) == NULL
+        || (n = ngx_atoi(v.data, v.len)) == NGX_ERROR
+        || (uint64_t) n > NGX_MAX_UINT32_VALUE)
+    {
+        ngx_xmpp_cm_client_end(cl, "bad-format", "<a/> needs h", NULL, 0);
+        return NGX_DONE;
+    }
+
+    if (ngx_xmpp_cm_sm_ack(sm, (uint32_t) n) != NGX_OK) {
+        p = ngx_pnalloc(cl->c->pool, sizeof("<stream:error>"
+                        "<undefined-condition xmlns=\"" NGX_XMPP_NS_XSTREAMS
+                        "\"/><handled-count-too-high xmlns=\"" NGX_XMPP_NS_SM
+                        "\" h=\"\" send-count=\"\"/></stream:error>")
+                        + 2 * NGX_INT_T_LEN);
+        if (p == NULL) {
+            ngx_xmpp_cm_client_end(cl, "undefined-condition", NULL, NULL, 0);
+            return NGX_DONE;
+        }
+
+        ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                      "xmpp_cm: client acknowledged %i stanzas, %uD were "
+                      "sent", n, sm->sent);
+
+        ngx_xmpp_cm_metrics_stream_error(cl->up, "undefined-condition");
+
+        v.data = p;
+        v.len = ngx_sprintf(p, "<stream:error><undefined-condition xmlns=\""
+                            NGX_XMPP_NS_XSTREAMS "\"/><handled-count-too-high"
+                            " xmlns=\"" NGX_XMPP_NS_SM "\" h=\"%i\" "
+                            "send-count=\"%uD\"/></stream:error>",
+                            n, sm->sent)
+                - p;
+
+        ngx_xmpp_cm_client_end(cl, NULL, NULL, v.data, v.len);
+        return NGX_DONE;
+    }
+
+    /* any <a/> answers our <r/> */
+
+    sm->r_out = 0;
+
+    if (sm->count == 0) {
+        if (cl->c->write->timer_set) {
+            ngx_del_timer(cl->c->write);
+        }
+
+    } else if (!cl->c->write->timer_set) {
+        cl->c->write->cancelable = 1;
+        ngx_add_timer(cl->c->write, NGX_XMPP_CM_SM_R_DELAY);
+    }
+
+    return NGX_OK;
+}
+
+
+/* XEP-0198 <failed/> with a stanza error condition: the stream goes on */
+
+static void
+ngx_xmpp_cm_client_sm_failed(ngx_xmpp_cm_client_t *cl, char *cond)
+{
+    u_char  *p, buf[sizeof("<failed xmlns=\"" NGX_XMPP_NS_SM "\"><"
+                           " xmlns=\"" NGX_XMPP_NS_STANZAS "\"/></failed>")
+                    + 32];
+
+    p = ngx_snprintf(buf, sizeof(buf), "<failed xmlns=\"" NGX_XMPP_NS_SM
+                     "\"><%s xmlns=\"" NGX_XMPP_NS_STANZAS "\"/></failed>",
+                     cond);
+
+    ngx_xmpp_cm_client_send(cl, buf, p - buf);
+}
+
+
+/* <a h/> for the client's <r/>: h covers what came before the <r/> */
+
+static void
+ngx_xmpp_cm_client_sm_answer(ngx_xmpp_cm_client_t *cl)
+{
+    u_char  *p, buf[sizeof("<a xmlns=\"" NGX_XMPP_NS_SM "\" h=\"\"/>")
+                    + NGX_INT_T_LEN];
+
+    p = ngx_sprintf(buf, "<a xmlns=\"" NGX_XMPP_NS_SM "\" h=\"%uD\"/>",
+                    cl->stream->sm->h);
+
+    ngx_xmpp_cm_client_send(cl, buf, p - buf);
+}
+
+
+/* Openfire confirmed routes of this stream: a waiting <r/> is answered */
+
+static void
+ngx_xmpp_cm_client_confirmed(ngx_xmpp_cm_conn_t *conn)
+{
+    ngx_xmpp_cm_client_t *cl = (ngx_xmpp_cm_client_t *) conn;
+
+    if (cl->phase == NGX_XMPP_CM_PHASE_CLOSING || cl->stream == NULL) {
+        return;
+    }
+
+    ngx_xmpp_cm_client_sm_answer(cl);
+}
+
+
+/* our <r/>: at most one unanswered */
+
+static void
+ngx_xmpp_cm_client_sm_request(ngx_xmpp_cm_client_t *cl)
+{
+    ngx_xmpp_cm_sm_t  *sm;
+
+    static u_char  r[] = "<r xmlns=\"" NGX_XMPP_NS_SM "\"/>";
+
+    sm = cl->stream->sm;
+
+    ngx_xmpp_cm_client_send(cl, r, sizeof(r) - 1);
+
+    sm->r_out = 1;
+    sm->requested = sm->sent;
+    sm->requested_size = 0;
+
+    if (cl->c->write->timer_set) {
+        ngx_del_timer(cl->c->write);
+    }
+}
+
+
+/* a stanza for the client: written, and with XEP-0198 kept */
+
+static void
+ngx_xmpp_cm_client_stanza_out(ngx_xmpp_cm_client_t *cl, u_char *p1,
+    size_t len1, u_char *p2, size_t len2)
+{
+    if (cl->stream && cl->stream->sm) {
+        ngx_xmpp_cm_client_sm_kept(cl, p1, len1, p2, len2);
+
+        if (cl->phase == NGX_XMPP_CM_PHASE_CLOSING) {
+            /* over the bound: kept, to go back with the stream */
+            return;
+        }
+    }
+
+    if (len2) {
+        ngx_xmpp_cm_client_out(cl, p1, len1, 0);
+        ngx_xmpp_cm_client_out(cl, p2, len2, 1);
+
+    } else {
+        ngx_xmpp_cm_client_out(cl, p1, len1, 1);
+    }
+}
+
+
+/*
+ * Keeps a stanza written to the client until it is acknowledged, and
+ * asks for an ack: after NGX_XMPP_CM_SM_R_COUNT stanzas or
+ * NGX_XMPP_CM_SM_R_BYTES bytes since the last <r/>, else
+ * NGX_XMPP_CM_SM_R_DELAY after the write (the write event's timer), with
+ * at most one <r/> unanswered.  More than xmpp_cm_client_output_limit
+ * bytes kept is a stream error: the client does not acknowledge.
+ */
+
+static void
+ngx_xmpp_cm_client_sm_kept(ngx_xmpp_cm_client_t *cl, u_char *p1,
+    size_t len1, u_char *p2, size_t len2)
+{
+    ngx_xmpp_cm_sm_t  *sm;
+
+    sm = cl->stream->sm;
+
+    if (ngx_xmpp_cm_sm_queue(sm, p1, len1, p2, len2) != NGX_OK) {
+        ngx_xmpp_cm_client_end(cl, "internal-server-error", NULL, NULL, 0);
+        return;
+    }
+
+    sm->requested_size += len1 + len2;
+
+    if (cl->phase != NGX_XMPP_CM_PHASE_STREAM) {
+        return;
+    }
+
+    if (sm->size > sm->limit) {
+        ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                      "xmpp_cm: client does not acknowledge: %ui stanzas, "
+                      "%uz bytes kept (xmpp_cm_client_output_limit), "
+                      "closing it", sm->count, sm->size);
+
+        ngx_xmpp_cm_client_end(cl, "policy-violation",
+                               "too many unacknowledged stanzas", NULL, 0);
+        return;
+    }
+
+    if (sm->r_out) {
+        return;
+    }
+
+    if (sm->sent - sm->requested >= NGX_XMPP_CM_SM_R_COUNT
+        || sm->requested_size >= NGX_XMPP_CM_SM_R_BYTES)
+    {
+        ngx_xmpp_cm_client_sm_request(cl);
+        return;
+    }
+
+    if (!cl->c->write->timer_set) {
+        cl->c->write->cancelable = 1;
+        ngx_add_timer(cl->c->write, NGX_XMPP_CM_SM_R_DELAY);
+    }
+}
+
+
+/*
+ * XEP-0198 5: an authenticated connection, not bound yet, takes over
+ * the stream previd names, if it belongs to the same account.  The entry
+ * point for a resumption; NGX_DECLINED when previd names another worker
+ * (nothing sent: the caller decides), else NGX_OK with <resumed/> or
+ * <failed/> sent (the held stream untouched on failure).
+ */
+
+static ngx_int_t
+ngx_xmpp_cm_client_resume(ngx_xmpp_cm_client_t *cl, ngx_str_t *account,
+    ngx_str_t *previd, uint32_t h)
+{
+    u_char                *p, buf[sizeof("<resumed xmlns=\"" NGX_XMPP_NS_SM
+                                         "\" previd=\"\" h=\"\"/>")
+                                  + NGX_XMPP_CM_ID_LEN + NGX_INT_T_LEN];
+    ngx_pid_t              pid;
+    ngx_xmpp_cm_sm_t      *sm;
+    ngx_xmpp_cm_stream_t  *s, *own;
+
+    if (ngx_xmpp_cm_sm_previd(previd, &pid) == NGX_OK && pid != ngx_pid) {
+        return NGX_DECLINED;
+    }
+
+    s = ngx_xmpp_cm_stream_find(cl->up, previd);
+    sm = s ? s->sm : NULL;
+
+    if (sm == NULL || !sm->resume || s == cl->stream) {
+        ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                      "xmpp_cm: resumption of unknown or expired stream "
+                      "\"%V\" refused", previd);
+        ngx_xmpp_cm_client_sm_failed(cl, "item-not-found");
+        return NGX_OK;
+    }
+
+    if (account->len == 0) {
+        /* ANONYMOUS, EXTERNAL, a mechanism that names no account */
+        ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                      "xmpp_cm: resumption of %V refused: the account of "
+                      "this connection is not known", previd);
+        ngx_xmpp_cm_client_sm_failed(cl, "not-authorized");
+        return NGX_OK;
+    }
+
+    if (account->len != sm->account.len
+        || ngx_strncasecmp(account->data, sm->account.data, account->len)
+           != 0)
+    {
+        /* as for an unknown id: says nothing about other accounts */
+        ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                      "xmpp_cm: resumption of %V by %V refused: the stream "
+                      "belongs to another account", previd, account);
+        ngx_xmpp_cm_client_sm_failed(cl, "item-not-found");
+        return NGX_OK;
+    }
+
+    if (ngx_xmpp_cm_sm_ack(sm, h) != NGX_OK) {
+        ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                      "xmpp_cm: resumption of %V refused: h %uD, %uD sent",
+                      previd, h, sm->sent);
+        ngx_xmpp_cm_client_sm_failed(cl, "unexpected-request");
+        return NGX_OK;
+    }
+
+    /* the new connection's own session (never bound) is closed now */
+
+    own = cl->stream;
+
+    if (own) {
+        /* a connection relayed from another worker has none */
+        cl->stream = NULL;
+        own->discard = 1;
+        ngx_xmpp_cm_stream_detach(own);
+    }
+
+    ngx_xmpp_cm_stream_take(s, &cl->conn, "conflict",
+                            "the stream was resumed on another connection");
+
+    cl->stream = s;
+
+    cl->streamid.data = ngx_pstrdup(cl->c->pool, &s->node.str);
+    cl->streamid.len = cl->streamid.data ? s->node.str.len : 0;
+
+    cl->jid.data = ngx_pstrdup(cl->c->pool, &sm->jid);
+    cl->jid.len = cl->jid.data ? sm->jid.len : 0;
+
+    p = ngx_sprintf(buf, "<resumed xmlns=\"" NGX_XMPP_NS_SM "\" "
+                    "previd=\"%V\" h=\"%uD\"/>", &s->node.str, sm->h);
+
+    ngx_xmpp_cm_client_send(cl, buf, p - buf);
+
+    ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                  "xmpp_cm: stream %V resumed as %V, %ui stanzas sent again",
+                  &s->node.str, &cl->jid, sm->count);
+
+    /* what the client has not acknowledged, then what came meanwhile */
+
+    (void) ngx_xmpp_cm_sm_walk(sm, ngx_xmpp_cm_client_resend, cl);
+
+    if (sm->count) {
+        ngx_xmpp_cm_client_sm_request(cl);
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_xmpp_cm_client_resend(void *data, u_char *p, size_t len)
+{
+    ngx_xmpp_cm_client_t *cl = data;
+
+    ngx_xmpp_cm_client_out(cl, p, len, 1);
+    ngx_xmpp_cm_count_relay(cl->up, TO_CLIENT, len);
+
+    return NGX_OK;
+}
+
+
+/*
+ * XEP-0198: the account a SASL message names (the mechanisms of
+ * ngx_xmpp_cm_sm_account), kept for a resumption; it is trusted only
+ * once Openfire's <success/> authenticated this connection, and a new
+ * <auth> forgets it.
+ */
+
+static void
+ngx_xmpp_cm_client_sasl_account(ngx_xmpp_cm_client_t *cl,
+    ngx_xmpp_cm_elem_t *e)
+{
+    u_char     *raw, *p, *q, *end;
+    size_t      len;
+    ngx_str_t   src, dec, mech;
+
+    static ngx_str_t  mechs[] = {
+        ngx_null_string,
+        ngx_string("PLAIN"),
+        ngx_string("SCRAM"),
+        ngx_string("DIGEST-MD5")
+    };
+
+    if (e->body == 0 || e->body_end <= e->body || e->body_end > e->end) {
+        return;
+    }
+
+    len = ngx_xmpp_cm_xml_copy(cl->xml, NULL, e->body, e->body_end);
+
+    if (len == 0 || len > 4096) {
+        return;
+    }
+
+    raw = ngx_alloc(len + ngx_base64_decoded_length(len), cl->c->log);
+    if (raw == NULL) {
+        return;
+    }
+
+    (void) ngx_xmpp_cm_xml_copy(cl->xml, raw, e->body, e->body_end);
+
+    /* base64 without the white space a client may put in */
+
+    q = raw;
+    end = raw + len;
+
+    for (p = raw; p < end; p++) {
+        if (!ngx_xmpp_cm_is_space(*p)) {
+            *q++ = *p;
+        }
+    }
+
+    src.data = raw;
+    src.len = q - raw;
+    dec.data = raw + len;
+
+    if (src.len && ngx_decode_base64(&dec, &src) == NGX_OK) {
+        mech = mechs[cl->sasl_mech];
+
+        if (cl->sasl_mech == NGX_XMPP_CM_MECH_SCRAM) {
+            mech.len = sizeof("SCRAM-") - 1;
+            mech.data = (u_char *) "SCRAM-";
+        }
+
+        if (ngx_xmpp_cm_sm_account(cl->c->pool, &mech, &dec, &cl->domain,
+                                   &cl->account)
+            != NGX_OK)
+        {
+            ngx_str_null(&cl->account);
+        }
+    }
+
+    ngx_free(raw);
 }
 
 
@@ -2810,6 +3469,13 @@ ngx_xmpp_cm_client_detach(ngx_xmpp_cm_client_t *cl)
     s = cl->stream;
 
     if (s) {
+        if (s->sm && s->sm->resume && cl->dropped && !cl->up->exiting) {
+            /* XEP-0198: kept for xmpp_cm_resume_timeout, collecting */
+            s->sm->hold = 1;
+            s->sm->r_in = 0;
+            s->sm->r_out = 0;
+        }
+
         cl->stream = NULL;
         ngx_xmpp_cm_stream_detach(s);
     }
@@ -2916,6 +3582,18 @@ ngx_xmpp_cm_client_write_handler(ngx_event_t *wev)
     if (c->error) {
         ngx_xmpp_cm_client_finalize(cl);
         return;
+    }
+
+    if (wev->timedout) {
+        /* XEP-0198: the delay after a write is over, ask for an ack */
+        wev->timedout = 0;
+
+        if (cl->phase == NGX_XMPP_CM_PHASE_STREAM && cl->stream
+            && cl->stream->sm && cl->stream->sm->count
+            && !cl->stream->sm->r_out)
+        {
+            ngx_xmpp_cm_client_sm_request(cl);
+        }
     }
 
     rc = ngx_xmpp_cm_output_send(c, &cl->out);
@@ -3147,6 +3825,16 @@ ngx_xmpp_cm_client_cleanup(void *data)
                       "(connection closed)", cl->out.size);
     }
 
+    if (cl->stream && cl->stream->sm) {
+        /* the connection died: held stanzas are kept with the stream */
+        cl->dropped = 1;
+
+        if (cl->authenticated && cl->heap.csi) {
+            cl->phase = NGX_XMPP_CM_PHASE_CLOSING;
+            ngx_xmpp_cm_client_csi_flush(cl);
+        }
+    }
+
     ngx_xmpp_cm_client_detach(cl);
 
     if (cl->relay) {
@@ -3208,119 +3896,70 @@ ngx_xmpp_cm_client_shutdown_all(ngx_xmpp_cm_worker_t *worker)
 /*
  * XEP-0198 resumption at another worker than the one holding the stream
  * (ngx_stream_xmpp_cm_handoff.c).  The accepting worker's side: the
- * <resume/> is sent to the owner as a request, reading stops until its
+ * <resume/> goes to the owner as a request and reading stops until its
  * answer; then the client's bytes, decrypted and inflated here, go to the
  * owner, and the owner's come back through this connection's output
- * (deflate, TLS).
- *
- * Until the XEP-0198 state lives in the client (the stream management
- * branch), this handles <resume/> only for a previd of another worker and
- * answers <failed/> for one of its own; that branch's resume entry point
- * calls ngx_xmpp_cm_client_resume() for a previd it does not hold.
+ * (deflate, TLS).  NGX_DONE: the request is on its way; NGX_OK: the
+ * owner cannot be reached, <failed/> is sent and the stream goes on.
  */
 
 static ngx_int_t
-ngx_xmpp_cm_client_resume_start(ngx_xmpp_cm_client_t *cl,
-    ngx_xmpp_cm_elem_t *e)
-{
-    ngx_str_t                   previd, h;
-    ngx_int_t                   n;
-    ngx_xmpp_cm_handoff_hdr_t  *hdr;
-
-    if (ngx_xmpp_cm_client_attr(e->attrs, "", "previd", &previd) == NULL
-        || ngx_xmpp_cm_client_attr(e->attrs, "", "h", &h) == NULL
-        || previd.len == 0 || previd.len > NGX_XMPP_CM_ID_LEN)
-    {
-        return NGX_OK;
-    }
-
-    n = ngx_atoi(h.data, h.len);
-
-    if (n == NGX_ERROR || n > 0xffffffff) {
-        return NGX_OK;
-    }
-
-    cl->relay = ngx_xmpp_cm_relay_create(cl->c, cl->up->worker,
-                                         &ngx_xmpp_cm_client_relay, cl);
-    if (cl->relay == NULL) {
-        return NGX_OK;
-    }
-
-    hdr = ngx_xmpp_cm_relay_hdr(cl->relay);
-
-    hdr->previd.data = ngx_pstrdup(cl->c->pool, &previd);
-    hdr->previd.len = hdr->previd.data ? previd.len : 0;
-    hdr->h = (uint32_t) n;
-    hdr->account = cl->jid;
-    hdr->addr = cl->c->addr_text;
-    hdr->lang.data = cl->lang;
-    hdr->lang.len = ngx_strlen(cl->lang);
-
-    return NGX_OK;
-}
-
-
-static ngx_int_t
-ngx_xmpp_cm_client_resume(ngx_xmpp_cm_client_t *cl)
+ngx_xmpp_cm_client_handoff(ngx_xmpp_cm_client_t *cl, ngx_str_t *previd,
+    uint32_t h)
 {
     ngx_pid_t                   owner;
     ngx_xmpp_cm_relay_t        *r;
     ngx_xmpp_cm_handoff_hdr_t  *hdr;
 
-    r = cl->relay;
+    r = NULL;
 
+    if (ngx_xmpp_cm_sm_previd(previd, &owner) != NGX_OK || cl->relay) {
+        goto failed;
+    }
+
+    r = ngx_xmpp_cm_relay_create(cl->c, cl->up->worker,
+                                 &ngx_xmpp_cm_client_relay, cl);
     if (r == NULL) {
-        ngx_xmpp_cm_client_failed(cl, NULL);
-        return NGX_OK;
+        goto failed;
     }
 
     hdr = ngx_xmpp_cm_relay_hdr(r);
-    owner = ngx_xmpp_cm_handoff_owner(&hdr->previd);
+    hdr->account = cl->account;
+    hdr->previd = *previd;
+    hdr->h = h;
+    hdr->addr = cl->c->addr_text;
+    hdr->lang.data = cl->lang;
+    hdr->lang.len = ngx_strlen(cl->lang);
 
-    if (owner == 0 || owner == ngx_pid
-        || ngx_xmpp_cm_relay_start(r, owner) != NGX_OK)
-    {
-        cl->relay = NULL;
+    /* the request is written into the relay's output here */
+
+    if (ngx_xmpp_cm_relay_start(r, owner) != NGX_OK) {
         ngx_xmpp_cm_relay_close(r);
-        ngx_xmpp_cm_client_failed(cl, NULL);
-        return NGX_OK;
+        goto failed;
     }
 
+    cl->relay = r;
     ngx_xmpp_cm_client_phase(cl, NGX_XMPP_CM_PHASE_HANDOFF);
     cl->c->log->action = "handing a resumed stream to its worker";
 
     /* the client awaits <resumed/>: the rest of this read is not read */
     return NGX_DONE;
-}
 
+failed:
 
-/* <failed/>: the previd is unknown here and at its worker (cond NULL) */
+    ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                  "xmpp_cm: resumption of \"%V\" refused: its worker is "
+                  "not reachable", previd);
 
-static void
-ngx_xmpp_cm_client_failed(ngx_xmpp_cm_client_t *cl, ngx_str_t *cond)
-{
-    u_char     *p, buf[sizeof("<failed xmlns=\"" NGX_XMPP_NS_SM "\">"
-                              "< xmlns=\"" NGX_XMPP_NS_STANZAS "\"/>"
-                              "</failed>") + 255];
-    ngx_str_t   c;
+    ngx_xmpp_cm_client_sm_failed(cl, "item-not-found");
 
-    ngx_str_set(&c, "item-not-found");
-
-    if (cond && cond->len && cond->len <= 255) {
-        c = *cond;
-    }
-
-    p = ngx_snprintf(buf, sizeof(buf),
-                     "<failed xmlns=\"" NGX_XMPP_NS_SM "\"><%V xmlns=\""
-                     NGX_XMPP_NS_STANZAS "\"/></failed>", &c);
-
-    ngx_xmpp_cm_client_send(cl, buf, p - buf);
+    return NGX_OK;
 }
 
 
 static void
 ngx_xmpp_cm_client_relay_status(void *data, ngx_uint_t status,
-    ngx_str_t *cond)
+    ngx_str_t *failed)
 {
     ngx_xmpp_cm_client_t *cl = data;
 
@@ -3337,7 +3976,13 @@ ngx_xmpp_cm_client_relay_status(void *data, ngx_uint_t status,
 
         cl->relay = NULL;
 
-        ngx_xmpp_cm_client_failed(cl, cond);
+        if (failed) {
+            /* the owner's own <failed/>, as its resume wrote it */
+            ngx_xmpp_cm_client_send(cl, failed->data, failed->len);
+
+        } else {
+            ngx_xmpp_cm_client_sm_failed(cl, "item-not-found");
+        }
 
         if (ngx_xmpp_cm_client_reroot(cl) != NGX_OK) {
             ngx_xmpp_cm_client_end(cl, "internal-server-error", NULL,
@@ -3356,6 +4001,10 @@ ngx_xmpp_cm_client_relay_status(void *data, ngx_uint_t status,
      * session goes (close delay, then <close/>), and the owner's idle
      * timeout governs the relayed stream.
      */
+
+    if (cl->stream) {
+        cl->stream->discard = 1;
+    }
 
     ngx_xmpp_cm_client_detach(cl);
     ngx_xmpp_cm_client_phase(cl, NGX_XMPP_CM_PHASE_RELAY);
@@ -3518,28 +4167,26 @@ ngx_xmpp_cm_client_relay_closed(void *data)
 
 /*
  * The owner's side: a relayed connection becomes a client connection of
- * the held stream, authenticated, in the post-authentication phase, as
- * if it had just sent <resume/>.  The framer gets a synthetic root.
- * NGX_DECLINED with cond: <failed/> through the relay, the held stream
- * untouched.
- *
- * Until the XEP-0198 state exists (the stream management branch, whose
- * local resume replaces ngx_xmpp_cm_client_take() below), the stream
- * taken over is one in its close delay: detached, Openfire's session
- * still open.
+ * the held stream's server, authenticated, in the post-authentication
+ * phase, with the framer inside a synthetic root, and the resumption is
+ * done as for a local connection (ngx_xmpp_cm_client_resume).  The
+ * answer goes back first: OK, then <resumed/> and what is sent again
+ * follow through the relay; or failed, with the <failed/> the resume
+ * wrote, and the connection ends.  NGX_DECLINED: no such stream here,
+ * nothing created (the caller answers item-not-found); NGX_DONE: answered
+ * and ended; NGX_ERROR: nothing created.
  */
 
 ngx_int_t
 ngx_xmpp_cm_client_adopt(ngx_connection_t *c, ngx_xmpp_cm_handoff_hdr_t *h,
-    void *data, ngx_str_t *cond)
+    void *data)
 {
-    u_char                          *p, buf[sizeof("<resumed xmlns=\""
-                                                   NGX_XMPP_NS_SM "\" previd"
-                                                   "=\"\" h=\"\"/>")
-                                            + NGX_XMPP_CM_ID_LEN
-                                            + NGX_INT32_LEN];
+    u_char                          *p, failed[NGX_XMPP_CM_HANDOFF_FAILED_MAX];
+    size_t                           n;
+    ngx_buf_t                       *b;
     ngx_uint_t                       i;
     ngx_time_t                      *tp;
+    ngx_chain_t                     *ch;
     ngx_stream_session_t            *s;
     ngx_xmpp_cm_stream_t            *st;
     ngx_xmpp_cm_client_t            *cl;
@@ -3557,8 +4204,7 @@ ngx_xmpp_cm_client_adopt(ngx_connection_t *c, ngx_xmpp_cm_handoff_hdr_t *h,
         }
     }
 
-    if (st == NULL || st->conn || st->gone) {
-        ngx_str_set(cond, "item-not-found");
+    if (st == NULL) {
         return NGX_DECLINED;
     }
 
@@ -3587,26 +4233,26 @@ ngx_xmpp_cm_client_adopt(ngx_connection_t *c, ngx_xmpp_cm_handoff_hdr_t *h,
     s->start_sec = tp->sec;
     s->start_msec = tp->msec;
 
-    c->data = s;
-    c->addr_text = h->addr;
-
     cscf = ngx_stream_get_module_srv_conf(s, ngx_stream_core_module);
-    ngx_set_connection_log(c, cscf->error_log);
 
     cl = ngx_xmpp_cm_client_create(s);
     if (cl == NULL) {
         return NGX_ERROR;
     }
 
+    c->data = s;
+    c->addr_text = h->addr;
+    ngx_set_connection_log(c, cscf->error_log);
+
 #if (NGX_STAT_STUB)
     /* ngx_stream_close_connection() counts it out */
     (void) ngx_atomic_fetch_add(ngx_stat_active, 1);
 #endif
 
+    c->write->handler = ngx_xmpp_cm_client_write_handler;
+
     if (ngx_xmpp_cm_client_reroot(cl) != NGX_OK) {
-        c->error = 1;
-        ngx_post_event(c->write, &ngx_posted_events);
-        return NGX_OK;
+        goto end;
     }
 
     ngx_xmpp_cm_metrics_authenticated(cl->up, 0);
@@ -3622,29 +4268,58 @@ ngx_xmpp_cm_client_adopt(ngx_connection_t *c, ngx_xmpp_cm_handoff_hdr_t *h,
 
     ngx_xmpp_cm_xml_limits(cl->xml, conf->max_stanza, conf->max_depth);
     ngx_xmpp_cm_client_phase(cl, NGX_XMPP_CM_PHASE_STREAM);
-    c->write->handler = ngx_xmpp_cm_client_write_handler;
     c->log->action = "in a relayed XMPP stream";
 
-    cl->stream = st;
-    cl->streamid.data = ngx_pstrdup(c->pool, &st->node.str);
-    cl->streamid.len = cl->streamid.data ? st->node.str.len : 0;
-    ngx_xmpp_cm_stream_attach(st, &cl->conn);
+    /* the strings of the request live in this connection's pool */
 
-    ngx_log_error(NGX_LOG_INFO, c->log, 0,
-                  "xmpp_cm: client %V resumed stream %V through a relay",
-                  &h->addr, &st->node.str);
+    cl->account = h->account;
 
-    p = ngx_snprintf(buf, sizeof(buf), "<resumed xmlns=\"" NGX_XMPP_NS_SM
-                     "\" previd=\"%V\" h=\"0\"/>", &st->node.str);
-    ngx_xmpp_cm_client_send(cl, buf, p - buf);
+    (void) ngx_xmpp_cm_client_resume(cl, &h->account, &h->previd, h->h);
 
-    if (conf->idle_timeout) {
-        ngx_add_timer(c->read, conf->idle_timeout);
+    if (cl->stream) {
+        ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                      "xmpp_cm: client %V resumed stream %V through a relay",
+                      &h->addr, &cl->stream->node.str);
+
+        if (ngx_xmpp_cm_handoff_reply(c, NGX_XMPP_CM_HANDOFF_OK, NULL, 0)
+            != NGX_OK)
+        {
+            c->error = 1;
+        }
+
+        if (conf->idle_timeout) {
+            ngx_add_timer(c->read, conf->idle_timeout);
+        }
+
+        ngx_post_event(c->read, &ngx_posted_events);
+        return NGX_OK;
     }
 
-    ngx_post_event(c->read, &ngx_posted_events);
+    /* refused: the <failed/> it queued goes back in the answer */
 
-    return NGX_OK;
+    n = 0;
+
+    for (ch = cl->out.out; ch; ch = ch->next) {
+        b = ch->buf;
+
+        if ((size_t) (b->last - b->pos) > sizeof(failed) - n) {
+            n = 0;
+            break;
+        }
+
+        ngx_memcpy(failed + n, b->pos, b->last - b->pos);
+        n += b->last - b->pos;
+    }
+
+    (void) ngx_xmpp_cm_handoff_reply(c, NGX_XMPP_CM_HANDOFF_FAILED,
+                                     failed, n);
+
+end:
+
+    ngx_xmpp_cm_output_free(&cl->out);
+    ngx_xmpp_cm_client_finalize(cl);
+
+    return NGX_DONE;
 }
 
 

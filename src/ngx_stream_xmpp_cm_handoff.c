@@ -23,7 +23,8 @@
  * Wire format (lengths in network byte order):
  *   request: "XCM1" u32 rest, u32 h, u16 account, u16 previd, u16 addr,
  *            u16 lang, then the four strings (rest is their sum)
- *   answer:  "XCM1" u8 status (0 OK, 1 failed), u8 len, the condition
+ *   answer:  "XCM1" u8 status (0 OK, 1 failed), u8 len, then failed:
+ *            the <failed/> element of the owner's refusal, for the client
  */
 
 
@@ -53,7 +54,7 @@ struct ngx_xmpp_cm_relay_s {
     ngx_log_t                           log;
     size_t                              got;      /* of the answer */
     u_char                              answer[NGX_XMPP_CM_HANDOFF_ANSWER
-                                               + 255];
+                                        + NGX_XMPP_CM_HANDOFF_FAILED_MAX];
     unsigned                            relaying:1;
     unsigned                            closing:1;  /* flush, then close */
     unsigned                            blocked:1;  /* owner not read */
@@ -88,9 +89,6 @@ static void ngx_xmpp_cm_relay_write(ngx_event_t *wev);
 static void ngx_xmpp_cm_relay_status(ngx_xmpp_cm_relay_t *r);
 static void ngx_xmpp_cm_relay_fail(ngx_xmpp_cm_relay_t *r, char *why);
 static void ngx_xmpp_cm_relay_end(ngx_xmpp_cm_relay_t *r);
-
-
-static ngx_str_t  ngx_xmpp_cm_handoff_gone = ngx_string("item-not-found");
 
 
 /* "\0ngx_xmpp_cm/<pid>": abstract, gone with the last descriptor */
@@ -177,34 +175,6 @@ ngx_xmpp_cm_handoff_exit(ngx_xmpp_cm_worker_t *wk)
         ngx_close_connection(wk->handoff);
         wk->handoff = NULL;
     }
-}
-
-
-/* the worker a stream id names (w<pid>-<hex>), 0 if none */
-
-ngx_pid_t
-ngx_xmpp_cm_handoff_owner(ngx_str_t *previd)
-{
-    u_char     *p, *last;
-    ngx_int_t   pid;
-
-    if (previd->len < 3 || previd->data[0] != 'w') {
-        return 0;
-    }
-
-    last = previd->data + previd->len;
-
-    for (p = previd->data + 1; p < last && *p != '-'; p++) {
-        /* void */
-    }
-
-    if (p == last) {
-        return 0;
-    }
-
-    pid = ngx_atoi(previd->data + 1, p - previd->data - 1);
-
-    return pid > 0 ? (ngx_pid_t) pid : 0;
 }
 
 
@@ -484,71 +454,78 @@ ngx_xmpp_cm_handoff_parse(ngx_xmpp_cm_handoff_in_t *in,
 
 
 /*
- * The stream is looked up and attached by the client side (adopt); the
- * answer record goes out before anything the attached client queued,
- * which client.c only ever writes from a posted write event.
+ * The stream is looked up and taken over by the client side (adopt),
+ * which answers through ngx_xmpp_cm_handoff_reply() before anything it
+ * queued for the client is written (client.c writes only from a posted
+ * write event).
  */
 
 static void
 ngx_xmpp_cm_handoff_answer(ngx_connection_t *c, ngx_xmpp_cm_handoff_in_t *in,
     ngx_xmpp_cm_handoff_hdr_t *h)
 {
-    u_char                 answer[NGX_XMPP_CM_HANDOFF_ANSWER + 255];
-    size_t                 len;
-    ssize_t                n;
     ngx_int_t              rc;
-    ngx_str_t              cond;
     ngx_xmpp_cm_worker_t  *wk;
 
     wk = in->worker;
-    ngx_str_null(&cond);
 
     ngx_log_error(NGX_LOG_INFO, c->log, 0,
                   "xmpp_cm: handoff of stream %V for client %V",
                   &h->previd, &h->addr);
 
-    rc = wk->adopt ? wk->adopt(c, h, wk->adopt_data, &cond) : NGX_DECLINED;
+    rc = wk->adopt ? wk->adopt(c, h, wk->adopt_data) : NGX_DECLINED;
 
-    ngx_memcpy(answer, NGX_XMPP_CM_HANDOFF_MAGIC, 4);
-
-    if (rc == NGX_OK) {
-        answer[4] = NGX_XMPP_CM_HANDOFF_OK;
-        answer[5] = 0;
-        len = NGX_XMPP_CM_HANDOFF_ANSWER;
-
-        /* a fresh socket takes 6 bytes; if not, the client side ends */
-
-        n = c->send(c, answer, len);
-
-        if (n != (ssize_t) len) {
-            c->error = 1;
-            ngx_post_event(c->write, &ngx_posted_events);
-        }
-
+    if (rc == NGX_OK || rc == NGX_DONE) {
+        /* the connection is the client's now, or closed */
         return;
     }
 
-    if (rc == NGX_ERROR) {
-        ngx_xmpp_cm_handoff_close(c);
-        return;
+    if (rc == NGX_DECLINED) {
+        ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                      "xmpp_cm: handoff of unknown stream %V refused",
+                      &h->previd);
+
+        /* the client side writes its own <item-not-found/> */
+        (void) ngx_xmpp_cm_handoff_reply(c, NGX_XMPP_CM_HANDOFF_FAILED,
+                                         NULL, 0);
     }
-
-    if (cond.len == 0 || cond.len > 255) {
-        cond = ngx_xmpp_cm_handoff_gone;
-    }
-
-    ngx_log_error(NGX_LOG_INFO, c->log, 0,
-                  "xmpp_cm: handoff of stream %V refused: %V",
-                  &h->previd, &cond);
-
-    answer[4] = NGX_XMPP_CM_HANDOFF_FAILED;
-    answer[5] = (u_char) cond.len;
-    len = NGX_XMPP_CM_HANDOFF_ANSWER + cond.len;
-    ngx_memcpy(answer + NGX_XMPP_CM_HANDOFF_ANSWER, cond.data, cond.len);
-
-    (void) c->send(c, answer, len);
 
     ngx_xmpp_cm_handoff_close(c);
+}
+
+
+/*
+ * The answer record, written at once: the socket is fresh, its buffer
+ * empty, and the record at most 261 bytes.  failed: the <failed/> element
+ * the owner's resume wrote, for the client as it is (none: the accepting
+ * worker writes item-not-found).
+ */
+
+ngx_int_t
+ngx_xmpp_cm_handoff_reply(ngx_connection_t *c, ngx_uint_t status,
+    u_char *failed, size_t len)
+{
+    u_char   answer[NGX_XMPP_CM_HANDOFF_ANSWER
+                    + NGX_XMPP_CM_HANDOFF_FAILED_MAX];
+    ssize_t  n;
+
+    if (len > NGX_XMPP_CM_HANDOFF_FAILED_MAX) {
+        len = 0;
+    }
+
+    ngx_memcpy(answer, NGX_XMPP_CM_HANDOFF_MAGIC, 4);
+    answer[4] = (u_char) status;
+    answer[5] = (u_char) len;
+
+    if (len) {
+        ngx_memcpy(answer + NGX_XMPP_CM_HANDOFF_ANSWER, failed, len);
+    }
+
+    len += NGX_XMPP_CM_HANDOFF_ANSWER;
+
+    n = c->send(c, answer, len);
+
+    return n == (ssize_t) len ? NGX_OK : NGX_ERROR;
 }
 
 
@@ -716,6 +693,19 @@ ngx_xmpp_cm_relay_start(ngx_xmpp_cm_relay_t *r, ngx_pid_t owner)
 
     b->last = p;
 
+    /* the caller's strings are gone after this call; previd is logged */
+
+    p = ngx_pnalloc(r->pool, h->previd.len);
+    if (p) {
+        ngx_memcpy(p, h->previd.data, h->previd.len);
+    }
+
+    h->previd.data = p;
+    h->previd.len = p ? h->previd.len : 0;
+    ngx_str_null(&h->account);
+    ngx_str_null(&h->addr);
+    ngx_str_null(&h->lang);
+
     ngx_add_timer(c->read, NGX_XMPP_CM_HANDOFF_TIMEOUT);
 
     if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
@@ -745,6 +735,9 @@ ngx_xmpp_cm_relay_send(ngx_xmpp_cm_relay_t *r, u_char *p, size_t n)
     ngx_post_event(r->c->write, &ngx_posted_events);
 
     if (r->out.size >= NGX_XMPP_CM_RELAY_MARK) {
+        ngx_log_debug1(NGX_LOG_DEBUG_STREAM, &r->log, 0,
+                       "xmpp_cm: relay: %uz bytes for the owner, "
+                       "the client is not read", r->out.size);
         r->full = 1;
         return NGX_AGAIN;
     }
@@ -913,6 +906,9 @@ ngx_xmpp_cm_relay_read(ngx_event_t *rev)
 
         if (rc == NGX_AGAIN) {
             /* the client's output is over the mark: drained() resumes */
+            ngx_log_debug0(NGX_LOG_DEBUG_STREAM, c->log, 0,
+                           "xmpp_cm: relay: client output over the mark, "
+                           "the owner is not read");
             r->blocked = 1;
 
         } else if (rc != NGX_OK) {
@@ -932,7 +928,7 @@ again:
 static void
 ngx_xmpp_cm_relay_status(ngx_xmpp_cm_relay_t *r)
 {
-    ngx_str_t          cond;
+    ngx_str_t          failed;
     ngx_connection_t  *c;
 
     c = r->c;
@@ -945,11 +941,16 @@ ngx_xmpp_cm_relay_status(ngx_xmpp_cm_relay_t *r)
     }
 
     if (r->answer[4] == NGX_XMPP_CM_HANDOFF_FAILED) {
-        cond.len = r->answer[5];
-        cond.data = r->answer + NGX_XMPP_CM_HANDOFF_ANSWER;
+        failed.len = r->answer[5];
+        failed.data = r->answer + NGX_XMPP_CM_HANDOFF_ANSWER;
+
+        ngx_log_error(NGX_LOG_INFO, &r->log, 0,
+                      "xmpp_cm: worker %P refused the resumption of %V",
+                      r->owner, &r->hdr.previd);
 
         if (r->data) {
-            r->handler->status(r->data, NGX_XMPP_CM_HANDOFF_FAILED, &cond);
+            r->handler->status(r->data, NGX_XMPP_CM_HANDOFF_FAILED,
+                               failed.len ? &failed : NULL);
             r->data = NULL;
         }
 
@@ -986,8 +987,7 @@ ngx_xmpp_cm_relay_fail(ngx_xmpp_cm_relay_t *r, char *why)
             r->handler->closed(r->data);
 
         } else {
-            r->handler->status(r->data, NGX_XMPP_CM_HANDOFF_FAILED,
-                               &ngx_xmpp_cm_handoff_gone);
+            r->handler->status(r->data, NGX_XMPP_CM_HANDOFF_FAILED, NULL);
         }
 
         r->data = NULL;

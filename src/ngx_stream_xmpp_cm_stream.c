@@ -34,6 +34,11 @@ static void ngx_xmpp_cm_stream_end_all(ngx_xmpp_cm_upstream_t *up,
     char *cond, char *text, ngx_uint_t ghost);
 static void ngx_xmpp_cm_stream_up(ngx_xmpp_cm_upstream_t *up);
 static void ngx_xmpp_cm_stream_unblock(ngx_xmpp_cm_stream_t *s);
+static void ngx_xmpp_cm_stream_confirmed(ngx_xmpp_cm_upstream_t *up,
+    ngx_str_t *id, ngx_uint_t n);
+static void ngx_xmpp_cm_bounce_iq(ngx_xmpp_cm_upstream_t *up,
+    ngx_xmpp_cm_sock_t *sock, ngx_str_t *id, ngx_xmpp_cm_node_t *c);
+static void ngx_xmpp_cm_stream_return(ngx_xmpp_cm_stream_t *s);
 
 
 const ngx_xmpp_cm_streams_t  ngx_xmpp_cm_streams = {
@@ -41,7 +46,8 @@ const ngx_xmpp_cm_streams_t  ngx_xmpp_cm_streams = {
     ngx_xmpp_cm_stream_iq,
     ngx_xmpp_cm_stream_end_all,
     ngx_xmpp_cm_stream_up,
-    ngx_xmpp_cm_stream_unblock
+    ngx_xmpp_cm_stream_unblock,
+    ngx_xmpp_cm_stream_confirmed
 };
 
 
@@ -156,6 +162,7 @@ ngx_xmpp_cm_stream_send(ngx_xmpp_cm_stream_t *s, ngx_xmpp_cm_xml_t *x,
     rc = ngx_xmpp_cm_route_client(s, x, e, lang);
 
     if (rc == NGX_OK) {
+        s->routed++;
         (void) ngx_xmpp_cm_stream_throttled(s);
     }
 
@@ -185,6 +192,37 @@ ngx_xmpp_cm_stream_throttled(ngx_xmpp_cm_stream_t *s)
     ngx_queue_insert_tail(&s->sock->paused, &s->queue);
 
     return 1;
+}
+
+
+/*
+ * Openfire accepted n more of this stream's routes, in routing order
+ * (the link's barrier): XEP-0198's h follows, and a client's <r/> that
+ * waited for it is answered.
+ */
+
+static void
+ngx_xmpp_cm_stream_confirmed(ngx_xmpp_cm_upstream_t *up, ngx_str_t *id,
+    ngx_uint_t n)
+{
+    ngx_xmpp_cm_stream_t  *s;
+
+    s = ngx_xmpp_cm_stream_find(up, id);
+    if (s == NULL) {
+        return;
+    }
+
+    /* never past what was routed (a barrier may cover the CM's own) */
+
+    if ((uint32_t) n > s->routed - s->confirmed) {
+        n = s->routed - s->confirmed;
+    }
+
+    s->confirmed += (uint32_t) n;
+
+    if (s->sm && ngx_xmpp_cm_sm_advance(s) && s->conn) {
+        s->conn->handler->confirmed(s->conn);
+    }
 }
 
 
@@ -232,6 +270,10 @@ ngx_xmpp_cm_stream_forget(ngx_xmpp_cm_stream_t *s)
         ngx_xmpp_cm_uncount(s->up, DETACHED);
     }
 
+    if (s->sm) {
+        ngx_xmpp_cm_sm_free(s->sm);
+    }
+
     ngx_rbtree_delete(&s->up->ids, &s->node.node);
     s->up->nstreams--;
 
@@ -257,6 +299,31 @@ ngx_xmpp_cm_stream_attach(ngx_xmpp_cm_stream_t *s, ngx_xmpp_cm_conn_t *conn)
     }
 
     s->conn = conn;
+}
+
+
+/*
+ * XEP-0198 resumption: a new connection takes the stream over.  A
+ * connection still attached (the client came back before its old
+ * connection timed out) is let go and told why first, as the end of a
+ * stream tells it, so it never calls the table back.
+ */
+
+void
+ngx_xmpp_cm_stream_take(ngx_xmpp_cm_stream_t *s, ngx_xmpp_cm_conn_t *conn,
+    char *cond, char *text)
+{
+    ngx_xmpp_cm_conn_t  *old;
+
+    old = s->conn;
+
+    if (old) {
+        s->conn = NULL;
+        old->handler->ended(old, cond, text, NULL, 0);
+    }
+
+    ngx_xmpp_cm_stream_attach(s, conn);
+    ngx_xmpp_cm_sm_resumed(s);
 }
 
 
@@ -293,12 +360,26 @@ ngx_xmpp_cm_stream_detach(ngx_xmpp_cm_stream_t *s)
 }
 
 
-/* a detached stream: closed now, or after xmpp_cm_close_delay */
+/*
+ * A detached stream: closed now, or after xmpp_cm_close_delay, or, when
+ * its connection dropped with XEP-0198 resumption enabled, after the
+ * resumption wait (xmpp_cm_resume_timeout, or the client's shorter max),
+ * keeping what Openfire routes to it.  The close delay is the same wait
+ * without a resumption: what comes in it goes back at once.
+ */
 
 static void
 ngx_xmpp_cm_stream_linger(ngx_xmpp_cm_stream_t *s)
 {
-    if (s->up->conf->close_delay == 0 || s->up->exiting) {
+    ngx_msec_t  delay;
+
+    delay = s->up->conf->close_delay;
+
+    if (s->sm && s->sm->hold) {
+        delay = s->sm->max;
+    }
+
+    if (delay == 0 || s->discard || s->up->exiting) {
         ngx_xmpp_cm_stream_end(s, NGX_XMPP_CM_END_CLOSE, NULL, NULL,
                                NULL, 0);
         return;
@@ -320,7 +401,7 @@ ngx_xmpp_cm_stream_linger(ngx_xmpp_cm_stream_t *s)
         s->close_ev->cancelable = 1;
     }
 
-    ngx_add_timer(s->close_ev, s->up->conf->close_delay);
+    ngx_add_timer(s->close_ev, delay);
 }
 
 
@@ -360,6 +441,11 @@ ngx_xmpp_cm_stream_end(ngx_xmpp_cm_stream_t *s, ngx_uint_t how,
     switch (how) {
 
     case NGX_XMPP_CM_END_CLOSE:
+        if (s->sm && s->sm->count) {
+            /* before the close, while Openfire still has the session */
+            ngx_xmpp_cm_stream_return(s);
+        }
+
         sock = ngx_xmpp_cm_stream_sock(s);
 
         if (sock) {
@@ -468,6 +554,7 @@ static void
 ngx_xmpp_cm_stream_route(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_sock_t *sock,
     ngx_xmpp_cm_node_t *route)
 {
+    ngx_int_t              rc;
     ngx_str_t             *id, *type, *cond;
     ngx_xmpp_cm_node_t    *c;
     ngx_xmpp_cm_stream_t  *s;
@@ -546,6 +633,42 @@ ngx_xmpp_cm_stream_route(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_sock_t *sock,
         return;
     }
 
+    if (s && s->sm && s->sm->hold) {
+
+        /*
+         * XEP-0198: the connection dropped and the client may resume:
+         * stanzas are kept for it.  Past the bound the stream ends, and
+         * what it kept goes back to Openfire with the rest of the route.
+         */
+
+        for (c = route->child; c; c = c->next) {
+            rc = ngx_xmpp_cm_sm_hold(s, sock->xml, c);
+
+            if (rc == NGX_DECLINED) {
+                ngx_xmpp_cm_bounce(up, sock->xml, s, id, c);
+                continue;
+            }
+
+            if (rc == NGX_ERROR) {
+                ngx_log_error(NGX_LOG_INFO, &up->log, 0,
+                              "xmpp_cm: stream %V waiting for resumption "
+                              "holds %uz bytes (xmpp_cm_client_output_"
+                              "limit), ending it", id, s->sm->size);
+
+                for ( /* void */ ; c; c = c->next) {
+                    ngx_xmpp_cm_bounce(up, sock->xml, s, id, c);
+                }
+
+                s->sm->hold = 0;
+                ngx_xmpp_cm_stream_end(s, NGX_XMPP_CM_END_CLOSE, NULL, NULL,
+                                       NULL, 0);
+                return;
+            }
+        }
+
+        return;
+    }
+
     for (c = route->child; c; c = c->next) {
         ngx_xmpp_cm_bounce(up, sock->xml, s, id, c);
     }
@@ -580,11 +703,11 @@ static void
 ngx_xmpp_cm_bounce(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_xml_t *x,
     ngx_xmpp_cm_stream_t  *s, ngx_str_t *id, ngx_xmpp_cm_node_t *c)
 {
-    u_char              *buf, *p;
+    u_char              *buf;
     size_t               len;
     ngx_int_t            rc;
     ngx_uint_t           level;
-    ngx_str_t           *type, *iqid, *from, *to;
+    ngx_str_t           *type;
     ngx_xmpp_cm_sock_t  *sock;
 
     sock = s ? ngx_xmpp_cm_stream_sock(s) : ngx_xmpp_cm_upstream_pick(up);
@@ -627,54 +750,7 @@ ngx_xmpp_cm_bounce(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_xml_t *x,
     if (ngx_xmpp_cm_str_is(&c->name, "iq") && type
         && (ngx_xmpp_cm_str_is(type, "get") || ngx_xmpp_cm_str_is(type, "set")))
     {
-        iqid = ngx_xmpp_cm_node_attr(c, "id");
-        from = ngx_xmpp_cm_node_attr(c, "from");
-        to = ngx_xmpp_cm_node_attr(c, "to");
-
-        len = sizeof("<iq xmlns=\"jabber:client\" type=\"error\""
-                     " id=\"\" to=\"\" from=\"\"><error type=\"cancel\">"
-                     "<service-unavailable xmlns=\"" NGX_XMPP_NS_STANZAS
-                     "\"/></error></iq>") - 1
-              + (iqid ? ngx_xmpp_cm_escape(NULL, iqid->data, iqid->len) : 0)
-              + (from ? ngx_xmpp_cm_escape(NULL, from->data, from->len) : 0)
-              + (to ? ngx_xmpp_cm_escape(NULL, to->data, to->len) : 0);
-
-        buf = ngx_pnalloc(up->tmp, len);
-        if (buf == NULL) {
-            return;
-        }
-
-        p = ngx_cpymem(buf, "<iq xmlns=\"jabber:client\" type=\"error\"", 38);
-
-        if (iqid) {
-            p = ngx_cpymem(p, " id=\"", 5);
-            p += ngx_xmpp_cm_escape(p, iqid->data, iqid->len);
-            *p++ = '"';
-        }
-
-        if (from) {
-            p = ngx_cpymem(p, " to=\"", 5);
-            p += ngx_xmpp_cm_escape(p, from->data, from->len);
-            *p++ = '"';
-        }
-
-        if (to) {
-            p = ngx_cpymem(p, " from=\"", 7);
-            p += ngx_xmpp_cm_escape(p, to->data, to->len);
-            *p++ = '"';
-        }
-
-        p = ngx_cpymem(p, "><error type=\"cancel\"><service-unavailable"
-                       " xmlns=\"" NGX_XMPP_NS_STANZAS "\"/></error></iq>",
-                       sizeof("><error type=\"cancel\"><service-unavailable"
-                       " xmlns=\"" NGX_XMPP_NS_STANZAS "\"/></error></iq>")
-                       - 1);
-
-        (void) ngx_xmpp_cm_route_raw(up, sock, id, buf, p - buf);
-
-        ngx_log_error(NGX_LOG_INFO, &up->log, 0,
-                      "xmpp_cm: IQ for closed stream %V answered with "
-                      "service-unavailable", id);
+        ngx_xmpp_cm_bounce_iq(up, sock, id, c);
         return;
     }
 
@@ -692,6 +768,212 @@ ngx_xmpp_cm_bounce(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_xml_t *x,
     ngx_log_error(level, &up->log, 0,
                   "xmpp_cm: <%V> for closed stream %V dropped (%ui dropped "
                   "so far)", &c->name, id, up->dropped);
+}
+
+
+/* an IQ request for a client that is gone: service-unavailable */
+
+static void
+ngx_xmpp_cm_bounce_iq(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_sock_t *sock,
+    ngx_str_t *id, ngx_xmpp_cm_node_t *c)
+{
+    u_char     *buf, *p;
+    size_t      len;
+    ngx_str_t  *iqid, *from, *to;
+
+    iqid = ngx_xmpp_cm_node_attr(c, "id");
+    from = ngx_xmpp_cm_node_attr(c, "from");
+    to = ngx_xmpp_cm_node_attr(c, "to");
+
+    len = sizeof("<iq xmlns=\"jabber:client\" type=\"error\""
+                 " id=\"\" to=\"\" from=\"\"><error type=\"cancel\">"
+                 "<service-unavailable xmlns=\"" NGX_XMPP_NS_STANZAS
+                 "\"/></error></iq>") - 1
+          + (iqid ? ngx_xmpp_cm_escape(NULL, iqid->data, iqid->len) : 0)
+          + (from ? ngx_xmpp_cm_escape(NULL, from->data, from->len) : 0)
+          + (to ? ngx_xmpp_cm_escape(NULL, to->data, to->len) : 0);
+
+    buf = ngx_pnalloc(up->tmp, len);
+    if (buf == NULL) {
+        return;
+    }
+
+    p = ngx_cpymem(buf, "<iq xmlns=\"jabber:client\" type=\"error\"", 38);
+
+    if (iqid) {
+        p = ngx_cpymem(p, " id=\"", 5);
+        p += ngx_xmpp_cm_escape(p, iqid->data, iqid->len);
+        *p++ = '"';
+    }
+
+    if (from) {
+        p = ngx_cpymem(p, " to=\"", 5);
+        p += ngx_xmpp_cm_escape(p, from->data, from->len);
+        *p++ = '"';
+    }
+
+    if (to) {
+        p = ngx_cpymem(p, " from=\"", 7);
+        p += ngx_xmpp_cm_escape(p, to->data, to->len);
+        *p++ = '"';
+    }
+
+    p = ngx_cpymem(p, "><error type=\"cancel\"><service-unavailable"
+                   " xmlns=\"" NGX_XMPP_NS_STANZAS "\"/></error></iq>",
+                   sizeof("><error type=\"cancel\"><service-unavailable"
+                   " xmlns=\"" NGX_XMPP_NS_STANZAS "\"/></error></iq>")
+                   - 1);
+
+    (void) ngx_xmpp_cm_route_raw(up, sock, id, buf, p - buf);
+
+    ngx_log_error(NGX_LOG_INFO, &up->log, 0,
+                  "xmpp_cm: IQ for closed stream %V answered with "
+                  "service-unavailable", id);
+}
+
+
+/*
+ * XEP-0198: the stream ends without a resumption (its wait is over, the
+ * client closed it, or it was never resumable) while stanzas written to
+ * the client are not acknowledged, or were kept while it was away: as
+ * for a closed stream, messages go back to Openfire in <failed> to be
+ * stored offline, IQ requests get service-unavailable, the rest is
+ * dropped (presence is sent again at the next login).  An error message
+ * (the CM's own answers among them) is not stored offline by Openfire.
+ * The client may have read some of them: those reach it twice.
+ */
+
+typedef struct {
+    ngx_xmpp_cm_stream_t            *s;
+    ngx_xmpp_cm_sock_t              *sock;
+    u_char                          *p;
+    size_t                           len;
+    ngx_uint_t                       returned;
+    ngx_uint_t                       answered;
+    ngx_uint_t                       dropped;
+} ngx_xmpp_cm_return_t;
+
+
+static ngx_int_t
+ngx_xmpp_cm_stream_returned(void *data, ngx_xmpp_cm_elem_t *e)
+{
+    ngx_xmpp_cm_return_t *r = data;
+
+    u_char                  *buf, *p;
+    size_t                   len;
+    ngx_int_t                rc;
+    ngx_str_t               *type;
+    ngx_xmpp_cm_node_t      *n;
+    ngx_xmpp_cm_upstream_t  *up;
+
+    static u_char  head[] = "<message xmlns=\"" NGX_XMPP_NS_CLIENT "\"";
+
+    n = e->root;
+    up = r->s->up;
+    type = ngx_xmpp_cm_node_attr(n, "type");
+
+    if (ngx_xmpp_cm_str_is(&n->name, "message")
+        && !(type && ngx_xmpp_cm_str_is(type, "error")))
+    {
+        if (n->has_xmlns || r->len < 8) {
+            rc = ngx_xmpp_cm_route_session_iq(up, r->sock, &r->s->node.str,
+                                              NGX_XMPP_CM_IQ_FAILED, NULL,
+                                              r->p, r->len);
+
+        } else {
+            /* "<message" + the rest: the namespace it had in the stream */
+
+            len = sizeof(head) - 1 + r->len - 8;
+
+            buf = ngx_alloc(len, &up->log);
+            if (buf == NULL) {
+                return NGX_ERROR;
+            }
+
+            p = ngx_cpymem(buf, head, sizeof(head) - 1);
+            ngx_memcpy(p, r->p + 8, r->len - 8);
+
+            rc = ngx_xmpp_cm_route_session_iq(up, r->sock, &r->s->node.str,
+                                              NGX_XMPP_CM_IQ_FAILED, NULL,
+                                              buf, len);
+            ngx_free(buf);
+        }
+
+        ngx_xmpp_cm_metrics_returned(up, rc);
+
+        if (rc == NGX_OK) {
+            r->returned++;
+
+        } else {
+            r->dropped++;
+        }
+
+        return NGX_OK;
+    }
+
+    if (ngx_xmpp_cm_str_is(&n->name, "iq") && type
+        && (ngx_xmpp_cm_str_is(type, "get") || ngx_xmpp_cm_str_is(type, "set")))
+    {
+        ngx_xmpp_cm_bounce_iq(up, r->sock, &r->s->node.str, n);
+        r->answered++;
+        return NGX_OK;
+    }
+
+    r->dropped++;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_xmpp_cm_stream_return_one(void *data, u_char *p, size_t len)
+{
+    ngx_xmpp_cm_return_t *r = data;
+
+    ngx_xmpp_cm_upstream_t  *up;
+
+    up = r->s->up;
+    r->p = p;
+    r->len = len;
+
+    if (ngx_xmpp_cm_xml_fragment(&up->log, up->worker->parking, p, len, 1,
+                                 NGX_XMPP_CM_UPSTREAM_MAX_STANZA,
+                                 NGX_XMPP_CM_UPSTREAM_MAX_DEPTH,
+                                 ngx_xmpp_cm_stream_returned, r)
+        != NGX_OK)
+    {
+        r->dropped++;
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_xmpp_cm_stream_return(ngx_xmpp_cm_stream_t *s)
+{
+    ngx_xmpp_cm_return_t  r;
+
+    ngx_memzero(&r, sizeof(ngx_xmpp_cm_return_t));
+
+    r.s = s;
+    r.sock = ngx_xmpp_cm_stream_sock(s);
+
+    if (r.sock == NULL) {
+        ngx_log_error(NGX_LOG_INFO, &s->up->log, 0,
+                      "xmpp_cm: %ui stanzas not acknowledged by the client "
+                      "of stream %V are lost: no Openfire socket",
+                      s->sm->count, &s->node.str);
+        return;
+    }
+
+    (void) ngx_xmpp_cm_sm_walk(s->sm, ngx_xmpp_cm_stream_return_one, &r);
+
+    ngx_log_error(NGX_LOG_INFO, &s->up->log, 0,
+                  "xmpp_cm: stream %V ends with %ui stanzas not "
+                  "acknowledged by the client: %ui messages returned to "
+                  "Openfire, %ui IQs answered, %ui dropped", &s->node.str,
+                  s->sm->count, r.returned, r.answered, r.dropped);
 }
 
 

@@ -31,6 +31,8 @@ static void ngx_xmpp_cm_sock_close(ngx_xmpp_cm_sock_t *sock,
     ngx_uint_t level, const char *why);
 static void ngx_xmpp_cm_sock_read_handler(ngx_event_t *rev);
 static void ngx_xmpp_cm_sock_write_handler(ngx_event_t *wev);
+static void ngx_xmpp_cm_sock_confirm_before(ngx_xmpp_cm_sock_t *sock);
+static void ngx_xmpp_cm_sock_confirm_after(ngx_xmpp_cm_sock_t *sock);
 static void ngx_xmpp_cm_sock_reconnect_handler(ngx_event_t *ev);
 static void ngx_xmpp_cm_sock_keepalive_handler(ngx_event_t *ev);
 static ngx_int_t ngx_xmpp_cm_sock_open(void *data, ngx_str_t *name,
@@ -665,6 +667,117 @@ ngx_xmpp_cm_test_connect(ngx_connection_t *c)
 }
 
 
+/*
+ * TEMPORARY (dropped when the link's confirmed delivery is merged): a
+ * route counts as confirmed once it is written to the socket.  The
+ * stream ids of the routes queued are noted before the write, and those
+ * written whole are reported after it, in order.
+ */
+
+typedef struct {
+    u_char                           id[NGX_XMPP_CM_ID_LEN];
+    size_t                           id_len;
+    size_t                           size;
+} ngx_xmpp_cm_tmp_confirm_t;
+
+static ngx_array_t  *ngx_xmpp_cm_tmp_confirm;
+
+
+static void
+ngx_xmpp_cm_sock_confirm_before(ngx_xmpp_cm_sock_t *sock)
+{
+    u_char                     *p, *q, *end;
+    ngx_chain_t                *cl;
+    ngx_xmpp_cm_tmp_confirm_t  *t;
+
+    if (ngx_xmpp_cm_tmp_confirm == NULL) {
+        ngx_xmpp_cm_tmp_confirm = ngx_array_create(ngx_cycle->pool, 64,
+                                      sizeof(ngx_xmpp_cm_tmp_confirm_t));
+        if (ngx_xmpp_cm_tmp_confirm == NULL) {
+            return;
+        }
+    }
+
+    ngx_xmpp_cm_tmp_confirm->nelts = 0;
+
+    for (cl = sock->out.out; cl; cl = cl->next) {
+        t = ngx_array_push(ngx_xmpp_cm_tmp_confirm);
+        if (t == NULL) {
+            return;
+        }
+
+        t->size = ngx_buf_size(cl->buf);
+        t->id_len = 0;
+
+        p = cl->buf->start;
+        end = cl->buf->last;
+
+        if (end - p < 7 || ngx_strncmp(p, "<route ", 7) != 0) {
+            continue;
+        }
+
+        q = ngx_strlchr(p, end, '>');
+        p = q ? ngx_strlcasestrn(p, q, (u_char *) "streamid=\"", 10 - 1)
+              : NULL;
+
+        if (p == NULL) {
+            continue;
+        }
+
+        p += 10;
+        q = ngx_strlchr(p, end, '"');
+
+        if (q && q - p < NGX_XMPP_CM_ID_LEN) {
+            t->id_len = q - p;
+            ngx_memcpy(t->id, p, t->id_len);
+        }
+    }
+}
+
+
+static void
+ngx_xmpp_cm_sock_confirm_after(ngx_xmpp_cm_sock_t *sock)
+{
+    size_t                      total, written;
+    ngx_str_t                   id;
+    ngx_uint_t                  i;
+    ngx_xmpp_cm_tmp_confirm_t  *t;
+
+    if (ngx_xmpp_cm_tmp_confirm == NULL
+        || sock->up->streams->confirmed == NULL)
+    {
+        return;
+    }
+
+    t = ngx_xmpp_cm_tmp_confirm->elts;
+    total = 0;
+
+    for (i = 0; i < ngx_xmpp_cm_tmp_confirm->nelts; i++) {
+        total += t[i].size;
+    }
+
+    /* what is still queued is the tail of what was there */
+
+    written = total > sock->out.size ? total - sock->out.size : 0;
+
+    for (i = 0; i < ngx_xmpp_cm_tmp_confirm->nelts; i++) {
+        if (t[i].size > written) {
+            break;
+        }
+
+        written -= t[i].size;
+
+        if (t[i].id_len) {
+            id.data = t[i].id;
+            id.len = t[i].id_len;
+            sock->up->streams->confirmed(sock->up, &id, 1);
+        }
+    }
+
+    ngx_xmpp_cm_tmp_confirm->nelts = 0;
+}
+
+
 static void
 ngx_xmpp_cm_sock_write_handler(ngx_event_t *wev)
 {
@@ -701,12 +814,16 @@ ngx_xmpp_cm_sock_write_handler(ngx_event_t *wev)
 #endif
     }
 
+    ngx_xmpp_cm_sock_confirm_before(sock);
+
     rc = ngx_xmpp_cm_output_send(c, &sock->out);
 
     if (rc == NGX_ERROR) {
         ngx_xmpp_cm_sock_close(sock, NGX_LOG_ERR, "write failed");
         return;
     }
+
+    ngx_xmpp_cm_sock_confirm_after(sock);
 
     if (ngx_handle_write_event(wev, 0) != NGX_OK) {
         ngx_xmpp_cm_sock_close(sock, NGX_LOG_ERR, "write event failed");

@@ -17,6 +17,7 @@ RANK = {
     "ngx_stream_xmpp_cm_client": 8,
     "ngx_stream_xmpp_cm_stream": 7,
     "ngx_stream_xmpp_cm_handoff": 7,
+    "ngx_stream_xmpp_cm_sm": 6.5,
     "ngx_stream_xmpp_cm_route": 6,
     "ngx_stream_xmpp_cm_upstream": 5,
     "ngx_stream_xmpp_cm_output": 4,

@@ -69,7 +69,7 @@ MAX_FRAGMENT = 1048576          # xmpp.parser.buffer.size
 SASL_RETRIES = 3                # xmpp.auth.retries
 SCRAM_ITERATIONS = 4096
 DEFAULT_MECHANISMS = ["PLAIN", "SCRAM-SHA-1", "EXTERNAL", "SCRAM-SHA-1-PLUS"]
-IMPLEMENTED_MECHANISMS = ("PLAIN", "SCRAM-SHA-1")
+IMPLEMENTED_MECHANISMS = ("PLAIN", "SCRAM-SHA-1", "DIGEST-MD5")
 
 # Tinder's legacy error codes: condition -> (code, type)
 STANZA_ERRORS = {
@@ -1118,6 +1118,9 @@ class Openfire:
             if mech not in IMPLEMENTED_MECHANISMS:
                 # EXTERNAL, *-PLUS: no certificate / channel binding here
                 return self.sasl_fail(s, "not-authorized")
+            if mech == "DIGEST-MD5":
+                # RFC 2831 2.1: the server speaks first (Java's SaslServer)
+                return self.digest_challenge(s)
             if data == "":
                 s.sasl = (mech, "start")
                 return self.deliver_raw(s, '<challenge xmlns="%s"/>' % NS_SASL)
@@ -1133,6 +1136,8 @@ class Openfire:
             return self.sasl_fail(s, "incorrect-encoding")
         if mech == "PLAIN":
             return self.sasl_plain(s, raw)
+        if mech == "DIGEST-MD5":
+            return self.digest_response(s, raw, step)
         if step == "start":
             return self.scram_first(s, raw)
         return self.scram_final(s, raw)
@@ -1172,6 +1177,65 @@ class Openfire:
                 authzid not in ("", user, "%s@%s" % (user, self.domain)):
             return self.sasl_fail(s, "not-authorized")
         self.sasl_success(s, user)
+
+    def digest_challenge(self, s):
+        """DIGEST-MD5 as Openfire offers it through Java's SaslServer
+        (RFC 2831): realm = the XMPP domain, qop auth, md5-sess."""
+        nonce = base64.b64encode(secrets.token_bytes(24)).decode()
+        s.sasl = ("DIGEST-MD5", {"nonce": nonce})
+        ch = ('realm="%s",nonce="%s",qop="auth",charset=utf-8,'
+              'algorithm=md5-sess' % (self.domain, nonce))
+        self.deliver_raw(s, '<challenge xmlns="%s">%s</challenge>' % (
+            NS_SASL, base64.b64encode(ch.encode()).decode()))
+
+    @staticmethod
+    def digest_directives(text):
+        out = {}
+        for m in re.finditer(r'\s*([A-Za-z-]+)=("((?:[^"\\]|\\.)*)"|'
+                             r'[^,]*)\s*,?', text):
+            v = m.group(3) if m.group(3) is not None else m.group(2)
+            out[m.group(1).lower()] = re.sub(r"\\(.)", r"\1", v)
+        return out
+
+    def digest_response(self, s, raw, st):
+        """The client's response: checked as RFC 2831 2.1.2.1 computes it;
+        Openfire answers a good one with <success> carrying rspauth."""
+        try:
+            d = self.digest_directives(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            return self.sasl_fail(s, "not-authorized")
+        user = d.get("username", "").lower()
+        realm = d.get("realm", self.domain)
+        pw = self.users.get(user)
+        if pw is None or d.get("nonce") != st["nonce"] or \
+                d.get("qop", "auth") != "auth" or \
+                realm != self.domain or \
+                d.get("digest-uri") != "xmpp/%s" % self.domain:
+            return self.sasl_fail(s, "not-authorized")
+        authzid = d.get("authzid")
+
+        def h(b):
+            return hashlib.md5(b).digest()
+
+        def hx(b):
+            return hashlib.md5(b).hexdigest()
+
+        a1 = h(("%s:%s:%s" % (d["username"], realm, pw)).encode()) + \
+            (":%s:%s" % (d["nonce"], d.get("cnonce", ""))).encode()
+        if authzid:
+            a1 += (":" + authzid).encode()
+
+        def kd(a2):
+            return hx(("%s:%s:%s:%s:auth:%s" % (
+                hx(a1), d["nonce"], d.get("nc", ""), d.get("cnonce", ""),
+                hx(a2.encode()))).encode())
+
+        if d.get("response") != kd("AUTHENTICATE:" + d["digest-uri"]):
+            return self.sasl_fail(s, "not-authorized")
+        if authzid not in (None, "", user, "%s@%s" % (user, self.domain)):
+            return self.sasl_fail(s, "not-authorized")
+        self.sasl_success(s, user,
+                          ("rspauth=" + kd(":" + d["digest-uri"])).encode())
 
     def scram_keys(self, user):
         """(salt, SaltedPassword) with a fixed per-user salt."""

@@ -277,6 +277,7 @@ main(int argc, char **argv)
     unit_suite_features();
     unit_suite_jid();
     unit_suite_output();
+    unit_suite_sm();
 
     printf("%lu passed, %lu failed\n", (unsigned long) unit_passed,
            (unsigned long) unit_failed);

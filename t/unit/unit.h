@@ -139,6 +139,7 @@ void unit_suite_session_id(void);
 void unit_suite_features(void);
 void unit_suite_jid(void);
 void unit_suite_output(void);
+void unit_suite_sm(void);
 
 
 #endif /* _UNIT_H_INCLUDED_ */
