@@ -4008,6 +4008,10 @@ ngx_xmpp_cm_client_relay_status(void *data, ngx_uint_t status,
 
     ngx_xmpp_cm_client_detach(cl);
     ngx_xmpp_cm_client_phase(cl, NGX_XMPP_CM_PHASE_RELAY);
+
+    /* the stream is parsed at the owner: this parser is not needed */
+    ngx_xmpp_cm_xml_free(cl->xml);
+
     c->log->action = "relaying a resumed stream";
 
     if (c->read->timer_set && !c->read->delayed) {
@@ -4240,8 +4244,11 @@ ngx_xmpp_cm_client_adopt(ngx_connection_t *c, ngx_xmpp_cm_handoff_hdr_t *h,
         return NGX_ERROR;
     }
 
+    /* the request's buffer goes after this call: keep what stays */
+
     c->data = s;
-    c->addr_text = h->addr;
+    c->addr_text.data = ngx_pstrdup(c->pool, &h->addr);
+    c->addr_text.len = c->addr_text.data ? h->addr.len : 0;
     ngx_set_connection_log(c, cscf->error_log);
 
 #if (NGX_STAT_STUB)
@@ -4270,9 +4277,8 @@ ngx_xmpp_cm_client_adopt(ngx_connection_t *c, ngx_xmpp_cm_handoff_hdr_t *h,
     ngx_xmpp_cm_client_phase(cl, NGX_XMPP_CM_PHASE_STREAM);
     c->log->action = "in a relayed XMPP stream";
 
-    /* the strings of the request live in this connection's pool */
-
-    cl->account = h->account;
+    cl->account.data = ngx_pstrdup(c->pool, &h->account);
+    cl->account.len = cl->account.data ? h->account.len : 0;
 
     (void) ngx_xmpp_cm_client_resume(cl, &h->account, &h->previd, h->h);
 

@@ -80,8 +80,10 @@ static void ngx_xmpp_cm_handoff_accept(ngx_event_t *ev);
 static void ngx_xmpp_cm_handoff_request(ngx_event_t *rev);
 static ngx_int_t ngx_xmpp_cm_handoff_parse(ngx_xmpp_cm_handoff_in_t *in,
     ngx_xmpp_cm_handoff_hdr_t *h);
-static void ngx_xmpp_cm_handoff_answer(ngx_connection_t *c,
+static ngx_int_t ngx_xmpp_cm_handoff_answer(ngx_connection_t *c,
     ngx_xmpp_cm_handoff_in_t *in, ngx_xmpp_cm_handoff_hdr_t *h);
+static void ngx_xmpp_cm_handoff_drop(ngx_connection_t *c,
+    ngx_xmpp_cm_handoff_in_t *in);
 static void ngx_xmpp_cm_handoff_close(ngx_connection_t *c);
 static void ngx_xmpp_cm_handoff_nothing(ngx_event_t *ev);
 static void ngx_xmpp_cm_relay_read(ngx_event_t *rev);
@@ -280,21 +282,29 @@ ngx_xmpp_cm_handoff_accept(ngx_event_t *ev)
             continue;
         }
 
-        pool = ngx_create_pool(sizeof(ngx_xmpp_cm_handoff_in_t) + 1024,
-                               ev->log);
+        /*
+         * The request's buffer is freed once it is answered; the pool
+         * becomes the client connection's (its session, client, framer).
+         */
+
+        pool = ngx_create_pool(1024, ev->log);
         if (pool == NULL) {
             (void) ngx_close_socket(s);
             return;
         }
 
         log = ngx_palloc(pool, sizeof(ngx_log_t));
-        in = ngx_palloc(pool, sizeof(ngx_xmpp_cm_handoff_in_t));
+        in = ngx_alloc(sizeof(ngx_xmpp_cm_handoff_in_t), ev->log);
 
         /* the session variables ($remote_port, $server_addr) read them */
         peer = ngx_pcalloc(pool, sizeof(struct sockaddr_un));
         local = ngx_pcalloc(pool, sizeof(struct sockaddr_un));
 
         if (log == NULL || in == NULL || peer == NULL || local == NULL) {
+            if (in) {
+                ngx_free(in);
+            }
+
             ngx_destroy_pool(pool);
             (void) ngx_close_socket(s);
             return;
@@ -304,6 +314,7 @@ ngx_xmpp_cm_handoff_accept(ngx_event_t *ev)
 
         c = ngx_get_connection(s, log);
         if (c == NULL) {
+            ngx_free(in);
             ngx_destroy_pool(pool);
             (void) ngx_close_socket(s);
             return;
@@ -352,6 +363,7 @@ ngx_xmpp_cm_handoff_request(ngx_event_t *rev)
 {
     ssize_t                     n;
     uint32_t                    rest;
+    ngx_int_t                   rc;
     ngx_connection_t           *c;
     ngx_xmpp_cm_handoff_in_t   *in;
     ngx_xmpp_cm_handoff_hdr_t   h;
@@ -362,7 +374,7 @@ ngx_xmpp_cm_handoff_request(ngx_event_t *rev)
     if (rev->timedout) {
         ngx_log_error(NGX_LOG_INFO, c->log, NGX_ETIMEDOUT,
                       "xmpp_cm: handoff request not complete in time");
-        ngx_xmpp_cm_handoff_close(c);
+        ngx_xmpp_cm_handoff_drop(c, in);
         return;
     }
 
@@ -372,14 +384,14 @@ ngx_xmpp_cm_handoff_request(ngx_event_t *rev)
 
         if (n == NGX_AGAIN) {
             if (ngx_handle_read_event(rev, 0) != NGX_OK) {
-                ngx_xmpp_cm_handoff_close(c);
+                ngx_xmpp_cm_handoff_drop(c, in);
             }
 
             return;
         }
 
         if (n == 0 || n == NGX_ERROR) {
-            ngx_xmpp_cm_handoff_close(c);
+            ngx_xmpp_cm_handoff_drop(c, in);
             return;
         }
 
@@ -391,7 +403,7 @@ ngx_xmpp_cm_handoff_request(ngx_event_t *rev)
             if (ngx_memcmp(in->buf, NGX_XMPP_CM_HANDOFF_MAGIC, 4) != 0) {
                 ngx_log_error(NGX_LOG_WARN, c->log, 0,
                               "xmpp_cm: bad handoff request");
-                ngx_xmpp_cm_handoff_close(c);
+                ngx_xmpp_cm_handoff_drop(c, in);
                 return;
             }
 
@@ -401,7 +413,7 @@ ngx_xmpp_cm_handoff_request(ngx_event_t *rev)
             if (rest > NGX_XMPP_CM_HANDOFF_MAX - NGX_XMPP_CM_HANDOFF_FIXED) {
                 ngx_log_error(NGX_LOG_WARN, c->log, 0,
                               "xmpp_cm: handoff request too long");
-                ngx_xmpp_cm_handoff_close(c);
+                ngx_xmpp_cm_handoff_drop(c, in);
                 return;
             }
 
@@ -412,13 +424,20 @@ ngx_xmpp_cm_handoff_request(ngx_event_t *rev)
     if (ngx_xmpp_cm_handoff_parse(in, &h) != NGX_OK) {
         ngx_log_error(NGX_LOG_WARN, c->log, 0,
                       "xmpp_cm: bad handoff request");
-        ngx_xmpp_cm_handoff_close(c);
+        ngx_xmpp_cm_handoff_drop(c, in);
         return;
     }
 
     ngx_del_timer(rev);
 
-    ngx_xmpp_cm_handoff_answer(c, in, &h);
+    rc = ngx_xmpp_cm_handoff_answer(c, in, &h);
+
+    /* the strings of the request are copied where they are kept */
+    ngx_free(in);
+
+    if (rc != NGX_OK) {
+        ngx_xmpp_cm_handoff_close(c);
+    }
 }
 
 
@@ -460,7 +479,7 @@ ngx_xmpp_cm_handoff_parse(ngx_xmpp_cm_handoff_in_t *in,
  * write event).
  */
 
-static void
+static ngx_int_t
 ngx_xmpp_cm_handoff_answer(ngx_connection_t *c, ngx_xmpp_cm_handoff_in_t *in,
     ngx_xmpp_cm_handoff_hdr_t *h)
 {
@@ -477,7 +496,7 @@ ngx_xmpp_cm_handoff_answer(ngx_connection_t *c, ngx_xmpp_cm_handoff_in_t *in,
 
     if (rc == NGX_OK || rc == NGX_DONE) {
         /* the connection is the client's now, or closed */
-        return;
+        return NGX_OK;
     }
 
     if (rc == NGX_DECLINED) {
@@ -490,7 +509,7 @@ ngx_xmpp_cm_handoff_answer(ngx_connection_t *c, ngx_xmpp_cm_handoff_in_t *in,
                                          NULL, 0);
     }
 
-    ngx_xmpp_cm_handoff_close(c);
+    return NGX_ERROR;
 }
 
 
@@ -526,6 +545,14 @@ ngx_xmpp_cm_handoff_reply(ngx_connection_t *c, ngx_uint_t status,
     n = c->send(c, answer, len);
 
     return n == (ssize_t) len ? NGX_OK : NGX_ERROR;
+}
+
+
+static void
+ngx_xmpp_cm_handoff_drop(ngx_connection_t *c, ngx_xmpp_cm_handoff_in_t *in)
+{
+    ngx_free(in);
+    ngx_xmpp_cm_handoff_close(c);
 }
 
 
