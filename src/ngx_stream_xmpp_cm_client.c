@@ -4185,7 +4185,7 @@ ngx_int_t
 ngx_xmpp_cm_client_adopt(ngx_connection_t *c, ngx_xmpp_cm_handoff_hdr_t *h,
     void *data)
 {
-    u_char                          *p, failed[NGX_XMPP_CM_HANDOFF_FAILED_MAX];
+    u_char                          *p, *failed;
     size_t                           n;
     ngx_buf_t                       *b;
     ngx_uint_t                       i;
@@ -4304,17 +4304,18 @@ ngx_xmpp_cm_client_adopt(ngx_connection_t *c, ngx_xmpp_cm_handoff_hdr_t *h,
     /* refused: the <failed/> it queued goes back in the answer */
 
     n = 0;
+    failed = ngx_pnalloc(c->pool, cl->out.size);
 
-    for (ch = cl->out.out; ch; ch = ch->next) {
+    for (ch = cl->out.out; ch && failed; ch = ch->next) {
         b = ch->buf;
+        p = ngx_cpymem(failed + n, b->pos, b->last - b->pos);
+        n = p - failed;
+    }
 
-        if ((size_t) (b->last - b->pos) > sizeof(failed) - n) {
-            n = 0;
-            break;
-        }
+    /* longer than an answer takes: the accepting worker's own */
 
-        ngx_memcpy(failed + n, b->pos, b->last - b->pos);
-        n += b->last - b->pos;
+    if (n > NGX_XMPP_CM_HANDOFF_FAILED_MAX) {
+        n = 0;
     }
 
     (void) ngx_xmpp_cm_handoff_reply(c, NGX_XMPP_CM_HANDOFF_FAILED,

@@ -12,7 +12,8 @@ import struct
 import time
 
 from lib.raw import NS_CLIENT, q
-from lib.util import wait_until
+from test_tls import certs  # noqa: F401 (the fixture)
+from lib.util import free_port, wait_until
 
 NS_SM = "urn:xmpp:sm:3"
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
@@ -468,3 +469,82 @@ def test_backpressure_both_ways(standin, nginx, raw):
     # the whole transfer stayed within a few marks of where it started
     grown = rss_kb(relay, "VmHWM") - before
     assert grown < 2048, "accepting worker peaked %d KiB higher" % grown
+
+
+def test_tls_at_the_accepting_worker(standin, nginx, certs):
+    """Direct TLS: the accepting worker decrypts and encrypts, the relay
+    and the owner see the plain stream."""
+    from conftest import server_block
+    from test_tls import TlsRaw, client_ctx, tls_lines
+    sb = standin()
+    port = free_port()
+    body = server_block(port, "127.0.0.1:%d" % sb.port, connections=2,
+                        listen_extra=" ssl reuseport",
+                        extra=EXTRA + "\n" + tls_lines(certs, None))
+    ngx = nginx(body, standin=sb, port=port, workers=4)
+    ctx = client_ctx(certs)
+
+    def tls():
+        return TlsRaw(port, ctx=ctx, direct=True)
+
+    bob = tls()
+    bob.login("bob", "bobpw", resource="b")
+    a = tls()
+    jid = a.login("alice", "alicepw", resource="t")
+    a.send(ENABLE)
+    a.wait_tag(q(NS_SM, "enabled"))
+    sid = a.stream_id
+    owner = pid_of(sid)
+    for j in range(3):
+        chat(bob, jid, "before-%d" % j)
+    assert bodies(a, 3) == ["before-%d" % j for j in range(3)]
+    drop(a)
+    for j in range(3):
+        chat(bob, jid, "gap-%d" % j)
+
+    for _ in range(80):
+        c = tls()
+        c.open()
+        if pid_of(c.stream_id) != owner:
+            break
+        c.close()
+    assert c.auth_plain("alice", "alicepw").tag.endswith("success")
+    c.restart()
+    el = resume(c, sid, 1)
+    assert el.tag == q(NS_SM, "resumed")
+    assert bodies(c, 5) == ["before-1", "before-2", "gap-0", "gap-1",
+                            "gap-2"]
+    assert ngx.log_lines(r"stream %s relayed to worker %d" % (sid, owner))
+    c.send('<message to="bob@localhost/b" type="chat"><body>over tls'
+           '</body></message>')
+    assert bodies(bob, 1) == ["over tls"]
+
+
+def test_fifty_resume_at_once(standin, nginx, raw):
+    """50 held streams, 50 new connections on whichever worker, the 50
+    <resume/> written before any answer is read."""
+    sb, ngx = start(standin, nginx)
+    bob = raw(ngx.port)
+    bob.login("bob", "bobpw", resource="b")
+    n = 50
+    held = []
+    for i in range(n):
+        a, jid = enabled(raw, ngx, "alice", "f%d" % i)
+        held.append((a.stream_id, jid))
+        drop(a)
+    for sid, jid in held:
+        chat(bob, jid, "gap-%s" % sid)
+    conns = [authenticated(raw, ngx, "alice") for _ in range(n)]
+    for c, (sid, _) in zip(conns, held):
+        c.send("<resume xmlns='%s' previd='%s' h='0'/>" % (NS_SM, sid))
+    crossed = 0
+    for c, (sid, jid) in zip(conns, held):
+        el = c.next_element(10, lambda e: e.tag in (q(NS_SM, "resumed"),
+                                                    q(NS_SM, "failed")))
+        assert el.tag == q(NS_SM, "resumed") and el.get("previd") == sid
+        assert bodies(c, 1) == ["gap-%s" % sid]
+        crossed += pid_of(c.stream_id) != pid_of(sid)
+    # with four workers about three in four cross; all 50 staying local
+    # has a chance of 4^-50
+    assert crossed > 0
+    assert len(ngx.log_lines(r"relayed to worker")) == crossed
