@@ -808,6 +808,10 @@ ngx_xmpp_cm_relay_close(ngx_xmpp_cm_relay_t *r)
 {
     r->data = NULL;
 
+    /* the log's handler names the client's session, which goes now */
+    r->log.handler = NULL;
+    r->log.data = NULL;
+
     if (r->c == NULL || !r->relaying || r->out.size == 0) {
         ngx_xmpp_cm_relay_end(r);
         return;
