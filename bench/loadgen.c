@@ -46,6 +46,9 @@ typedef struct {
     buf_t     in;
     buf_t     out;
     uint64_t  t0;
+    int       sm;                 /* XEP-0198 enabled (LOADGEN_SM) */
+    uint32_t  h;                  /* stanzas received since <enabled/> */
+    uint32_t  sent;               /* messages sent, for our <r/> */
 } cl_t;
 
 typedef struct {
@@ -304,6 +307,31 @@ cl_elem(cl_t *c, const char *s, size_t len)
 
     elem_name(s, len, name, sizeof(name));
 
+    /* LOADGEN_SM: XEP-0198 counted as a client does; <r/> answered */
+
+    if (c->sm && (strcmp(name, "message") == 0
+                  || strcmp(name, "presence") == 0
+                  || strcmp(name, "iq") == 0))
+    {
+        c->h++;
+    }
+
+    if (strcmp(name, "enabled") == 0) {
+        c->sm = 1;
+        return;
+    }
+
+    if (strcmp(name, "r") == 0 && c->sm) {
+        n = snprintf(buf, sizeof(buf), "<a xmlns='urn:xmpp:sm:3' h='%u'/>",
+                     c->h);
+        cl_send(c, buf, n);
+        return;
+    }
+
+    if (strcmp(name, "a") == 0) {
+        return;
+    }
+
     if (strcmp(name, "message") == 0) {
         const char *b = mem_find(s, len, "<body>");
 
@@ -379,6 +407,11 @@ cl_elem(cl_t *c, const char *s, size_t len)
             c->st = ST_SESS;
         } else {
             static const char pres[] = "<presence/>";
+            static const char enable[] = "<enable xmlns='urn:xmpp:sm:3'/>";
+
+            if (getenv("LOADGEN_SM")) {
+                cl_send(c, enable, sizeof(enable) - 1);
+            }
 
             cl_send(c, pres, sizeof(pres) - 1);
             if (c->fd >= 0) {
@@ -551,6 +584,12 @@ run_step(int cmdfd, double rate, char *pending)
                              (unsigned long long) ++msg_seq,
                              (unsigned long long) now_ns(), pad, body_pad);
                 cl_send(c, buf, n);
+
+                if (c->sm && ++c->sent % 10 == 0) {
+                    static const char r[] = "<r xmlns='urn:xmpp:sm:3'/>";
+
+                    cl_send(c, r, sizeof(r) - 1);
+                }
             }
             sent++;
             rep.sent++;

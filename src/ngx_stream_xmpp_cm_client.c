@@ -2216,7 +2216,7 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_conn_t *conn, ngx_xmpp_cm_xml_t *x,
         ngx_xmpp_cm_client_out(cl, p, out, 1);
         p1.data = p;
         p1.len = out;
-        p2.len = 0;
+        ngx_str_null(&p2);
 
     } else if (cl->zlib) {
         ngx_xmpp_cm_xml_pieces(x, n->start, n->end, &p1, &p2);
@@ -2231,7 +2231,7 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_conn_t *conn, ngx_xmpp_cm_xml_t *x,
 
         p1.data = b->last;
         p1.len = ngx_xmpp_cm_xml_copy(x, b->last, n->start, n->end);
-        p2.len = 0;
+        ngx_str_null(&p2);
         b->last += p1.len;
     }
 
@@ -2998,7 +2998,7 @@ ngx_xmpp_cm_client_sasl_account(ngx_xmpp_cm_client_t *cl,
     size_t      len;
     ngx_str_t   src, dec, mech;
 
-    static ngx_str_t  mechs[] = {
+    static const ngx_str_t  mechs[] = {
         ngx_null_string,
         ngx_string("PLAIN"),
         ngx_string("SCRAM"),

@@ -287,6 +287,11 @@ ngx_xmpp_cm_sm_ack(ngx_xmpp_cm_sm_t *sm, uint32_t h)
     while (n) {
         c = sm->head;
 
+        if (c == NULL) {
+            /* cannot happen: count says how many records there are */
+            break;
+        }
+
         ngx_memcpy(&len, c->pos, sizeof(size_t));
         c->pos += sizeof(size_t) + len;
         sm->size -= len;

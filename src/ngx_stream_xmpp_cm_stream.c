@@ -458,6 +458,14 @@ ngx_xmpp_cm_stream_end(ngx_xmpp_cm_stream_t *s, ngx_uint_t how,
         break;
 
     case NGX_XMPP_CM_END_CLOSED:
+        if (s->sm && s->sm->count) {
+            /* Openfire has no session to return them to any more */
+            ngx_log_error(NGX_LOG_INFO, &up->log, 0,
+                          "xmpp_cm: Openfire closed stream %V with %ui "
+                          "stanzas not acknowledged by the client",
+                          &s->node.str, s->sm->count);
+        }
+
         ngx_xmpp_cm_stream_remember(up, &s->node.str);
         break;
 

@@ -92,6 +92,13 @@ BAD = [
     ("watermarks_low_gt_high",
      dict(extra="xmpp_cm_upstream_watermarks 256k 1m;"),
      "xmpp_cm_upstream_watermarks"),
+    ("resume_timeout_over_a_day",
+     dict(extra="xmpp_cm_resume_timeout 25h;"), "xmpp_cm_resume_timeout"),
+    ("resume_timeout_not_a_time",
+     dict(extra="xmpp_cm_resume_timeout soon;"), "xmpp_cm_resume_timeout"),
+    ("stream_management_not_a_flag",
+     dict(extra="xmpp_cm_stream_management maybe;"),
+     "xmpp_cm_stream_management"),
 ]
 
 

@@ -606,3 +606,51 @@ def test_fifty_clients_resume_at_once(standin, nginx, raw):
         c2.wait_for(lambda: bodies(c2) == ["before%d" % i],
                     what="before%d" % i)
     assert len(sb.sessions()) >= n
+
+
+def test_held_for_inactive_client_survive_a_drop(standin, nginx, raw):
+    """XEP-0352 and XEP-0198 together: what the CM held for an inactive
+    client when its connection dropped is kept with the stream and
+    written after the resumption, counted like any stanza."""
+    sb, ngx = start(standin, nginx)
+    a, en = login(raw, ngx)
+    a.send('<inactive xmlns="urn:xmpp:csi:0"/>')
+    route_to(sb, a, '<presence from="carol@localhost/c" '
+                    'to="alice@localhost/sm"><status>away1</status>'
+                    '</presence>')
+    route_to(sb, a, chat("alice@localhost/sm", "urgent", "u1"))
+    a.wait_for(lambda: bodies(a) == ["urgent"], what="urgent")
+    route_to(sb, a, '<presence from="dave@localhost/d" '
+                    'to="alice@localhost/sm"><status>held</status>'
+                    '</presence>')
+    # the held presence does not come while inactive
+    a.pump(0.3)
+    assert "held" not in a.text
+    a.send(ack(2))
+    drop(a)
+    c = authenticate(raw, ngx, "alice", "alicepw")
+    r = resume(c, en.get("id"), 2)
+    assert r.tag == q(SM, "resumed"), tostr(r)
+    p = c.next_element(None, lambda e: e.tag == q(NS_CLIENT, "presence"))
+    assert p.get("from") == "dave@localhost/d"
+    c.send(ack(3))
+    c.send(R)
+    c.wait_tag(q(SM, "a"))
+    assert c.stream_error() is None
+
+
+def test_resume_refused_when_the_account_is_unknown(standin, nginx, raw):
+    """SASL ANONYMOUS names no account: resumption is refused with
+    not-authorized, and the held stream stays resumable."""
+    sb, ngx = start(standin, nginx, mechanisms=["PLAIN", "ANONYMOUS"])
+    a, en = login(raw, ngx)
+    drop(a)
+    c = raw(ngx.port)
+    c.open()
+    c.send('<auth xmlns="%s" mechanism="ANONYMOUS"/>' % NS_SASL)
+    assert sasl_result(c).tag == q(NS_SASL, "success")
+    c.restart()
+    f = resume(c, en.get("id"), 0)
+    assert f.find(q(STANZAS, "not-authorized")) is not None, tostr(f)
+    a2 = authenticate(raw, ngx, "alice", "alicepw")
+    assert resume(a2, en.get("id"), 0).tag == q(SM, "resumed")

@@ -69,7 +69,7 @@ MAX_FRAGMENT = 1048576          # xmpp.parser.buffer.size
 SASL_RETRIES = 3                # xmpp.auth.retries
 SCRAM_ITERATIONS = 4096
 DEFAULT_MECHANISMS = ["PLAIN", "SCRAM-SHA-1", "EXTERNAL", "SCRAM-SHA-1-PLUS"]
-IMPLEMENTED_MECHANISMS = ("PLAIN", "SCRAM-SHA-1", "DIGEST-MD5")
+IMPLEMENTED_MECHANISMS = ("PLAIN", "SCRAM-SHA-1", "DIGEST-MD5", "ANONYMOUS")
 
 # Tinder's legacy error codes: condition -> (code, type)
 STANZA_ERRORS = {
@@ -1121,6 +1121,9 @@ class Openfire:
             if mech == "DIGEST-MD5":
                 # RFC 2831 2.1: the server speaks first (Java's SaslServer)
                 return self.digest_challenge(s)
+            if mech == "ANONYMOUS":
+                # offered only with xmpp.auth.anonymous: a random node
+                return self.sasl_success(s, secrets.token_hex(5))
             if data == "":
                 s.sasl = (mech, "start")
                 return self.deliver_raw(s, '<challenge xmlns="%s"/>' % NS_SASL)
