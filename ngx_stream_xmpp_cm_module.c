@@ -1711,7 +1711,10 @@ ngx_stream_xmpp_cm_init_process(ngx_cycle_t *cycle)
         }
     }
 
-    return NGX_OK;
+    /* XEP-0198 resumptions of this worker's streams at other workers */
+
+    return ngx_xmpp_cm_handoff_init(cycle, wk, ngx_xmpp_cm_client_adopt,
+                                    cmcf);
 }
 
 
@@ -1727,6 +1730,8 @@ ngx_stream_xmpp_cm_exit_process(ngx_cycle_t *cycle)
     if (cmcf == NULL || cmcf->worker == NULL) {
         return;
     }
+
+    ngx_xmpp_cm_handoff_exit(cmcf->worker);
 
     srv = cmcf->servers.elts;
 

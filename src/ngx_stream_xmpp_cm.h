@@ -262,6 +262,28 @@ typedef struct {
 #define NGX_XMPP_CM_UPSTREAM_READ    65536
 #define NGX_XMPP_CM_ZLIB_CHUNK       16384
 
+/* a resumed stream handed to its worker (ngx_stream_xmpp_cm_handoff.c) */
+
+/* what the owner needs to attach the relayed connection */
+
+typedef struct {
+    ngx_str_t                        account;  /* established by SASL */
+    ngx_str_t                        previd;
+    ngx_str_t                        addr;     /* the client's, for logs */
+    ngx_str_t                        lang;     /* the stream's xml:lang */
+    uint32_t                         h;        /* the client's count */
+} ngx_xmpp_cm_handoff_hdr_t;
+
+/*
+ * The owner attaches a relayed connection (client.c, through the worker
+ * context): NGX_OK, it is a client connection now and has answered;
+ * NGX_DONE, it answered failed and closed; NGX_DECLINED, no such stream
+ * (nothing done); NGX_ERROR.
+ */
+
+typedef ngx_int_t (*ngx_xmpp_cm_adopt_pt)(ngx_connection_t *c,
+    ngx_xmpp_cm_handoff_hdr_t *h, void *data);
+
 struct ngx_xmpp_cm_worker_s {
     ngx_queue_t                      clients;      /* for exit */
     ngx_xmpp_cm_parking_t           *parking;      /* parked parsers */
@@ -269,6 +291,9 @@ struct ngx_xmpp_cm_worker_s {
     void                            *metrics_ctx;  /* the zone's */
     ngx_xmpp_cm_metrics_t            metrics_void; /* counts to nowhere */
     ngx_xmpp_cm_output_free_t        output;       /* free bufs, blocks */
+    ngx_connection_t                *handoff;      /* local listener */
+    ngx_xmpp_cm_adopt_pt             adopt;        /* client.c's */
+    void                            *adopt_data;
 
     u_char                           client_buf[NGX_XMPP_CM_CLIENT_READ];
     u_char                           upstream_buf[NGX_XMPP_CM_UPSTREAM_READ];
@@ -863,11 +888,12 @@ ngx_int_t ngx_xmpp_cm_zlib_inflate(ngx_xmpp_cm_zlib_t *z, u_char *p,
  * WebSocket of ngx_http_xmpp_cm_websocket_module.c.  Its connection's
  * c->data is not a stream session (an http request: its signature is not
  * "STRM"), and ngx_xmpp_cm_transport_of(c), set by the transport's
- * module, finds the transport of such a connection.  The client engine hands it the bytes it reads (input: it feeds whole
- * elements back with ngx_xmpp_cm_client_feed()) and the XMPP stream it
- * writes (output: it frames the elements into the client's output
- * chain); pending is a frame not complete yet, for the stanza timeout;
- * finalize closes the connection.
+ * module, finds the transport of such a connection.  The client engine
+ * hands it the bytes it reads (input: it feeds whole elements back with
+ * ngx_xmpp_cm_client_feed()) and the XMPP stream it writes (output: it
+ * frames the elements into the client's output chain); pending is a
+ * frame not complete yet, for the stanza timeout; finalize closes the
+ * connection.
  */
 
 typedef struct ngx_xmpp_cm_transport_s  ngx_xmpp_cm_transport_t;
@@ -883,6 +909,52 @@ struct ngx_xmpp_cm_transport_s {
     const ngx_xmpp_cm_transport_handler_t  *handler;
     ngx_xmpp_cm_client_t                   *client;
 };
+
+
+/*
+ * Handing a resumed stream to the worker that holds it
+ * (ngx_stream_xmpp_cm_handoff.c).  Each worker listens on a local socket
+ * of its own; the worker that accepted a resumption relays the client's
+ * decrypted, inflated bytes to the owner and the owner's bytes back.
+ */
+
+#define NGX_XMPP_CM_HANDOFF_OK      0
+#define NGX_XMPP_CM_HANDOFF_FAILED  1
+#define NGX_XMPP_CM_HANDOFF_FAILED_MAX  255    /* its <failed/> */
+
+typedef struct ngx_xmpp_cm_relay_s  ngx_xmpp_cm_relay_t;
+
+/* how the relay reaches the client connection it serves */
+
+typedef struct {
+    /* the owner's bytes; NGX_AGAIN: taken, but read no more for now */
+    ngx_int_t  (*out)(void *data, u_char *p, size_t n);
+    /*
+     * the owner's answer: NGX_XMPP_CM_HANDOFF_OK, or FAILED with the
+     * owner's <failed/> element (NULL: not reached, item-not-found)
+     */
+    void       (*status)(void *data, ngx_uint_t status, ngx_str_t *failed);
+    /* the relay drained below its mark: read the client again */
+    void       (*unblock)(void *data);
+    /* the relay ended (the owner closed, failed, or timed out) */
+    void       (*closed)(void *data);
+} ngx_xmpp_cm_relay_handler_t;
+
+ngx_int_t ngx_xmpp_cm_handoff_init(ngx_cycle_t *cycle,
+    ngx_xmpp_cm_worker_t *wk, ngx_xmpp_cm_adopt_pt adopt, void *data);
+void ngx_xmpp_cm_handoff_exit(ngx_xmpp_cm_worker_t *wk);
+ngx_int_t ngx_xmpp_cm_handoff_reply(ngx_connection_t *c, ngx_uint_t status,
+    u_char *failed, size_t len);
+ngx_xmpp_cm_relay_t *ngx_xmpp_cm_relay_create(ngx_connection_t *client,
+    ngx_xmpp_cm_worker_t *wk, const ngx_xmpp_cm_relay_handler_t *handler,
+    void *data);
+ngx_xmpp_cm_handoff_hdr_t *ngx_xmpp_cm_relay_hdr(ngx_xmpp_cm_relay_t *r);
+ngx_int_t ngx_xmpp_cm_relay_start(ngx_xmpp_cm_relay_t *r, ngx_pid_t owner);
+ngx_int_t ngx_xmpp_cm_relay_send(ngx_xmpp_cm_relay_t *r, u_char *p,
+    size_t n);
+ngx_uint_t ngx_xmpp_cm_relay_full(ngx_xmpp_cm_relay_t *r);
+void ngx_xmpp_cm_relay_drained(ngx_xmpp_cm_relay_t *r);
+void ngx_xmpp_cm_relay_close(ngx_xmpp_cm_relay_t *r);
 
 
 /* client stream (ngx_stream_xmpp_cm_client.c) */
@@ -904,6 +976,8 @@ extern ngx_xmpp_cm_transport_t *(*ngx_xmpp_cm_transport_of)(
 void ngx_xmpp_cm_client_shutdown_all(ngx_xmpp_cm_worker_t *worker);
 ngx_int_t ngx_xmpp_cm_client_variable(ngx_stream_session_t *s,
     ngx_uint_t which, ngx_str_t *value);
+ngx_int_t ngx_xmpp_cm_client_adopt(ngx_connection_t *c,
+    ngx_xmpp_cm_handoff_hdr_t *h, void *data);
 
 
 #endif /* _NGX_STREAM_XMPP_CM_H_INCLUDED_ */

@@ -16,6 +16,8 @@
 
 #define NGX_XMPP_CM_LINGER         5000
 
+/* a relayed client's queued output over which the owner is not read */
+#define NGX_XMPP_CM_CLIENT_RELAY_MARK  65536
 /* XEP-0198: when the CM asks the client for an ack (<r/>) */
 #define NGX_XMPP_CM_SM_R_COUNT     10      /* stanzas since the last <r/> */
 #define NGX_XMPP_CM_SM_R_BYTES     16384   /* bytes since the last <r/> */
@@ -43,6 +45,10 @@
 #define NGX_XMPP_CM_PHASE_STARTTLS  2   /* <proceed/> drains: no reads */
 #define NGX_XMPP_CM_PHASE_HALF      3   /* client EOF: IQ replies awaited */
 #define NGX_XMPP_CM_PHASE_CLOSING   4   /* end queued: input dropped, linger */
+#define NGX_XMPP_CM_PHASE_HANDOFF   5   /* <resume/> sent to its worker */
+#define NGX_XMPP_CM_PHASE_RELAY     6   /* bytes relayed to that worker */
+
+#define NGX_XMPP_NS_SM              "urn:xmpp:sm:3"
 
 
 /* XEP-0078: the client's jabber:iq:auth set waiting for Openfire */
@@ -89,6 +95,7 @@ struct ngx_xmpp_cm_client_s {
     ngx_xmpp_cm_xml_t               *xml;
     ngx_xmpp_cm_output_t             out;
     ngx_xmpp_cm_zlib_t              *zlib;
+    ngx_xmpp_cm_relay_t             *relay;       /* to another worker */
     XML_Index                        zstart;
     ngx_str_t                        domain;
     ngx_str_t                        streamid;
@@ -142,6 +149,22 @@ static void ngx_xmpp_cm_client_stream_handler(ngx_event_t *rev);
 static void ngx_xmpp_cm_client_block_read(ngx_event_t *rev);
 static void ngx_xmpp_cm_client_half_closed_handler(ngx_event_t *rev);
 static void ngx_xmpp_cm_client_closing_handler(ngx_event_t *rev);
+static void ngx_xmpp_cm_client_relay_handler(ngx_event_t *rev);
+static ngx_int_t ngx_xmpp_cm_client_relayed(ngx_xmpp_cm_client_t *cl,
+    u_char *buf, size_t n);
+static ngx_int_t ngx_xmpp_cm_client_relay_in(void *data, u_char *p,
+    size_t n);
+static ngx_int_t ngx_xmpp_cm_client_relay_out(void *data, u_char *p,
+    size_t n);
+static void ngx_xmpp_cm_client_relay_status(void *data, ngx_uint_t status,
+    ngx_str_t *failed);
+static void ngx_xmpp_cm_client_relay_unblock(void *data);
+static void ngx_xmpp_cm_client_relay_closed(void *data);
+static ngx_int_t ngx_xmpp_cm_client_handoff(ngx_xmpp_cm_client_t *cl,
+    ngx_str_t *previd, uint32_t h);
+static ngx_int_t ngx_xmpp_cm_client_reroot(ngx_xmpp_cm_client_t *cl);
+static ngx_int_t ngx_xmpp_cm_client_relayed_open(void *data,
+    ngx_str_t *name, ngx_str_t *ns, const XML_Char **attrs);
 static ngx_int_t ngx_xmpp_cm_client_wake(ngx_xmpp_cm_client_t *cl,
     ngx_event_t *rev);
 static void ngx_xmpp_cm_client_shutdown(ngx_xmpp_cm_client_t *cl);
@@ -274,6 +297,24 @@ static ngx_xmpp_cm_xml_handlers_t  ngx_xmpp_cm_client_stream_xml = {
     ngx_xmpp_cm_client_stream_start,
     ngx_xmpp_cm_client_element,
     ngx_xmpp_cm_client_close
+};
+
+/* a relayed connection's synthetic root (ngx_xmpp_cm_client_adopt) */
+
+static ngx_xmpp_cm_xml_handlers_t  ngx_xmpp_cm_client_relayed_xml = {
+    ngx_xmpp_cm_client_relayed_open,
+    ngx_xmpp_cm_client_stream_start,
+    ngx_xmpp_cm_client_element,
+    ngx_xmpp_cm_client_close
+};
+
+/* how a relay to another worker reaches this connection */
+
+static const ngx_xmpp_cm_relay_handler_t  ngx_xmpp_cm_client_relay = {
+    ngx_xmpp_cm_client_relay_out,
+    ngx_xmpp_cm_client_relay_status,
+    ngx_xmpp_cm_client_relay_unblock,
+    ngx_xmpp_cm_client_relay_closed
 };
 
 
@@ -437,7 +478,9 @@ ngx_xmpp_cm_client_phase(ngx_xmpp_cm_client_t *cl, ngx_uint_t phase)
         ngx_xmpp_cm_client_stream_handler,
         ngx_xmpp_cm_client_block_read,
         ngx_xmpp_cm_client_half_closed_handler,
-        ngx_xmpp_cm_client_closing_handler
+        ngx_xmpp_cm_client_closing_handler,
+        ngx_xmpp_cm_client_block_read,
+        ngx_xmpp_cm_client_relay_handler
     };
 
     cl->phase = phase;
@@ -1036,6 +1079,10 @@ ngx_xmpp_cm_client_input(ngx_xmpp_cm_client_t *cl, u_char *buf, size_t n)
 {
     size_t     rest;
     ngx_int_t  rc;
+
+    if (cl->phase == NGX_XMPP_CM_PHASE_RELAY) {
+        return ngx_xmpp_cm_client_relayed(cl, buf, n);
+    }
 
     if (cl->zlib && !cl->zlib_pending) {
         goto inflate;
@@ -2650,10 +2697,12 @@ ngx_xmpp_cm_client_sm(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
 
         if (ngx_xmpp_cm_client_resume(cl, &cl->account, &previd,
                                       (uint32_t) n)
-            == NGX_DECLINED)
+            == NGX_DECLINED
+            && ngx_xmpp_cm_client_handoff(cl, &previd, (uint32_t) n)
+               == NGX_DONE)
         {
-            /* another worker's stream: not reachable from here */
-            ngx_xmpp_cm_client_sm_failed(cl, "item-not-found");
+            /* another worker's stream: handed to it, its answer awaited */
+            return NGX_DONE;
         }
 
         return cl->phase == NGX_XMPP_CM_PHASE_CLOSING ? NGX_DONE : NGX_OK;
@@ -2951,9 +3000,13 @@ ngx_xmpp_cm_client_resume(ngx_xmpp_cm_client_t *cl, ngx_str_t *account,
     /* the new connection's own session (never bound) is closed now */
 
     own = cl->stream;
-    cl->stream = NULL;
-    own->discard = 1;
-    ngx_xmpp_cm_stream_detach(own);
+
+    if (own) {
+        /* a connection relayed from another worker has none */
+        cl->stream = NULL;
+        own->discard = 1;
+        ngx_xmpp_cm_stream_detach(own);
+    }
 
     ngx_xmpp_cm_stream_take(s, &cl->conn, "conflict",
                             "the stream was resumed on another connection");
@@ -3622,6 +3675,11 @@ ngx_xmpp_cm_client_write_handler(ngx_event_t *wev)
         return;
     }
 
+    if (cl->relay && cl->out.size < NGX_XMPP_CM_CLIENT_RELAY_MARK) {
+        /* the owner worker's output is read again */
+        ngx_xmpp_cm_relay_drained(cl->relay);
+    }
+
 #if (NGX_STREAM_SSL)
     if (rc == NGX_OK && cl->phase == NGX_XMPP_CM_PHASE_STARTTLS
         && c->ssl == NULL)
@@ -3854,6 +3912,11 @@ ngx_xmpp_cm_client_cleanup(void *data)
 
     ngx_xmpp_cm_client_detach(cl);
 
+    if (cl->relay) {
+        ngx_xmpp_cm_relay_close(cl->relay);
+        cl->relay = NULL;
+    }
+
     if (cl->authenticated) {
         if (cl->heap.csi) {
             ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
@@ -3956,4 +4019,482 @@ ngx_xmpp_cm_client_shutdown_all(ngx_xmpp_cm_worker_t *worker)
         ngx_xmpp_cm_client_drain(cl);
         ngx_xmpp_cm_client_finalize(cl);
     }
+}
+
+
+/*
+ * XEP-0198 resumption at another worker than the one holding the stream
+ * (ngx_stream_xmpp_cm_handoff.c).  The accepting worker's side: the
+ * <resume/> goes to the owner as a request and reading stops until its
+ * answer; then the client's bytes, decrypted and inflated here, go to the
+ * owner, and the owner's come back through this connection's output
+ * (deflate, TLS).  NGX_DONE: the request is on its way; NGX_OK: the
+ * owner cannot be reached, <failed/> is sent and the stream goes on.
+ */
+
+static ngx_int_t
+ngx_xmpp_cm_client_handoff(ngx_xmpp_cm_client_t *cl, ngx_str_t *previd,
+    uint32_t h)
+{
+    ngx_pid_t                   owner;
+    ngx_xmpp_cm_relay_t        *r;
+    ngx_xmpp_cm_handoff_hdr_t  *hdr;
+
+    r = NULL;
+
+    /*
+     * the owner attaches the relay as a byte stream: a web transport's
+     * frames are not one, so its streams resume at their own worker only
+     */
+
+    if (ngx_xmpp_cm_sm_previd(previd, &owner) != NGX_OK || cl->relay
+        || cl->s == NULL)
+    {
+        goto failed;
+    }
+
+    r = ngx_xmpp_cm_relay_create(cl->c, cl->up->worker,
+                                 &ngx_xmpp_cm_client_relay, cl);
+    if (r == NULL) {
+        goto failed;
+    }
+
+    hdr = ngx_xmpp_cm_relay_hdr(r);
+    hdr->account = cl->account;
+    hdr->previd = *previd;
+    hdr->h = h;
+    hdr->addr = cl->c->addr_text;
+    hdr->lang.data = cl->lang;
+    hdr->lang.len = ngx_strlen(cl->lang);
+
+    /* the request is written into the relay's output here */
+
+    if (ngx_xmpp_cm_relay_start(r, owner) != NGX_OK) {
+        ngx_xmpp_cm_relay_close(r);
+        goto failed;
+    }
+
+    cl->relay = r;
+    ngx_xmpp_cm_client_phase(cl, NGX_XMPP_CM_PHASE_HANDOFF);
+    cl->c->log->action = "handing a resumed stream to its worker";
+
+    /* the client awaits <resumed/>: the rest of this read is not read */
+    return NGX_DONE;
+
+failed:
+
+    ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
+                  "xmpp_cm: resumption of \"%V\" refused: its worker is "
+                  "not reachable", previd);
+
+    ngx_xmpp_cm_client_sm_failed(cl, "item-not-found");
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_xmpp_cm_client_relay_status(void *data, ngx_uint_t status,
+    ngx_str_t *failed)
+{
+    ngx_xmpp_cm_client_t *cl = data;
+
+    ngx_connection_t  *c;
+
+    c = cl->c;
+
+    if (status != NGX_XMPP_CM_HANDOFF_OK) {
+        /*
+         * The relay ends itself; this stream goes on as it was, on a
+         * fresh parser inside a synthetic root (the framer stopped at the
+         * <resume/>).
+         */
+
+        cl->relay = NULL;
+
+        if (failed) {
+            /* the owner's own <failed/>, as its resume wrote it */
+            ngx_xmpp_cm_client_send(cl, failed->data, failed->len);
+
+        } else {
+            ngx_xmpp_cm_client_sm_failed(cl, "item-not-found");
+        }
+
+        if (ngx_xmpp_cm_client_reroot(cl) != NGX_OK) {
+            ngx_xmpp_cm_client_end(cl, "internal-server-error", NULL,
+                                   NULL, 0);
+            return;
+        }
+
+        ngx_xmpp_cm_client_phase(cl, NGX_XMPP_CM_PHASE_STREAM);
+        c->log->action = "in an authenticated XMPP stream";
+        ngx_post_event(c->read, &ngx_posted_events);
+        return;
+    }
+
+    /*
+     * The owner took the stream over: this connection's own Openfire
+     * session goes (close delay, then <close/>), and the owner's idle
+     * timeout governs the relayed stream.
+     */
+
+    if (cl->stream) {
+        cl->stream->discard = 1;
+    }
+
+    ngx_xmpp_cm_client_detach(cl);
+    ngx_xmpp_cm_client_phase(cl, NGX_XMPP_CM_PHASE_RELAY);
+
+    /* the stream is parsed at the owner: this parser is not needed */
+    ngx_xmpp_cm_xml_free(cl->xml);
+
+    c->log->action = "relaying a resumed stream";
+
+    if (c->read->timer_set && !c->read->delayed) {
+        ngx_del_timer(c->read);
+    }
+
+    ngx_post_event(c->read, &ngx_posted_events);
+}
+
+
+/* relaying: the client's bytes to the owner, as long as it drains them */
+
+static void
+ngx_xmpp_cm_client_relay_handler(ngx_event_t *rev)
+{
+    ssize_t                n;
+    ngx_connection_t      *c;
+    ngx_xmpp_cm_client_t  *cl;
+
+    cl = ngx_xmpp_cm_client_of(rev);
+    c = cl->c;
+
+    if (c->close) {
+        ngx_xmpp_cm_client_shutdown(cl);
+        return;
+    }
+
+    if (rev->timedout) {
+        /* only xmpp_cm_limit_rate sets a timer here */
+        rev->timedout = 0;
+        rev->delayed = 0;
+    }
+
+    while (cl->relay && !ngx_xmpp_cm_relay_full(cl->relay)) {
+
+        if (!rev->ready && c->ssl == NULL) {
+            break;
+        }
+
+        n = ngx_xmpp_cm_client_recv(cl, NGX_XMPP_CM_CLIENT_READ);
+
+        if (n == NGX_AGAIN) {
+            break;
+        }
+
+        if (n == NGX_DONE) {
+            return;
+        }
+
+        if (ngx_xmpp_cm_client_input(cl, cl->up->worker->client_buf, n)
+            != NGX_OK)
+        {
+            return;
+        }
+    }
+
+    if (ngx_handle_read_event(rev, 0) != NGX_OK) {
+        ngx_xmpp_cm_client_finalize(cl);
+    }
+}
+
+
+static ngx_int_t
+ngx_xmpp_cm_client_relayed(ngx_xmpp_cm_client_t *cl, u_char *buf, size_t n)
+{
+    ngx_int_t  rc;
+
+    if (cl->zlib) {
+        rc = ngx_xmpp_cm_zlib_inflate(cl->zlib, buf, n,
+                                      ngx_xmpp_cm_client_relay_in, cl);
+
+    } else {
+        rc = ngx_xmpp_cm_client_relay_in(cl, buf, n);
+    }
+
+    if (rc != NGX_OK) {
+        ngx_xmpp_cm_client_finalize(cl);
+        return NGX_DONE;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_xmpp_cm_client_relay_in(void *data, u_char *p, size_t n)
+{
+    ngx_xmpp_cm_client_t *cl = data;
+
+    if (cl->relay == NULL
+        || ngx_xmpp_cm_relay_send(cl->relay, p, n) == NGX_ERROR)
+    {
+        return NGX_ERROR;
+    }
+
+    /* over the mark: the read loop stops, the relay's unblock resumes it */
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_xmpp_cm_client_relay_out(void *data, u_char *p, size_t n)
+{
+    ngx_xmpp_cm_client_t *cl = data;
+
+    if (cl->phase != NGX_XMPP_CM_PHASE_RELAY) {
+        return NGX_ERROR;
+    }
+
+    ngx_xmpp_cm_client_out(cl, p, n, 1);
+
+    if (cl->c->error) {
+        return NGX_ERROR;
+    }
+
+    return cl->out.size >= NGX_XMPP_CM_CLIENT_RELAY_MARK ? NGX_AGAIN : NGX_OK;
+}
+
+
+static void
+ngx_xmpp_cm_client_relay_unblock(void *data)
+{
+    ngx_xmpp_cm_client_t *cl = data;
+
+    ngx_post_event(cl->c->read, &ngx_posted_events);
+}
+
+
+/*
+ * The owner ended the relayed stream (its </stream:stream> or stream
+ * error came through already), or the relay failed: what is queued goes
+ * out, then the linger, as for any end; nothing is added.
+ */
+
+static void
+ngx_xmpp_cm_client_relay_closed(void *data)
+{
+    ngx_xmpp_cm_client_t *cl = data;
+
+    ngx_event_t  *rev;
+
+    cl->relay = NULL;
+
+    ngx_xmpp_cm_client_phase(cl, NGX_XMPP_CM_PHASE_CLOSING);
+
+    rev = cl->c->read;
+    rev->delayed = 0;
+
+    if (rev->timer_set) {
+        ngx_del_timer(rev);
+    }
+
+    ngx_add_timer(rev, NGX_XMPP_CM_LINGER);
+    ngx_post_event(cl->c->write, &ngx_posted_events);
+}
+
+
+/*
+ * The owner's side: a relayed connection becomes a client connection of
+ * the held stream's server, authenticated, in the post-authentication
+ * phase, with the framer inside a synthetic root, and the resumption is
+ * done as for a local connection (ngx_xmpp_cm_client_resume).  The
+ * answer goes back first: OK, then <resumed/> and what is sent again
+ * follow through the relay; or failed, with the <failed/> the resume
+ * wrote, and the connection ends.  NGX_DECLINED: no such stream here,
+ * nothing created (the caller answers item-not-found); NGX_DONE: answered
+ * and ended; NGX_ERROR: nothing created.
+ */
+
+ngx_int_t
+ngx_xmpp_cm_client_adopt(ngx_connection_t *c, ngx_xmpp_cm_handoff_hdr_t *h,
+    void *data)
+{
+    u_char                          *p, *failed;
+    size_t                           n;
+    ngx_buf_t                       *b;
+    ngx_uint_t                       i;
+    ngx_time_t                      *tp;
+    ngx_chain_t                     *ch;
+    ngx_stream_session_t            *s;
+    ngx_xmpp_cm_stream_t            *st;
+    ngx_xmpp_cm_client_t            *cl;
+    ngx_stream_core_srv_conf_t      *cscf;
+    ngx_stream_core_main_conf_t     *ccmf;
+    ngx_stream_xmpp_cm_srv_conf_t  **srv, *conf;
+    ngx_stream_xmpp_cm_main_conf_t  *cmcf = data;
+
+    st = NULL;
+    srv = cmcf->servers.elts;
+
+    for (i = 0; i < cmcf->servers.nelts && st == NULL; i++) {
+        if (srv[i]->up) {
+            st = ngx_xmpp_cm_stream_find(srv[i]->up, &h->previd);
+        }
+    }
+
+    if (st == NULL) {
+        return NGX_DECLINED;
+    }
+
+    conf = st->up->conf;
+
+    s = ngx_pcalloc(c->pool, sizeof(ngx_stream_session_t));
+    if (s == NULL) {
+        return NGX_ERROR;
+    }
+
+    s->signature = NGX_STREAM_MODULE;
+    s->main_conf = conf->ctx->main_conf;
+    s->srv_conf = conf->ctx->srv_conf;
+    s->connection = c;
+
+    ccmf = ngx_stream_get_module_main_conf(s, ngx_stream_core_module);
+
+    s->ctx = ngx_pcalloc(c->pool, sizeof(void *) * ngx_stream_max_module);
+    s->variables = ngx_pcalloc(c->pool, ccmf->variables.nelts
+                                        * sizeof(ngx_stream_variable_value_t));
+    if (s->ctx == NULL || s->variables == NULL) {
+        return NGX_ERROR;
+    }
+
+    tp = ngx_timeofday();
+    s->start_sec = tp->sec;
+    s->start_msec = tp->msec;
+
+    cscf = ngx_stream_get_module_srv_conf(s, ngx_stream_core_module);
+
+    cl = ngx_xmpp_cm_client_create(c, conf, s);
+    if (cl == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_stream_set_ctx(s, cl, ngx_stream_xmpp_cm_module);
+
+    /* the request's buffer goes after this call: keep what stays */
+
+    c->data = s;
+    c->addr_text.data = ngx_pstrdup(c->pool, &h->addr);
+    c->addr_text.len = c->addr_text.data ? h->addr.len : 0;
+    ngx_set_connection_log(c, cscf->error_log);
+
+#if (NGX_STAT_STUB)
+    /* ngx_stream_close_connection() counts it out */
+    (void) ngx_atomic_fetch_add(ngx_stat_active, 1);
+#endif
+
+    c->write->handler = ngx_xmpp_cm_client_write_handler;
+
+    if (ngx_xmpp_cm_client_reroot(cl) != NGX_OK) {
+        goto end;
+    }
+
+    ngx_xmpp_cm_metrics_authenticated(cl->up, 0);
+    cl->authenticated = 1;
+    cl->header_sent = 1;
+    cl->rate_credit = NGX_MAX_OFF_T_VALUE;
+    cl->domain = cl->up->domain;
+
+    if (h->lang.len < sizeof(cl->lang)) {
+        p = ngx_cpymem(cl->lang, h->lang.data, h->lang.len);
+        *p = '\0';
+    }
+
+    ngx_xmpp_cm_xml_limits(cl->xml, conf->max_stanza, conf->max_depth);
+    ngx_xmpp_cm_client_phase(cl, NGX_XMPP_CM_PHASE_STREAM);
+    c->log->action = "in a relayed XMPP stream";
+
+    cl->account.data = ngx_pstrdup(c->pool, &h->account);
+    cl->account.len = cl->account.data ? h->account.len : 0;
+
+    (void) ngx_xmpp_cm_client_resume(cl, &h->account, &h->previd, h->h);
+
+    if (cl->stream) {
+        ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                      "xmpp_cm: client %V resumed stream %V through a relay",
+                      &h->addr, &cl->stream->node.str);
+
+        if (ngx_xmpp_cm_handoff_reply(c, NGX_XMPP_CM_HANDOFF_OK, NULL, 0)
+            != NGX_OK)
+        {
+            c->error = 1;
+        }
+
+        if (conf->idle_timeout) {
+            ngx_add_timer(c->read, conf->idle_timeout);
+        }
+
+        ngx_post_event(c->read, &ngx_posted_events);
+        return NGX_OK;
+    }
+
+    /* refused: the <failed/> it queued goes back in the answer */
+
+    n = 0;
+    failed = ngx_pnalloc(c->pool, cl->out.size);
+
+    for (ch = cl->out.out; ch && failed; ch = ch->next) {
+        b = ch->buf;
+        p = ngx_cpymem(failed + n, b->pos, b->last - b->pos);
+        n = p - failed;
+    }
+
+    /* longer than an answer takes: the accepting worker's own */
+
+    if (n > NGX_XMPP_CM_HANDOFF_FAILED_MAX) {
+        n = 0;
+    }
+
+    (void) ngx_xmpp_cm_handoff_reply(c, NGX_XMPP_CM_HANDOFF_FAILED,
+                                     failed, n);
+
+end:
+
+    ngx_xmpp_cm_output_free(&cl->out);
+    ngx_xmpp_cm_client_finalize(cl);
+
+    return NGX_DONE;
+}
+
+
+/*
+ * A fresh parser inside a synthetic root, as if the stream had been
+ * opened and answered: a relayed connection at the owner, or a stream
+ * whose framer stopped at a <resume/> that failed at the owner.
+ */
+
+static ngx_int_t
+ngx_xmpp_cm_client_reroot(ngx_xmpp_cm_client_t *cl)
+{
+    static u_char  root[] = "<stream:stream xmlns=\"" NGX_XMPP_NS_CLIENT
+                            "\" xmlns:stream=\"" NGX_XMPP_NS_STREAMS "\">";
+
+    if (ngx_xmpp_cm_xml_reset(cl->xml) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    ngx_xmpp_cm_xml_handlers(cl->xml, &ngx_xmpp_cm_client_relayed_xml, cl);
+
+    return ngx_xmpp_cm_xml_feed(cl->xml, root, sizeof(root) - 1);
+}
+
+
+/* the synthetic root of a relayed connection: already answered */
+
+static ngx_int_t
+ngx_xmpp_cm_client_relayed_open(void *data, ngx_str_t *name, ngx_str_t *ns,
+    const XML_Char **attrs)
+{
+    return NGX_OK;
 }

@@ -17,6 +17,7 @@ RANK = {
     "ngx_http_xmpp_cm_websocket_module": 9,
     "ngx_stream_xmpp_cm_client": 8,
     "ngx_stream_xmpp_cm_stream": 7,
+    "ngx_stream_xmpp_cm_handoff": 7,
     "ngx_stream_xmpp_cm_sm": 6.5,
     "ngx_stream_xmpp_cm_route": 6,
     "ngx_stream_xmpp_cm_upstream": 5,
