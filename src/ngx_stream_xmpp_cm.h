@@ -183,6 +183,10 @@ typedef struct {
 } ngx_stream_xmpp_cm_main_conf_t;
 
 
+ngx_stream_xmpp_cm_srv_conf_t *ngx_stream_xmpp_cm_find_name(
+    ngx_cycle_t *cycle, ngx_str_t *name);
+
+
 extern ngx_module_t  ngx_stream_xmpp_cm_module;
 
 
