@@ -196,6 +196,7 @@ enum {
     NGX_XMPP_CM_M_SOCK_CONNECTING,
     NGX_XMPP_CM_M_SOCK_HANDSHAKE,
     NGX_XMPP_CM_M_SOCK_READY,
+    NGX_XMPP_CM_M_WEBSOCKET,
 
     /* counters */
     NGX_XMPP_CM_M_OPENED,
@@ -214,6 +215,7 @@ enum {
     NGX_XMPP_CM_M_DROP_CLOSED_STREAM,
     NGX_XMPP_CM_M_DROP_TOO_LARGE,
     NGX_XMPP_CM_M_DROP_UNPARSEABLE,
+    NGX_XMPP_CM_M_WEBSOCKET_OPENED,
     NGX_XMPP_CM_M_STREAM_ERROR            /* one per condition, then "other" */
 };
 
@@ -289,6 +291,8 @@ void ngx_xmpp_cm_metrics_stream_closed(ngx_xmpp_cm_upstream_t *up,
     ngx_uint_t authenticated);
 void ngx_xmpp_cm_metrics_iq_auth(ngx_xmpp_cm_upstream_t *up, ngx_str_t *type);
 void ngx_xmpp_cm_metrics_returned(ngx_xmpp_cm_upstream_t *up, ngx_int_t rc);
+void ngx_xmpp_cm_metrics_websocket(ngx_xmpp_cm_upstream_t *up,
+    ngx_uint_t open);
 ngx_int_t ngx_xmpp_cm_metrics_render(ngx_cycle_t *cycle, ngx_pool_t *pool,
     ngx_str_t *out);
 
@@ -690,9 +694,49 @@ ngx_int_t ngx_xmpp_cm_zlib_inflate(ngx_xmpp_cm_zlib_t *z, u_char *p,
     size_t len, ngx_xmpp_cm_zlib_pt handler, void *data);
 
 
+/*
+ * A client transport other than the stream module's byte stream: the
+ * WebSocket of ngx_http_xmpp_cm_websocket_module.c.  Its connection's
+ * c->data is not a stream session (an http request: its signature is not
+ * "STRM"), and ngx_xmpp_cm_transport_of(c), set by the transport's
+ * module, finds the transport of such a connection.  The client engine hands it the bytes it reads (input: it feeds whole
+ * elements back with ngx_xmpp_cm_client_feed()) and the XMPP stream it
+ * writes (output: it frames the elements into the client's output
+ * chain); pending is a frame not complete yet, for the stanza timeout;
+ * finalize closes the connection.
+ */
+
+typedef struct ngx_xmpp_cm_transport_s  ngx_xmpp_cm_transport_t;
+
+typedef struct {
+    ngx_int_t  (*input)(ngx_xmpp_cm_transport_t *t, u_char *p, size_t n);
+    ngx_int_t  (*output)(ngx_xmpp_cm_transport_t *t, u_char *p, size_t n);
+    size_t     (*pending)(ngx_xmpp_cm_transport_t *t, XML_Index *base);
+    void       (*finalize)(ngx_xmpp_cm_transport_t *t);
+} ngx_xmpp_cm_transport_handler_t;
+
+struct ngx_xmpp_cm_transport_s {
+    const ngx_xmpp_cm_transport_handler_t  *handler;
+    ngx_xmpp_cm_client_t                   *client;
+};
+
+
 /* client stream (ngx_stream_xmpp_cm_client.c) */
 
 void ngx_stream_xmpp_cm_handler(ngx_stream_session_t *s);
+ngx_xmpp_cm_client_t *ngx_xmpp_cm_client_create(ngx_connection_t *c,
+    ngx_stream_xmpp_cm_srv_conf_t *conf, ngx_stream_session_t *s);
+void ngx_xmpp_cm_client_run(ngx_xmpp_cm_client_t *cl, u_char *p, size_t n);
+ngx_int_t ngx_xmpp_cm_client_feed(ngx_xmpp_cm_client_t *cl, u_char *p,
+    size_t n);
+void ngx_xmpp_cm_client_error(ngx_xmpp_cm_client_t *cl, char *cond,
+    char *text);
+ngx_uint_t ngx_xmpp_cm_client_opened(ngx_xmpp_cm_client_t *cl);
+size_t ngx_xmpp_cm_client_max(ngx_xmpp_cm_client_t *cl);
+ngx_xmpp_cm_output_t *ngx_xmpp_cm_client_output(ngx_xmpp_cm_client_t *cl);
+
+extern ngx_xmpp_cm_transport_t *(*ngx_xmpp_cm_transport_of)(
+    ngx_connection_t *c);
 void ngx_xmpp_cm_client_shutdown_all(ngx_xmpp_cm_worker_t *worker);
 ngx_int_t ngx_xmpp_cm_client_variable(ngx_stream_session_t *s,
     ngx_uint_t which, ngx_str_t *value);

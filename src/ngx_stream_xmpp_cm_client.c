@@ -69,7 +69,8 @@ typedef struct {
 
 struct ngx_xmpp_cm_client_s {
     ngx_xmpp_cm_conn_t               conn;        /* first: the stream's view */
-    ngx_stream_session_t            *s;
+    ngx_stream_session_t            *s;           /* NULL: c->data is a web
+                                                     transport */
     ngx_connection_t                *c;
     ngx_stream_xmpp_cm_srv_conf_t   *conf;
     ngx_xmpp_cm_upstream_t          *up;
@@ -111,6 +112,13 @@ struct ngx_xmpp_cm_client_s {
 
     ngx_uint_t                       iq_pending;   /* IQ get/set unanswered */
 };
+
+
+/* a client with no stream session: its transport's */
+#define ngx_xmpp_cm_client_transport(cl)  ngx_xmpp_cm_transport_of((cl)->c)
+
+
+ngx_xmpp_cm_transport_t  *(*ngx_xmpp_cm_transport_of)(ngx_connection_t *c);
 
 
 static void ngx_xmpp_cm_client_phase(ngx_xmpp_cm_client_t *cl,
@@ -240,21 +248,56 @@ static ngx_xmpp_cm_xml_handlers_t  ngx_xmpp_cm_client_stream_xml = {
 void
 ngx_stream_xmpp_cm_handler(ngx_stream_session_t *s)
 {
+    u_char                         *p;
+    size_t                          n;
     ngx_connection_t               *c;
-    ngx_pool_cleanup_t             *cln;
     ngx_xmpp_cm_client_t           *cl;
     ngx_stream_xmpp_cm_srv_conf_t  *conf;
 
     c = s->connection;
     conf = ngx_stream_get_module_srv_conf(s, ngx_stream_xmpp_cm_module);
 
-    cl = ngx_pcalloc(c->pool, sizeof(ngx_xmpp_cm_client_t));
+    cl = ngx_xmpp_cm_client_create(c, conf, s);
     if (cl == NULL) {
         ngx_stream_finalize_session(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
         return;
     }
 
     ngx_stream_set_ctx(s, cl, ngx_stream_xmpp_cm_module);
+
+    /* bytes a preread phase module already took from the socket */
+
+    p = NULL;
+    n = 0;
+
+    if (c->buffer && c->buffer->pos < c->buffer->last) {
+        p = c->buffer->pos;
+        n = c->buffer->last - c->buffer->pos;
+        c->buffer->pos = c->buffer->last;
+    }
+
+    ngx_xmpp_cm_client_run(cl, p, n);
+}
+
+
+/*
+ * A client engine on connection c: s is the stream session of a TCP
+ * client, NULL for a web transport, which ngx_xmpp_cm_transport_of(c)
+ * finds already.  NULL if out of memory, with nothing left to
+ * undo.
+ */
+
+ngx_xmpp_cm_client_t *
+ngx_xmpp_cm_client_create(ngx_connection_t *c,
+    ngx_stream_xmpp_cm_srv_conf_t *conf, ngx_stream_session_t *s)
+{
+    ngx_pool_cleanup_t    *cln;
+    ngx_xmpp_cm_client_t  *cl;
+
+    cl = ngx_pcalloc(c->pool, sizeof(ngx_xmpp_cm_client_t));
+    if (cl == NULL) {
+        return NULL;
+    }
 
     cl->conn.handler = &ngx_xmpp_cm_client_conn;
     cl->s = s;
@@ -266,15 +309,13 @@ ngx_stream_xmpp_cm_handler(ngx_stream_session_t *s)
     cl->xml = ngx_xmpp_cm_xml_create(c->pool, c->log, 0,
                                      cl->up->worker->parking);
     if (cl->xml == NULL) {
-        ngx_stream_finalize_session(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
-        return;
+        return NULL;
     }
 
     cln = ngx_pool_cleanup_add(c->pool, 0);
     if (cln == NULL) {
         ngx_xmpp_cm_xml_free(cl->xml);
-        ngx_stream_finalize_session(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
-        return;
+        return NULL;
     }
 
     cln->handler = ngx_xmpp_cm_client_cleanup;
@@ -297,20 +338,37 @@ ngx_stream_xmpp_cm_handler(ngx_stream_session_t *s)
     /* the rate limit's bucket starts full (clamped at the first read) */
     cl->rate_credit = NGX_MAX_OFF_T_VALUE;
 
-    /* bytes a preread phase module already took from the socket */
+    return cl;
+}
 
-    if (c->buffer && c->buffer->pos < c->buffer->last) {
-        if (ngx_xmpp_cm_client_process(cl, c->buffer->pos,
-                                       c->buffer->last - c->buffer->pos)
-            != NGX_OK)
-        {
-            return;
+
+/*
+ * The engine starts reading: first the n bytes at p that were read
+ * before it took the connection over (a preread phase's, the bytes
+ * behind an HTTP upgrade request), as if they had been read.
+ */
+
+void
+ngx_xmpp_cm_client_run(ngx_xmpp_cm_client_t *cl, u_char *p, size_t n)
+{
+    ngx_int_t                 rc;
+    ngx_xmpp_cm_transport_t  *t;
+
+    if (n) {
+        if (cl->s) {
+            rc = ngx_xmpp_cm_client_process(cl, p, n);
+
+        } else {
+            t = ngx_xmpp_cm_client_transport(cl);
+            rc = t->handler->input(t, p, n);
         }
 
-        c->buffer->pos = c->buffer->last;
+        if (rc != NGX_OK) {
+            return;
+        }
     }
 
-    c->read->handler(c->read);
+    cl->c->read->handler(cl->c->read);
 }
 
 
@@ -324,6 +382,11 @@ ngx_xmpp_cm_client_of(ngx_event_t *ev)
 
     c = ev->data;
     s = c->data;
+
+    if (s->signature != NGX_STREAM_MODULE) {
+        /* a web transport's connection */
+        return ngx_xmpp_cm_transport_of(c)->client;
+    }
 
     return ngx_stream_get_module_ctx(s, ngx_stream_xmpp_cm_module);
 }
@@ -568,10 +631,12 @@ ngx_xmpp_cm_client_wake(ngx_xmpp_cm_client_t *cl, ngx_event_t *rev)
 static void
 ngx_xmpp_cm_client_read(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_rate_t *limit)
 {
-    size_t             size;
-    ssize_t            n;
-    ngx_event_t       *rev;
-    ngx_connection_t  *c;
+    size_t                    size;
+    ssize_t                   n;
+    ngx_int_t                 rc;
+    ngx_event_t              *rev;
+    ngx_connection_t         *c;
+    ngx_xmpp_cm_transport_t  *t;
 
     c = cl->c;
     rev = c->read;
@@ -624,9 +689,15 @@ ngx_xmpp_cm_client_read(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_rate_t *limit)
             cl->rate_credit -= (off_t) n * 1000;
         }
 
-        if (ngx_xmpp_cm_client_input(cl, cl->up->worker->client_buf, n)
-            != NGX_OK
-            || cl->phase > NGX_XMPP_CM_PHASE_STREAM)
+        if (cl->s) {
+            rc = ngx_xmpp_cm_client_input(cl, cl->up->worker->client_buf, n);
+
+        } else {
+            t = ngx_xmpp_cm_client_transport(cl);
+            rc = t->handler->input(t, cl->up->worker->client_buf, n);
+        }
+
+        if (rc != NGX_OK || cl->phase > NGX_XMPP_CM_PHASE_STREAM)
         {
             /*
              * Ended, or STARTTLS: the new phase's handler goes on (the
@@ -677,7 +748,9 @@ ngx_xmpp_cm_client_recv(ngx_xmpp_cm_client_t *cl, size_t size)
         return NGX_DONE;
     }
 
-    cl->s->received += n;
+    if (cl->s) {
+        cl->s->received += n;
+    }
 
     return n;
 }
@@ -788,9 +861,11 @@ ngx_xmpp_cm_client_replied(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_node_t *iq)
 static void
 ngx_xmpp_cm_client_timer(ngx_xmpp_cm_client_t *cl)
 {
-    XML_Index     base;
-    ngx_msec_t    t, st, spent;
-    ngx_event_t  *rev;
+    size_t                    pending;
+    XML_Index                 base;
+    ngx_msec_t                t, st, spent;
+    ngx_event_t              *rev;
+    ngx_xmpp_cm_transport_t  *tr;
 
     rev = cl->c->read;
 
@@ -803,9 +878,16 @@ ngx_xmpp_cm_client_timer(ngx_xmpp_cm_client_t *cl)
             ? cl->auth_deadline - ngx_current_msec : 1;
     }
 
-    if (ngx_xmpp_cm_xml_pending(cl->xml, &base) == 0
-        || cl->conf->stanza_timeout == 0)
-    {
+    if (cl->s) {
+        pending = ngx_xmpp_cm_xml_pending(cl->xml, &base);
+
+    } else {
+        /* a frame not complete yet: the framer has whole elements only */
+        tr = ngx_xmpp_cm_client_transport(cl);
+        pending = tr->handler->pending(tr, &base);
+    }
+
+    if (pending == 0 || cl->conf->stanza_timeout == 0) {
         cl->partial_since = 0;
 
     } else {
@@ -1250,7 +1332,7 @@ ngx_xmpp_cm_client_header(ngx_xmpp_cm_client_t *cl)
         }
 
         if (cl->zlib == NULL && cl->conf->compression
-            && up->cfg_compression)
+            && up->cfg_compression && cl->s)
         {
             ngx_xmpp_cm_client_send(cl, compression, sizeof(compression) - 1);
         }
@@ -1334,7 +1416,10 @@ ngx_xmpp_cm_client_limits(ngx_xmpp_cm_client_t *cl)
 static ngx_uint_t
 ngx_xmpp_cm_client_tls(ngx_xmpp_cm_client_t *cl)
 {
-    if (cl->c->ssl || cl->conf->starttls == NGX_XMPP_CM_TLS_OFF) {
+    if (cl->c->ssl || cl->conf->starttls == NGX_XMPP_CM_TLS_OFF
+        || cl->s == NULL)
+    {
+        /* a web transport's TLS is the http server's "ssl" */
         return NGX_XMPP_CM_TLS_OFF;
     }
 
@@ -1819,7 +1904,7 @@ ngx_xmpp_cm_client_compress(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
                                    "\"><unsupported-method/></failure>";
 
     if (cl->zlib || !cl->authenticated || !cl->conf->compression
-        || !cl->up->cfg_compression)
+        || !cl->up->cfg_compression || cl->s == NULL)
     {
         ngx_xmpp_cm_client_send(cl, setup_failed, sizeof(setup_failed) - 1);
         return NGX_OK;
@@ -1908,12 +1993,18 @@ static void
 ngx_xmpp_cm_client_out(ngx_xmpp_cm_client_t *cl, u_char *p, size_t len,
     ngx_uint_t flush)
 {
-    ngx_int_t          rc;
-    ngx_connection_t  *c;
+    ngx_int_t                 rc;
+    ngx_connection_t         *c;
+    ngx_xmpp_cm_transport_t  *t;
 
     c = cl->c;
 
-    if (cl->zlib && !cl->zlib_pending) {
+    if (cl->s == NULL) {
+        /* a web transport frames the stream's elements itself */
+        t = ngx_xmpp_cm_client_transport(cl);
+        rc = t->handler->output(t, p, len);
+
+    } else if (cl->zlib && !cl->zlib_pending) {
         rc = ngx_xmpp_cm_zlib_deflate(cl->zlib, p, len, flush,
                                       ngx_xmpp_cm_client_deflated, cl);
 
@@ -2038,7 +2129,7 @@ ngx_xmpp_cm_client_deliver(ngx_xmpp_cm_conn_t *conn, ngx_xmpp_cm_xml_t *x,
         (void) ngx_xmpp_cm_strip_server_ns(p, tmp, len, n);
         ngx_xmpp_cm_client_out(cl, p, out, 1);
 
-    } else if (cl->zlib) {
+    } else if (cl->zlib || cl->s == NULL) {
         ngx_xmpp_cm_xml_pieces(x, n->start, n->end, &p1, &p2);
         ngx_xmpp_cm_client_out(cl, p1.data, p1.len, 0);
         ngx_xmpp_cm_client_out(cl, p2.data, p2.len, 1);
@@ -2819,12 +2910,10 @@ ngx_xmpp_cm_client_write_handler(ngx_event_t *wev)
 {
     ngx_int_t              rc;
     ngx_connection_t      *c;
-    ngx_stream_session_t  *s;
     ngx_xmpp_cm_client_t  *cl;
 
     c = wev->data;
-    s = c->data;
-    cl = ngx_stream_get_module_ctx(s, ngx_stream_xmpp_cm_module);
+    cl = ngx_xmpp_cm_client_of(wev);
 
     if (c->error) {
         ngx_xmpp_cm_client_finalize(cl);
@@ -3040,7 +3129,15 @@ ngx_xmpp_cm_client_drain(ngx_xmpp_cm_client_t *cl)
 static void
 ngx_xmpp_cm_client_finalize(ngx_xmpp_cm_client_t *cl)
 {
-    ngx_stream_finalize_session(cl->s, NGX_STREAM_OK);
+    ngx_xmpp_cm_transport_t  *t;
+
+    if (cl->s) {
+        ngx_stream_finalize_session(cl->s, NGX_STREAM_OK);
+        return;
+    }
+
+    t = ngx_xmpp_cm_client_transport(cl);
+    t->handler->finalize(t);
 }
 
 
@@ -3079,6 +3176,60 @@ ngx_xmpp_cm_client_cleanup(void *data)
     if (cl->zlib) {
         ngx_xmpp_cm_zlib_free(cl->zlib);
     }
+}
+
+
+/*
+ * What a web transport asks of the engine.  Input comes as whole
+ * elements: a transport checks its framing (one element per message)
+ * and feeds the element's bytes, or a stream header it made from its own
+ * stream open (RFC 7395 <open/>), at the point where a TCP client's
+ * bytes would go.  NGX_OK: go on; anything else: the stream ended.
+ */
+
+ngx_int_t
+ngx_xmpp_cm_client_feed(ngx_xmpp_cm_client_t *cl, u_char *p, size_t n)
+{
+    if (cl->phase > NGX_XMPP_CM_PHASE_STREAM) {
+        return NGX_DONE;
+    }
+
+    return ngx_xmpp_cm_client_process(cl, p, n);
+}
+
+
+/* the stream ends: cond NULL for a plain close (the client's <close/>) */
+
+void
+ngx_xmpp_cm_client_error(ngx_xmpp_cm_client_t *cl, char *cond, char *text)
+{
+    ngx_xmpp_cm_client_end(cl, cond, text, cond ? NULL : (u_char *) "", 0);
+}
+
+
+/* whether a stream is open: answered, and not restarted since */
+
+ngx_uint_t
+ngx_xmpp_cm_client_opened(ngx_xmpp_cm_client_t *cl)
+{
+    return cl->header_sent;
+}
+
+
+/* the largest element the framer takes now (the phase's limit) */
+
+size_t
+ngx_xmpp_cm_client_max(ngx_xmpp_cm_client_t *cl)
+{
+    return cl->authenticated ? cl->conf->max_stanza
+                             : cl->conf->preauth_max_stanza;
+}
+
+
+ngx_xmpp_cm_output_t *
+ngx_xmpp_cm_client_output(ngx_xmpp_cm_client_t *cl)
+{
+    return &cl->out;
 }
 
 

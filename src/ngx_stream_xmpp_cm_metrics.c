@@ -187,6 +187,16 @@ static ngx_xmpp_cm_metrics_family_t  ngx_xmpp_cm_metrics_families[] = {
       "high mark of xmpp_cm_upstream_watermarks.",
       NULL, NGX_XMPP_CM_M_FLOW_PAUSES, 1, NULL },
 
+    { "xmpp_cm_websocket_connections", "gauge",
+      "Client connections over WebSocket now (xmpp_cm_websocket), from "
+      "the upgrade to the close; they are counted in xmpp_cm_streams "
+      "too.",
+      NULL, NGX_XMPP_CM_M_WEBSOCKET, 1, NULL },
+
+    { "xmpp_cm_websocket_upgrades_total", "counter",
+      "WebSocket upgrades taken (101 answered) for XMPP (RFC 7395).",
+      NULL, NGX_XMPP_CM_M_WEBSOCKET_OPENED, 1, NULL },
+
     { "xmpp_cm_workers", "gauge",
       "Worker processes with at least one ready socket to Openfire (up) "
       "and with none (down).",
@@ -653,6 +663,21 @@ void
 ngx_xmpp_cm_metrics_stream_opened(ngx_xmpp_cm_upstream_t *up)
 {
     ngx_xmpp_cm_count(up, AUTHENTICATING);
+}
+
+
+/* a WebSocket client connection: from its upgrade to its close */
+
+void
+ngx_xmpp_cm_metrics_websocket(ngx_xmpp_cm_upstream_t *up, ngx_uint_t open)
+{
+    if (open) {
+        ngx_xmpp_cm_count(up, WEBSOCKET);
+        ngx_xmpp_cm_count(up, WEBSOCKET_OPENED);
+
+    } else {
+        ngx_xmpp_cm_uncount(up, WEBSOCKET);
+    }
 }
 
 

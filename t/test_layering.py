@@ -14,6 +14,7 @@ from conftest import ROOT
 # higher calls lower; equal ranks may not call each other
 RANK = {
     "ngx_http_xmpp_cm_metrics_module": 9,
+    "ngx_http_xmpp_cm_websocket_module": 9,
     "ngx_stream_xmpp_cm_client": 8,
     "ngx_stream_xmpp_cm_stream": 7,
     "ngx_stream_xmpp_cm_route": 6,
