@@ -2,7 +2,8 @@
 # Install from Debian what is missing.  Default: what the end-to-end suite
 # needs (scripts/test.sh and scripts/sanitize.sh call it; CI runs on
 # machines that may have nothing).  --run: only what building and running
-# the CM in front of the stand-in needs (scripts/demo.sh).
+# the CM in front of the stand-in needs (scripts/demo.sh).  The suite also
+# gets the npm packages of t/web (npm ci) for the browser test.
 set -euo pipefail
 suite=1
 [ "${1:-}" = --run ] && suite=0
@@ -33,6 +34,21 @@ if [ $suite = 1 ]; then
     [ -f /usr/include/strophe.h ] || missing+=(libstrophe-dev)
     command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
     packages+=(pkg-config libstrophe-dev prometheus)
+    # t/test_browser.py: Converse.js in headless Chromium, driven from node
+    # (the npm packages of t/web, installed below); Prosody for the
+    # harness's self-check.  nodejs and npm only when missing: a node
+    # from elsewhere brings its own npm, which Debian's would conflict with
+    [ -x /usr/bin/chromium ] || missing+=(chromium)
+    [ -x /usr/bin/prosody ] || missing+=(prosody)
+    packages+=(chromium prosody)
+    if ! command -v node >/dev/null 2>&1; then
+        missing+=(nodejs)
+        packages+=(nodejs)
+    fi
+    if ! command -v npm >/dev/null 2>&1; then
+        missing+=(npm)
+        packages+=(npm)
+    fi
 fi
 if [ ${#missing[@]} -gt 0 ]; then
     echo "deps.sh: installing from Debian: ${missing[*]}" >&2
@@ -41,4 +57,15 @@ if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     $sudo apt-get update
     $sudo apt-get install -y "${packages[@]}"
+fi
+if [ $suite = 1 ]; then
+    # t/web/package-lock.json pins Converse.js and playwright-core; npm ci
+    # again when the lock is newer than what is installed
+    web="$(cd "$(dirname "$0")/.." && pwd)/t/web"
+    if [ ! -f "$web/node_modules/.package-lock.json" ] ||
+            [ "$web/package-lock.json" -nt \
+              "$web/node_modules/.package-lock.json" ]; then
+        echo "deps.sh: npm ci in $web" >&2
+        (cd "$web" && npm ci --ignore-scripts --no-audit --no-fund)
+    fi
 fi
