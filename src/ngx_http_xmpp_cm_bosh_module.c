@@ -874,15 +874,29 @@ ngx_http_xmpp_cm_bosh_body_handler(ngx_http_request_t *r)
     bs = ngx_http_xmpp_cm_bosh_find(bmcf, &sid);
 
     if (bs == NULL) {
-        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "xmpp_cm: BOSH request for unknown session \"%V\"",
-                      &sid);
+        if (sid.len == NGX_HTTP_XMPP_CM_BOSH_SID_LEN
+            && ngx_hextoi(sid.data, 2) != (ngx_int_t) (ngx_worker & 0xff))
+        {
+            ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                          "xmpp_cm: BOSH request for session \"%V\" of "
+                          "worker %i reached worker %ui: a session lives in "
+                          "one worker (use HTTP/2 or one worker for BOSH, "
+                          "see docs/bosh.md)", &sid,
+                          ngx_hextoi(sid.data, 2), ngx_worker);
+
+        } else {
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "xmpp_cm: BOSH request for unknown session "
+                          "\"%V\"", &sid);
+        }
+
         ngx_http_xmpp_cm_bosh_refuse(r, "item-not-found");
         return;
     }
 
     req->bs = bs;
 
+    ngx_xmpp_cm_metrics_bosh(bs->up, 0);
     ngx_http_xmpp_cm_bosh_request(bs, req);
 }
 
@@ -1170,7 +1184,7 @@ static void
 ngx_http_xmpp_cm_bosh_create(ngx_http_xmpp_cm_bosh_req_t *req,
     ngx_http_xmpp_cm_bosh_loc_conf_t *blcf)
 {
-    u_char                              raw[16];
+    u_char                              raw[16], w;
     uint64_t                            v;
     ngx_pool_t                         *pool;
     ngx_connection_t                   *c, *hc;
@@ -1294,7 +1308,11 @@ ngx_http_xmpp_cm_bosh_create(ngx_http_xmpp_cm_bosh_req_t *req,
         goto failed;
     }
 
-    /* the session id: random, not guessable */
+    /*
+     * The session id: the worker's number, then 15 random bytes (not
+     * guessable).  A session lives in one worker: the number tells a
+     * request that reached another one (docs/bosh.md, workers).
+     */
 
     if (RAND_bytes(raw, sizeof(raw)) != 1) {
         ngx_ssl_error(NGX_LOG_ALERT, r->connection->log, 0,
@@ -1302,7 +1320,8 @@ ngx_http_xmpp_cm_bosh_create(ngx_http_xmpp_cm_bosh_req_t *req,
         goto failed;
     }
 
-    (void) ngx_hex_dump(bs->sid, raw, sizeof(raw));
+    w = (u_char) ngx_worker;
+    (void) ngx_hex_dump(ngx_hex_dump(bs->sid, &w, 1), raw, sizeof(raw) - 1);
 
     bs->node.str.data = bs->sid;
     bs->node.str.len = NGX_HTTP_XMPP_CM_BOSH_SID_LEN;
@@ -1320,6 +1339,7 @@ ngx_http_xmpp_cm_bosh_create(ngx_http_xmpp_cm_bosh_req_t *req,
     bs->cl = cl;
 
     ngx_rbtree_insert(&bmcf->sessions, &bs->node.node);
+    ngx_xmpp_cm_metrics_bosh(bs->up, 1);
 
     ngx_log_error(NGX_LOG_INFO, &bs->log, 0,
                   "xmpp_cm: BOSH session %*s created (wait %M, hold %ui)",
@@ -1787,7 +1807,11 @@ ngx_http_xmpp_cm_bosh_respond(ngx_http_xmpp_cm_bosh_req_t *req,
         p = ngx_cpymem(p, "</body>", 7);
 
         if (dlen) {
+            /* an idle session holds no buffer */
             bs->out_len = 0;
+            bs->out_cap = 0;
+            ngx_free(bs->out);
+            bs->out = NULL;
         }
     }
 
@@ -2432,6 +2456,7 @@ ngx_http_xmpp_cm_bosh_destroy(ngx_http_xmpp_cm_bosh_t *bs)
                   (size_t) NGX_HTTP_XMPP_CM_BOSH_SID_LEN, bs->sid);
 
     ngx_rbtree_delete(&bs->bmcf->sessions, &bs->node.node);
+    ngx_xmpp_cm_metrics_bosh(bs->up, -1);
 
     evs[0] = c->read;
     evs[1] = c->write;

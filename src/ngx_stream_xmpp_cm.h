@@ -201,6 +201,7 @@ enum {
     NGX_XMPP_CM_M_SOCK_HANDSHAKE,
     NGX_XMPP_CM_M_SOCK_READY,
     NGX_XMPP_CM_M_WEBSOCKET,
+    NGX_XMPP_CM_M_BOSH,
 
     /* counters */
     NGX_XMPP_CM_M_OPENED,
@@ -220,6 +221,8 @@ enum {
     NGX_XMPP_CM_M_DROP_TOO_LARGE,
     NGX_XMPP_CM_M_DROP_UNPARSEABLE,
     NGX_XMPP_CM_M_WEBSOCKET_OPENED,
+    NGX_XMPP_CM_M_BOSH_OPENED,
+    NGX_XMPP_CM_M_BOSH_REQUESTS,
     NGX_XMPP_CM_M_STREAM_ERROR            /* one per condition, then "other" */
 };
 
@@ -297,6 +300,7 @@ void ngx_xmpp_cm_metrics_iq_auth(ngx_xmpp_cm_upstream_t *up, ngx_str_t *type);
 void ngx_xmpp_cm_metrics_returned(ngx_xmpp_cm_upstream_t *up, ngx_int_t rc);
 void ngx_xmpp_cm_metrics_websocket(ngx_xmpp_cm_upstream_t *up,
     ngx_uint_t open);
+void ngx_xmpp_cm_metrics_bosh(ngx_xmpp_cm_upstream_t *up, ngx_int_t what);
 ngx_int_t ngx_xmpp_cm_metrics_render(ngx_cycle_t *cycle, ngx_pool_t *pool,
     ngx_str_t *out);
 

@@ -461,3 +461,30 @@ def test_nginx_t_accepts(tmp_path, module_path):
             xmpp_cm_bosh_max_hold 2;
         }""")
     assert rc == 0, out
+
+
+def test_metrics_count_bosh_sessions(standin, nginx):
+    """The same metrics as TCP clients (a BOSH session is a client stream:
+    authenticating, then bound), and the BOSH gauge and counters."""
+    from lib.metrics import Metrics
+    sb = standin()
+    ngx = start(nginx, sb)
+    m = Metrics(ngx.hport)
+    assert m.get("xmpp_cm_bosh_sessions", cm="cm1") == 0
+    b = Bosh(ngx.hport)
+    b.create()
+    assert m.get("xmpp_cm_bosh_sessions", cm="cm1") == 1
+    assert m.get("xmpp_cm_streams", cm="cm1", state="authenticating") == 1
+    b.close()
+    b = Bosh(ngx.hport)
+    b.login("alice", "alicepw")
+    assert m.get("xmpp_cm_bosh_sessions", cm="cm1") == 2
+    assert m.get("xmpp_cm_bosh_sessions_total", cm="cm1") == 2
+    assert m.get("xmpp_cm_streams", cm="cm1", state="bound") == 1
+    # create, auth, restart, bind: 4, plus the first session's creation
+    assert m.get("xmpp_cm_bosh_requests_total", cm="cm1") == 5
+    r = b.request("", type="terminate")
+    assert r.terminate
+    wait_until(lambda: m.get("xmpp_cm_bosh_sessions", cm="cm1") == 1, 5,
+               what="the gauge down after terminate")
+    assert m.get("xmpp_cm_streams", cm="cm1", state="bound") == 0
