@@ -842,6 +842,7 @@ ngx_http_xmpp_cm_bosh_body_handler(ngx_http_request_t *r)
         }
 
         if (bs && !bs->closed) {
+            req->bs = bs;
             ngx_http_xmpp_cm_bosh_terminate(bs, req, "bad-request");
             return;
         }
@@ -1387,6 +1388,7 @@ static void
 ngx_http_xmpp_cm_bosh_request(ngx_http_xmpp_cm_bosh_t *bs,
     ngx_http_xmpp_cm_bosh_req_t *req)
 {
+    u_char                         *p;
     ngx_uint_t                      i;
     ngx_queue_t                    *q;
     ngx_http_xmpp_cm_bosh_req_t    *old, *next;
@@ -1407,7 +1409,17 @@ ngx_http_xmpp_cm_bosh_request(ngx_http_xmpp_cm_bosh_t *bs,
                 ngx_log_error(NGX_LOG_INFO, &bs->log, 0,
                               "xmpp_cm: BOSH rid %uL repeated, its response "
                               "sent again", req->rid);
-                ngx_http_xmpp_cm_bosh_send(req->r, rc->data, rc->len);
+
+                /* a copy: the kept one may be replaced while this goes */
+                p = ngx_pnalloc(req->r->pool, rc->len);
+                if (p == NULL) {
+                    ngx_http_finalize_request(req->r,
+                                              NGX_HTTP_INTERNAL_SERVER_ERROR);
+                    return;
+                }
+
+                ngx_memcpy(p, rc->data, rc->len);
+                ngx_http_xmpp_cm_bosh_send(req->r, p, rc->len);
                 return;
             }
         }
@@ -1457,6 +1469,13 @@ ngx_http_xmpp_cm_bosh_request(ngx_http_xmpp_cm_bosh_t *bs,
         req->ahead = 1;
         bs->nahead++;
         req->r->read_event_handler = ngx_http_test_reading;
+
+        /* the missing one has "wait" to come (XEP-0124 14.2) */
+        req->wait.handler = ngx_http_xmpp_cm_bosh_wait_handler;
+        req->wait.data = req;
+        req->wait.log = req->r->connection->log;
+        req->wait.cancelable = 1;
+        ngx_add_timer(&req->wait, bs->wait);
         return;
     }
 
@@ -1753,7 +1772,7 @@ ngx_http_xmpp_cm_bosh_respond(ngx_http_xmpp_cm_bosh_req_t *req,
           + (cond ? ngx_strlen(cond) : 0)
           + sizeof("></body>") - 1 + dlen + elen;
 
-    if (req->create) {
+    if (req->create && bs) {
         len += sizeof(create) - 1
                + sizeof(" sid=\"\" wait=\"\" hold=\"\" requests=\"\""
                         " inactivity=\"\" from=\"\" authid=\"\"") - 1
@@ -1771,7 +1790,7 @@ ngx_http_xmpp_cm_bosh_respond(ngx_http_xmpp_cm_bosh_req_t *req,
     p = ngx_cpymem(p, " xmlns:stream=\"" NGX_XMPP_NS_STREAMS "\"",
                    sizeof(" xmlns:stream=\"" NGX_XMPP_NS_STREAMS "\"") - 1);
 
-    if (req->create) {
+    if (req->create && bs) {
         p = ngx_cpymem(p, create, sizeof(create) - 1);
         p = ngx_sprintf(p, " sid=\"%*s\" wait=\"%M\" hold=\"%ui\""
                         " requests=\"%ui\" inactivity=\"%M\"",
@@ -1802,8 +1821,15 @@ ngx_http_xmpp_cm_bosh_respond(ngx_http_xmpp_cm_bosh_req_t *req,
 
     } else {
         *p++ = '>';
-        p = ngx_cpymem(p, d, dlen);
-        p = ngx_cpymem(p, bs->err, elen);
+
+        if (dlen) {
+            p = ngx_cpymem(p, d, dlen);
+        }
+
+        if (elen) {
+            p = ngx_cpymem(p, bs->err, elen);
+        }
+
         p = ngx_cpymem(p, "</body>", 7);
 
         if (dlen) {

@@ -488,3 +488,109 @@ def test_metrics_count_bosh_sessions(standin, nginx):
     wait_until(lambda: m.get("xmpp_cm_bosh_sessions", cm="cm1") == 1, 5,
                what="the gauge down after terminate")
     assert m.get("xmpp_cm_streams", cm="cm1", state="bound") == 0
+
+
+def test_auth_timeout_ends_a_held_request(standin, nginx):
+    """The engine's timers run on a BOSH session as on a TCP client:
+    xmpp_cm_auth_timeout ends an unauthenticated session, and the held
+    request carries the stream error (remote-stream-error)."""
+    sb = standin()
+    ngx = start(nginx, sb, extra="xmpp_cm_auth_timeout 1s;")
+    b = Bosh(ngx.hport)
+    authid = b.create().get("authid")
+    t0 = time.monotonic()
+    r = b.request("", timeout=10)
+    assert time.monotonic() - t0 < 5
+    assert r.terminate and r.condition == "remote-stream-error", r.raw
+    err = r.body.find(q(NS_STREAM, "error"))
+    assert err.find(q(NS_XSTREAMS, "connection-timeout")) is not None
+    wait_until(lambda: sb.close_iqs_for(authid), 10,
+               what="session close at Openfire")
+
+
+def test_terminate_returns_what_waits_to_openfire(standin, nginx, raw):
+    """A client's terminate with a message queued for it (no request held
+    to take it): the message goes back in <session><failed> before the
+    close rather than into the terminate response."""
+    sb = standin()
+    ngx = start(nginx, sb)
+    b = Bosh(ngx.hport)
+    b.login("alice", "alicepw", resource="web")
+    sid = [x for x in sb.inbound(r"<create") if "<iq" in x]
+    sid = re.search(r'id="([^"]+)"><create', sid[-1]).group(1)
+    bob = raw(ngx.port)
+    bob.login("bob", "bobpw", resource="tcp")
+    bob.send('<message to="alice@localhost/web" type="chat" id="q1">'
+             '<body>queued</body></message>')
+    wait_until(lambda: sb.inbound(r'id="q1"'), 5, what="message at Openfire")
+    time.sleep(0.3)
+    r = b.request("", type="terminate")
+    assert r.terminate and b"q1" not in r.raw, r.raw
+    wait_until(lambda: sb.close_iqs_for(sid), 10,
+               what="session close at Openfire")
+    evs = sb.inbound(None, sid)
+    failed = [i for i, x in enumerate(evs) if "<failed>" in x and "q1" in x]
+    close = [i for i, x in enumerate(evs) if "<iq" in x and "<close" in x]
+    assert failed and failed[0] < close[0], evs[-5:]
+
+
+def test_hold_is_capped_by_max_hold(standin, nginx):
+    sb = standin()
+    ngx = start(nginx, sb, loc_more="xmpp_cm_bosh_max_hold 2;")
+    b = Bosh(ngx.hport)
+    r = b.create(hold="5")
+    assert r.get("hold") == "2" and r.get("requests") == "3"
+
+
+def test_request_on_another_worker_is_item_not_found(standin, nginx):
+    """A session lives in its worker: with two workers and HTTP/1.1
+    connections spread by reuseport, a request that reaches the other
+    worker is item-not-found and logged as such (docs/bosh.md)."""
+    sb = standin()
+    hport = free_port()
+    block = http_block(hport).replace(
+        "listen 127.0.0.1:%d;" % hport,
+        "listen 127.0.0.1:%d reuseport;" % hport)
+    ngx = nginx(standin=sb, main_extra=block, workers=2)
+    import http.client
+    sid = None
+    for i in range(60):
+        b = Bosh(hport)
+        r = b.create()
+        b.close()
+        w = r.get("sid")[:2]
+        if sid is None:
+            sid, first = r.get("sid"), w
+        elif w != first:
+            break
+    else:
+        pytest.fail("reuseport never gave the other worker a connection")
+    # fresh connections until one lands on the other worker (one on the
+    # session's own worker is out of its rid window: item-not-found too)
+    for i in range(60):
+        c = http.client.HTTPConnection("127.0.0.1", hport, timeout=5)
+        c.request("POST", "/http-bind", body=(
+            "<body xmlns='http://jabber.org/protocol/httpbind' rid='99999' "
+            "sid='%s'/>" % sid).encode())
+        raw_ = c.getresponse().read()
+        c.close()
+        assert b"item-not-found" in raw_, raw_
+        if "reached worker" in ngx.log():
+            break
+    else:
+        pytest.fail("no request reached the other worker")
+
+
+def test_missing_rid_never_comes(standin, nginx):
+    """XEP-0124 14.2: a request ahead of a missing rid waits at most
+    "wait" for it; then the session ends with item-not-found."""
+    sb = standin()
+    ngx = start(nginx, sb, loc_more="xmpp_cm_bosh_max_wait 1s;")
+    b = Bosh(ngx.hport)
+    authid = b.create().get("authid")
+    t0 = time.monotonic()
+    r = b.request("", rid=b.rid + 2, timeout=10)
+    assert 0.5 < time.monotonic() - t0 < 5
+    assert r.terminate and r.condition == "item-not-found", r.raw
+    wait_until(lambda: sb.close_iqs_for(authid), 10,
+               what="session close at Openfire")
