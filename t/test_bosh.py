@@ -594,3 +594,24 @@ def test_missing_rid_never_comes(standin, nginx):
     assert r.terminate and r.condition == "item-not-found", r.raw
     wait_until(lambda: sb.close_iqs_for(authid), 10,
                what="session close at Openfire")
+
+
+def test_limit_req_applies(standin, nginx):
+    """nginx's request limits work in the BOSH location (docs/bosh.md,
+    Rate): over the limit, nginx's 503; the session goes on, and the
+    request repeated later is taken."""
+    sb = standin()
+    hport = free_port()
+    block = http_block(hport, loc_more="limit_req zone=b;").replace(
+        "    server {", "    limit_req_zone $binary_remote_addr zone=b:1m "
+        "rate=2r/s;\n    server {", 1)
+    ngx = nginx(standin=sb, main_extra=block)
+    b = Bosh(hport)
+    r = b.create(hold="0")
+    assert not r.terminate
+    body, rid = b.body("")
+    r = b.start(body, 0, rid).wait()
+    assert r.status == 503
+    time.sleep(1.1)
+    r = b.start(body, 0, rid).wait()
+    assert r.status == 200 and not r.terminate, r.raw

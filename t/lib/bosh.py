@@ -25,7 +25,8 @@ class Response:
         self.status = status
         self.headers = headers
         self.raw = raw
-        self.body = ET.fromstring(raw) if raw else None
+        xml = headers.get("Content-Type", "").startswith("text/xml")
+        self.body = ET.fromstring(raw) if raw and xml else None
 
     def get(self, name, default=None):
         return self.body.get(name, default)
