@@ -6,6 +6,7 @@ The client is t/lib/bosh.py: raw HTTP requests with http.client, several
 connections side by side for held requests, each response body parsed on
 its own."""
 import base64
+import os
 import re
 import time
 
@@ -615,3 +616,64 @@ def test_limit_req_applies(standin, nginx):
     time.sleep(1.1)
     r = b.start(body, 0, rid).wait()
     assert r.status == 200 and not r.terminate, r.raw
+
+
+@pytest.mark.skipif(not __import__("shutil").which("curl"),
+                    reason="curl (with nghttp2) not installed")
+def test_http2(standin, nginx, raw):
+    """Over HTTP/2 (here cleartext, prior knowledge; `listen 443 ssl
+    http2` in docs/bosh.md): login, bind, a message to a TCP client in a
+    request held until wait runs out."""
+    import subprocess
+    sb = standin()
+    hport = free_port()
+    block = http_block(hport, loc_more="xmpp_cm_bosh_max_wait 2s;").replace(
+        "listen 127.0.0.1:%d;" % hport, "listen 127.0.0.1:%d http2;" % hport)
+    ngx = nginx(standin=sb, main_extra=block)
+    bob = raw(ngx.port)
+    bob.login("bob", "bobpw", resource="tcp")
+    url = "http://127.0.0.1:%d/http-bind" % hport
+
+    def curl(*bodies):
+        # --parallel without --parallel-immediate: one multiplexed
+        # connection
+        args = ["curl", "-sS"]
+        for i, body in enumerate(bodies):
+            if i:
+                args.append("--next")
+            # options are per URL after --next
+            args += ["--http2-prior-knowledge", "-H",
+                     "Content-Type: text/xml", "-w",
+                     "\\n%{http_version} %{http_code}\\n",
+                     "--data-binary", body, url]
+        out = subprocess.run(args, capture_output=True, timeout=20,
+                             text=True)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    b = Bosh(hport)
+    body, rid = b.body("", to="localhost", wait="2", hold="1",
+                       **{"xmlns:xmpp": NS_XBOSH, "xmpp:version": "1.0"})
+    out = curl(body)
+    assert "\n2 200" in out, out
+    sid = re.search(r'sid="([0-9a-f]+)"', out).group(1)
+    b.sid = sid
+    creds = base64.b64encode(b"\0bob\0bobpw").decode()
+    out = curl(b.body('<auth xmlns="%s" mechanism="PLAIN">%s</auth>'
+                      % (NS_SASL, creds))[0])
+    assert "<success" in out, out
+    out = curl(b.body("", **{"xmpp:restart": "true",
+                             "xmlns:xmpp": NS_XBOSH})[0])
+    assert "<bind" in out, out
+    out = curl(b.body('<iq xmlns="jabber:client" type="set" id="b1"><bind '
+                      'xmlns="%s"><resource>h2</resource></bind></iq>'
+                      % NS_BIND)[0])
+    assert "bob@localhost/h2" in out, out
+    t0 = time.monotonic()
+    out = curl(b.body(chat("bob@localhost/tcp", "over h2", "h1"))[0])
+    assert "\n2 200" in out, out
+    assert 1.5 < time.monotonic() - t0 < 6
+    m = bob.next_element(match=lambda e: e.tag == rq(NS_CLIENT, "message"))
+    assert m.get("id") == "h1"
+    log = open(os.path.join(ngx.prefix, "access.log")).read()
+    assert log.count("HTTP/2.0") == 5, log
