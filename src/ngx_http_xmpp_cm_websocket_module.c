@@ -1057,7 +1057,7 @@ ngx_xmpp_cm_ws_message(ngx_xmpp_cm_ws_t *ws, u_char *p, size_t len)
         units++;
     }
 
-    if (units == 0 && sc.state == NGX_XMPP_CM_SCAN_TEXT && !sc.text) {
+    if (start == NULL && sc.state == NGX_XMPP_CM_SCAN_TEXT && !sc.text) {
         /* white space only: a keepalive, nothing for the stream */
         return NGX_OK;
     }
