@@ -1650,6 +1650,44 @@ ngx_stream_xmpp_cm_limit_rate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+/*
+ * The stream server that an http location's NAME (xmpp_cm_bosh) means:
+ * the first with xmpp_cm_pass and that xmpp_cm_name; NULL if none.  For
+ * an http module's init_module, when both blocks are parsed (stream{}
+ * may follow http{}), so that nginx -t rejects an unknown NAME too.
+ */
+
+ngx_stream_xmpp_cm_srv_conf_t *
+ngx_stream_xmpp_cm_find_name(ngx_cycle_t *cycle, ngx_str_t *name)
+{
+    ngx_uint_t                        i;
+    ngx_stream_xmpp_cm_srv_conf_t   **srv;
+    ngx_stream_xmpp_cm_main_conf_t   *cmcf;
+
+    if (cycle->conf_ctx[ngx_stream_module.index] == NULL) {
+        return NULL;
+    }
+
+    cmcf = ngx_stream_cycle_get_module_main_conf(cycle,
+                                                 ngx_stream_xmpp_cm_module);
+    if (cmcf == NULL) {
+        return NULL;
+    }
+
+    srv = cmcf->servers.elts;
+
+    for (i = 0; i < cmcf->servers.nelts; i++) {
+        if (srv[i]->name.len == name->len
+            && ngx_strncmp(srv[i]->name.data, name->data, name->len) == 0)
+        {
+            return srv[i];
+        }
+    }
+
+    return NULL;
+}
+
+
 static ngx_int_t
 ngx_stream_xmpp_cm_init_process(ngx_cycle_t *cycle)
 {

@@ -195,6 +195,10 @@ typedef struct {
 } ngx_stream_xmpp_cm_main_conf_t;
 
 
+ngx_stream_xmpp_cm_srv_conf_t *ngx_stream_xmpp_cm_find_name(
+    ngx_cycle_t *cycle, ngx_str_t *name);
+
+
 extern ngx_module_t  ngx_stream_xmpp_cm_module;
 
 
@@ -211,6 +215,7 @@ enum {
     NGX_XMPP_CM_M_WEBSOCKET,
     NGX_XMPP_CM_M_UNCONFIRMED,
     NGX_XMPP_CM_M_UNCONFIRMED_BYTES,
+    NGX_XMPP_CM_M_BOSH,
 
     /* counters */
     NGX_XMPP_CM_M_OPENED,
@@ -234,6 +239,8 @@ enum {
     NGX_XMPP_CM_M_DROP_TOO_LARGE,
     NGX_XMPP_CM_M_DROP_UNPARSEABLE,
     NGX_XMPP_CM_M_WEBSOCKET_OPENED,
+    NGX_XMPP_CM_M_BOSH_OPENED,
+    NGX_XMPP_CM_M_BOSH_REQUESTS,
     NGX_XMPP_CM_M_STREAM_ERROR            /* one per condition, then "other" */
 };
 
@@ -336,6 +343,7 @@ void ngx_xmpp_cm_metrics_iq_auth(ngx_xmpp_cm_upstream_t *up, ngx_str_t *type);
 void ngx_xmpp_cm_metrics_returned(ngx_xmpp_cm_upstream_t *up, ngx_int_t rc);
 void ngx_xmpp_cm_metrics_websocket(ngx_xmpp_cm_upstream_t *up,
     ngx_uint_t open);
+void ngx_xmpp_cm_metrics_bosh(ngx_xmpp_cm_upstream_t *up, ngx_int_t what);
 ngx_int_t ngx_xmpp_cm_metrics_render(ngx_cycle_t *cycle, ngx_pool_t *pool,
     ngx_str_t *out);
 

@@ -227,6 +227,19 @@ static ngx_xmpp_cm_metrics_family_t  ngx_xmpp_cm_metrics_families[] = {
       "written to reset before Openfire confirmed them.",
       NULL, NGX_XMPP_CM_M_RESENT, 1, NULL },
 
+    { "xmpp_cm_bosh_sessions", "gauge",
+      "BOSH sessions now (xmpp_cm_bosh), from their creation to their "
+      "end; they are counted in xmpp_cm_streams too.",
+      NULL, NGX_XMPP_CM_M_BOSH, 1, NULL },
+
+    { "xmpp_cm_bosh_sessions_total", "counter",
+      "BOSH sessions created (XEP-0124 7.1).",
+      NULL, NGX_XMPP_CM_M_BOSH_OPENED, 1, NULL },
+
+    { "xmpp_cm_bosh_requests_total", "counter",
+      "HTTP requests of BOSH sessions taken, the creation included.",
+      NULL, NGX_XMPP_CM_M_BOSH_REQUESTS, 1, NULL },
+
     { "xmpp_cm_workers", "gauge",
       "Worker processes with at least one ready socket to Openfire (up) "
       "and with none (down).",
@@ -707,6 +720,25 @@ ngx_xmpp_cm_metrics_websocket(ngx_xmpp_cm_upstream_t *up, ngx_uint_t open)
 
     } else {
         ngx_xmpp_cm_uncount(up, WEBSOCKET);
+    }
+}
+
+
+/* a BOSH session: 1 created, -1 ended, 0 one more request of it */
+
+void
+ngx_xmpp_cm_metrics_bosh(ngx_xmpp_cm_upstream_t *up, ngx_int_t what)
+{
+    if (what > 0) {
+        ngx_xmpp_cm_count(up, BOSH);
+        ngx_xmpp_cm_count(up, BOSH_OPENED);
+        ngx_xmpp_cm_count(up, BOSH_REQUESTS);
+
+    } else if (what < 0) {
+        ngx_xmpp_cm_uncount(up, BOSH);
+
+    } else {
+        ngx_xmpp_cm_count(up, BOSH_REQUESTS);
     }
 }
 

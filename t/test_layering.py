@@ -15,6 +15,7 @@ from conftest import ROOT
 RANK = {
     "ngx_http_xmpp_cm_metrics_module": 9,
     "ngx_http_xmpp_cm_websocket_module": 9,
+    "ngx_http_xmpp_cm_bosh_module": 9,
     "ngx_stream_xmpp_cm_client": 8,
     "ngx_stream_xmpp_cm_stream": 7,
     "ngx_stream_xmpp_cm_handoff": 7,
