@@ -2458,6 +2458,10 @@ ngx_xmpp_cm_client_csi_hold(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_xml_t *x,
     csi->last = &h->next;
     csi->size += size;
 
+    ngx_log_debug2(NGX_LOG_DEBUG_STREAM, cl->c->log, 0,
+                   "xmpp_cm: csi held %uz bytes, %uz in all", size,
+                   csi->size);
+
     return NGX_OK;
 
 failed:

@@ -40,6 +40,18 @@ def run(standin, nginx, raw, inactive):
                             % (i, ("away", "xa", "dnd", "chat", "away")[r], r))
             c.pump(0)
     if inactive:
+        # <active/> after the CM has taken every route (each logs "csi
+        # held"): else it may overtake routes still on their way and the
+        # figures would count them as written while active
+        log_path = (ngx.error_log if hasattr(ngx, "error_log")
+                    else ngx.prefix + "/error.log")
+        deadline = time.monotonic() + 20
+        held = 0
+        while held < CONTACTS * ROUNDS and time.monotonic() < deadline:
+            c.pump(0.05)
+            held = len(re.findall(r"xmpp_cm: csi held ",
+                                  open(log_path).read()))
+        assert held == CONTACTS * ROUNDS
         c.send('<active xmlns="urn:xmpp:csi:0"/>')
     want = CONTACTS if inactive else CONTACTS * ROUNDS
     deadline = time.monotonic() + 20
