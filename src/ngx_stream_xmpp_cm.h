@@ -719,6 +719,7 @@ ngx_xmpp_cm_sock_t *ngx_xmpp_cm_upstream_pick(ngx_xmpp_cm_upstream_t *up);
 ngx_int_t ngx_xmpp_cm_sock_write(ngx_xmpp_cm_sock_t *sock, u_char *p,
     size_t len);
 ngx_buf_t *ngx_xmpp_cm_sock_buf(ngx_xmpp_cm_sock_t *sock, size_t len);
+void ngx_xmpp_cm_sock_confirm_now(ngx_xmpp_cm_sock_t *sock);
 
 
 /* stream table (ngx_stream_xmpp_cm_stream.c) */
@@ -788,6 +789,7 @@ void ngx_xmpp_cm_stream_detach(ngx_xmpp_cm_stream_t *s);
 ngx_int_t ngx_xmpp_cm_stream_send(ngx_xmpp_cm_stream_t *s,
     ngx_xmpp_cm_xml_t *x, ngx_xmpp_cm_elem_t *e, u_char *lang);
 ngx_uint_t ngx_xmpp_cm_stream_throttled(ngx_xmpp_cm_stream_t *s);
+void ngx_xmpp_cm_stream_confirm_now(ngx_xmpp_cm_stream_t *s);
 void ngx_xmpp_cm_stream_forget(ngx_xmpp_cm_stream_t *s);
 ngx_xmpp_cm_stream_t *ngx_xmpp_cm_stream_find(ngx_xmpp_cm_upstream_t *up,
     ngx_str_t *id);

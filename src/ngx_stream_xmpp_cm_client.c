@@ -2722,9 +2722,11 @@ ngx_xmpp_cm_client_sm(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
     if (ngx_xmpp_cm_str_is(&e->name, "r")) {
         if (ngx_xmpp_cm_sm_request(cl->stream)) {
             ngx_xmpp_cm_client_sm_answer(cl);
-        }
 
-        /* else answered when Openfire confirms (client_confirmed) */
+        } else {
+            /* answered when Openfire confirms (client_confirmed) */
+            ngx_xmpp_cm_stream_confirm_now(cl->stream);
+        }
 
         return NGX_OK;
     }

@@ -199,6 +199,21 @@ ngx_xmpp_cm_stream_throttled(ngx_xmpp_cm_stream_t *s)
 
 
 /*
+ * The stream's client waits for Openfire's confirmation (an XEP-0198
+ * <r/>): its routes are on its pinned socket (a reset moves them with
+ * the stream), whose barrier goes now.
+ */
+
+void
+ngx_xmpp_cm_stream_confirm_now(ngx_xmpp_cm_stream_t *s)
+{
+    if (s->sock && s->routed != s->confirmed) {
+        ngx_xmpp_cm_sock_confirm_now(s->sock);
+    }
+}
+
+
+/*
  * Openfire accepted n more of this stream's routes, in routing order
  * (the link's barrier): XEP-0198's h follows, and a client's <r/> that
  * waited for it is answered.

@@ -885,8 +885,20 @@ ngx_xmpp_cm_sock_barrier_due(ngx_xmpp_cm_sock_t *sock)
 static void
 ngx_xmpp_cm_sock_barrier_handler(ngx_event_t *ev)
 {
-    ngx_xmpp_cm_sock_t  *sock = ev->data;
+    ngx_xmpp_cm_sock_confirm_now(ev->data);
+}
 
+
+/*
+ * A barrier for what the socket carries now, not xmpp_cm_confirm_delay
+ * later: the delay is for a stream nobody waits on, and a client's <r/>
+ * (XEP-0198) waits.  With NGX_XMPP_CM_BARRIERS out already, the next
+ * answer sends the one that covers the rest (barrier_due).
+ */
+
+void
+ngx_xmpp_cm_sock_confirm_now(ngx_xmpp_cm_sock_t *sock)
+{
     if (sock->since_n == 0 || sock->state != NGX_XMPP_CM_SOCK_READY
         || ngx_xmpp_cm_barriers_out(sock) >= NGX_XMPP_CM_BARRIERS)
     {
