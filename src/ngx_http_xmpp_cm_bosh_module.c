@@ -972,7 +972,7 @@ ngx_http_xmpp_cm_bosh_read_body(ngx_http_request_t *r, size_t max,
 
             q += n;
 
-        } else {
+        } else if (b->last != b->pos) {
             q = ngx_cpymem(q, b->pos, b->last - b->pos);
         }
     }
@@ -2404,8 +2404,11 @@ ngx_xmpp_cm_bosh_output(ngx_xmpp_cm_transport_t *t, u_char *p, size_t n)
         bs->out_cap = cap;
     }
 
-    ngx_memcpy(bs->out + bs->out_len, p, n);
-    bs->out_len += n;
+    if (n) {
+        /* p may be NULL then (an empty piece), and bs->out too */
+        ngx_memcpy(bs->out + bs->out_len, p, n);
+        bs->out_len += n;
+    }
 
     ngx_post_event(&bs->flush, &ngx_posted_events);
 

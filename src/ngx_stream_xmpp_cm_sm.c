@@ -249,7 +249,9 @@ ngx_xmpp_cm_sm_queue(ngx_xmpp_cm_sm_t *sm, u_char *p1, size_t len1,
 
     ngx_memcpy(c->last, &len, sizeof(size_t));
     c->last += sizeof(size_t);
-    c->last = ngx_cpymem(c->last, p1, len1);
+    if (len1) {
+        c->last = ngx_cpymem(c->last, p1, len1);
+    }
 
     if (len2) {
         c->last = ngx_cpymem(c->last, p2, len2);

@@ -55,6 +55,8 @@ def load_modules(prefix, module):
     of the packages' snippets.  Those say `load_module modules/X.so;`,
     relative to nginx's prefix: Debian's is /usr/share/nginx, whose
     modules/ is a link to /usr/lib/nginx/modules; PREFIX gets the same."""
+    if STATIC:
+        return ""
     if not MODULES_ENABLED:
         return "load_module %s;\nload_module %s;" % (STREAM_MODULE, module)
     os.makedirs(prefix, exist_ok=True)
@@ -146,7 +148,9 @@ def command(prefix, args, logdir, leaks=True):
 def nginx_t(prefix, conf_text):
     """Write conf_text to PREFIX/nginx-t.conf and run `nginx -t` on it.
     Returns (rc, combined output)."""
-    os.makedirs(prefix, exist_ok=True)
+    # an http{} without access_log opens the binary's default: Debian's
+    # is /var/log/nginx, a source build's is PREFIX/logs
+    os.makedirs(os.path.join(prefix, "logs"), exist_ok=True)
     path = os.path.join(prefix, "nginx-t.conf")
     with open(path, "w") as f:
         f.write(conf_text)
