@@ -2642,6 +2642,7 @@ ngx_xmpp_cm_client_sm(ngx_xmpp_cm_client_t *cl, ngx_xmpp_cm_elem_t *e)
         }
 
         cl->stream->sm = sm;
+        ngx_xmpp_cm_count(cl->up, SM);
         sm->limit = cl->conf->client_output_limit;
 
         if (cl->conf->resume_timeout
@@ -2970,6 +2971,7 @@ ngx_xmpp_cm_client_resume(ngx_xmpp_cm_client_t *cl, ngx_str_t *account,
         ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
                       "xmpp_cm: resumption of unknown or expired stream "
                       "\"%V\" refused", previd);
+        ngx_xmpp_cm_count(cl->up, SM_RESUME_FAILED);
         ngx_xmpp_cm_client_sm_failed(cl, "item-not-found");
         return NGX_OK;
     }
@@ -2979,6 +2981,7 @@ ngx_xmpp_cm_client_resume(ngx_xmpp_cm_client_t *cl, ngx_str_t *account,
         ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
                       "xmpp_cm: resumption of %V refused: the account of "
                       "this connection is not known", previd);
+        ngx_xmpp_cm_count(cl->up, SM_RESUME_FAILED);
         ngx_xmpp_cm_client_sm_failed(cl, "not-authorized");
         return NGX_OK;
     }
@@ -2991,6 +2994,7 @@ ngx_xmpp_cm_client_resume(ngx_xmpp_cm_client_t *cl, ngx_str_t *account,
         ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
                       "xmpp_cm: resumption of %V by %V refused: the stream "
                       "belongs to another account", previd, account);
+        ngx_xmpp_cm_count(cl->up, SM_RESUME_FAILED);
         ngx_xmpp_cm_client_sm_failed(cl, "item-not-found");
         return NGX_OK;
     }
@@ -2999,6 +3003,7 @@ ngx_xmpp_cm_client_resume(ngx_xmpp_cm_client_t *cl, ngx_str_t *account,
         ngx_log_error(NGX_LOG_INFO, cl->c->log, 0,
                       "xmpp_cm: resumption of %V refused: h %uD, %uD sent",
                       previd, h, sm->sent);
+        ngx_xmpp_cm_count(cl->up, SM_RESUME_FAILED);
         ngx_xmpp_cm_client_sm_failed(cl, "unexpected-request");
         return NGX_OK;
     }
@@ -3018,6 +3023,7 @@ ngx_xmpp_cm_client_resume(ngx_xmpp_cm_client_t *cl, ngx_str_t *account,
                             "the stream was resumed on another connection");
 
     cl->stream = s;
+    ngx_xmpp_cm_count(cl->up, SM_RESUMED);
 
     cl->streamid.data = ngx_pstrdup(cl->c->pool, &s->node.str);
     cl->streamid.len = cl->streamid.data ? s->node.str.len : 0;
@@ -3053,6 +3059,7 @@ ngx_xmpp_cm_client_resend(void *data, u_char *p, size_t len)
 
     ngx_xmpp_cm_client_out(cl, p, len, 1);
     ngx_xmpp_cm_count_relay(cl->up, TO_CLIENT, len);
+    ngx_xmpp_cm_count(cl->up, SM_RESENT);
 
     return NGX_OK;
 }
@@ -3547,6 +3554,7 @@ ngx_xmpp_cm_client_detach(ngx_xmpp_cm_client_t *cl)
         if (s->sm && s->sm->resume && cl->dropped && !cl->up->exiting) {
             /* XEP-0198: kept for xmpp_cm_resume_timeout, collecting */
             s->sm->hold = 1;
+            ngx_xmpp_cm_count(cl->up, SM_HELD);
             s->sm->r_in = 0;
             s->sm->r_out = 0;
         }

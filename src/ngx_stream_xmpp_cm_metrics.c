@@ -115,6 +115,10 @@ static char  *ngx_xmpp_cm_metrics_results[] = {
     "success", "failure"
 };
 
+static char  *ngx_xmpp_cm_metrics_resumptions[] = {
+    "resumed", "failed"
+};
+
 static char  *ngx_xmpp_cm_metrics_up[] = {
     "up", "down"
 };
@@ -239,6 +243,32 @@ static ngx_xmpp_cm_metrics_family_t  ngx_xmpp_cm_metrics_families[] = {
     { "xmpp_cm_bosh_requests_total", "counter",
       "HTTP requests of BOSH sessions taken, the creation included.",
       NULL, NGX_XMPP_CM_M_BOSH_REQUESTS, 1, NULL },
+
+    { "xmpp_cm_sm_streams", "gauge",
+      "Client streams with XEP-0198 stream management enabled now, "
+      "detached ones waiting for resumption included.",
+      NULL, NGX_XMPP_CM_M_SM, 1, NULL },
+
+    { "xmpp_cm_sm_held_streams", "gauge",
+      "Streams whose connection dropped, held for a resumption now "
+      "(xmpp_cm_resume_timeout), keeping what Openfire routes to them.",
+      NULL, NGX_XMPP_CM_M_SM_HELD, 1, NULL },
+
+    { "xmpp_cm_sm_resumptions_total", "counter",
+      "XEP-0198 resumptions asked at this worker, by result: resumed, or "
+      "failed (unknown or expired previd, another account, a bad h).",
+      "result", NGX_XMPP_CM_M_SM_RESUMED, 2,
+      ngx_xmpp_cm_metrics_resumptions },
+
+    { "xmpp_cm_sm_expired_total", "counter",
+      "Held streams that ended without a resumption when their wait "
+      "(xmpp_cm_resume_timeout) was over.",
+      NULL, NGX_XMPP_CM_M_SM_EXPIRED, 1, NULL },
+
+    { "xmpp_cm_sm_resent_total", "counter",
+      "Stanzas sent again to a client after a resumption (not "
+      "acknowledged before the drop, or routed while it was held).",
+      NULL, NGX_XMPP_CM_M_SM_RESENT, 1, NULL },
 
     { "xmpp_cm_workers", "gauge",
       "Worker processes with at least one ready socket to Openfire (up) "

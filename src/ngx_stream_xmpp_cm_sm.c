@@ -364,7 +364,12 @@ ngx_xmpp_cm_sm_resumed(ngx_xmpp_cm_stream_t *s)
     sm->mark_head = 0;
     sm->r_in = 0;
     sm->r_out = 0;
-    sm->hold = 0;
+
+    if (sm->hold) {
+        sm->hold = 0;
+        ngx_xmpp_cm_uncount(s->up, SM_HELD);
+    }
+
     sm->requested = sm->sent;
     sm->requested_size = sm->size;
 }

@@ -316,6 +316,11 @@ ngx_xmpp_cm_stream_forget(ngx_xmpp_cm_stream_t *s)
     }
 
     if (s->sm) {
+        if (s->sm->hold) {
+            ngx_xmpp_cm_uncount(s->up, SM_HELD);
+        }
+
+        ngx_xmpp_cm_uncount(s->up, SM);
         ngx_xmpp_cm_sm_free(s->sm);
     }
 
@@ -453,7 +458,13 @@ ngx_xmpp_cm_stream_linger(ngx_xmpp_cm_stream_t *s)
 static void
 ngx_xmpp_cm_stream_close_handler(ngx_event_t *ev)
 {
-    ngx_xmpp_cm_stream_end(ev->data, NGX_XMPP_CM_END_CLOSE, NULL, NULL,
+    ngx_xmpp_cm_stream_t  *s = ev->data;
+
+    if (s->sm && s->sm->hold) {
+        ngx_xmpp_cm_count(s->up, SM_EXPIRED);
+    }
+
+    ngx_xmpp_cm_stream_end(s, NGX_XMPP_CM_END_CLOSE, NULL, NULL,
                            NULL, 0);
 }
 
@@ -718,6 +729,7 @@ ngx_xmpp_cm_stream_route(ngx_xmpp_cm_upstream_t *up, ngx_xmpp_cm_sock_t *sock,
                 }
 
                 s->sm->hold = 0;
+                ngx_xmpp_cm_uncount(s->up, SM_HELD);
                 ngx_xmpp_cm_stream_end(s, NGX_XMPP_CM_END_CLOSE, NULL, NULL,
                                        NULL, 0);
                 return;
