@@ -2151,7 +2151,11 @@ ngx_http_xmpp_cm_bosh_forward(ngx_http_request_t *r, ngx_pid_t owner,
     fw = ngx_pcalloc(r->pool, sizeof(ngx_http_xmpp_cm_bosh_fwd_t));
     cln = ngx_pool_cleanup_add(r->pool, 0);
 
-    if (fw == NULL || cln == NULL) {
+    if (fw) {
+        fw->in = ngx_create_temp_buf(r->pool, 4096);
+    }
+
+    if (fw == NULL || cln == NULL || fw->in == NULL) {
         ngx_close_connection(c);
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
@@ -2246,8 +2250,8 @@ ngx_http_xmpp_cm_bosh_forward_read(ngx_event_t *rev)
     for ( ;; ) {
         in = fw->in;
 
-        if (in == NULL || in->last == in->end) {
-            size = in ? 2 * (size_t) (in->end - in->start) : 4096;
+        if (in->last == in->end) {
+            size = 2 * (size_t) (in->end - in->start);
 
             if (size > NGX_XMPP_CM_RELAY_ANSWER_MAX) {
                 ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
@@ -2260,10 +2264,7 @@ ngx_http_xmpp_cm_bosh_forward_read(ngx_event_t *rev)
                 goto failed;
             }
 
-            if (in) {
-                b->last = ngx_cpymem(b->last, in->pos, in->last - in->pos);
-            }
-
+            b->last = ngx_cpymem(b->last, in->pos, in->last - in->pos);
             fw->in = b;
             in = b;
         }
@@ -2465,7 +2466,7 @@ ngx_http_xmpp_cm_bosh_relay_write(ngx_event_t *wev)
 static void
 ngx_http_xmpp_cm_bosh_relay_read(ngx_event_t *rev)
 {
-    u_char                        buf[1];
+    u_char                        ch;
     ssize_t                       n;
     ngx_connection_t             *c;
     ngx_http_xmpp_cm_bosh_req_t  *req;
@@ -2473,7 +2474,7 @@ ngx_http_xmpp_cm_bosh_relay_read(ngx_event_t *rev)
     c = rev->data;
     req = c->data;
 
-    n = c->recv(c, buf, 1);
+    n = c->recv(c, &ch, 1);
 
     if (n == NGX_AGAIN) {
         if (ngx_handle_read_event(rev, 0) == NGX_OK) {
