@@ -47,6 +47,10 @@
 
 #define NGX_HTTP_XMPP_CM_BOSH_HOLD_MAX   16
 
+/* a response relayed from the session's worker: written, and its size */
+#define NGX_HTTP_XMPP_CM_BOSH_RELAY_TIMEOUT  5000
+#define NGX_XMPP_CM_RELAY_ANSWER_MAX         (64 * 1024 * 1024)
+
 
 typedef struct {
     ngx_str_t                        name;
@@ -104,8 +108,17 @@ typedef struct {
 
 typedef struct ngx_http_xmpp_cm_bosh_s  ngx_http_xmpp_cm_bosh_t;
 
+/*
+ * A request of a session: an HTTP request of this worker (r), or one
+ * another worker relayed over the local socket (relay, r NULL).  Its
+ * pool and log are either's.
+ */
+
 typedef struct {
     ngx_http_request_t              *r;
+    ngx_connection_t                *relay;
+    ngx_pool_t                      *pool;
+    ngx_log_t                       *log;
     ngx_http_xmpp_cm_bosh_t         *bs;
     ngx_queue_t                      queue;       /* in held or ahead */
     ngx_event_t                      wait;
@@ -219,6 +232,18 @@ static ngx_int_t ngx_http_xmpp_cm_bosh_qualify_one(void *data,
     ngx_xmpp_cm_elem_t *e);
 static void ngx_http_xmpp_cm_bosh_send(ngx_http_request_t *r, u_char *p,
     size_t len);
+static void ngx_http_xmpp_cm_bosh_answer(ngx_http_xmpp_cm_bosh_req_t *req,
+    u_char *p, size_t len);
+static void ngx_http_xmpp_cm_bosh_fail(ngx_http_xmpp_cm_bosh_req_t *req);
+static void ngx_http_xmpp_cm_bosh_forward(ngx_http_request_t *r,
+    ngx_pid_t owner, u_char *p, size_t len);
+static void ngx_http_xmpp_cm_bosh_forward_write(ngx_event_t *wev);
+static void ngx_http_xmpp_cm_bosh_forward_read(ngx_event_t *rev);
+static void ngx_http_xmpp_cm_bosh_forward_cleanup(void *data);
+static void ngx_http_xmpp_cm_bosh_relayed(ngx_connection_t *c,
+    ngx_str_t *addr, ngx_str_t *body);
+static void ngx_http_xmpp_cm_bosh_relay_write(ngx_event_t *wev);
+static void ngx_http_xmpp_cm_bosh_relay_read(ngx_event_t *rev);
 static void ngx_http_xmpp_cm_bosh_refuse(ngx_http_request_t *r,
     const char *cond);
 static void ngx_http_xmpp_cm_bosh_terminate(ngx_http_xmpp_cm_bosh_t *bs,
@@ -527,6 +552,9 @@ ngx_http_xmpp_cm_bosh_init_module(ngx_cycle_t *cycle)
         ngx_xmpp_cm_transport_of = ngx_http_xmpp_cm_bosh_of;
     }
 
+    /* requests of this worker's sessions that reached another one */
+    ngx_xmpp_cm_handoff_bosh = ngx_http_xmpp_cm_bosh_relayed;
+
     if (cycle->conf_ctx[ngx_http_module.index] == NULL) {
         return NGX_OK;
     }
@@ -780,6 +808,7 @@ ngx_http_xmpp_cm_bosh_body_handler(ngx_http_request_t *r)
 {
     u_char                             *p;
     size_t                              len, max;
+    ngx_int_t                           owner;
     ngx_str_t                           sid;
     ngx_pool_cleanup_t                 *cln;
     ngx_http_xmpp_cm_bosh_t            *bs;
@@ -818,6 +847,8 @@ ngx_http_xmpp_cm_bosh_body_handler(ngx_http_request_t *r)
     }
 
     req->r = r;
+    req->pool = r->pool;
+    req->log = r->connection->log;
     req->body.pool = r->pool;
 
     cln = ngx_pool_cleanup_add(r->pool, 0);
@@ -875,15 +906,16 @@ ngx_http_xmpp_cm_bosh_body_handler(ngx_http_request_t *r)
     bs = ngx_http_xmpp_cm_bosh_find(bmcf, &sid);
 
     if (bs == NULL) {
-        if (sid.len == NGX_HTTP_XMPP_CM_BOSH_SID_LEN
-            && ngx_hextoi(sid.data, 2) != (ngx_int_t) (ngx_worker & 0xff))
-        {
-            ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
-                          "xmpp_cm: BOSH request for session \"%V\" of "
-                          "worker %i reached worker %ui: a session lives in "
-                          "one worker (use HTTP/2 or one worker for BOSH, "
-                          "see docs/bosh.md)", &sid,
-                          ngx_hextoi(sid.data, 2), ngx_worker);
+        owner = NGX_ERROR;
+
+        if (sid.len == NGX_HTTP_XMPP_CM_BOSH_SID_LEN) {
+            owner = ngx_hextoi(sid.data, 8);
+        }
+
+        if (owner > 0 && (ngx_pid_t) owner != ngx_pid) {
+            /* the session lives in another worker: it answers there */
+            ngx_http_xmpp_cm_bosh_forward(r, (ngx_pid_t) owner, p, len);
+            return;
 
         } else {
             ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
@@ -1185,7 +1217,8 @@ static void
 ngx_http_xmpp_cm_bosh_create(ngx_http_xmpp_cm_bosh_req_t *req,
     ngx_http_xmpp_cm_bosh_loc_conf_t *blcf)
 {
-    u_char                              raw[16], w;
+    u_char                              raw[16];
+    uint32_t                            w;
     uint64_t                            v;
     ngx_pool_t                         *pool;
     ngx_connection_t                   *c, *hc;
@@ -1310,9 +1343,9 @@ ngx_http_xmpp_cm_bosh_create(ngx_http_xmpp_cm_bosh_req_t *req,
     }
 
     /*
-     * The session id: the worker's number, then 15 random bytes (not
-     * guessable).  A session lives in one worker: the number tells a
-     * request that reached another one (docs/bosh.md, workers).
+     * The session id: the worker's pid, then 12 random bytes (not
+     * guessable).  A session lives in one worker: the pid tells another
+     * worker where to relay its requests (docs/bosh.md, workers).
      */
 
     if (RAND_bytes(raw, sizeof(raw)) != 1) {
@@ -1321,8 +1354,9 @@ ngx_http_xmpp_cm_bosh_create(ngx_http_xmpp_cm_bosh_req_t *req,
         goto failed;
     }
 
-    w = (u_char) ngx_worker;
-    (void) ngx_hex_dump(ngx_hex_dump(bs->sid, &w, 1), raw, sizeof(raw) - 1);
+    w = htonl((uint32_t) ngx_pid);
+    (void) ngx_hex_dump(ngx_hex_dump(bs->sid, (u_char *) &w, 4), raw,
+                        sizeof(raw) - 4);
 
     bs->node.str.data = bs->sid;
     bs->node.str.len = NGX_HTTP_XMPP_CM_BOSH_SID_LEN;
@@ -1411,15 +1445,14 @@ ngx_http_xmpp_cm_bosh_request(ngx_http_xmpp_cm_bosh_t *bs,
                               "sent again", req->rid);
 
                 /* a copy: the kept one may be replaced while this goes */
-                p = ngx_pnalloc(req->r->pool, rc->len);
+                p = ngx_pnalloc(req->pool, rc->len);
                 if (p == NULL) {
-                    ngx_http_finalize_request(req->r,
-                                              NGX_HTTP_INTERNAL_SERVER_ERROR);
+                    ngx_http_xmpp_cm_bosh_fail(req);
                     return;
                 }
 
                 ngx_memcpy(p, rc->data, rc->len);
-                ngx_http_xmpp_cm_bosh_send(req->r, p, rc->len);
+                ngx_http_xmpp_cm_bosh_answer(req, p, rc->len);
                 return;
             }
         }
@@ -1468,12 +1501,15 @@ ngx_http_xmpp_cm_bosh_request(ngx_http_xmpp_cm_bosh_t *bs,
         req->queued = 1;
         req->ahead = 1;
         bs->nahead++;
-        req->r->read_event_handler = ngx_http_test_reading;
+
+        if (req->r) {
+            req->r->read_event_handler = ngx_http_test_reading;
+        }
 
         /* the missing one has "wait" to come (XEP-0124 14.2) */
         req->wait.handler = ngx_http_xmpp_cm_bosh_wait_handler;
         req->wait.data = req;
-        req->wait.log = req->r->connection->log;
+        req->wait.log = req->log;
         req->wait.cancelable = 1;
         ngx_add_timer(&req->wait, bs->wait);
         return;
@@ -1553,7 +1589,7 @@ ngx_http_xmpp_cm_bosh_run(ngx_http_xmpp_cm_bosh_t *bs,
                                       b->inner_len, NGX_MAX_UINT32_VALUE,
                                       NULL, NULL);
         if (rc == NGX_ERROR) {
-            ngx_http_finalize_request(req->r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+            ngx_http_xmpp_cm_bosh_fail(req);
             return;
         }
 
@@ -1656,12 +1692,14 @@ ngx_http_xmpp_cm_bosh_hold(ngx_http_xmpp_cm_bosh_t *bs,
 
     req->wait.handler = ngx_http_xmpp_cm_bosh_wait_handler;
     req->wait.data = req;
-    req->wait.log = req->r->connection->log;
+    req->wait.log = req->log;
     req->wait.cancelable = 1;
     ngx_add_timer(&req->wait, bs->wait);
 
     /* a client that goes away ends its request (499) */
-    req->r->read_event_handler = ngx_http_test_reading;
+    if (req->r) {
+        req->r->read_event_handler = ngx_http_test_reading;
+    }
 
     ngx_http_xmpp_cm_bosh_release(bs);
 }
@@ -1734,7 +1772,7 @@ ngx_http_xmpp_cm_bosh_respond(ngx_http_xmpp_cm_bosh_req_t *req,
 {
     u_char                         *buf, *p, *d;
     size_t                          len, dlen, elen;
-    ngx_http_request_t             *r;
+    ngx_pool_t                     *pool;
     ngx_http_xmpp_cm_bosh_t        *bs;
     ngx_http_xmpp_cm_bosh_cache_t  *rc;
 
@@ -1743,7 +1781,7 @@ ngx_http_xmpp_cm_bosh_respond(ngx_http_xmpp_cm_bosh_req_t *req,
                               " xmpp:version=\"1.0\" xmpp:restartlogic="
                               "\"true\" ver=\"1.11\" polling=\"2\"";
 
-    r = req->r;
+    pool = req->pool;
     bs = req->bs;
 
     ngx_http_xmpp_cm_bosh_unqueue(req);
@@ -1752,8 +1790,8 @@ ngx_http_xmpp_cm_bosh_respond(ngx_http_xmpp_cm_bosh_req_t *req,
     d = NULL;
 
     if (data && bs && bs->out_len) {
-        if (ngx_http_xmpp_cm_bosh_qualify(bs, r->pool, &d, &dlen) != NGX_OK) {
-            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        if (ngx_http_xmpp_cm_bosh_qualify(bs, pool, &d, &dlen) != NGX_OK) {
+            ngx_http_xmpp_cm_bosh_fail(req);
             return;
         }
     }
@@ -1780,9 +1818,9 @@ ngx_http_xmpp_cm_bosh_respond(ngx_http_xmpp_cm_bosh_req_t *req,
                + bs->from.len + bs->authid.len;
     }
 
-    buf = ngx_pnalloc(r->pool, len);
+    buf = ngx_pnalloc(pool, len);
     if (buf == NULL) {
-        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        ngx_http_xmpp_cm_bosh_fail(req);
         return;
     }
 
@@ -1859,7 +1897,7 @@ ngx_http_xmpp_cm_bosh_respond(ngx_http_xmpp_cm_bosh_req_t *req,
         }
     }
 
-    ngx_http_xmpp_cm_bosh_send(r, buf, len);
+    ngx_http_xmpp_cm_bosh_answer(req, buf, len);
 }
 
 
@@ -2020,6 +2058,436 @@ ngx_http_xmpp_cm_bosh_send(ngx_http_request_t *r, u_char *p, size_t len)
     out.next = NULL;
 
     ngx_http_finalize_request(r, ngx_http_output_filter(r, &out));
+}
+
+
+/* the response goes to the HTTP request, or back to the relaying worker */
+
+static void
+ngx_http_xmpp_cm_bosh_answer(ngx_http_xmpp_cm_bosh_req_t *req, u_char *p,
+    size_t len)
+{
+    ngx_buf_t         *b;
+    ngx_connection_t  *c;
+
+    if (req->r) {
+        ngx_http_xmpp_cm_bosh_send(req->r, p, len);
+        return;
+    }
+
+    c = req->relay;
+
+    b = ngx_calloc_buf(req->pool);
+    if (b == NULL) {
+        ngx_http_xmpp_cm_bosh_fail(req);
+        return;
+    }
+
+    b->pos = p;
+    b->last = p + len;
+    c->buffer = b;
+
+    ngx_http_xmpp_cm_bosh_relay_write(c->write);
+}
+
+
+static void
+ngx_http_xmpp_cm_bosh_fail(ngx_http_xmpp_cm_bosh_req_t *req)
+{
+    ngx_pool_t  *pool;
+
+    if (req->r) {
+        ngx_http_finalize_request(req->r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    /* the request's cleanup runs with its pool, the connection's */
+    pool = req->relay->pool;
+    ngx_close_connection(req->relay);
+    ngx_destroy_pool(pool);
+}
+
+
+/*
+ * The accepting worker's side of a request of another worker's session
+ * (the sid's first 8 hex digits are the owner's pid): the body goes to
+ * the owner's local socket, its response comes back and is this HTTP
+ * request's answer.  Nothing back: no such session there.
+ */
+
+typedef struct {
+    ngx_http_request_t              *r;
+    ngx_connection_t                *c;
+    ngx_buf_t                       *in;
+    ngx_pid_t                        owner;
+} ngx_http_xmpp_cm_bosh_fwd_t;
+
+
+static void
+ngx_http_xmpp_cm_bosh_forward(ngx_http_request_t *r, ngx_pid_t owner,
+    u_char *p, size_t len)
+{
+    ngx_str_t                          body;
+    ngx_connection_t                  *c;
+    ngx_pool_cleanup_t                *cln;
+    ngx_http_xmpp_cm_bosh_fwd_t       *fw;
+    ngx_http_xmpp_cm_bosh_loc_conf_t  *blcf;
+
+    blcf = ngx_http_get_module_loc_conf(r, ngx_http_xmpp_cm_bosh_module);
+
+    body.data = p;
+    body.len = len;
+
+    c = ngx_xmpp_cm_handoff_bosh_connect(owner, &r->connection->addr_text,
+                                         &body, r->pool, r->connection->log);
+    if (c == NULL) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "xmpp_cm: BOSH request for a session of worker %P, "
+                      "which is gone", owner);
+        ngx_http_xmpp_cm_bosh_refuse(r, "item-not-found");
+        return;
+    }
+
+    fw = ngx_pcalloc(r->pool, sizeof(ngx_http_xmpp_cm_bosh_fwd_t));
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+
+    if (fw) {
+        fw->in = ngx_create_temp_buf(r->pool, 4096);
+    }
+
+    if (fw == NULL || cln == NULL || fw->in == NULL) {
+        ngx_close_connection(c);
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    fw->r = r;
+    fw->c = c;
+    fw->owner = owner;
+    cln->handler = ngx_http_xmpp_cm_bosh_forward_cleanup;
+    cln->data = fw;
+
+    c->data = fw;
+    c->read->handler = ngx_http_xmpp_cm_bosh_forward_read;
+    c->write->handler = ngx_http_xmpp_cm_bosh_forward_write;
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "xmpp_cm: BOSH request relayed to worker %P", owner);
+
+    /* a client that goes away ends its request (499), and the relay */
+    r->read_event_handler = ngx_http_test_reading;
+
+    /* the owner holds it at most the session's wait (<= max_wait) */
+    ngx_add_timer(c->read, blcf->max_wait + 10000);
+
+    if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
+        ngx_close_connection(c);
+        fw->c = NULL;
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    ngx_http_xmpp_cm_bosh_forward_write(c->write);
+}
+
+
+static void
+ngx_http_xmpp_cm_bosh_forward_write(ngx_event_t *wev)
+{
+    ssize_t                       n;
+    ngx_buf_t                    *b;
+    ngx_connection_t             *c;
+    ngx_http_xmpp_cm_bosh_fwd_t  *fw;
+
+    c = wev->data;
+    fw = c->data;
+    b = c->buffer;
+
+    while (b->pos < b->last) {
+        n = c->send(c, b->pos, b->last - b->pos);
+
+        if (n == NGX_AGAIN) {
+            if (ngx_handle_write_event(wev, 0) == NGX_OK) {
+                return;
+            }
+
+            n = NGX_ERROR;
+        }
+
+        if (n == NGX_ERROR) {
+            ngx_close_connection(c);
+            fw->c = NULL;
+            ngx_http_xmpp_cm_bosh_refuse(fw->r, "internal-server-error");
+            return;
+        }
+
+        b->pos += n;
+    }
+}
+
+
+static void
+ngx_http_xmpp_cm_bosh_forward_read(ngx_event_t *rev)
+{
+    size_t                        size;
+    ssize_t                       n;
+    ngx_buf_t                    *b, *in;
+    ngx_connection_t             *c;
+    ngx_http_request_t           *r;
+    ngx_http_xmpp_cm_bosh_fwd_t  *fw;
+
+    c = rev->data;
+    fw = c->data;
+    r = fw->r;
+
+    if (rev->timedout) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, NGX_ETIMEDOUT,
+                      "xmpp_cm: worker %P did not answer a relayed BOSH "
+                      "request in time", fw->owner);
+        goto failed;
+    }
+
+    for ( ;; ) {
+        in = fw->in;
+
+        if (in->last == in->end) {
+            size = 2 * (size_t) (in->end - in->start);
+
+            if (size > NGX_XMPP_CM_RELAY_ANSWER_MAX) {
+                ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                              "xmpp_cm: relayed BOSH response too long");
+                goto failed;
+            }
+
+            b = ngx_create_temp_buf(r->pool, size);
+            if (b == NULL) {
+                goto failed;
+            }
+
+            b->last = ngx_cpymem(b->last, in->pos, in->last - in->pos);
+            fw->in = b;
+            in = b;
+        }
+
+        n = c->recv(c, in->last, in->end - in->last);
+
+        if (n == NGX_AGAIN) {
+            if (ngx_handle_read_event(rev, 0) != NGX_OK) {
+                goto failed;
+            }
+
+            return;
+        }
+
+        if (n == NGX_ERROR) {
+            goto failed;
+        }
+
+        if (n == 0) {
+            break;
+        }
+
+        in->last += n;
+    }
+
+    ngx_close_connection(c);
+    fw->c = NULL;
+
+    if (in->last == in->pos) {
+        /* the owner has no such session (any more) */
+        ngx_http_xmpp_cm_bosh_refuse(r, "item-not-found");
+        return;
+    }
+
+    ngx_http_xmpp_cm_bosh_send(r, in->pos, in->last - in->pos);
+    return;
+
+failed:
+
+    ngx_close_connection(c);
+    fw->c = NULL;
+    ngx_http_xmpp_cm_bosh_refuse(r, "internal-server-error");
+}
+
+
+static void
+ngx_http_xmpp_cm_bosh_forward_cleanup(void *data)
+{
+    ngx_http_xmpp_cm_bosh_fwd_t *fw = data;
+
+    if (fw->c) {
+        ngx_close_connection(fw->c);
+        fw->c = NULL;
+    }
+}
+
+
+/*
+ * The owner's side: another worker relayed a request of one of this
+ * worker's sessions (ngx_stream_xmpp_cm_handoff.c); it is taken as a
+ * request of this worker, held as any, and its response written back.
+ */
+
+static void
+ngx_http_xmpp_cm_bosh_relayed(ngx_connection_t *c, ngx_str_t *addr,
+    ngx_str_t *body)
+{
+    ngx_str_t                           sid;
+    ngx_pool_cleanup_t                 *cln;
+    ngx_http_xmpp_cm_bosh_t            *bs;
+    ngx_http_xmpp_cm_bosh_req_t        *req;
+    ngx_http_xmpp_cm_bosh_main_conf_t  *bmcf;
+
+    bmcf = NULL;
+
+    if (ngx_cycle->conf_ctx[ngx_http_module.index]) {
+        bmcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                                ngx_http_xmpp_cm_bosh_module);
+    }
+
+    req = ngx_pcalloc(c->pool, sizeof(ngx_http_xmpp_cm_bosh_req_t));
+    cln = ngx_pool_cleanup_add(c->pool, 0);
+
+    if (bmcf == NULL || req == NULL || cln == NULL) {
+        goto close;
+    }
+
+    req->relay = c;
+    req->pool = c->pool;
+    req->log = c->log;
+    req->body.pool = c->pool;
+
+    cln->handler = ngx_http_xmpp_cm_bosh_req_cleanup;
+    cln->data = req;
+
+    c->data = req;
+    c->buffer = NULL;
+    c->read->handler = ngx_http_xmpp_cm_bosh_relay_read;
+    c->write->handler = ngx_http_xmpp_cm_bosh_relay_write;
+
+    /* the relaying worker parsed it already: nothing here is the client's */
+
+    if (ngx_http_xmpp_cm_bosh_parse(&req->body, body->data, body->len)
+        != NGX_OK
+        || ngx_http_xmpp_cm_bosh_number(&req->body.rid,
+                                        NGX_HTTP_XMPP_CM_BOSH_RID_MAX,
+                                        &req->body.rid_n)
+           != NGX_OK)
+    {
+        goto close;
+    }
+
+    req->rid = req->body.rid_n;
+    sid = req->body.sid;
+
+    bs = sid.len ? ngx_http_xmpp_cm_bosh_find(bmcf, &sid) : NULL;
+
+    ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                  "xmpp_cm: BOSH request rid %uL of session \"%V\" from "
+                  "client %V relayed by another worker%s", req->rid, &sid,
+                  addr, bs ? "" : ", no such session");
+
+    if (bs == NULL) {
+        goto close;
+    }
+
+    if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
+        goto close;
+    }
+
+    req->bs = bs;
+
+    ngx_xmpp_cm_metrics_bosh(bs->up, 0);
+    ngx_http_xmpp_cm_bosh_request(bs, req);
+    return;
+
+close:
+
+    {
+        ngx_pool_t  *pool = c->pool;
+
+        ngx_close_connection(c);
+        ngx_destroy_pool(pool);
+    }
+}
+
+
+static void
+ngx_http_xmpp_cm_bosh_relay_write(ngx_event_t *wev)
+{
+    ssize_t                       n;
+    ngx_buf_t                    *b;
+    ngx_connection_t             *c;
+    ngx_http_xmpp_cm_bosh_req_t  *req;
+
+    c = wev->data;
+    req = c->data;
+    b = c->buffer;
+
+    if (b == NULL) {
+        return;
+    }
+
+    if (wev->timedout) {
+        ngx_log_error(NGX_LOG_INFO, c->log, NGX_ETIMEDOUT,
+                      "xmpp_cm: relayed BOSH response not taken in time");
+        ngx_http_xmpp_cm_bosh_fail(req);
+        return;
+    }
+
+    while (b->pos < b->last) {
+        n = c->send(c, b->pos, b->last - b->pos);
+
+        if (n == NGX_AGAIN) {
+            if (ngx_handle_write_event(wev, 0) != NGX_OK) {
+                ngx_http_xmpp_cm_bosh_fail(req);
+                return;
+            }
+
+            ngx_add_timer(wev, NGX_HTTP_XMPP_CM_BOSH_RELAY_TIMEOUT);
+            return;
+        }
+
+        if (n == NGX_ERROR) {
+            ngx_http_xmpp_cm_bosh_fail(req);
+            return;
+        }
+
+        b->pos += n;
+    }
+
+    /* all written: the close tells the relaying worker it is whole */
+    ngx_http_xmpp_cm_bosh_fail(req);
+}
+
+
+/* the relaying worker went away (its client did): as a 499 */
+
+static void
+ngx_http_xmpp_cm_bosh_relay_read(ngx_event_t *rev)
+{
+    u_char                        ch;
+    ssize_t                       n;
+    ngx_connection_t             *c;
+    ngx_http_xmpp_cm_bosh_req_t  *req;
+
+    c = rev->data;
+    req = c->data;
+
+    n = c->recv(c, &ch, 1);
+
+    if (n == NGX_AGAIN) {
+        if (ngx_handle_read_event(rev, 0) == NGX_OK) {
+            return;
+        }
+    }
+
+    if (c->buffer) {
+        /* answering: the writer ends it */
+        return;
+    }
+
+    ngx_http_xmpp_cm_bosh_fail(req);
 }
 
 

@@ -972,6 +972,20 @@ ngx_uint_t ngx_xmpp_cm_relay_full(ngx_xmpp_cm_relay_t *r);
 void ngx_xmpp_cm_relay_drained(ngx_xmpp_cm_relay_t *r);
 void ngx_xmpp_cm_relay_close(ngx_xmpp_cm_relay_t *r);
 
+/*
+ * A BOSH request relayed to the session's worker: the owner's module
+ * takes the connection, answers the <body/> and closes it (set by the
+ * BOSH module; NULL: the kind is refused).  c->buffer of the connecting
+ * side holds the request, to be written.
+ */
+typedef void (*ngx_xmpp_cm_handoff_bosh_pt)(ngx_connection_t *c,
+    ngx_str_t *addr, ngx_str_t *body);
+
+extern ngx_xmpp_cm_handoff_bosh_pt  ngx_xmpp_cm_handoff_bosh;
+
+ngx_connection_t *ngx_xmpp_cm_handoff_bosh_connect(ngx_pid_t owner,
+    ngx_str_t *addr, ngx_str_t *body, ngx_pool_t *pool, ngx_log_t *log);
+
 
 /* client stream (ngx_stream_xmpp_cm_client.c) */
 

@@ -25,6 +25,14 @@
  *            u16 lang, then the four strings (rest is their sum)
  *   answer:  "XCM1" u8 status (0 OK, 1 failed), u8 len, then failed:
  *            the <failed/> element of the owner's refusal, for the client
+ *
+ * A second kind, a BOSH request of a session the owner holds (the
+ * accepting worker's HTTP request waits for the answer):
+ *   request: "XCB1" u32 rest, u32 0, u16 addr, 6 bytes 0, then the
+ *            client's address and the request's <body/> as read
+ *   answer:  the response's <body/>, then the owner closes (none: no
+ *            such session, the accepting worker answers item-not-found)
+ * The BOSH module reads and answers it (ngx_xmpp_cm_handoff_bosh).
  */
 
 
@@ -32,6 +40,8 @@
 
 
 #define NGX_XMPP_CM_HANDOFF_MAGIC    "XCM1"
+#define NGX_XMPP_CM_HANDOFF_BOSH     "XCB1"
+#define NGX_XMPP_CM_HANDOFF_BOSH_MAX (16 * 1024 * 1024)
 #define NGX_XMPP_CM_HANDOFF_FIXED    20
 #define NGX_XMPP_CM_HANDOFF_MAX      4096    /* a whole request */
 #define NGX_XMPP_CM_HANDOFF_TIMEOUT  5000    /* request, answer */
@@ -68,8 +78,12 @@ typedef struct {
     ngx_xmpp_cm_worker_t               *worker;
     size_t                              got;
     size_t                              need;
+    u_char                             *data;     /* buf, or a BOSH one */
     u_char                              buf[NGX_XMPP_CM_HANDOFF_MAX];
 } ngx_xmpp_cm_handoff_in_t;
+
+
+ngx_xmpp_cm_handoff_bosh_pt  ngx_xmpp_cm_handoff_bosh;
 
 
 static socklen_t ngx_xmpp_cm_handoff_name(struct sockaddr_un *sun,
@@ -82,6 +96,8 @@ static ngx_int_t ngx_xmpp_cm_handoff_parse(ngx_xmpp_cm_handoff_in_t *in,
     ngx_xmpp_cm_handoff_hdr_t *h);
 static ngx_int_t ngx_xmpp_cm_handoff_answer(ngx_connection_t *c,
     ngx_xmpp_cm_handoff_in_t *in, ngx_xmpp_cm_handoff_hdr_t *h);
+static void ngx_xmpp_cm_handoff_bosh_request(ngx_connection_t *c,
+    ngx_xmpp_cm_handoff_in_t *in);
 static void ngx_xmpp_cm_handoff_drop(ngx_connection_t *c,
     ngx_xmpp_cm_handoff_in_t *in);
 static void ngx_xmpp_cm_handoff_close(ngx_connection_t *c);
@@ -342,6 +358,7 @@ ngx_xmpp_cm_handoff_accept(ngx_event_t *ev)
         in->worker = wk;
         in->got = 0;
         in->need = NGX_XMPP_CM_HANDOFF_FIXED;
+        in->data = in->buf;
         c->data = in;
 
         c->read->handler = ngx_xmpp_cm_handoff_request;
@@ -380,7 +397,7 @@ ngx_xmpp_cm_handoff_request(ngx_event_t *rev)
 
     while (in->got < in->need) {
 
-        n = c->recv(c, in->buf + in->got, in->need - in->got);
+        n = c->recv(c, in->data + in->got, in->need - in->got);
 
         if (n == NGX_AGAIN) {
             if (ngx_handle_read_event(rev, 0) != NGX_OK) {
@@ -400,15 +417,32 @@ ngx_xmpp_cm_handoff_request(ngx_event_t *rev)
         if (in->got == NGX_XMPP_CM_HANDOFF_FIXED
             && in->need == NGX_XMPP_CM_HANDOFF_FIXED)
         {
+            ngx_memcpy(&rest, in->buf + 4, 4);
+            rest = ntohl(rest);
+
+            if (ngx_memcmp(in->buf, NGX_XMPP_CM_HANDOFF_BOSH, 4) == 0
+                && ngx_xmpp_cm_handoff_bosh
+                && rest <= NGX_XMPP_CM_HANDOFF_BOSH_MAX)
+            {
+                /* a BOSH body may be larger than a resumption's strings */
+                in->data = ngx_pnalloc(c->pool,
+                                       NGX_XMPP_CM_HANDOFF_FIXED + rest);
+                if (in->data == NULL) {
+                    ngx_xmpp_cm_handoff_drop(c, in);
+                    return;
+                }
+
+                ngx_memcpy(in->data, in->buf, NGX_XMPP_CM_HANDOFF_FIXED);
+                in->need += rest;
+                continue;
+            }
+
             if (ngx_memcmp(in->buf, NGX_XMPP_CM_HANDOFF_MAGIC, 4) != 0) {
                 ngx_log_error(NGX_LOG_WARN, c->log, 0,
                               "xmpp_cm: bad handoff request");
                 ngx_xmpp_cm_handoff_drop(c, in);
                 return;
             }
-
-            ngx_memcpy(&rest, in->buf + 4, 4);
-            rest = ntohl(rest);
 
             if (rest > NGX_XMPP_CM_HANDOFF_MAX - NGX_XMPP_CM_HANDOFF_FIXED) {
                 ngx_log_error(NGX_LOG_WARN, c->log, 0,
@@ -419,6 +453,12 @@ ngx_xmpp_cm_handoff_request(ngx_event_t *rev)
 
             in->need += rest;
         }
+    }
+
+    if (in->data != in->buf) {
+        ngx_del_timer(rev);
+        ngx_xmpp_cm_handoff_bosh_request(c, in);
+        return;
     }
 
     if (ngx_xmpp_cm_handoff_parse(in, &h) != NGX_OK) {
@@ -545,6 +585,127 @@ ngx_xmpp_cm_handoff_reply(ngx_connection_t *c, ngx_uint_t status,
     n = c->send(c, answer, len);
 
     return n == (ssize_t) len ? NGX_OK : NGX_ERROR;
+}
+
+
+/* the BOSH module takes the connection: it answers, then closes it */
+
+static void
+ngx_xmpp_cm_handoff_bosh_request(ngx_connection_t *c,
+    ngx_xmpp_cm_handoff_in_t *in)
+{
+    u_char     *p;
+    uint16_t    l;
+    ngx_str_t   addr, body;
+
+    p = in->data;
+    ngx_memcpy(&l, p + 12, 2);
+    addr.len = ntohs(l);
+    addr.data = p + NGX_XMPP_CM_HANDOFF_FIXED;
+
+    if (NGX_XMPP_CM_HANDOFF_FIXED + addr.len > in->need) {
+        ngx_log_error(NGX_LOG_WARN, c->log, 0,
+                      "xmpp_cm: bad handoff request");
+        ngx_xmpp_cm_handoff_drop(c, in);
+        return;
+    }
+
+    body.data = addr.data + addr.len;
+    body.len = in->need - NGX_XMPP_CM_HANDOFF_FIXED - addr.len;
+
+    ngx_free(in);
+
+    c->log->action = "answering a relayed BOSH request";
+
+    /* the strings are in c->pool, the module's from here */
+    ngx_xmpp_cm_handoff_bosh(c, &addr, &body);
+}
+
+
+/*
+ * The accepting worker's side of a BOSH request: a connection to the
+ * owner's socket, the request written, the rest the caller's.  NULL: the
+ * owner is not there (gone after a reload), or is not the pid.
+ */
+
+ngx_connection_t *
+ngx_xmpp_cm_handoff_bosh_connect(ngx_pid_t owner, ngx_str_t *addr,
+    ngx_str_t *body, ngx_pool_t *pool, ngx_log_t *log)
+{
+    u_char              *p;
+    size_t               len;
+    uint16_t             l;
+    uint32_t             v;
+    ngx_buf_t           *b;
+    ngx_socket_t         s;
+    ngx_connection_t    *c;
+    struct sockaddr_un   sun;
+
+    if (addr->len > 1024
+        || addr->len + body->len > NGX_XMPP_CM_HANDOFF_BOSH_MAX)
+    {
+        return NULL;
+    }
+
+    len = NGX_XMPP_CM_HANDOFF_FIXED + addr->len + body->len;
+
+    b = ngx_create_temp_buf(pool, len);
+    if (b == NULL) {
+        return NULL;
+    }
+
+    p = ngx_cpymem(b->last, NGX_XMPP_CM_HANDOFF_BOSH, 4);
+    v = htonl(len - NGX_XMPP_CM_HANDOFF_FIXED);
+    p = ngx_cpymem(p, &v, 4);
+    p = ngx_cpymem(p, "\0\0\0\0", 4);
+    l = htons((uint16_t) addr->len);
+    p = ngx_cpymem(p, &l, 2);
+    p = ngx_cpymem(p, "\0\0\0\0\0\0", 6);
+    p = ngx_cpymem(p, addr->data, addr->len);
+    b->last = ngx_cpymem(p, body->data, body->len);
+
+    s = socket(AF_UNIX, SOCK_STREAM|SOCK_NONBLOCK|SOCK_CLOEXEC, 0);
+    if (s == (ngx_socket_t) -1) {
+        ngx_log_error(NGX_LOG_ALERT, log, ngx_socket_errno,
+                      "xmpp_cm: handoff socket() failed");
+        return NULL;
+    }
+
+    /* a unix socket connects at once, or is refused at once */
+
+    if (connect(s, (struct sockaddr *) &sun,
+                ngx_xmpp_cm_handoff_name(&sun, owner))
+        == -1)
+    {
+        ngx_log_error(NGX_LOG_INFO, log, ngx_socket_errno,
+                      "xmpp_cm: worker %P of the BOSH session is not "
+                      "reachable", owner);
+        (void) ngx_close_socket(s);
+        return NULL;
+    }
+
+    if (ngx_xmpp_cm_handoff_peer(s, owner, log) != NGX_OK) {
+        (void) ngx_close_socket(s);
+        return NULL;
+    }
+
+    c = ngx_get_connection(s, log);
+    if (c == NULL) {
+        (void) ngx_close_socket(s);
+        return NULL;
+    }
+
+    c->pool = pool;
+    c->read->log = log;
+    c->write->log = log;
+    c->recv = ngx_recv;
+    c->send = ngx_send;
+    c->recv_chain = ngx_recv_chain;
+    c->send_chain = ngx_send_chain;
+    c->write->ready = 1;
+    c->buffer = b;
+
+    return c;
 }
 
 

@@ -543,43 +543,98 @@ def test_hold_is_capped_by_max_hold(standin, nginx):
     assert r.get("hold") == "2" and r.get("requests") == "3"
 
 
-def test_request_on_another_worker_is_item_not_found(standin, nginx):
-    """A session lives in its worker: with two workers and HTTP/1.1
-    connections spread by reuseport, a request that reaches the other
-    worker is item-not-found and logged as such (docs/bosh.md)."""
+def test_requests_at_another_worker_are_relayed_to_the_owner(standin,
+                                                              nginx, raw):
+    """A session lives in its worker (the sid's first 8 hex digits are its
+    pid); with two workers and HTTP/1.1 connections spread by reuseport,
+    requests that reach the other worker are relayed over the owner's
+    local socket and answered as local ones: login, a message out, a
+    held long-poll released by a message in.  After a reload the owner is
+    gone: item-not-found (docs/bosh.md, Workers)."""
+    import http.client
+    import signal
     sb = standin()
     hport = free_port()
     block = http_block(hport).replace(
         "listen 127.0.0.1:%d;" % hport,
         "listen 127.0.0.1:%d reuseport;" % hport)
     ngx = nginx(standin=sb, main_extra=block, workers=2)
-    import http.client
-    sid = None
-    for i in range(60):
-        b = Bosh(hport)
-        r = b.create()
-        b.close()
-        w = r.get("sid")[:2]
-        if sid is None:
-            sid, first = r.get("sid"), w
-        elif w != first:
-            break
-    else:
-        pytest.fail("reuseport never gave the other worker a connection")
-    # fresh connections until one lands on the other worker (one on the
-    # session's own worker is out of its rid window: item-not-found too)
-    for i in range(60):
-        c = http.client.HTTPConnection("127.0.0.1", hport, timeout=5)
-        c.request("POST", "/http-bind", body=(
-            "<body xmlns='http://jabber.org/protocol/httpbind' rid='99999' "
-            "sid='%s'/>" % sid).encode())
-        raw_ = c.getresponse().read()
-        c.close()
-        assert b"item-not-found" in raw_, raw_
-        if "reached worker" in ngx.log():
-            break
-    else:
-        pytest.fail("no request reached the other worker")
+
+    def conn_at(want=None, avoid=None):
+        """A keepalive connection and the worker serving it, told by the
+        sid of a throwaway session created over it."""
+        for _ in range(80):
+            c = http.client.HTTPConnection("127.0.0.1", hport, timeout=10)
+            p = Bosh(hport)
+            p.conns = [c]
+            pid = int(p.create().get("sid")[:8], 16)
+            if (want is None or pid == want) and pid != avoid:
+                return c, pid
+            c.close()
+        pytest.fail("reuseport never gave the wanted worker a connection")
+
+    b = Bosh(hport)
+    c0, owner = conn_at()
+    assert owner in ngx.worker_pids()
+    b.conns = [c0]
+    assert b.login("alice", "alicepw") == "alice@localhost/web"
+    assert int(b.sid[:8], 16) == owner
+    # from here every request reaches the other worker
+    cx, other = conn_at(avoid=owner)
+    cy, _ = conn_at(want=other)
+    b.conns = [cx, cy]
+
+    def relayed():
+        return (len(ngx.log_lines(r"\b%d#\d+: .*BOSH request relayed to "
+                                  r"worker %d\b" % (other, owner))),
+                len(ngx.log_lines(r"\b%d#\d+: .*BOSH request rid \d+ of "
+                                  r"session \"%s\" from client \S+ relayed "
+                                  r"by another worker" % (owner, b.sid))))
+
+    bob = raw(ngx.port)
+    assert bob.login("bob", "bobpw", resource="tcp") == "bob@localhost/tcp"
+    n0 = relayed()
+    # as a browser does (hold=1): a request held at the owner through the
+    # relay, its message out; the next one releases it and is held
+    poll = b.post(chat("bob@localhost/tcp", "via the other worker", "x1"))
+    m = bob.next_element(match=lambda e: e.tag == rq(NS_CLIENT, "message"))
+    assert m.get("from") == "alice@localhost/web" and m.get("id") == "x1"
+    assert relayed() == (n0[0] + 1, n0[1] + 1)
+    p = b.post("", conn=1)
+    r = poll.wait(timeout=10)
+    assert r.status == 200 and not r.terminate and r.children == [], r.raw
+    wait_until(lambda: relayed() == (n0[0] + 2, n0[1] + 2), 5,
+               what="the second request at the owner")
+
+    # the held one is released by data, at once
+    bob.send('<message to="alice@localhost/web" type="chat" id="y1">'
+             '<body>to the held poll</body></message>')
+    t0 = time.monotonic()
+    r = p.wait(timeout=10)
+    assert time.monotonic() - t0 < 3
+    assert r.status == 200 and not r.terminate, r.raw
+    assert r.headers.get("Content-Type", "").startswith("text/xml")
+    msgs = [e for e in r.children if e.tag == q(NS_CLIENT, "message")]
+    assert len(msgs) == 1 and msgs[0].get("id") == "y1", r.raw
+    assert relayed() == (n0[0] + 2, n0[1] + 2)
+
+    # the owner gone (a reload ends its sessions; the TCP client's stream
+    # would keep an old worker): item-not-found
+    bob.close()
+    ngx.signal(signal.SIGHUP)
+    wait_until(lambda: owner not in ngx.worker_pids()
+               and len(ngx.worker_pids()) == 2, 15, what="the old workers gone")
+    c = http.client.HTTPConnection("127.0.0.1", hport, timeout=10)
+    c.request("POST", "/http-bind", body=(
+        "<body xmlns='http://jabber.org/protocol/httpbind' rid='%d' "
+        "sid='%s'/>" % (b.rid + 1, b.sid)).encode())
+    r = c.getresponse()
+    raw_ = r.read()
+    c.close()
+    assert r.status == 200 and b"type=\"terminate\"" in raw_ \
+        and b"item-not-found" in raw_, raw_
+    assert ngx.log_lines(r"BOSH request for a session of worker %d, which "
+                         r"is gone" % owner)
 
 
 def test_missing_rid_never_comes(standin, nginx):
