@@ -76,11 +76,8 @@ SRC
     fi
     rm -rf "$out/nginx-static"
     cp -a "$full" "$out/nginx-static"
-    # the http modules the web transports' tests use, as Debian has them
     (cd "$out/nginx-static" && ./configure --with-stream \
-        --with-stream_ssl_module --with-http_ssl_module \
-        --with-http_realip_module --with-http_v2_module \
-        --with-cc-opt="$cc_opt" \
+        --with-stream_ssl_module --with-cc-opt="$cc_opt" \
         --add-module="$top" > "$out/configure-static.log" 2>&1 \
         && make -f objs/Makefile -j2 > "$out/make-static.log" 2>&1) || {
         tail -n 30 "$out/make-static.log" "$out/configure-static.log" >&2

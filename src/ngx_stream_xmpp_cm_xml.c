@@ -1698,6 +1698,11 @@ ngx_xmpp_cm_escape(u_char *dst, u_char *src, size_t len)
 
     n = 0;
 
+    if (len == 0) {
+        /* src may be NULL (an empty ngx_str_t) */
+        return 0;
+    }
+
     for (end = src + len; src < end; src++) {
         switch (*src) {
         case '&':

@@ -65,7 +65,10 @@ san="-fsanitize=address,undefined"
 cc=clang-14
 http=--without-http
 case "$mode" in
-asan) ccopt="$san -fno-omit-frame-pointer -g -O1"; ldopt="$san"; http= ;;
+asan) ccopt="$san -fno-omit-frame-pointer -g -O1"; ldopt="$san"
+      # the http modules the web transports' tests use, as Debian has them
+      http="--with-http_ssl_module --with-http_realip_module"
+      http="$http --with-http_v2_module" ;;
 fuzz) ccopt="$san -fsanitize=fuzzer-no-link -fno-omit-frame-pointer -g -O1"
       ldopt="$san -fsanitize=fuzzer-no-link" ;;
 unit) cc=gcc; ccopt="-g -O1"; ldopt= ;;
