@@ -331,9 +331,7 @@ ngx_http_xmpp_cm_websocket_of(ngx_connection_t *c)
 static ngx_int_t
 ngx_http_xmpp_cm_websocket_init_module(ngx_cycle_t *cycle)
 {
-    ngx_uint_t                                i, j;
-    ngx_stream_xmpp_cm_srv_conf_t           **srv;
-    ngx_stream_xmpp_cm_main_conf_t           *cmcf;
+    ngx_uint_t                                i;
     ngx_http_xmpp_cm_websocket_loc_conf_t   **loc;
     ngx_http_xmpp_cm_websocket_main_conf_t   *wmcf;
 
@@ -349,30 +347,10 @@ ngx_http_xmpp_cm_websocket_init_module(ngx_cycle_t *cycle)
         return NGX_OK;
     }
 
-    cmcf = NULL;
-
-    if (cycle->conf_ctx[ngx_stream_module.index]) {
-        cmcf = ngx_stream_cycle_get_module_main_conf(cycle,
-                                                     ngx_stream_xmpp_cm_module);
-    }
-
     loc = wmcf->locs.elts;
 
     for (i = 0; i < wmcf->locs.nelts; i++) {
-
-        if (cmcf) {
-            srv = cmcf->servers.elts;
-
-            for (j = 0; j < cmcf->servers.nelts; j++) {
-                if (srv[j]->name.len == loc[i]->name.len
-                    && ngx_strncmp(srv[j]->name.data, loc[i]->name.data,
-                                   loc[i]->name.len) == 0)
-                {
-                    loc[i]->conf = srv[j];
-                    break;
-                }
-            }
-        }
+        loc[i]->conf = ngx_stream_xmpp_cm_find_name(cycle, &loc[i]->name);
 
         if (loc[i]->conf == NULL) {
             ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
